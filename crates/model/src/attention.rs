@@ -1,0 +1,175 @@
+//! Causal self-attention with rotary position embeddings in the Hugging Face Llama convention
+//! (`rotate_half` over the two halves of each head) and grouped-query attention.
+//!
+//! Letters: B batch, T query positions, S key positions (T plus cached ones), H query heads,
+//! G key/value heads, D head width, C model width.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::ModelConfig;
+use crate::layers::{dropout, Linear};
+use crate::ForwardCtx;
+
+/// cos and sin of every position, (max_positions, D), both halves of each head already joined.
+#[derive(Clone, Debug)]
+pub struct RotaryTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryTables {
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        let d = cfg.head_dim();
+        let inv_freq: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64) as f32)
+            .collect();
+        let positions = cfg.max_position_embeddings;
+        let mut angles = Vec::with_capacity(positions * d);
+        for p in 0..positions {
+            let half: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
+            angles.extend_from_slice(&half);
+            angles.extend_from_slice(&half);
+        }
+        let angles = Tensor::from_vec(angles, (positions, d), device)?;
+        Ok(RotaryTables {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    /// x: (B, heads, T, D) at positions offset..offset+T -> same shape.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_b, _h, t, d) = x.dims4()?;
+        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    }
+}
+
+/// Additive causal mask for T queries after `offset` cached positions: (T, offset + T), with
+/// -inf where a query would see a later key. None when a single query sees everything.
+pub fn causal_mask(
+    t: usize,
+    offset: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if t == 1 {
+        return Ok(None);
+    }
+    let s = offset + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > i + offset {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, s), device)?
+        .to_dtype(dtype)
+        .map(Some)
+}
+
+/// Where the queries of one forward pass sit: the rotary tables, the causal mask (T, S) from
+/// [`causal_mask`] and the number of positions already cached before them.
+#[derive(Clone, Copy, Debug)]
+pub struct Positions<'a> {
+    pub rope: &'a RotaryTables,
+    pub mask: Option<&'a Tensor>,
+    pub offset: usize,
+}
+
+/// Keys and values of earlier positions, for generation.
+pub type LayerCache = Option<(Tensor, Tensor)>;
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    dropout: f64,
+}
+
+impl Attention {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, d) = (cfg.hidden_size, cfg.head_dim());
+        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (init, residual_init) = (cfg.weight_init(), cfg.residual_init());
+        Ok(Attention {
+            q_proj: Linear::new(c, h * d, init, vb.pp("q_proj"))?,
+            k_proj: Linear::new(c, g * d, init, vb.pp("k_proj"))?,
+            v_proj: Linear::new(c, g * d, init, vb.pp("v_proj"))?,
+            o_proj: Linear::new(h * d, c, residual_init, vb.pp("o_proj"))?,
+            num_heads: h,
+            num_kv_heads: g,
+            head_dim: d,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// x: (B, T, C) -> (B, T, C). `site` seeds the dropout mask.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        pos: Positions,
+        cache: Option<&mut LayerCache>,
+        ctx: &ForwardCtx,
+        site: u64,
+    ) -> Result<Tensor> {
+        let (b, t, _c) = x.dims3()?;
+        let (h, g, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+            proj.forward(x)?
+                .reshape((b, t, n, d))?
+                .transpose(1, 2)?
+                .contiguous() // (B, n, T, D)
+        };
+        let q = pos.rope.apply(&heads(&self.q_proj, h)?, pos.offset)?;
+        let mut k = pos.rope.apply(&heads(&self.k_proj, g)?, pos.offset)?;
+        let mut v = heads(&self.v_proj, g)?;
+        if let Some(cache) = cache {
+            if let Some((k_prev, v_prev)) = cache.as_ref() {
+                k = Tensor::cat(&[k_prev, &k], 2)?;
+                v = Tensor::cat(&[v_prev, &v], 2)?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let (k, v) = (repeat_kv(&k, h / g)?, repeat_kv(&v, h / g)?); // (B, H, S, D)
+
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, S)
+        if let Some(mask) = pos.mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let mut probs = crate::ops::softmax(&scores)?;
+        if ctx.train {
+            probs = dropout(&probs, self.dropout, ctx.seed_for(site))?;
+        }
+        let y = probs.matmul(&v.contiguous()?)?; // (B, H, T, D)
+        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// (B, G, S, D) -> (B, G * rep, S, D), each key/value head serving `rep` query heads.
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, g, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, g, rep, s, d))?
+        .reshape((b, g * rep, s, d))
+}

@@ -1,0 +1,274 @@
+//! Checkpoint I/O: `model.safetensors` under the Hugging Face Llama tensor names, `config.json`
+//! beside it. Loading checks every tensor the config implies for presence and shape before any
+//! is used and names the first offender; writes are atomic (temporary file, fsync, rename), so
+//! a crash never leaves a checkpoint that loads wrong.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::init::ShapeRecorder;
+use crate::transformer::Transformer;
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Every tensor the model of `cfg` is made of, with its shape, in construction order.
+pub fn expected_tensors(cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> {
+    cfg.validate()?;
+    let recorder = ShapeRecorder::default();
+    let seen = recorder.seen.clone();
+    let vb = VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu);
+    Transformer::new(cfg, vb)?;
+    let list = seen.lock().expect("recorder lock poisoned").clone();
+    Ok(list)
+}
+
+/// Writes a file through `write` under a temporary name, fsyncs it, then renames it into place
+/// and fsyncs the folder: readers see the old file or the complete new one, never a torn one.
+pub fn atomic_write(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no file name", path.display())))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    let result = (|| {
+        write(&tmp)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Persist the rename itself; not every platform can open a folder, so best effort.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Atomically writes `bytes` to `path`.
+pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    atomic_write(path, |tmp| File::create(tmp)?.write_all(bytes))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Saves the parameters of `varmap` (f32) as safetensors, tensors sorted by name, with the
+/// `{"format": "pt"}` metadata that `transformers` expects.
+pub fn save_weights(varmap: &VarMap, path: &Path) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = {
+        let data = varmap.data().lock().expect("varmap lock poisoned");
+        let mut v: Vec<_> = data
+            .iter()
+            .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    save_tensors(&tensors, path)
+}
+
+/// Saves named tensors as safetensors, atomically.
+pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let tensors = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    atomic_write(path, |tmp| {
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(metadata), tmp)
+            .map_err(std::io::Error::other)
+    })
+    .map_err(io_err(path))
+}
+
+pub fn save_config(cfg: &ModelConfig, path: &Path) -> Result<()> {
+    let text = serde_json::to_string_pretty(&cfg.to_hf_json()).expect("config serialises");
+    atomic_write_bytes(path, text.as_bytes()).map_err(io_err(path))
+}
+
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    ModelConfig::from_hf_json(&text).map_err(|message| ModelError::BadConfigJson {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// The weight files of a checkpoint folder: `model.safetensors`, or the shards that
+/// `model.safetensors.index.json` lists.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if !index.is_file() {
+        return Err(ModelError::Io {
+            path: single,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in this folder"),
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+    let bad = |message: String| ModelError::BadSafetensors {
+        path: index.clone(),
+        message,
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut files: Vec<PathBuf> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .map(|f| dir.join(f))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Tensors some exporters write that the model derives itself, safe to skip.
+fn is_derived_buffer(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+}
+
+/// Model parameters read from disk and checked against a config, as f32 `Var`s.
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub varmap: VarMap,
+}
+
+impl Checkpoint {
+    /// Loads and validates `files` (one or several safetensors shards) against `config`.
+    /// bf16 and f16 weights are widened to f32.
+    pub fn load(files: &[PathBuf], config: ModelConfig, device: &Device) -> Result<Checkpoint> {
+        let expected = expected_tensors(&config)?;
+        let mut found: HashMap<String, (usize, Vec<usize>, safetensors::Dtype)> = HashMap::new();
+        let mut buffers = Vec::with_capacity(files.len());
+        for (i, path) in files.iter().enumerate() {
+            let file = File::open(path).map_err(io_err(path))?;
+            // SAFETY: the file is opened read-only and checkpoints are not modified in place
+            // (every writer renames a new file over the old one).
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+            let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| {
+                ModelError::BadSafetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            for (name, view) in st.tensors() {
+                found.insert(name, (i, view.shape().to_vec(), view.dtype()));
+            }
+            buffers.push(mmap);
+        }
+
+        for (name, shape) in &expected {
+            match found.get(name) {
+                None => {
+                    return Err(ModelError::MissingTensor {
+                        name: name.clone(),
+                        expected: shape.clone(),
+                    })
+                }
+                Some((_, got, _)) if got != shape => {
+                    return Err(ModelError::ShapeMismatch {
+                        name: name.clone(),
+                        expected: shape.clone(),
+                        got: got.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let mut unexpected: Vec<&String> = found
+            .keys()
+            .filter(|n| !expected.iter().any(|(e, _)| e == *n) && !is_derived_buffer(n))
+            // Tied checkpoints sometimes carry a copy of the embedding as lm_head.
+            .filter(|n| !(config.tie_word_embeddings && n.as_str() == "lm_head.weight"))
+            .collect();
+        unexpected.sort();
+        if let Some(name) = unexpected.first() {
+            let hint = if name.contains("act_fn.") {
+                format!(
+                    " (a dynActGLU parameter, but the config says ffn = {})",
+                    config.ffn.name()
+                )
+            } else if name.as_str() == "lm_head.weight" {
+                " (the config says tie_word_embeddings = true)".to_string()
+            } else {
+                String::new()
+            };
+            return Err(ModelError::UnexpectedTensor {
+                name: name.to_string(),
+                hint,
+            });
+        }
+
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("varmap lock poisoned");
+            for (name, _) in &expected {
+                let (file_index, _, dtype) = &found[name];
+                if !matches!(
+                    dtype,
+                    safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16
+                ) {
+                    return Err(ModelError::UnsupportedDtype {
+                        name: name.clone(),
+                        dtype: format!("{dtype:?}"),
+                    });
+                }
+                let st = safetensors::SafeTensors::deserialize(&buffers[*file_index])
+                    .expect("validated above");
+                let view = st.tensor(name).expect("listed above");
+                let tensor = candle_core::safetensors::Load::load(&view, &Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .to_device(device)?;
+                data.insert(name.clone(), Var::from_tensor(&tensor)?);
+            }
+        }
+        Ok(Checkpoint { config, varmap })
+    }
+
+    /// Loads a checkpoint folder (config.json + model.safetensors or shards).
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Checkpoint> {
+        let config = read_config(&dir.join(CONFIG_FILE))?;
+        Checkpoint::load(&weight_files(dir)?, config, device)
+    }
+
+    /// The model over these parameters (sharing them: training it updates this checkpoint).
+    pub fn model(&self, device: &Device) -> Result<Transformer> {
+        let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, device);
+        Ok(Transformer::new(&self.config, vb)?)
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir`.
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        save_weights(&self.varmap, &dir.join(WEIGHTS_FILE))?;
+        save_config(&self.config, &dir.join(CONFIG_FILE))
+    }
+}

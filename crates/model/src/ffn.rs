@@ -1,0 +1,63 @@
+//! The feed-forward blocks: SwiGLU and dynActGLU(Swish), which differ only in the gate's
+//! activation. Checkpoint names follow Hugging Face Llama (`gate_proj`, `up_proj`,
+//! `down_proj`); dynActGLU adds `act_fn.alpha` and `act_fn.beta`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::{FfnKind, ModelConfig};
+use crate::dynact::DynAct;
+use crate::layers::Linear;
+
+/// The activation applied to the gate projection.
+#[derive(Clone, Debug)]
+pub enum GateActivation {
+    Silu,
+    DynAct(DynAct),
+}
+
+/// `down_proj(act(gate_proj x) * up_proj x)`
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act_fn: GateActivation,
+}
+
+impl Mlp {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let act_fn = match cfg.ffn {
+            FfnKind::Swiglu => GateActivation::Silu,
+            FfnKind::Dynactglu => {
+                GateActivation::DynAct(DynAct::new(&cfg.dynact, f, vb.pp("act_fn"))?)
+            }
+        };
+        Ok(Mlp {
+            gate_proj: Linear::new(c, f, cfg.weight_init(), vb.pp("gate_proj"))?,
+            up_proj: Linear::new(c, f, cfg.weight_init(), vb.pp("up_proj"))?,
+            down_proj: Linear::new(f, c, cfg.residual_init(), vb.pp("down_proj"))?,
+            act_fn,
+        })
+    }
+
+    pub fn dynact(&self) -> Option<&DynAct> {
+        match &self.act_fn {
+            GateActivation::DynAct(a) => Some(a),
+            GateActivation::Silu => None,
+        }
+    }
+}
+
+impl Module for Mlp {
+    /// x: (B, T, C) -> (B, T, C), through a hidden width F.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?; // (B, T, F)
+        let gate = match &self.act_fn {
+            GateActivation::Silu => gate.silu()?,
+            GateActivation::DynAct(act) => act.forward(&gate)?,
+        };
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}

@@ -1,0 +1,95 @@
+//! The small building blocks the decoder is made of: a bias-free linear layer that runs as one
+//! large matrix product, RMSNorm and dropout. Each is built so that gradients reach every
+//! parameter: Candle's fused `rms_norm` has no backward pass (see CANDLE_NOTES.md).
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+
+/// `y = x W^T`, weight shape (out, in) as in PyTorch and Hugging Face checkpoints.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+}
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, init: Init, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+        Ok(Linear { weight })
+    }
+
+    pub fn from_weight(weight: Tensor) -> Self {
+        Linear { weight }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    /// x: (..., in) -> (..., out). Leading dimensions are flattened so that Candle runs one
+    /// multithreaded GEMM instead of one small GEMM per batch element.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.to_dtype(x.dtype())?;
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// Root-mean-square normalisation over the last dimension, computed in f32.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        Ok(RmsNorm { weight, eps })
+    }
+}
+
+impl Module for RmsNorm {
+    /// x: (..., C) -> (..., C)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// Inverted dropout with a mask drawn from a seeded generator, so that a training step is a
+/// pure function of (weights, batch, seed): resumed runs replay exactly. Candle's own dropout
+/// draws from an unseedable CPU generator.
+pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
+/// Mean next-token cross-entropy in nats. logits: (N, V), targets: (N,) u32. Computed in f32.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let log_probs = crate::ops::log_softmax(&logits)?;
+    let picked = log_probs.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
+    picked.neg()?.mean_all()
+}

@@ -1,0 +1,40 @@
+//! dynact-model: a Llama-style decoder whose feed-forward block is SwiGLU or dynActGLU(Swish),
+//! and its checkpoint format.
+//!
+//! Reading order: [`dynact`] (the trainable activation) -> [`layers`] and [`ops`] (linear,
+//! RMSNorm, softmax with working gradients) -> [`attention`] -> [`ffn`] -> [`transformer`]
+//! -> [`config`] -> [`checkpoint`]. Every module is built by one `new(cfg, vb)` constructor
+//! that names its tensors as Hugging Face Llama does, so the same code creates a fresh model
+//! ([`seeded_var_builder`]) and loads a saved one ([`Checkpoint`]). The crate knows nothing of
+//! text or files of text: it maps token ids to logits.
+
+pub mod attention;
+pub mod checkpoint;
+pub mod config;
+pub mod dynact;
+pub mod error;
+pub mod ffn;
+mod init;
+pub mod layers;
+pub mod ops;
+pub mod summary;
+pub mod transformer;
+
+pub use checkpoint::{expected_tensors, Checkpoint};
+pub use config::{BaseAct, DynActConfig, FfnKind, Granularity, ModelConfig};
+pub use dynact::DynAct;
+pub use error::{ModelError, Result};
+pub use init::seeded_var_builder;
+pub use summary::ParamSummary;
+pub use transformer::{ForwardCtx, KvCache, Transformer};
+
+/// A fresh model of `cfg` with parameters drawn from `seed`, and the `VarMap` that owns them.
+pub fn init_model(
+    cfg: &ModelConfig,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<(candle_nn::VarMap, Transformer)> {
+    let varmap = candle_nn::VarMap::new();
+    let model = Transformer::new(cfg, seeded_var_builder(&varmap, seed, device))?;
+    Ok((varmap, model))
+}

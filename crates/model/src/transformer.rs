@@ -1,0 +1,232 @@
+//! The decoder: token embedding, `num_hidden_layers` pre-norm blocks (attention then FFN, each
+//! added to the residual stream), a final RMSNorm and the LM head, tied or not.
+//! Tensor names are the Hugging Face Llama ones (`model.layers.{i}.self_attn.q_proj.weight`, ...).
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::attention::{causal_mask, Attention, LayerCache, Positions, RotaryTables};
+use crate::config::ModelConfig;
+use crate::dynact::DynAct;
+use crate::ffn::Mlp;
+use crate::layers::{cross_entropy, dropout, Linear, RmsNorm};
+
+/// Whether a forward pass trains (dropout on, seeded by `seed`) or evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardCtx {
+    pub train: bool,
+    pub seed: u64,
+}
+
+impl ForwardCtx {
+    pub const EVAL: ForwardCtx = ForwardCtx {
+        train: false,
+        seed: 0,
+    };
+
+    pub fn train(seed: u64) -> Self {
+        ForwardCtx { train: true, seed }
+    }
+
+    /// A distinct, reproducible seed for each dropout site of the pass.
+    pub fn seed_for(&self, site: u64) -> u64 {
+        self.seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(site.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+    dropout: f64,
+}
+
+impl DecoderLayer {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::new(c, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(
+                c,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// x: (B, T, C) -> (B, T, C). `site` numbers this layer's dropout masks.
+    fn forward(
+        &self,
+        x: &Tensor,
+        pos: Positions,
+        cache: Option<&mut LayerCache>,
+        ctx: &ForwardCtx,
+        site: u64,
+    ) -> Result<Tensor> {
+        let residual_dropout = |y: Tensor, k: u64| -> Result<Tensor> {
+            if ctx.train {
+                dropout(&y, self.dropout, ctx.seed_for(site + k))
+            } else {
+                Ok(y)
+            }
+        };
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x)?, pos, cache, ctx, site)?;
+        let h = (x + residual_dropout(attn, 1)?)?;
+        let ffn = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?;
+        h + residual_dropout(ffn, 2)?
+    }
+}
+
+/// Per-layer key/value caches for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: RotaryTables,
+    cfg: ModelConfig,
+    dtype: DType,
+}
+
+impl Transformer {
+    /// Builds the model from `vb`: fresh ([`crate::seeded_var_builder`]) or loaded
+    /// ([`crate::Checkpoint`]). Computes in f32 until [`Transformer::with_compute_dtype`].
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::wrap)?;
+        let m = vb.pp("model");
+        let embed_tokens = m.pp("embed_tokens").get_with_hints(
+            (cfg.vocab_size, cfg.hidden_size),
+            "weight",
+            cfg.weight_init(),
+        )?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::from_weight(embed_tokens.clone())
+        } else {
+            Linear::new(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                cfg.weight_init(),
+                vb.pp("lm_head"),
+            )?
+        };
+        Ok(Transformer {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: RotaryTables::new(cfg, vb.device())?,
+            cfg: cfg.clone(),
+            dtype: DType::F32,
+        })
+    }
+
+    /// Run the forward pass in `dtype` (bf16 on GPUs); parameters stay f32 master weights and
+    /// receive f32 gradients, since casts are differentiable.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The dynAct modules of every layer, in order (empty for SwiGLU).
+    pub fn dynacts(&self) -> Vec<&DynAct> {
+        self.layers.iter().filter_map(|l| l.mlp.dynact()).collect()
+    }
+
+    /// ids: (B, T) u32 -> logits (B, T, V) in the compute dtype.
+    pub fn forward(&self, ids: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.forward_impl(ids, 0, None, ctx)
+    }
+
+    /// Incremental decoding: `ids` (B, T) follow the `cache.len()` positions already cached.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        let offset = cache.len;
+        let logits = self.forward_impl(ids, offset, Some(cache), &ForwardCtx::EVAL)?;
+        cache.len += t;
+        Ok(logits)
+    }
+
+    /// Mean next-token cross-entropy (nats, f32 scalar) of `targets` (B, T) given `ids` (B, T).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let logits = self.forward(ids, ctx)?;
+        let (b, t, v) = logits.dims3()?;
+        cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+    }
+
+    fn forward_impl(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if offset + t > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                offset + t,
+                self.cfg.max_position_embeddings
+            );
+        }
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?
+            .to_dtype(self.dtype)?; // (B, T, C)
+        let mask = causal_mask(t, offset, self.dtype, ids.device())?;
+        let pos = Positions {
+            rope: &self.rope,
+            mask: mask.as_ref(),
+            offset,
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, pos, layer_cache, ctx, 3 * i as u64)?;
+        }
+        self.lm_head.forward(&self.norm.forward(&x)?) // (B, T, V)
+    }
+}
