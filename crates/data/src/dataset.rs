@@ -1,0 +1,539 @@
+//! From a `[data]` config to token streams: resolve the sources, choose or train the
+//! tokenizer, split off validation, pretokenize into llm.c shards in a content-keyed cache
+//! (on all cores, with a progress bar on a terminal), and open the shards memory-mapped.
+//!
+//! Validation split: `val_source` when given (its own files, used whole). Otherwise the last
+//! `val_fraction` (default 10%) of the source's characters: the documents' characters in source
+//! order are cut at floor(n · (1 - val_fraction)) as nanoGPT cuts Tiny Shakespeare
+//! (`data[:int(n*0.9)]`); the document spanning the cut is split in two. For `.bin` token
+//! shards without `val_source`, the last `val_fraction` of the tokens. Train and validation
+//! never overlap, and the split depends only on the data and the fraction.
+//!
+//! Cache: `cache_dir/<key>/` with `train_NNNNNN.bin`, `val_NNNNNN.bin`, `tokenizer.json` and
+//! `meta.json`, where key = SHA-256 of the tokenizer's JSON and of every document of both
+//! splits. It is built in a temporary folder and renamed into place, so an entry is complete
+//! or absent. A BPE trained here is cached the same way, keyed by its training documents.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::builtin;
+use crate::error::DataError;
+use crate::shard;
+use crate::source::{self, Resolved};
+use crate::stream::TokenStream;
+use crate::tokenizer::{split_chunks, Tokenizer};
+
+/// Tokens per shard file (as llm.c's scripts).
+pub const SHARD_TOKENS: usize = 100_000_000;
+
+/// Bump when the cached layout or the tokenization of documents changes.
+const CACHE_VERSION: &str = "dynact-data cache v1";
+
+/// The `[data]` table of a run config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// "builtin" | file / folder / glob | "hf://datasets/OWNER/NAME/PATH[@REV]" | .bin shards.
+    pub source: String,
+    /// Validation data; None: the held-out tail of `source`.
+    pub val_source: Option<String>,
+    /// Fraction of `source` held out for validation when `val_source` is None.
+    pub val_fraction: f64,
+    /// "bytes" | "bpe:VOCAB" | path to a tokenizer.json.
+    pub tokenizer: String,
+    /// The text field of JSONL records.
+    pub text_field: String,
+    /// Replace invalid UTF-8 with U+FFFD instead of failing.
+    pub replace_invalid_utf8: bool,
+    /// Seed of the built-in corpus.
+    pub builtin_seed: u64,
+    /// Size of the built-in corpus in bytes.
+    pub builtin_bytes: usize,
+    /// Where token shards are cached.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            source: "builtin".to_string(),
+            val_source: None,
+            val_fraction: 0.1,
+            tokenizer: "bytes".to_string(),
+            text_field: "text".to_string(),
+            replace_invalid_utf8: false,
+            builtin_seed: 0,
+            builtin_bytes: builtin::DEFAULT_BYTES,
+            cache_dir: PathBuf::from("data/cache"),
+        }
+    }
+}
+
+/// A prepared data set: the tokenizer and the two token streams.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub tokenizer: Tokenizer,
+    pub train: TokenStream,
+    pub val: TokenStream,
+    /// UTF-8 bytes of the validation text (None when it came as token shards).
+    pub val_bytes: Option<u64>,
+    /// One line saying what the data is, for logs.
+    pub description: String,
+}
+
+enum TokSpec {
+    Bytes,
+    Bpe(usize),
+    File(PathBuf),
+}
+
+fn parse_tokenizer_spec(spec: &str) -> Result<TokSpec, DataError> {
+    let spec = spec.trim();
+    if spec == "bytes" {
+        return Ok(TokSpec::Bytes);
+    }
+    if let Some(n) = spec.strip_prefix("bpe:") {
+        return match n.trim().parse::<usize>() {
+            Ok(v) if v >= 257 => Ok(TokSpec::Bpe(v)),
+            _ => Err(DataError::BadTokenizerSpec {
+                spec: spec.to_string(),
+            }),
+        };
+    }
+    if spec.is_empty() || spec == "bpe" {
+        return Err(DataError::BadTokenizerSpec {
+            spec: spec.to_string(),
+        });
+    }
+    Ok(TokSpec::File(PathBuf::from(spec)))
+}
+
+/// Documents of a text source, with a description.
+fn text_documents(
+    resolved: &Resolved,
+    source: &str,
+    cfg: &DataConfig,
+) -> Result<(Vec<String>, String), DataError> {
+    match resolved {
+        Resolved::Builtin => {
+            let docs = builtin::stories(cfg.builtin_seed, cfg.builtin_bytes);
+            let bytes: usize = docs.iter().map(|d| d.len()).sum();
+            Ok((
+                docs.clone(),
+                format!(
+                    "built-in synthetic stories (seed {}, {} stories, {:.2} MB; synthetic text, not natural language)",
+                    cfg.builtin_seed,
+                    docs.len(),
+                    bytes as f64 / 1e6
+                ),
+            ))
+        }
+        Resolved::Text(files) => {
+            let docs = source::read_documents(files, &cfg.text_field, cfg.replace_invalid_utf8)?;
+            let bytes: usize = docs.iter().map(|d| d.len()).sum();
+            Ok((
+                docs.clone(),
+                format!(
+                    "{source} ({} files, {} documents, {:.2} MB)",
+                    files.len(),
+                    docs.len(),
+                    bytes as f64 / 1e6
+                ),
+            ))
+        }
+        Resolved::Bin(_) => Err(DataError::Config("token shards are not text".to_string())),
+    }
+}
+
+/// Splits documents at character floor(n · (1 - fraction)) of their concatenation.
+pub fn split_tail(docs: Vec<String>, fraction: f64) -> (Vec<String>, Vec<String>) {
+    let n: usize = docs.iter().map(|d| d.chars().count()).sum();
+    let cut = (n as f64 * (1.0 - fraction)).floor() as usize;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let mut seen = 0;
+    for d in docs {
+        let c = d.chars().count();
+        if seen + c <= cut {
+            train.push(d);
+        } else if seen >= cut {
+            val.push(d);
+        } else {
+            let at = d.char_indices().nth(cut - seen).map_or(d.len(), |(i, _)| i);
+            train.push(d[..at].to_string());
+            val.push(d[at..].to_string());
+        }
+        seen += c;
+    }
+    (train, val)
+}
+
+fn check_fraction(f: f64) -> Result<(), DataError> {
+    if !(f > 0.0 && f < 1.0) {
+        return Err(DataError::Config(format!(
+            "val_fraction {f} must be between 0 and 1 (exclusive) when val_source is not set; e.g. 0.1"
+        )));
+    }
+    Ok(())
+}
+
+fn hash_docs(h: &mut Sha256, tag: &str, docs: &[String]) {
+    h.update(tag.as_bytes());
+    h.update((docs.len() as u64).to_le_bytes());
+    for d in docs {
+        h.update((d.len() as u64).to_le_bytes());
+        h.update(d.as_bytes());
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn progress(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
+    {
+        pb.set_style(style);
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Token ids of `docs`, an end-of-text id between documents, on all cores.
+pub fn tokenize_documents(
+    tokenizer: &Tokenizer,
+    docs: &[String],
+    what: &str,
+) -> Result<Vec<u32>, DataError> {
+    let total: u64 = docs.iter().map(|d| d.len() as u64).sum();
+    let pb = progress(total, what);
+    // Pieces that encode independently: (document, piece).
+    let pieces: Vec<(usize, &str)> = docs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            let parts = if tokenizer.chunkable() {
+                split_chunks(d, 1 << 16)
+            } else {
+                vec![d.as_str()]
+            };
+            parts.into_iter().map(move |p| (i, p))
+        })
+        .collect();
+    let encoded: Result<Vec<Vec<u32>>, DataError> = pieces
+        .par_iter()
+        .map(|(_, p)| {
+            let ids = tokenizer.encode(p);
+            pb.inc(p.len() as u64);
+            ids
+        })
+        .collect();
+    let encoded = encoded?;
+    pb.finish_and_clear();
+    let n: usize = encoded.iter().map(|v| v.len()).sum::<usize>() + docs.len();
+    let mut out = Vec::with_capacity(n);
+    for (k, ((doc, _), ids)) in pieces.iter().zip(encoded).enumerate() {
+        if k > 0 && pieces[k - 1].0 != *doc {
+            out.push(tokenizer.eos_id());
+        }
+        out.extend_from_slice(&ids);
+    }
+    Ok(out)
+}
+
+/// Writes `tokens` as `prefix_NNNNNN.bin` shards in `dir`; returns their count.
+fn write_shards(
+    dir: &Path,
+    prefix: &str,
+    tokens: &[u32],
+    vocab_size: usize,
+) -> Result<usize, DataError> {
+    let mut n = 0;
+    for (i, chunk) in tokens.chunks(SHARD_TOKENS).enumerate() {
+        shard::write_shard(&dir.join(format!("{prefix}_{i:06}.bin")), chunk, vocab_size)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn shard_paths(dir: &Path, prefix: &str, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| dir.join(format!("{prefix}_{i:06}.bin")))
+        .collect()
+}
+
+/// Tokenizes the named document lists into the cache (or finds them there) and opens them.
+fn cached_streams(
+    cfg: &DataConfig,
+    tokenizer: &Tokenizer,
+    parts: &[(&str, &[String])],
+) -> Result<Vec<TokenStream>, DataError> {
+    let json = tokenizer.to_json()?;
+    let mut h = Sha256::new();
+    h.update(CACHE_VERSION.as_bytes());
+    h.update((json.len() as u64).to_le_bytes());
+    h.update(json.as_bytes());
+    for (name, docs) in parts {
+        hash_docs(&mut h, name, docs);
+    }
+    let key = hex(&h.finalize())[..24].to_string();
+    let dir = cfg.cache_dir.join(&key);
+    let meta_path = dir.join("meta.json");
+    if !meta_path.is_file() {
+        tracing::info!("data: tokenizing into {}", dir.display());
+        std::fs::create_dir_all(&cfg.cache_dir)
+            .map_err(|e| DataError::io(&cfg.cache_dir, "create folder", e))?;
+        let tmp = cfg
+            .cache_dir
+            .join(format!(".{key}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, "create folder", e))?;
+        let mut counts = Vec::new();
+        for (name, docs) in parts {
+            let tokens = tokenize_documents(tokenizer, docs, &format!("tokenizing {name}"))?;
+            let shards = write_shards(&tmp, name, &tokens, tokenizer.vocab_size())?;
+            counts
+                .push(serde_json::json!({"name": name, "tokens": tokens.len(), "shards": shards}));
+        }
+        tokenizer.save(&tmp.join("tokenizer.json"))?;
+        let meta = serde_json::json!({
+            "version": CACHE_VERSION,
+            "tokenizer": tokenizer.describe(),
+            "parts": counts,
+        });
+        shard::write_atomic(&tmp.join("meta.json"), meta.to_string().as_bytes())?;
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !meta_path.is_file() {
+                return Err(DataError::io(&dir, "rename", e));
+            }
+        }
+    } else {
+        tracing::info!("data: reusing token shards in {}", dir.display());
+    }
+    let meta: serde_json::Value = std::fs::read(&meta_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            DataError::Config(format!(
+                "{} is unreadable; delete the folder {} and run again",
+                meta_path.display(),
+                dir.display()
+            ))
+        })?;
+    let mut out = Vec::new();
+    for (name, _) in parts {
+        let shards = meta["parts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == *name))
+            .and_then(|p| p["shards"].as_u64())
+            .unwrap_or(0) as usize;
+        out.push(TokenStream::open(&shard_paths(&dir, name, shards))?);
+    }
+    Ok(out)
+}
+
+/// The tokenizer named by `cfg.tokenizer`, training a BPE on `train_docs` if asked (cached).
+fn make_tokenizer(cfg: &DataConfig, train_docs: Option<&[String]>) -> Result<Tokenizer, DataError> {
+    match parse_tokenizer_spec(&cfg.tokenizer)? {
+        TokSpec::Bytes => Ok(Tokenizer::bytes()),
+        TokSpec::File(p) => Tokenizer::from_file(&p),
+        TokSpec::Bpe(vocab) => {
+            let docs = train_docs.ok_or_else(|| {
+                DataError::Config(format!(
+                    "tokenizer \"bpe:{vocab}\" needs text to train on, but the source is token shards; set data.tokenizer to the tokenizer.json that made them"
+                ))
+            })?;
+            let mut h = Sha256::new();
+            h.update(format!("{CACHE_VERSION} bpe {vocab}").as_bytes());
+            hash_docs(&mut h, "train", docs);
+            let key = hex(&h.finalize())[..24].to_string();
+            let path = cfg
+                .cache_dir
+                .join(format!("tokenizer-bpe{vocab}-{key}.json"));
+            if path.is_file() {
+                tracing::info!("data: reusing BPE tokenizer {}", path.display());
+                return Ok(Tokenizer::from_file(&path)?.into_bpe());
+            }
+            tracing::info!("data: training a BPE of {vocab} ids on the training split");
+            let t = Tokenizer::train_bpe(docs.iter().map(|d| d.as_str()), vocab)?;
+            t.save(&path)?;
+            Ok(t)
+        }
+    }
+}
+
+/// Prepares the training and validation streams described by `cfg`.
+pub fn prepare_dataset(cfg: &DataConfig) -> Result<Dataset, DataError> {
+    let resolved = source::resolve(&cfg.source)?;
+    let val_resolved = match &cfg.val_source {
+        Some(v) => Some(source::resolve(v)?),
+        None => {
+            check_fraction(cfg.val_fraction)?;
+            None
+        }
+    };
+    let pct = cfg.val_fraction * 100.0;
+
+    // Token shards: no tokenizing, only checks.
+    if let Resolved::Bin(paths) = &resolved {
+        let tokenizer = make_tokenizer(cfg, None)?;
+        let all = TokenStream::open(paths)?;
+        all.check_vocab(tokenizer.vocab_size(), &cfg.source)?;
+        let (train, val, val_bytes, val_desc) = match (&cfg.val_source, val_resolved) {
+            (Some(v), Some(Resolved::Bin(vp))) => {
+                let val = TokenStream::open(&vp)?;
+                val.check_vocab(tokenizer.vocab_size(), v)?;
+                (all, val, None, format!("val = {v}"))
+            }
+            (Some(v), Some(_)) => {
+                let val = tokenize_source(v, &tokenizer, cfg)?;
+                let (docs, _) = text_documents(&source::resolve(v)?, v, cfg)?;
+                let bytes = docs.iter().map(|d| d.len() as u64).sum();
+                (all, val, Some(bytes), format!("val = {v}"))
+            }
+            _ => {
+                let n = all.len();
+                let cut = (n as f64 * (1.0 - cfg.val_fraction)).floor() as usize;
+                (
+                    all.slice(0, cut),
+                    all.slice(cut, n),
+                    None,
+                    format!("val = last {pct}% of the tokens"),
+                )
+            }
+        };
+        let description = format!(
+            "{} ({} train tokens, {} val tokens; {val_desc}; tokenizer {})",
+            cfg.source,
+            train.len(),
+            val.len(),
+            tokenizer.describe()
+        );
+        tracing::info!("data: {description}");
+        return Ok(Dataset {
+            tokenizer,
+            train,
+            val,
+            val_bytes,
+            description,
+        });
+    }
+
+    let (docs, desc) = text_documents(&resolved, &cfg.source, cfg)?;
+    let (train_docs, val_part, val_desc) = match (&cfg.val_source, val_resolved) {
+        (Some(v), Some(Resolved::Bin(vp))) => (docs, Err(vp), format!("val = {v}")),
+        (Some(v), Some(r)) => {
+            let (vd, _) = text_documents(&r, v, cfg)?;
+            (docs, Ok(vd), format!("val = {v}"))
+        }
+        _ => {
+            let (t, v) = split_tail(docs, cfg.val_fraction);
+            (t, Ok(v), format!("val = last {pct}% of the characters"))
+        }
+    };
+    let tokenizer = make_tokenizer(cfg, Some(&train_docs))?;
+    let (train, val, val_bytes) = match val_part {
+        Ok(val_docs) => {
+            let bytes = val_docs.iter().map(|d| d.len() as u64).sum();
+            let mut s = cached_streams(
+                cfg,
+                &tokenizer,
+                &[("train", &train_docs), ("val", &val_docs)],
+            )?;
+            let val = s
+                .pop()
+                .unwrap_or_else(|| TokenStream::from_tokens(Vec::new()));
+            let train = s
+                .pop()
+                .unwrap_or_else(|| TokenStream::from_tokens(Vec::new()));
+            (train, val, Some(bytes))
+        }
+        Err(vp) => {
+            let mut s = cached_streams(cfg, &tokenizer, &[("train", &train_docs)])?;
+            let train = s
+                .pop()
+                .unwrap_or_else(|| TokenStream::from_tokens(Vec::new()));
+            let val = TokenStream::open(&vp)?;
+            val.check_vocab(tokenizer.vocab_size(), "val_source")?;
+            (train, val, None)
+        }
+    };
+    let description = format!(
+        "{desc}; {} train tokens, {} val tokens ({val_desc}); tokenizer {}",
+        train.len(),
+        val.len(),
+        tokenizer.describe()
+    );
+    tracing::info!("data: {description}");
+    Ok(Dataset {
+        tokenizer,
+        train,
+        val,
+        val_bytes,
+        description,
+    })
+}
+
+/// All of `source` as one token stream with `tokenizer` (for evaluating a model on other
+/// data): text is tokenized (cached); `.bin` shards are opened and checked against the
+/// tokenizer's vocabulary.
+pub fn tokenize_source(
+    source: &str,
+    tokenizer: &Tokenizer,
+    cfg: &DataConfig,
+) -> Result<TokenStream, DataError> {
+    let resolved = source::resolve(source)?;
+    if let Resolved::Bin(paths) = &resolved {
+        let s = TokenStream::open(paths)?;
+        s.check_vocab(tokenizer.vocab_size(), source)?;
+        return Ok(s);
+    }
+    let (docs, _) = text_documents(&resolved, source, cfg)?;
+    let mut s = cached_streams(cfg, tokenizer, &[("all", &docs)])?;
+    Ok(s.pop()
+        .unwrap_or_else(|| TokenStream::from_tokens(Vec::new())))
+}
+
+/// The UTF-8 bytes of the documents of a text `source` (for bits per byte), None for shards.
+pub fn source_bytes(source: &str, cfg: &DataConfig) -> Result<Option<u64>, DataError> {
+    let resolved = source::resolve(source)?;
+    if matches!(resolved, Resolved::Bin(_)) {
+        return Ok(None);
+    }
+    let (docs, _) = text_documents(&resolved, source, cfg)?;
+    Ok(Some(docs.iter().map(|d| d.len() as u64).sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_tail_cuts_characters_like_nanogpt() {
+        let docs = vec!["abcd".to_string(), "éfgh".to_string(), "ij".to_string()];
+        // n = 10 chars, cut at 9: train gets 9 chars, val the last one.
+        let (t, v) = split_tail(docs.clone(), 0.1);
+        assert_eq!((t.concat(), v.concat()), ("abcdéfghi".into(), "j".into()));
+        let (t, v) = split_tail(docs, 0.5);
+        assert_eq!(t, ["abcd", "é"]);
+        assert_eq!(v, ["fgh", "ij"]);
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: DataConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, DataConfig::default());
+        assert!(serde_json::from_str::<DataConfig>("{\"sorce\":\"x\"}").is_err());
+    }
+}
