@@ -78,12 +78,11 @@ pub fn causal_mask(
         .map(Some)
 }
 
-/// Where the queries of one forward pass sit: the rotary tables, the causal mask (T, S) from
-/// [`causal_mask`] and the number of positions already cached before them.
+/// Where the queries of one forward pass sit: the rotary tables and the number of positions
+/// already cached before them.
 #[derive(Clone, Copy, Debug)]
 pub struct Positions<'a> {
     pub rope: &'a RotaryTables,
-    pub mask: Option<&'a Tensor>,
     pub offset: usize,
 }
 
@@ -149,11 +148,8 @@ impl Attention {
         let (k, v) = (repeat_kv(&k, h / g)?, repeat_kv(&v, h / g)?); // (B, H, S, D)
 
         let scale = 1.0 / (d as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, T, S)
-        if let Some(mask) = pos.mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let mut probs = crate::ops::softmax(&scores)?;
+        let scores = q.matmul(&k.t()?)?; // (B, H, T, S)
+        let mut probs = crate::ops::causal_softmax(&scores, scale)?;
         if ctx.train {
             probs = dropout(&probs, self.dropout, ctx.seed_for(site))?;
         }

@@ -2,7 +2,7 @@
 //! large matrix product, RMSNorm and dropout. Each is built so that gradients reach every
 //! parameter: Candle's fused `rms_norm` has no backward pass (see CANDLE_NOTES.md).
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rand::{Rng, SeedableRng};
 
@@ -86,10 +86,13 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     x * mask
 }
 
-/// Mean next-token cross-entropy in nats. logits: (N, V), targets: (N,) u32. Computed in f32.
+/// Next-token cross-entropy of every position in nats. logits: (N, V), targets: (N,) u32 ->
+/// (N,) f32.
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    crate::ops::token_nll(&logits.to_dtype(DType::F32)?, targets)
+}
+
+/// Mean next-token cross-entropy in nats. logits: (N, V), targets: (N,) u32 -> f32 scalar.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(DType::F32)?;
-    let log_probs = crate::ops::log_softmax(&logits)?;
-    let picked = log_probs.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
-    picked.neg()?.mean_all()
+    token_nll(logits, targets)?.mean_all()
 }

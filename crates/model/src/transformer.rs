@@ -5,7 +5,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::attention::{causal_mask, Attention, LayerCache, Positions, RotaryTables};
+use crate::attention::{Attention, LayerCache, Positions, RotaryTables};
 use crate::config::ModelConfig;
 use crate::dynact::DynAct;
 use crate::ffn::Mlp;
@@ -197,6 +197,13 @@ impl Transformer {
         cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
     }
 
+    /// Cross-entropy of every target (B, T) given `ids` (B, T), in nats: (B * T,) f32.
+    pub fn token_nll(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(ids, &ForwardCtx::EVAL)?;
+        let (b, t, v) = logits.dims3()?;
+        crate::layers::token_nll(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+    }
+
     fn forward_impl(
         &self,
         ids: &Tensor,
@@ -217,10 +224,8 @@ impl Transformer {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.cfg.hidden_size))?
             .to_dtype(self.dtype)?; // (B, T, C)
-        let mask = causal_mask(t, offset, self.dtype, ids.device())?;
         let pos = Positions {
             rope: &self.rope,
-            mask: mask.as_ref(),
             offset,
         };
         for (i, layer) in self.layers.iter().enumerate() {

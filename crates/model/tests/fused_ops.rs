@@ -1,0 +1,116 @@
+//! The fused CPU kernels (RMSNorm, causal softmax, cross-entropy) against the plain Candle
+//! compositions they replace: same values, same gradients.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use dynact_model::attention::causal_mask;
+use dynact_model::ops;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = ((i as u64 + 1)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(seed * 1442695040888963407)
+                >> 33) as f32;
+            (x / (1u64 << 31) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < tol, "{what}: max difference {d}");
+}
+
+/// Values and input gradients of `f` on the fused (f32 CPU) path and on the composed path
+/// (run in f64, which takes the fallback), the latter cast back to f32.
+fn compare(x: &Tensor, w: &Tensor, f: impl Fn(&Tensor) -> Tensor, what: &str) {
+    let x32 = Var::from_tensor(x).unwrap();
+    let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+    let y32 = f(x32.as_tensor());
+    let y64 = f(x64.as_tensor());
+    assert_close(
+        &y32,
+        &y64.to_dtype(DType::F32).unwrap(),
+        1e-5,
+        &format!("{what} value"),
+    );
+    let g32 = (y32 * w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g64 = (y64 * w.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (a, b) = (
+        g32.get(&x32).unwrap(),
+        g64.get(&x64).unwrap().to_dtype(DType::F32).unwrap(),
+    );
+    assert_close(a, &b, 1e-4, &format!("{what} gradient"));
+}
+
+#[test]
+fn fused_rms_norm_matches_composition() {
+    let x = randn(&[3, 5, 16], 1);
+    let weight = randn(&[16], 2);
+    let w = randn(&[3, 5, 16], 3);
+    compare(
+        &x,
+        &w,
+        |x| ops::rms_norm(x, &weight.to_dtype(x.dtype()).unwrap(), 1e-5).unwrap(),
+        "rms_norm",
+    );
+}
+
+#[test]
+fn fused_causal_softmax_matches_masked_softmax() {
+    // 6 queries after 3 cached positions: (B, H, T, S) = (2, 3, 6, 9).
+    let scores = randn(&[2, 3, 6, 9], 4);
+    let w = randn(&[2, 3, 6, 9], 5);
+    compare(
+        &scores,
+        &w,
+        |s| ops::causal_softmax(s, 0.35).unwrap(),
+        "causal_softmax",
+    );
+    // And against an explicit mask + plain softmax.
+    let fused = ops::causal_softmax(&scores, 0.35).unwrap();
+    let mask = causal_mask(6, 3, DType::F32, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let plain = ops::softmax(&(&scores * 0.35).unwrap().broadcast_add(&mask).unwrap()).unwrap();
+    assert_close(&fused, &plain, 1e-6, "causal_softmax vs mask");
+    let row_sums = fused.sum(D::Minus1).unwrap();
+    assert_close(
+        &row_sums,
+        &Tensor::ones((2, 3, 6), DType::F32, &Device::Cpu).unwrap(),
+        1e-5,
+        "row sums",
+    );
+}
+
+#[test]
+fn fused_cross_entropy_matches_log_softmax_gather() {
+    let logits = (randn(&[7, 11], 6) * 3.0).unwrap();
+    let targets = Tensor::new(&[0u32, 3, 10, 5, 5, 1, 9], &Device::Cpu).unwrap();
+    let w = randn(&[7], 7);
+    compare(
+        &logits,
+        &w,
+        |x| ops::token_nll(x, &targets).unwrap(),
+        "token_nll",
+    );
+    let bad = Tensor::new(&[11u32, 0, 0, 0, 0, 0, 0], &Device::Cpu).unwrap();
+    assert!(ops::token_nll(&logits, &bad).is_err());
+}
