@@ -1,0 +1,214 @@
+//! `eval-ppl SOURCE [--data ...] [--split val|test] [--seq-len T] [--batch-size B]
+//! [--max-tokens N] [--device ...] [--dtype ...] [--json]`: the perplexity of a checkpoint
+//! (a .safetensors file, a checkpoint folder, a run directory or `hf://OWNER/NAME[@REV]`) on
+//! the run's validation set or on `--data`, in the evaluation windows `train-lm` uses, so that
+//! a run's checkpoint reproduces the `val_ppl` logged for it.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use dynact_trainer::eval::evaluate;
+use dynact_trainer::source::{eval_data, load_source, SourceKind, SourceOptions, Split};
+use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Perplexity of a checkpoint, local or on the Hugging Face Hub.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// A .safetensors file, a checkpoint folder, a run directory or hf://OWNER/NAME[@REVISION].
+    source: String,
+    /// Data to score: text/JSONL files, a folder, a glob, llm.c .bin token shards, `builtin` or
+    /// hf://datasets/OWNER/NAME/PATH. Default for a run directory: the run's validation set.
+    #[arg(long)]
+    data: Option<String>,
+    /// `val`: the held-out validation part (a run's validation set, or the last val_fraction of
+    /// --data); `test`: all of --data. Default: val for a run without --data, else test.
+    #[arg(long)]
+    split: Option<Split>,
+    /// Window length (default: the run's train.seq_len, else min(max_position_embeddings, 1024)).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Windows per forward pass (default: the run's eval.batch_size, else 8).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Score at most this many tokens (whole windows from the start).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// For a run directory: the checkpoint of this step (default: the latest).
+    #[arg(long)]
+    step: Option<u64>,
+    /// A config.json to use instead of the one beside the weights.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the one beside the weights.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Where tokenized text is cached (default: the run's data.cache_dir, else data/cache).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16 or f16 (weights are held in f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run(args: Args) -> Result<()> {
+    set_cpu_threads(args.threads);
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let opts = SourceOptions {
+        config: args.config.clone(),
+        tokenizer: args.tokenizer.clone(),
+        step: args.step,
+        dtype: Some(dtype),
+    };
+    let src = load_source(&args.source, &opts, &device)?;
+    let cfg = &src.config;
+    let seq_len = args.seq_len.unwrap_or_else(|| match &src.run {
+        Some(r) => r.train.seq_len,
+        None => cfg.max_position_embeddings.min(1024),
+    });
+    if seq_len == 0 {
+        bail!("--seq-len must be at least 1");
+    }
+    if seq_len > cfg.max_position_embeddings {
+        bail!(
+            "--seq-len {seq_len} is above the model's maximum context (max_position_embeddings {}); lower it",
+            cfg.max_position_embeddings
+        );
+    }
+    let batch_size = args
+        .batch_size
+        .unwrap_or_else(|| src.run.as_ref().map_or(8, |r| r.eval.batch_size));
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let max_windows = match args.max_tokens {
+        None => None,
+        Some(n) if n < seq_len => {
+            bail!("--max-tokens {n} is less than one window of --seq-len {seq_len}")
+        }
+        Some(n) => Some(n / seq_len),
+    };
+    let data = eval_data(
+        &src,
+        args.data.as_deref(),
+        args.split,
+        args.cache_dir.as_deref(),
+    )?;
+    // Fail on data too short for one window before printing anything.
+    dynact_data::eval_windows(data.stream.len(), seq_len)?;
+    if !args.json {
+        eprintln!(
+            "model: {} ({}, {} layers, d_model {}, vocab {})",
+            src.description,
+            cfg.ffn.name(),
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.vocab_size
+        );
+        eprintln!("data: {}", data.description);
+    }
+
+    let bar = if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(0);
+        if let Ok(style) =
+            ProgressStyle::with_template("evaluating [{bar:40}] {pos}/{len} windows ({eta})")
+        {
+            pb.set_style(style);
+        }
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let r = evaluate(
+        &src.model,
+        &data.stream,
+        seq_len,
+        batch_size,
+        max_windows,
+        data.byte_lengths.as_deref(),
+        &device,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let tokens_per_s = r.tokens as f64 / r.seconds.max(1e-9);
+    let step = match &src.kind {
+        SourceKind::Run { step } => *step,
+        _ => None,
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "ppl": r.ppl,
+            "ce": r.ce,
+            "bpb": r.bpb,
+            "tokens": r.tokens,
+            "windows": r.windows,
+            "tail_tokens": r.tail_tokens,
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "seconds": r.seconds,
+            "tokens_per_s": tokens_per_s,
+            "source": src.description,
+            "step": step,
+            "ffn": cfg.ffn.name(),
+            "data": data.description,
+            "device": args.device,
+            "dtype": args.dtype,
+        });
+        println!("{v}");
+    } else {
+        println!("perplexity      {:.6}", r.ppl);
+        println!("cross-entropy   {:.6} nats", r.ce);
+        match r.bpb {
+            Some(b) => println!("bits per byte   {b:.6}"),
+            None => println!("bits per byte   n/a (the text is not known)"),
+        }
+        println!(
+            "tokens scored   {} ({} windows of {seq_len}; {} tail tokens not scored)",
+            r.tokens, r.windows, r.tail_tokens
+        );
+        println!("seconds         {:.3}", r.seconds);
+        println!("tokens/s        {tokens_per_s:.0}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!(
+                "error: {}",
+                msg.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `generate SOURCE --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K]
+//! [--top-p P] [--seed S]`: what a checkpoint writes. The prompt and its continuation go to
+//! stdout as they are produced (KV-cached decoding); the speed goes to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Parser;
+use dynact_trainer::sample::{generate, Sampler, SamplingConfig};
+use dynact_trainer::source::{load_source, SourceOptions};
+use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
+
+/// Continue a prompt with a checkpoint, local or on the Hugging Face Hub.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// A .safetensors file, a checkpoint folder, a run directory or hf://OWNER/NAME[@REVISION].
+    source: String,
+    /// The text to continue.
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 200)]
+    max_new_tokens: usize,
+    /// 0: greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample among the k most likely tokens only.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens that make up probability p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep going after the end-of-text token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// For a run directory: the checkpoint of this step (default: the latest).
+    #[arg(long)]
+    step: Option<u64>,
+    /// A config.json to use instead of the one beside the weights.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the one beside the weights.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// Prints the text of `ids` as it grows, holding back an incomplete UTF-8 character.
+struct TextStream<'a> {
+    tokenizer: &'a dynact_data::Tokenizer,
+    ids: Vec<u32>,
+    printed: String,
+}
+
+impl TextStream<'_> {
+    fn push(&mut self, id: u32, out: &mut impl Write) -> Result<()> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids)?;
+        if let Some(new) = text.strip_prefix(self.printed.as_str()) {
+            if !new.ends_with('\u{FFFD}') {
+                write!(out, "{new}")?;
+                out.flush()?;
+                self.printed = text;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut impl Write) -> Result<()> {
+        let text = self.tokenizer.decode(&self.ids)?;
+        match text.strip_prefix(self.printed.as_str()) {
+            Some(rest) => writeln!(out, "{rest}")?,
+            None => writeln!(out)?,
+        }
+        Ok(())
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    set_cpu_threads(args.threads);
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    })?;
+    let opts = SourceOptions {
+        config: args.config.clone(),
+        tokenizer: args.tokenizer.clone(),
+        step: args.step,
+        dtype: Some(dtype),
+    };
+    let src = load_source(&args.source, &opts, &device)?;
+    let tokenizer = src.require_tokenizer("generate")?;
+    let mut prompt = tokenizer.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        // An empty prompt starts a new document.
+        prompt.push(tokenizer.eos_id());
+    }
+    let stop = (!args.ignore_eos).then(|| tokenizer.eos_id());
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    write!(out, "{}", args.prompt)?;
+    out.flush()?;
+    let mut text = TextStream {
+        tokenizer,
+        ids: prompt.clone(),
+        printed: tokenizer.decode(&prompt)?,
+    };
+    let start = Instant::now();
+    let new = generate(
+        &src.model,
+        &prompt,
+        args.max_new_tokens,
+        &mut sampler,
+        stop,
+        &device,
+        |id| text.push(id, &mut out),
+    )?;
+    text.finish(&mut out)?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} new tokens in {secs:.2} s ({:.1} tokens/s) from {}",
+        new.len(),
+        new.len() as f64 / secs.max(1e-9),
+        src.description
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!(
+                "error: {}",
+                msg.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

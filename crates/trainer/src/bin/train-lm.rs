@@ -1,0 +1,160 @@
+//! `train-lm`: trains a SwiGLU or dynActGLU decoder as a run config says, with command-line
+//! overrides; `train-lm` alone runs the built-in CPU default (configs/tiny.toml's settings).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use dynact_trainer::config::ConfigBuilder;
+use dynact_trainer::train::{run, RunOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Train a small decoder LM with a SwiGLU or dynActGLU feed-forward block"
+)]
+struct Args {
+    /// Run config (TOML); without it, the built-in CPU default (configs/tiny.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Feed-forward block: swiglu or dynactglu.
+    #[arg(long)]
+    ffn: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Evaluation steps, comma-separated (e.g. 562,3430).
+    #[arg(long, value_delimiter = ',')]
+    eval_at: Option<Vec<u64>>,
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Training data: builtin, a file/folder/glob, hf://datasets/..., or .bin shards.
+    #[arg(long)]
+    data: Option<String>,
+    /// Validation data (default: the held-out tail of --data).
+    #[arg(long)]
+    val_data: Option<String>,
+    /// bytes, bpe:VOCAB or a tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long)]
+    device: Option<String>,
+    /// f32 or bf16.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Write the run exactly here (default checkpoints/<name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in DIR from its latest checkpoint.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Any other config key, e.g. --set optim.weight_decay=0.05 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+/// The default run when no --config is given: the tiny CPU config, compiled in.
+const DEFAULT_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
+
+fn build(args: &Args) -> anyhow::Result<(dynact_trainer::config::RunConfig, RunOptions)> {
+    let mut b = match (&args.config, &args.resume) {
+        (Some(path), _) => ConfigBuilder::from_file(path)?,
+        // Resuming without --config continues with the run's own resolved config.
+        (None, Some(dir)) => {
+            ConfigBuilder::from_file(&dir.join(dynact_trainer::rundir::RUN_CONFIG_FILE))?
+        }
+        (None, None) => ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")?,
+    };
+    let s = |v: &str| toml::Value::String(v.to_string());
+    let i = |v: u64| toml::Value::Integer(v as i64);
+    let mut set = |k: &str, v: Option<toml::Value>| -> anyhow::Result<()> {
+        if let Some(v) = v {
+            b.set_value(k, v)?;
+        }
+        Ok(())
+    };
+    set("model.ffn", args.ffn.as_deref().map(s))?;
+    set("seed", args.seed.map(i))?;
+    set("train.steps", args.steps.map(i))?;
+    set(
+        "eval.eval_at",
+        args.eval_at
+            .as_ref()
+            .map(|v| toml::Value::Array(v.iter().map(|x| i(*x)).collect())),
+    )?;
+    set("eval.eval_every", args.eval_every.map(i))?;
+    set("data.source", args.data.as_deref().map(s))?;
+    set("data.val_source", args.val_data.as_deref().map(s))?;
+    set("data.tokenizer", args.tokenizer.as_deref().map(s))?;
+    set("device", args.device.as_deref().map(s))?;
+    set("dtype", args.dtype.as_deref().map(s))?;
+    let run_dir = args.run_dir.as_ref().or(args.resume.as_ref());
+    set("run_dir", run_dir.map(|p| s(&p.to_string_lossy())))?;
+    set("train.batch_size", args.batch_size.map(|v| i(v as u64)))?;
+    set("train.grad_accum", args.grad_accum.map(|v| i(v as u64)))?;
+    set("optim.lr", args.lr.map(toml::Value::Float))?;
+    set("train.seq_len", args.seq_len.map(|v| i(v as u64)))?;
+    for kv in &args.set {
+        b.set(kv)?;
+    }
+    let vocab_size_given = b.has("model.vocab_size");
+    let (cfg, notices) = b.build()?;
+    for n in notices {
+        eprintln!("{n}");
+    }
+    let opts = RunOptions {
+        resume: args.resume.is_some(),
+        vocab_size_given,
+        ..Default::default()
+    };
+    Ok((cfg, opts))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = build(&args).and_then(|(cfg, mut opts)| {
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: finishing this step and saving (Ctrl-C again to quit at once)");
+        });
+        opts.interrupt = Some(interrupt);
+        let name = cfg.name.clone();
+        run(cfg, opts).map(|r| (name, r))
+    });
+    match result {
+        Ok((name, report)) => {
+            dynact_trainer::train::print_summary(&name, &report);
+            if report.interrupted {
+                eprintln!(
+                    "stopped at step {}; resume with: train-lm --resume {}",
+                    report.last_step,
+                    report.run_dir.display()
+                );
+                std::process::exit(130);
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

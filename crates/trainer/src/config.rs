@@ -1,0 +1,511 @@
+//! The run configuration: one TOML file (`configs/*.toml`) with `[model]`, `[data]`, `[train]`,
+//! `[optim]` and `[eval]` tables, then command-line overrides (`--set table.key=value` and the
+//! named flags), then validation. Every default is written out into the run's `run.toml`, so a
+//! run directory says exactly what ran.
+
+use std::path::{Path, PathBuf};
+
+use dynact_data::DataConfig;
+use dynact_model::ModelConfig;
+use serde::{Deserialize, Serialize};
+
+/// What to do when a loss or gradient is not finite.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinitePolicy {
+    /// Stop with the step named; the last good checkpoint stays.
+    #[default]
+    Stop,
+    /// Skip the batch (no update) and go on.
+    Skip,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Linear warm-up, then cosine decay to `min_lr` at the last step.
+    #[default]
+    Cosine,
+    /// Warmup-stable-decay: warm-up, constant `lr`, then linear decay to `min_lr` over the
+    /// last `decay_fraction` of the steps.
+    Wsd,
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub seq_len: usize,
+    pub log_every: u64,
+    /// Checkpoints kept besides those at `eval_at` steps.
+    pub keep_last: usize,
+    pub on_nonfinite: NonFinitePolicy,
+    /// CPU threads (0: one per physical core).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            batch_size: 16,
+            grad_accum: 1,
+            seq_len: 128,
+            log_every: 10,
+            keep_last: 2,
+            on_nonfinite: NonFinitePolicy::Stop,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub schedule: ScheduleKind,
+    pub decay_fraction: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to weight matrices only (never norms, alpha or beta).
+    pub weight_decay: f64,
+    pub decay_embeddings: bool,
+    /// Global gradient-norm clip (0: off).
+    pub grad_clip: f64,
+    /// Learning-rate multiplier for dynAct's alpha and beta.
+    pub dynact_lr_mult: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            schedule: ScheduleKind::Cosine,
+            decay_fraction: 0.2,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_embeddings: false,
+            grad_clip: 1.0,
+            dynact_lr_mult: 1.0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Steps at which the whole validation set is evaluated (and a checkpoint kept).
+    pub eval_at: Vec<u64>,
+    /// Also evaluate every N steps (0: off).
+    pub eval_every: u64,
+    /// Windows per evaluation batch.
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            eval_at: vec![],
+            eval_every: 0,
+            batch_size: 16,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name; the run directory is `checkpoints/<name>` unless `run_dir` is set.
+    pub name: String,
+    pub run_dir: String,
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `metal`.
+    pub device: String,
+    /// Compute dtype: `f32` or `bf16` (master weights stay f32).
+    pub dtype: String,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    pub optim: OptimConfig,
+    pub eval: EvalConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            name: "run".into(),
+            run_dir: String::new(),
+            seed: 0,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            model: ModelConfig::default(),
+            data: DataConfig::default(),
+            train: TrainConfig::default(),
+            optim: OptimConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+/// A config error: one line naming the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Every key path the config accepts, from the defaults serialised with nulls kept.
+fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, child) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(path.clone());
+                walk(&path, child, out);
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(
+        "",
+        &serde_json::to_value(RunConfig::default()).expect("defaults serialise"),
+        &mut out,
+    );
+    out
+}
+
+fn check_keys(prefix: &str, table: &toml::Table, known: &[String]) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if !known.contains(&path) {
+            let nearest = known
+                .iter()
+                .map(|c| (strsim::levenshtein(c, &path), c))
+                .min()
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            return err(format!(
+                "unknown config key `{path}`; did you mean `{nearest}`?"
+            ));
+        }
+        if let toml::Value::Table(t) = v {
+            check_keys(&path, t, known)?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses a `--set` value as TOML (numbers, booleans, arrays, quoted strings), or else takes it
+/// as a bare string.
+fn parse_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+/// Sets `path` (dotted) in `table` to `value`, creating tables on the way.
+pub fn set_key(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().filter(|s| !s.is_empty());
+    let Some(last) = last else {
+        return err(format!("`--set {path}`: empty key"));
+    };
+    let mut cur = table;
+    for p in parts {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return err(format!("`{path}`: `{p}` is not a table")),
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Builds a run config from an optional TOML file and `key=value` overrides, checking every
+/// key (an unknown one is named with the nearest known key) and every value.
+pub struct ConfigBuilder {
+    table: toml::Table,
+    /// Keys set on the command line: for them a value that does not fit the run (an eval step
+    /// beyond `steps`, a warm-up longer than the run) is an error, not adjusted with a notice.
+    cli_keys: Vec<String>,
+    pub notices: Vec<String>,
+}
+
+impl ConfigBuilder {
+    pub fn new() -> Self {
+        ConfigBuilder {
+            table: toml::Table::new(),
+            cli_keys: vec![],
+            notices: vec![],
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError(format!("{origin} is not valid TOML: {}", e.message())))?;
+        Ok(ConfigBuilder {
+            table,
+            ..ConfigBuilder::new()
+        })
+    }
+
+    /// Applies `key=value` (from `--set`).
+    pub fn set(&mut self, assignment: &str) -> Result<(), ConfigError> {
+        let Some((key, value)) = assignment.split_once('=') else {
+            return err(format!(
+                "`--set {assignment}`: expected KEY=VALUE, e.g. --set optim.lr=3e-4"
+            ));
+        };
+        self.set_value(key.trim(), parse_value(value.trim()))
+    }
+
+    pub fn set_value(&mut self, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+        self.cli_keys.push(key.to_string());
+        set_key(&mut self.table, key, value)
+    }
+
+    fn has_cli(&self, key: &str) -> bool {
+        self.cli_keys.iter().any(|k| k == key)
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        let mut cur = &self.table;
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, p) in parts.iter().enumerate() {
+            match cur.get(*p) {
+                Some(toml::Value::Table(t)) if i + 1 < parts.len() => cur = t,
+                Some(_) if i + 1 == parts.len() => return true,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    pub fn build(mut self) -> Result<(RunConfig, Vec<String>), ConfigError> {
+        check_keys("", &self.table, &known_keys())?;
+        let cfg: RunConfig =
+            toml::Value::Table(self.table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError(format!("invalid config: {}", e.message()))
+                })?;
+        let mut cfg = cfg;
+        // A shorter run than the config was written for keeps the evaluations that fit.
+        let beyond: Vec<u64> = cfg
+            .eval
+            .eval_at
+            .iter()
+            .copied()
+            .filter(|s| *s > cfg.train.steps)
+            .collect();
+        if !beyond.is_empty() {
+            if self.has_cli("eval.eval_at") {
+                return err(format!(
+                    "--eval-at step {} is beyond --steps {}; lower it or raise --steps",
+                    beyond[0], cfg.train.steps
+                ));
+            }
+            self.notices.push(format!(
+                "notice: dropping eval_at steps {beyond:?} beyond the {} steps of this run",
+                cfg.train.steps
+            ));
+            cfg.eval.eval_at.retain(|s| *s <= cfg.train.steps);
+        }
+        if cfg.optim.warmup_steps >= cfg.train.steps && !self.has_cli("optim.warmup_steps") {
+            let warmup = cfg.train.steps / 10;
+            self.notices.push(format!(
+                "notice: warmup_steps {} does not fit a run of {} steps; using {warmup}",
+                cfg.optim.warmup_steps, cfg.train.steps
+            ));
+            cfg.optim.warmup_steps = warmup;
+        }
+        cfg.eval.eval_at.sort_unstable();
+        cfg.eval.eval_at.dedup();
+        validate(&cfg)?;
+        Ok((cfg, self.notices))
+    }
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        ConfigBuilder::new()
+    }
+}
+
+/// Value checks that serde cannot express.
+pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
+    let (t, o) = (&cfg.train, &cfg.optim);
+    if t.steps == 0 {
+        return err("train.steps must be at least 1");
+    }
+    if [t.batch_size, t.grad_accum, t.seq_len, cfg.eval.batch_size].contains(&0) || t.log_every == 0
+    {
+        return err(
+            "batch_size, grad_accum, seq_len, log_every and eval.batch_size must be at least 1",
+        );
+    }
+    if t.seq_len > cfg.model.max_position_embeddings {
+        return err(format!(
+            "seq_len {} is over model.max_position_embeddings {}; lower --seq-len or raise the maximum",
+            t.seq_len, cfg.model.max_position_embeddings
+        ));
+    }
+    if !(o.lr > 0.0 && o.lr.is_finite()) {
+        return err(format!("lr must be positive, got {}", o.lr));
+    }
+    if !(0.0..=o.lr).contains(&o.min_lr) {
+        return err(format!("min_lr {} must be in [0, lr {}]", o.min_lr, o.lr));
+    }
+    if o.warmup_steps >= t.steps {
+        return err(format!(
+            "warmup_steps {} must be below steps {}",
+            o.warmup_steps, t.steps
+        ));
+    }
+    if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
+        return err("beta1 and beta2 must be in [0, 1) and eps positive");
+    }
+    if o.weight_decay < 0.0 || o.grad_clip < 0.0 || o.dynact_lr_mult < 0.0 {
+        return err("weight_decay, grad_clip and dynact_lr_mult must not be negative");
+    }
+    if !(0.0..=1.0).contains(&o.decay_fraction) {
+        return err("decay_fraction must be in [0, 1]");
+    }
+    if !matches!(cfg.dtype.as_str(), "f32" | "bf16") {
+        return err(format!("dtype `{}`: expected f32 or bf16", cfg.dtype));
+    }
+    cfg.model
+        .validate()
+        .map_err(|e| ConfigError(e.to_string()))?;
+    Ok(())
+}
+
+impl RunConfig {
+    /// The run directory: `run_dir` when set, else `checkpoints/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        if self.run_dir.is_empty() {
+            Path::new("checkpoints").join(&self.name)
+        } else {
+            PathBuf::from(&self.run_dir)
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Every step that evaluates: the listed ones, every `eval_every`, and the last.
+    pub fn is_eval_step(&self, step: u64) -> bool {
+        step == self.train.steps
+            || self.eval.eval_at.contains(&step)
+            || (self.eval.eval_every > 0 && step.is_multiple_of(self.eval.eval_every))
+    }
+
+    pub fn tokens_per_step(&self) -> usize {
+        self.train.batch_size * self.train.grad_accum * self.train.seq_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_the_nearest() {
+        let mut b = ConfigBuilder::new();
+        b.set("optim.lrr=0.1").unwrap();
+        let e = b.build().unwrap_err().to_string();
+        assert!(e.contains("`optim.lrr`") && e.contains("`optim.lr`"), "{e}");
+    }
+
+    #[test]
+    fn set_parses_types() {
+        let mut b = ConfigBuilder::new();
+        b.set("optim.lr=3e-4").unwrap();
+        b.set("model.ffn=dynactglu").unwrap();
+        b.set("eval.eval_at=[10, 20]").unwrap();
+        b.set("train.steps=30").unwrap();
+        let (cfg, _) = b.build().unwrap();
+        assert_eq!(cfg.optim.lr, 3e-4);
+        assert_eq!(cfg.model.ffn, dynact_model::FfnKind::Dynactglu);
+        assert_eq!(cfg.eval.eval_at, vec![10, 20]);
+    }
+
+    #[test]
+    fn eval_steps_beyond_a_shorter_run_are_dropped_from_configs_refused_from_cli() {
+        let mut from_file = ConfigBuilder::new();
+        set_key(
+            &mut from_file.table,
+            "eval.eval_at",
+            parse_value("[10, 500]"),
+        )
+        .unwrap();
+        from_file.set("train.steps=40").unwrap();
+        from_file.set("optim.warmup_steps=5").unwrap();
+        let (cfg, notices) = from_file.build().unwrap();
+        assert_eq!(cfg.eval.eval_at, vec![10]);
+        assert!(notices[0].contains("500"));
+
+        let mut cli = ConfigBuilder::new();
+        cli.set("eval.eval_at=[10, 500]").unwrap();
+        cli.set("train.steps=40").unwrap();
+        cli.set("optim.warmup_steps=5").unwrap();
+        assert!(cli
+            .build()
+            .unwrap_err()
+            .to_string()
+            .contains("beyond --steps"));
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        for (k, v) in [
+            ("optim.lr", "0"),
+            ("train.batch_size", "0"),
+            ("train.seq_len", "100000"),
+        ] {
+            let mut b = ConfigBuilder::new();
+            b.set(&format!("{k}={v}")).unwrap();
+            assert!(b.build().is_err(), "{k}={v} accepted");
+        }
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_toml() {
+        let (cfg, _) = ConfigBuilder::new().build().unwrap();
+        let back: RunConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+    }
+}

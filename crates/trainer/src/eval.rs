@@ -1,0 +1,86 @@
+//! Perplexity of a model on a token stream, under the evaluation-window contract of the data
+//! crate ([`dynact_data::eval_windows`]): non-overlapping windows of `seq_len`, every scored
+//! token scored once, the tail reported. Training-time evaluation and `eval-ppl` both call
+//! [`evaluate`], so they agree to the last digit on the same device and dtype.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use dynact_data::{eval_windows, TokenStream};
+use dynact_model::Transformer;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EvalResult {
+    /// Mean next-token cross-entropy in nats.
+    pub ce: f64,
+    pub ppl: f64,
+    /// Bits per UTF-8 byte of the scored text (None when token byte lengths are unknown).
+    pub bpb: Option<f64>,
+    /// Tokens scored.
+    pub tokens: usize,
+    pub windows: usize,
+    /// Tokens at the end that fill no window and were not scored.
+    pub tail_tokens: usize,
+    pub seconds: f64,
+}
+
+/// Scores `stream` in windows of `seq_len`, `batch_size` windows at a time, at most
+/// `max_windows` of them. `byte_lengths[id]` is the UTF-8 length of token `id` (for bits per
+/// byte). `on_batch(done, total)` reports progress.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &Transformer,
+    stream: &TokenStream,
+    seq_len: usize,
+    batch_size: usize,
+    max_windows: Option<usize>,
+    byte_lengths: Option<&[u32]>,
+    device: &Device,
+    mut on_batch: impl FnMut(usize, usize),
+) -> anyhow::Result<EvalResult> {
+    let start = Instant::now();
+    let windows = eval_windows(stream.len(), seq_len)?;
+    let count = max_windows.map_or(windows.count, |m| m.min(windows.count));
+    let (mut nll_sum, mut bytes) = (0f64, 0u64);
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut done = 0;
+    while done < count {
+        let b = batch_size.min(count - done);
+        x.clear();
+        y.clear();
+        for i in done..done + b {
+            windows.window(stream, i, &mut inputs, &mut targets);
+            x.extend_from_slice(&inputs);
+            y.extend_from_slice(&targets);
+        }
+        if let Some(lens) = byte_lengths {
+            bytes += y
+                .iter()
+                .map(|&t| lens.get(t as usize).copied().unwrap_or(0) as u64)
+                .sum::<u64>();
+        }
+        let xs = Tensor::from_slice(&x, (b, seq_len), device)?;
+        let ys = Tensor::from_slice(&y, (b, seq_len), device)?;
+        let nll: Vec<f32> = model.token_nll(&xs, &ys)?.to_vec1()?;
+        // Summed in f64 so that the mean does not depend on how windows were batched.
+        nll_sum += nll.iter().map(|&v| v as f64).sum::<f64>();
+        done += b;
+        on_batch(done, count);
+    }
+    let tokens = count * seq_len;
+    let ce = nll_sum / tokens as f64;
+    let bpb = byte_lengths
+        .filter(|_| bytes > 0)
+        .map(|_| nll_sum / std::f64::consts::LN_2 / bytes as f64);
+    Ok(EvalResult {
+        ce,
+        ppl: ce.exp(),
+        bpb,
+        tokens,
+        windows: count,
+        tail_tokens: windows.tail_tokens + (windows.count - count) * seq_len,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,59 @@
+//! dynact-trainer: wires the model and data crates into training and evaluation, and holds the
+//! command-line tools (`train-lm`, `eval-ppl`, `generate`; `compare-runs` lives in
+//! dynact-compare). The binaries are thin: clap flags -> a validated config -> one call here.
+//!
+//! [`config`] (the run TOML) -> [`train`] (the loop, using [`optim`], [`schedule`], [`eval`] and
+//! [`rundir`]); [`source`] resolves what `eval-ppl` and `generate` are pointed at (a
+//! safetensors file, a checkpoint folder, a run directory or `hf://OWNER/NAME`); [`sample`] is
+//! the decoding loop of `generate`.
+
+pub mod config;
+pub mod eval;
+pub mod optim;
+pub mod rundir;
+pub mod sample;
+pub mod schedule;
+pub mod source;
+pub mod train;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+
+/// `cpu`, `cuda`, `cuda:N` or `metal` -> a Candle device, with a hint when the build lacks it.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let (kind, index) = match spec.split_once(':') {
+        Some((k, i)) => (
+            k,
+            i.parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("device `{spec}`: `{i}` is not a GPU index"))?,
+        ),
+        None => (spec, 0),
+    };
+    match kind {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(index).map_err(|e| {
+            anyhow::anyhow!("cannot open cuda:{index} ({e}); build with `--features cuda` on a machine with the CUDA toolkit")
+        }),
+        "metal" => Device::new_metal(index)
+            .map_err(|e| anyhow::anyhow!("cannot open metal:{index} ({e}); build with `--features metal`")),
+        other => bail!("unknown device `{other}`: expected cpu, cuda, cuda:N or metal"),
+    }
+}
+
+/// `f32` or `bf16` -> the compute dtype.
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => bail!("unknown dtype `{other}`: expected f32 or bf16"),
+    }
+}
+
+/// Sets the CPU thread count for Candle (gemm and rayon read RAYON_NUM_THREADS) before any
+/// tensor work starts; 0 keeps the default of one per physical core.
+pub fn set_cpu_threads(threads: usize) {
+    if threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}

@@ -1,0 +1,209 @@
+//! AdamW with decoupled weight decay on weight matrices only, a learning-rate multiplier for
+//! dynAct's alpha and beta, global-norm clipping, and moments that are saved and restored with
+//! every checkpoint (`candle_nn::AdamW` keeps them private).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Result, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::config::OptimConfig;
+
+struct Slot {
+    name: String,
+    var: Var,
+    m: Tensor,
+    v: Tensor,
+    decay: bool,
+    lr_mult: f64,
+}
+
+pub struct AdamW {
+    slots: Vec<Slot>,
+    /// Updates applied so far (for bias correction).
+    pub step: u64,
+    cfg: OptimConfig,
+}
+
+/// Whether `name` gets weight decay: matrices of the projections (and of the embeddings when
+/// asked); never norms, alpha or beta.
+pub fn decays(name: &str, rank: usize, cfg: &OptimConfig) -> bool {
+    if rank < 2 || name.contains("act_fn.") || name.contains("norm") {
+        return false;
+    }
+    cfg.decay_embeddings || !name.contains("embed_tokens")
+}
+
+impl AdamW {
+    pub fn new(varmap: &VarMap, cfg: &OptimConfig) -> Result<Self> {
+        let data = varmap.data().lock().expect("varmap lock poisoned");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let slots = names
+            .into_iter()
+            .map(|name| {
+                let var = data[name].clone();
+                Ok(Slot {
+                    name: name.clone(),
+                    m: var.zeros_like()?,
+                    v: var.zeros_like()?,
+                    decay: decays(name, var.rank(), cfg),
+                    lr_mult: if name.contains("act_fn.") {
+                        cfg.dynact_lr_mult
+                    } else {
+                        1.0
+                    },
+                    var,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW {
+            slots,
+            step: 0,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Names of the parameters that receive weight decay (for the run log).
+    pub fn decayed(&self) -> Vec<&str> {
+        self.slots
+            .iter()
+            .filter(|s| s.decay)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// Euclidean norm of all gradients together.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut total: Option<Tensor> = None;
+        for s in &self.slots {
+            if let Some(g) = grads.get(&s.var) {
+                let sq = g.sqr()?.sum_all()?;
+                total = Some(match total {
+                    None => sq,
+                    Some(t) => (t + sq)?,
+                });
+            }
+        }
+        match total {
+            None => Ok(0.0),
+            Some(t) => Ok((t.to_scalar::<f32>()? as f64).sqrt()),
+        }
+    }
+
+    /// One update at learning rate `lr`; gradients are first scaled by `grad_scale` (clipping).
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step += 1;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bias1 = 1.0 - b1.powi(self.step as i32);
+        let bias2 = 1.0 - b2.powi(self.step as i32);
+        for s in &mut self.slots {
+            let Some(g) = grads.get(&s.var) else {
+                continue;
+            };
+            let g = if grad_scale != 1.0 {
+                g.affine(grad_scale, 0.0)?
+            } else {
+                g.clone()
+            };
+            s.m = ((&s.m * b1)? + (&g * (1.0 - b1))?)?;
+            s.v = ((&s.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let lr = lr * s.lr_mult;
+            let denom = ((&s.v / bias2)?.sqrt()? + self.cfg.eps)?;
+            let update = ((&s.m / bias1)? / denom)?;
+            let decay = if s.decay {
+                1.0 - lr * self.cfg.weight_decay
+            } else {
+                1.0
+            };
+            let theta = s.var.as_tensor().affine(decay, 0.0)?;
+            s.var.set(&(theta - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the moments as safetensors (`m.<param>`, `v.<param>`), atomically.
+    pub fn save(&self, path: &Path) -> dynact_model::Result<()> {
+        let mut tensors = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            tensors.push((format!("m.{}", s.name), s.m.clone()));
+            tensors.push((format!("v.{}", s.name), s.v.clone()));
+        }
+        dynact_model::checkpoint::save_tensors(&tensors, path)
+    }
+
+    /// Restores moments saved by [`AdamW::save`] and the update count.
+    pub fn load(&mut self, path: &Path, step: u64, device: &Device) -> anyhow::Result<()> {
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
+            .map_err(|e| anyhow::anyhow!("cannot read optimizer state {}: {e}", path.display()))?;
+        for s in &mut self.slots {
+            for (prefix, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
+                let key = format!("{prefix}.{}", s.name);
+                let t = tensors.get(&key).ok_or_else(|| {
+                    anyhow::anyhow!("optimizer state {} lacks `{key}`", path.display())
+                })?;
+                if t.shape() != slot.shape() {
+                    anyhow::bail!(
+                        "optimizer state `{key}` has shape {:?}, the model {:?}",
+                        t.dims(),
+                        slot.dims()
+                    );
+                }
+                *slot = t.clone();
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_applies_to_matrices_only() {
+        let cfg = OptimConfig::default();
+        assert!(decays("model.layers.0.mlp.up_proj.weight", 2, &cfg));
+        assert!(decays("lm_head.weight", 2, &cfg));
+        assert!(!decays("model.embed_tokens.weight", 2, &cfg));
+        assert!(!decays("model.layers.0.input_layernorm.weight", 1, &cfg));
+        assert!(!decays("model.layers.0.mlp.act_fn.alpha", 1, &cfg));
+        let with_embed = OptimConfig {
+            decay_embeddings: true,
+            ..cfg
+        };
+        assert!(decays("model.embed_tokens.weight", 2, &with_embed));
+    }
+
+    #[test]
+    fn one_step_matches_the_adamw_formula() {
+        // First step: m_hat = g, v_hat = g^2, so theta' = theta(1 - lr wd) - lr g / (|g| + eps).
+        let varmap = VarMap::new();
+        let w = Var::from_vec(vec![1.0f32, -2.0], (1, 2), &Device::Cpu).unwrap();
+        varmap
+            .data()
+            .lock()
+            .unwrap()
+            .insert("x.weight".into(), w.clone());
+        let cfg = OptimConfig {
+            weight_decay: 0.5,
+            eps: 1e-8,
+            ..OptimConfig::default()
+        };
+        let mut opt = AdamW::new(&varmap, &cfg).unwrap();
+        let loss = (w.as_tensor() * Tensor::new(&[[3.0f32, 0.5]], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        opt.step(&grads, 0.1, 1.0).unwrap();
+        let got: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let expect = [1.0 * (1.0 - 0.05) - 0.1, -2.0 * (1.0 - 0.05) - 0.1];
+        for (g, e) in got.iter().zip(expect) {
+            assert!((g - e).abs() < 1e-6, "{got:?} vs {expect:?}");
+        }
+    }
+}

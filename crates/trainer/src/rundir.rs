@@ -1,0 +1,172 @@
+//! The run directory (see DESIGN.md):
+//!
+//! ```text
+//! <run>/run.toml  config.json  tokenizer.json  metrics.jsonl  eval.jsonl  latest
+//! <run>/step-000600/  model.safetensors  config.json  tokenizer.json
+//!                     optimizer.safetensors  trainer_state.json
+//! ```
+//!
+//! A checkpoint folder is written whole under a temporary name and renamed into place, and
+//! `latest` is rewritten (atomically) only after that: a crash at any point leaves the previous
+//! checkpoint complete and `latest` pointing at a checkpoint that loads.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use dynact_data::LoaderState;
+use dynact_model::checkpoint::{atomic_write_bytes, CONFIG_FILE};
+use serde::{Deserialize, Serialize};
+
+pub const RUN_CONFIG_FILE: &str = "run.toml";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const EVAL_FILE: &str = "eval.jsonl";
+pub const LATEST_FILE: &str = "latest";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+
+/// Everything besides weights and optimizer moments that a resumed run needs to continue
+/// exactly where the interrupted one stopped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub tokens_seen: u64,
+    pub loader: LoaderState,
+    /// The run's seed; dropout masks derive from (seed, step), so this is the RNG state.
+    pub seed: u64,
+    /// Training wall time so far, seconds.
+    pub elapsed_s: f64,
+}
+
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step:06}")
+}
+
+/// A run directory on disk.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RunDir { path: path.into() }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Whether a run was already started here.
+    pub fn holds_run(&self) -> bool {
+        self.file(RUN_CONFIG_FILE).is_file()
+    }
+
+    pub fn step_dir(&self, step: u64) -> PathBuf {
+        self.path.join(step_dir_name(step))
+    }
+
+    /// The newest complete checkpoint, as named by `latest`.
+    pub fn latest_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let latest = self.file(LATEST_FILE);
+        if !latest.is_file() {
+            return Ok(None);
+        }
+        let name = std::fs::read_to_string(&latest)
+            .with_context(|| format!("cannot read {}", latest.display()))?;
+        let dir = self.path.join(name.trim());
+        if !dir.join(CONFIG_FILE).is_file() {
+            bail!(
+                "{} names {}, which is not a complete checkpoint",
+                latest.display(),
+                dir.display()
+            );
+        }
+        Ok(Some(dir))
+    }
+
+    /// Steps of the checkpoints present, ascending.
+    pub fn checkpoint_steps(&self) -> Result<Vec<u64>> {
+        let mut steps = vec![];
+        if !self.path.is_dir() {
+            return Ok(steps);
+        }
+        for entry in std::fs::read_dir(&self.path)? {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse().ok()) {
+                steps.push(n);
+            }
+        }
+        steps.sort_unstable();
+        Ok(steps)
+    }
+
+    /// Appends one JSON line to `name` (metrics.jsonl or eval.jsonl) and flushes it to disk.
+    pub fn append_jsonl(&self, name: &str, value: &serde_json::Value) -> Result<()> {
+        let path = self.file(name);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))?;
+        f.sync_data()
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Writes a checkpoint for `step`: `write_files` fills a temporary folder, which is then
+    /// renamed to `step-NNNNNN` and named in `latest`. `before_rename` is a test hook.
+    pub fn save_checkpoint(
+        &self,
+        step: u64,
+        write_files: impl FnOnce(&Path) -> Result<()>,
+        before_rename: impl FnOnce() -> Result<()>,
+    ) -> Result<PathBuf> {
+        let name = step_dir_name(step);
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        let dest = self.path.join(&name);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let written = write_files(&tmp).and_then(|_| before_rename());
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!(
+                "saving the checkpoint of step {step} failed; the previous checkpoint is intact"
+            )));
+        }
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest)
+                .with_context(|| format!("cannot replace {}", dest.display()))?;
+        }
+        std::fs::rename(&tmp, &dest)
+            .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
+        atomic_write_bytes(&self.file(LATEST_FILE), name.as_bytes())
+            .with_context(|| format!("cannot write {}", self.file(LATEST_FILE).display()))?;
+        Ok(dest)
+    }
+
+    /// Deletes checkpoints that are neither among the `keep_last` newest nor in `keep`.
+    pub fn prune(&self, keep_last: usize, keep: &[u64]) -> Result<()> {
+        let steps = self.checkpoint_steps()?;
+        let recent: Vec<u64> = steps.iter().rev().take(keep_last.max(1)).copied().collect();
+        for s in steps {
+            if !recent.contains(&s) && !keep.contains(&s) {
+                std::fs::remove_dir_all(self.step_dir(s))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn read_trainer_state(step_dir: &Path) -> Result<TrainerState> {
+    let path = step_dir.join(TRAINER_STATE_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
