@@ -84,3 +84,46 @@ pub fn evaluate(
         seconds: start.elapsed().as_secs_f64(),
     })
 }
+
+/// Perplexity on `val` of the unigram distribution of `train` (add-one smoothed): the bar a
+/// model must clear to have learned anything beyond token frequencies.
+pub fn unigram_ppl(train: &TokenStream, val: &TokenStream, vocab_size: usize) -> f64 {
+    let mut counts = vec![1u64; vocab_size];
+    let mut buf = vec![0u32; 1 << 16];
+    let mut count_into = |stream: &TokenStream, f: &mut dyn FnMut(u32)| {
+        let mut start = 0;
+        while start < stream.len() {
+            let n = buf.len().min(stream.len() - start);
+            stream.read(start, &mut buf[..n]);
+            buf[..n].iter().for_each(|&t| f(t));
+            start += n;
+        }
+    };
+    count_into(train, &mut |t| {
+        if let Some(c) = counts.get_mut(t as usize) {
+            *c += 1;
+        }
+    });
+    let total: u64 = counts.iter().sum();
+    let (mut nll, mut n) = (0f64, 0u64);
+    count_into(val, &mut |t| {
+        let c = counts.get(t as usize).copied().unwrap_or(1);
+        nll -= (c as f64 / total as f64).ln();
+        n += 1;
+    });
+    (nll / n.max(1) as f64).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unigram_ppl_by_hand() {
+        // train counts (+1 smoothing, vocab 3): a=3+1, b=1+1, c=0+1 -> p = 4/7, 2/7, 1/7.
+        let train = TokenStream::from_tokens(vec![0, 0, 0, 1]);
+        let val = TokenStream::from_tokens(vec![0, 1]);
+        let expected = (-((4.0f64 / 7.0).ln() + (2.0f64 / 7.0).ln()) / 2.0).exp();
+        assert!((unigram_ppl(&train, &val, 3) - expected).abs() < 1e-12);
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod experiment;
 pub mod optim;
 pub mod rundir;
 pub mod sample;

@@ -49,6 +49,8 @@ pub struct RunOptions {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub run_dir: PathBuf,
+    /// Validation perplexity of the training set's unigram distribution, for reference.
+    pub unigram_ppl: f64,
     pub last_step: u64,
     pub interrupted: bool,
     /// (step, tokens_seen, result) of every evaluation in this invocation.
@@ -153,6 +155,10 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         dataset.description,
         data_start.elapsed().as_secs_f64()
     ));
+    let unigram = crate::eval::unigram_ppl(&dataset.train, &dataset.val, cfg.model.vocab_size);
+    log(format!(
+        "baseline: unigram perplexity of the validation set {unigram:.3} (train token frequencies)"
+    ));
     // Fail now, not at the first evaluation, when the validation set is too short.
     dynact_data::eval_windows(dataset.val.len(), cfg.train.seq_len)
         .context("the validation set")?;
@@ -218,6 +224,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     loader.restore(&state.loader)?;
 
     let mut trainer = Trainer {
+        unigram_ppl: unigram,
         cfg,
         run_dir,
         device,
@@ -232,6 +239,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
 }
 
 struct Trainer {
+    unigram_ppl: f64,
     cfg: RunConfig,
     run_dir: RunDir,
     device: Device,
@@ -269,6 +277,7 @@ impl Trainer {
             ProgressBar::hidden()
         };
         let mut report = RunReport {
+            unigram_ppl: self.unigram_ppl,
             run_dir: self.run_dir.path.clone(),
             last_step: start_step,
             interrupted: false,
@@ -511,6 +520,7 @@ pub fn print_summary(name: &str, r: &RunReport) {
             let bpb = e.bpb.map_or("-".to_string(), |b| format!("{b:.4}"));
             println!("| {step} | {tokens} | {:.4} | {:.4} | {bpb} |", e.ce, e.ppl);
         }
+        println!("unigram baseline: val_ppl {:.4}", r.unigram_ppl);
     }
     println!(
         "{} steps, {:.3} s/step, {:.0} tokens/s (training only)",

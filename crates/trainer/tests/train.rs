@@ -68,10 +68,31 @@ fn validation_perplexity_falls_and_evals_happen_exactly_at_the_listed_steps() {
     let first = evals[0]["val_ppl"].as_f64().unwrap();
     let last = evals[4]["val_ppl"].as_f64().unwrap();
     assert!(last < 0.6 * first, "val_ppl {first} -> {last}");
+    assert!(
+        last < 0.8 * report.unigram_ppl,
+        "val_ppl {last} vs unigram {}",
+        report.unigram_ppl
+    );
     assert_eq!(report.evals.len(), 5);
     // Checkpoints: every eval_at step kept, plus the newest keep_last (2).
     let kept = RunDir::new(cfg.run_dir()).checkpoint_steps().unwrap();
     assert_eq!(kept, vec![1, 25, 40, 60]);
+}
+
+#[test]
+fn a_short_run_beats_the_unigram_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = small(tmp.path(), FfnKind::Dynactglu, 150);
+    cfg.train.batch_size = 8;
+    cfg.optim.lr = 1e-2;
+    cfg.optim.min_lr = 1e-3;
+    let report = run(cfg, quiet()).unwrap();
+    let last = report.evals.last().unwrap().2.ppl;
+    assert!(
+        last < 0.75 * report.unigram_ppl,
+        "val_ppl {last} vs unigram {}",
+        report.unigram_ppl
+    );
 }
 
 #[test]

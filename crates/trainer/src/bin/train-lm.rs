@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use dynact_trainer::config::ConfigBuilder;
+use dynact_model::FfnKind;
+use dynact_trainer::config::{ConfigBuilder, RunConfig};
+use dynact_trainer::experiment::{run_grid, Grid};
 use dynact_trainer::train::{run, RunOptions};
 
 #[derive(Parser, Debug)]
@@ -18,11 +20,17 @@ struct Args {
     /// Run config (TOML); without it, the built-in CPU default (configs/tiny.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Feed-forward block: swiglu or dynactglu.
-    #[arg(long)]
-    ffn: Option<String>,
+    /// Feed-forward block: swiglu or dynactglu; a list (swiglu,dynactglu) runs each.
+    #[arg(long, value_delimiter = ',')]
+    ffn: Option<Vec<String>>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Run an experiment grid over these seeds (with every --ffn), then compare the runs.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Grid runs at a time, each with its share of the CPU cores.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     #[arg(long)]
     steps: Option<u64>,
     /// Evaluation steps, comma-separated (e.g. 562,3430).
@@ -67,7 +75,7 @@ struct Args {
 /// The default run when no --config is given: the tiny CPU config, compiled in.
 const DEFAULT_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
 
-fn build(args: &Args) -> anyhow::Result<(dynact_trainer::config::RunConfig, RunOptions)> {
+fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
     let mut b = match (&args.config, &args.resume) {
         (Some(path), _) => ConfigBuilder::from_file(path)?,
         // Resuming without --config continues with the run's own resolved config.
@@ -84,7 +92,9 @@ fn build(args: &Args) -> anyhow::Result<(dynact_trainer::config::RunConfig, RunO
         }
         Ok(())
     };
-    set("model.ffn", args.ffn.as_deref().map(s))?;
+    if let Some([one]) = args.ffn.as_deref() {
+        set("model.ffn", Some(s(one)))?;
+    }
     set("seed", args.seed.map(i))?;
     set("train.steps", args.steps.map(i))?;
     set(
@@ -121,6 +131,32 @@ fn build(args: &Args) -> anyhow::Result<(dynact_trainer::config::RunConfig, RunO
     Ok((cfg, opts))
 }
 
+/// The grid asked for by `--ffn a,b` and/or `--seeds`, if any.
+fn grid(args: &Args, cfg: &RunConfig) -> anyhow::Result<Option<Grid>> {
+    let ffns = args.ffn.clone().unwrap_or_default();
+    if ffns.len() <= 1 && args.seeds.is_none() {
+        return Ok(None);
+    }
+    if args.resume.is_some() {
+        anyhow::bail!(
+            "--resume continues one run; to resume a grid, run the same grid command again"
+        );
+    }
+    let ffns = if ffns.is_empty() {
+        vec![cfg.model.ffn]
+    } else {
+        ffns.iter()
+            .map(|f| f.parse::<FfnKind>().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let seeds = args.seeds.clone().unwrap_or_else(|| vec![cfg.seed]);
+    Ok(Some(Grid {
+        ffns,
+        seeds,
+        jobs: args.jobs,
+    }))
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -128,6 +164,13 @@ fn main() {
         .init();
     let args = Args::parse();
     let result = build(&args).and_then(|(cfg, mut opts)| {
+        if let Some(grid) = grid(&args, &cfg)? {
+            let exe = std::env::current_exe()?;
+            let dir = run_grid(&cfg, opts.vocab_size_given, &grid, &exe)?;
+            let table = std::fs::read_to_string(dir.join("comparison").join("comparison.md"))?;
+            println!("{table}");
+            std::process::exit(0);
+        }
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();
         let _ = ctrlc::set_handler(move || {

@@ -1,0 +1,182 @@
+//! Seeded experiment grids: every (ffn, seed) pair of a config trained one after another (or
+//! `jobs` at a time, each a child `train-lm` process with its share of the cores), each seed
+//! seeing the same data order and the same initial weights for both FFNs, then compared with
+//! dynact-compare into `<experiment>/comparison/`. An interrupted grid, started again with the
+//! same command, skips finished runs and resumes unfinished ones.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use dynact_model::FfnKind;
+
+use crate::config::RunConfig;
+use crate::rundir::{read_trainer_state, RunDir};
+
+#[derive(Clone, Debug)]
+pub struct Grid {
+    pub ffns: Vec<FfnKind>,
+    pub seeds: Vec<u64>,
+    /// Runs at a time.
+    pub jobs: usize,
+}
+
+/// One run of the grid.
+#[derive(Clone, Debug)]
+struct Cell {
+    name: String,
+    dir: PathBuf,
+    config_path: PathBuf,
+}
+
+enum Progress {
+    Done,
+    Resume,
+    Start,
+}
+
+fn progress(dir: &Path, steps: u64) -> Result<Progress> {
+    let rd = RunDir::new(dir);
+    if !rd.holds_run() {
+        return Ok(Progress::Start);
+    }
+    match rd.latest_checkpoint()? {
+        Some(ckpt) if read_trainer_state(&ckpt)?.step >= steps => Ok(Progress::Done),
+        Some(_) => Ok(Progress::Resume),
+        // Started but never checkpointed: start it again from scratch.
+        None => {
+            std::fs::remove_dir_all(dir)?;
+            Ok(Progress::Start)
+        }
+    }
+}
+
+/// Runs the grid under `cfg.run_dir()` and writes the comparison; returns the experiment dir.
+/// `exe` is the train-lm binary; `vocab_size_given` as in [`crate::train::RunOptions`].
+pub fn run_grid(
+    cfg: &RunConfig,
+    vocab_size_given: bool,
+    grid: &Grid,
+    exe: &Path,
+) -> Result<PathBuf> {
+    let base = cfg.run_dir();
+    std::fs::create_dir_all(base.join("configs"))
+        .with_context(|| format!("cannot create experiment dir {}", base.display()))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = grid.jobs.max(1);
+    let threads = (cores / jobs).max(1);
+
+    let mut cells = vec![];
+    for &seed in &grid.seeds {
+        for &ffn in &grid.ffns {
+            let name = format!("{}-seed{seed}", ffn.name());
+            let mut c = cfg.clone();
+            c.model.ffn = ffn;
+            c.seed = seed;
+            c.name = format!("{}-{name}", cfg.name);
+            c.run_dir = base.join(&name).to_string_lossy().into_owned();
+            c.train.threads = threads;
+            let mut table: toml::Table = toml::from_str(&c.to_toml())?;
+            if !vocab_size_given {
+                // Let each run take the vocabulary size from its tokenizer.
+                if let Some(toml::Value::Table(m)) = table.get_mut("model") {
+                    m.remove("vocab_size");
+                }
+            }
+            let config_path = base.join("configs").join(format!("{name}.toml"));
+            dynact_model::checkpoint::atomic_write_bytes(
+                &config_path,
+                toml::to_string_pretty(&table)?.as_bytes(),
+            )?;
+            cells.push(Cell {
+                name,
+                dir: base.join(format!("{}-seed{seed}", ffn.name())),
+                config_path,
+            });
+        }
+    }
+
+    eprintln!(
+        "experiment {}: {} runs, {jobs} at a time with {threads} thread(s) each",
+        base.display(),
+        cells.len()
+    );
+    let start = Instant::now();
+    let mut pending: Vec<&Cell> = cells.iter().rev().collect();
+    let mut running: Vec<(&Cell, Child)> = vec![];
+    loop {
+        while running.len() < jobs {
+            let Some(cell) = pending.pop() else { break };
+            let mut cmd = Command::new(exe);
+            match progress(&cell.dir, cfg.train.steps)? {
+                Progress::Done => {
+                    eprintln!("  {}: already finished", cell.name);
+                    continue;
+                }
+                Progress::Resume => {
+                    eprintln!("  {}: resuming", cell.name);
+                    cmd.arg("--resume").arg(&cell.dir);
+                }
+                Progress::Start => {
+                    eprintln!("  {}: starting", cell.name);
+                    cmd.arg("--config").arg(&cell.config_path);
+                }
+            }
+            let log_path = base.join(format!("{}.log", cell.name));
+            let log = File::options()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("cannot open {}", log_path.display()))?;
+            let child = cmd
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))?;
+            running.push((cell, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(status) = running[i].1.try_wait()? {
+                let (cell, _) = running.remove(i);
+                if !status.success() {
+                    for (_, mut other) in running.drain(..) {
+                        let _ = other.kill();
+                    }
+                    bail!(
+                        "run {} failed ({status}); see {}; run the same command again to resume the grid",
+                        cell.name,
+                        base.join(format!("{}.log", cell.name)).display()
+                    );
+                }
+                eprintln!(
+                    "  {}: finished ({:.0} s into the experiment)",
+                    cell.name,
+                    start.elapsed().as_secs_f64()
+                );
+            } else {
+                i += 1;
+            }
+        }
+    }
+    eprintln!(
+        "experiment finished in {:.1} min",
+        start.elapsed().as_secs_f64() / 60.0
+    );
+
+    let dirs: Vec<PathBuf> = cells.iter().map(|c| c.dir.clone()).collect();
+    let opts = dynact_compare::CompareOptions::default();
+    let comparison = dynact_compare::compare(&dirs, &opts)?;
+    let out = base.join("comparison");
+    dynact_compare::write_report(&comparison, &out)?;
+    eprintln!("comparison written to {}", out.display());
+    Ok(base)
+}
