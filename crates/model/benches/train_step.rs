@@ -7,6 +7,11 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use dynact_model::{init_model, FfnKind, ForwardCtx, ModelConfig};
 
+// As in the binaries: glibc's allocator returns large buffers to the kernel after every step
+// and takes page faults to get them back; mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn config(ffn: FfnKind, small: bool) -> (ModelConfig, usize, usize) {
     let cfg = ModelConfig {
         ffn,

@@ -10,8 +10,9 @@
 //! (the pattern of `candle_nn::prelu`), so it can be dropped into any Candle model and is saved
 //! and loaded with the rest of it under `<prefix>.alpha` and `<prefix>.beta`.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
 
 use crate::config::{BaseAct, DynActConfig, Granularity};
 
@@ -66,10 +67,195 @@ impl DynAct {
 impl Module for DynAct {
     /// x: (..., C) -> (..., C)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let fusable = matches!(self.base, BaseAct::Silu | BaseAct::Relu);
+        if fusable && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return x.contiguous()?.apply_op3(
+                &self.alpha.to_dtype(DType::F32)?,
+                &self.beta.to_dtype(DType::F32)?,
+                FusedDynAct { base: self.base },
+            );
+        }
         let alpha = self.alpha.to_dtype(x.dtype())?;
         let beta = self.beta.to_dtype(x.dtype())?;
         let scale = (&alpha - &beta)?;
         let nonlinear = base_activation(x, self.base)?.broadcast_mul(&scale)?;
         nonlinear + x.broadcast_mul(&beta)?
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused CPU kernels: one pass forward, one pass for dx and one for (dalpha, dbeta), instead of
+// the dozen passes of the composition above and its backward.
+
+/// base(x) and base'(x) for the bases with a fused kernel.
+fn base_and_slope(x: f32, base: BaseAct) -> (f32, f32) {
+    match base {
+        BaseAct::Silu => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            (x * s, s * (1.0 + x * (1.0 - s)))
+        }
+        BaseAct::Relu => {
+            if x > 0.0 {
+                (x, 1.0)
+            } else {
+                (0.0, 0.0)
+            }
+        }
+        BaseAct::Gelu | BaseAct::Mish => unreachable!("no fused kernel for {base:?}"),
+    }
+}
+
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("dynact: expects contiguous f32 input"),
+    }
+}
+
+/// The parameter of channel `c` from a vector of length 1 (per layer) or C (per channel).
+fn param(p: &[f32], c: usize) -> f32 {
+    if p.len() == 1 {
+        p[0]
+    } else {
+        p[c]
+    }
+}
+
+struct FusedDynAct {
+    base: BaseAct,
+}
+
+impl CustomOp3 for FusedDynAct {
+    fn name(&self) -> &'static str {
+        "dynact"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, alpha, beta) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let c = *l1.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .for_each(|(o, xr)| {
+                for (j, (o, &x)) in o.iter_mut().zip(xr).enumerate() {
+                    let (a, b) = (param(alpha, j), param(beta, j));
+                    *o = base_and_slope(x, self.base).0 * (a - b) + b * x;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        alpha: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let params = Tensor::cat(&[alpha, beta], 0)?;
+        let dx = x.apply_op3_no_bwd(&params, &grad, &DynActGradX { base: self.base })?;
+        // (2, C): per-channel sums of g base(x) and g (x - base(x)) over all rows.
+        let sums = x.apply_op2_no_bwd(&grad, &DynActGradParams { base: self.base })?;
+        let sums = if alpha.elem_count() == 1 {
+            sums.sum_keepdim(1)?
+        } else {
+            sums
+        };
+        let n = alpha.elem_count();
+        Ok((
+            Some(dx),
+            Some(sums.get(0)?.reshape(n)?),
+            Some(sums.get(1)?.reshape(n)?),
+        ))
+    }
+}
+
+/// dx = g (base'(x)(alpha - beta) + beta); params = [alpha; beta].
+struct DynActGradX {
+    base: BaseAct,
+}
+
+impl CustomOp3 for DynActGradX {
+    fn name(&self) -> &'static str {
+        "dynact-grad-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, params, g) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let (alpha, beta) = params.split_at(params.len() / 2);
+        let c = *l1.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(c)
+            .zip(x.par_chunks(c).zip(g.par_chunks(c)))
+            .for_each(|(o, (xr, gr))| {
+                for (j, (o, (&x, &g))) in o.iter_mut().zip(xr.iter().zip(gr)).enumerate() {
+                    let (a, b) = (param(alpha, j), param(beta, j));
+                    *o = g * (base_and_slope(x, self.base).1 * (a - b) + b);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Row sums per channel: [sum g base(x); sum g (x - base(x))], shape (2, C).
+struct DynActGradParams {
+    base: BaseAct,
+}
+
+impl CustomOp2 for DynActGradParams {
+    fn name(&self) -> &'static str {
+        "dynact-grad-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
+        let c = *l1.dims().last().unwrap_or(&1);
+        // Fixed-size row blocks summed in order: the result does not depend on thread timing.
+        let rows_per_block = 64;
+        let partials: Vec<Vec<f64>> = x
+            .par_chunks(c * rows_per_block)
+            .zip(g.par_chunks(c * rows_per_block))
+            .map(|(xb, gb)| {
+                let mut acc = vec![0f64; 2 * c];
+                for (xr, gr) in xb.chunks(c).zip(gb.chunks(c)) {
+                    for (j, (&x, &g)) in xr.iter().zip(gr).enumerate() {
+                        let base = base_and_slope(x, self.base).0;
+                        acc[j] += (g * base) as f64;
+                        acc[c + j] += (g * (x - base)) as f64;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f64; 2 * c];
+        for p in partials {
+            out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+        }
+        let out: Vec<f32> = out.into_iter().map(|v| v as f32).collect();
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
     }
 }

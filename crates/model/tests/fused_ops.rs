@@ -114,3 +114,43 @@ fn fused_cross_entropy_matches_log_softmax_gather() {
     let bad = Tensor::new(&[11u32, 0, 0, 0, 0, 0, 0], &Device::Cpu).unwrap();
     assert!(ops::token_nll(&logits, &bad).is_err());
 }
+
+#[test]
+fn fused_dynact_matches_composition_for_every_parameter() {
+    use candle_nn::{VarBuilder, VarMap};
+    use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
+    for base in [BaseAct::Silu, BaseAct::Relu] {
+        for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
+            let cfg = DynActConfig {
+                base,
+                granularity,
+                alpha_init: 1.3,
+                beta_init: 0.2,
+            };
+            // f32 takes the fused kernel, f64 the composition.
+            let run = |dtype: DType| {
+                let vm = VarMap::new();
+                let act = DynAct::new(&cfg, 12, VarBuilder::from_varmap(&vm, dtype, &Device::Cpu))
+                    .unwrap();
+                let x = Var::from_tensor(&randn(&[5, 7, 12], 8).to_dtype(dtype).unwrap()).unwrap();
+                let w = randn(&[5, 7, 12], 9).to_dtype(dtype).unwrap();
+                let y = candle_core::Module::forward(&act, x.as_tensor()).unwrap();
+                let grads = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+                let data = vm.data().lock().unwrap();
+                let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                (
+                    f(&y),
+                    f(grads.get(&x).unwrap()),
+                    f(grads.get(&data["alpha"]).unwrap()),
+                    f(grads.get(&data["beta"]).unwrap()),
+                )
+            };
+            let (a, b) = (run(DType::F32), run(DType::F64));
+            let what = format!("{base:?} {granularity:?}");
+            assert_close(&a.0, &b.0, 1e-5, &format!("{what} value"));
+            assert_close(&a.1, &b.1, 1e-5, &format!("{what} dx"));
+            assert_close(&a.2, &b.2, 1e-3, &format!("{what} dalpha"));
+            assert_close(&a.3, &b.3, 1e-3, &format!("{what} dbeta"));
+        }
+    }
+}

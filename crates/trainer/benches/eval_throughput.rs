@@ -14,6 +14,10 @@ use dynact_model::{init_model, FfnKind, ModelConfig};
 use dynact_trainer::eval::evaluate;
 use dynact_trainer::{parse_device, parse_dtype};
 
+// As in the binaries (see train-lm.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SEQ_LEN: usize = 256;
 const BATCH: usize = 16;
 

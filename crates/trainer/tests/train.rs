@@ -68,11 +68,6 @@ fn validation_perplexity_falls_and_evals_happen_exactly_at_the_listed_steps() {
     let first = evals[0]["val_ppl"].as_f64().unwrap();
     let last = evals[4]["val_ppl"].as_f64().unwrap();
     assert!(last < 0.6 * first, "val_ppl {first} -> {last}");
-    assert!(
-        last < 0.8 * report.unigram_ppl,
-        "val_ppl {last} vs unigram {}",
-        report.unigram_ppl
-    );
     assert_eq!(report.evals.len(), 5);
     // Checkpoints: every eval_at step kept, plus the newest keep_last (2).
     let kept = RunDir::new(cfg.run_dir()).checkpoint_steps().unwrap();

@@ -15,6 +15,11 @@ use dynact_trainer::source::{eval_data, load_source, SourceKind, SourceOptions, 
 use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
 use indicatif::{ProgressBar, ProgressStyle};
 
+// glibc hands large tensor buffers back to the kernel after every step and page-faults them
+// in again; mimalloc keeps them (about 30% faster training on CPU, see the train_step bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Perplexity of a checkpoint, local or on the Hugging Face Hub.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]

@@ -11,6 +11,11 @@ use dynact_trainer::config::{ConfigBuilder, RunConfig};
 use dynact_trainer::experiment::{run_grid, Grid};
 use dynact_trainer::train::{run, RunOptions};
 
+// glibc hands large tensor buffers back to the kernel after every step and page-faults them
+// in again; mimalloc keeps them (about 30% faster training on CPU, see the train_step bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     version,
