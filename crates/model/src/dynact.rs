@@ -14,6 +14,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::ops::f32_slice as cpu_f32;
+
 use crate::config::{BaseAct, DynActConfig, Granularity};
 
 /// The base nonlinearity, built from differentiable Candle ops only.
@@ -105,13 +107,6 @@ fn base_and_slope(x: f32, base: BaseAct) -> (f32, f32) {
     }
 }
 
-fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("dynact: expects contiguous f32 input"),
-    }
-}
-
 /// The parameter of channel `c` from a vector of length 1 (per layer) or C (per channel).
 fn param(p: &[f32], c: usize) -> f32 {
     if p.len() == 1 {
@@ -139,7 +134,11 @@ impl CustomOp3 for FusedDynAct {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, alpha, beta) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let (x, alpha, beta) = (
+            cpu_f32(s1, l1, "dynact")?,
+            cpu_f32(s2, l2, "dynact")?,
+            cpu_f32(s3, l3, "dynact")?,
+        );
         let c = *l1.dims().last().unwrap_or(&1);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(c)
@@ -199,7 +198,11 @@ impl CustomOp3 for DynActGradX {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, params, g) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let (x, params, g) = (
+            cpu_f32(s1, l1, "dynact")?,
+            cpu_f32(s2, l2, "dynact")?,
+            cpu_f32(s3, l3, "dynact")?,
+        );
         let (alpha, beta) = params.split_at(params.len() / 2);
         let c = *l1.dims().last().unwrap_or(&1);
         let mut out = vec![0f32; x.len()];
@@ -232,7 +235,7 @@ impl CustomOp2 for DynActGradParams {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
+        let (x, g) = (cpu_f32(s1, l1, "dynact")?, cpu_f32(s2, l2, "dynact")?);
         let c = *l1.dims().last().unwrap_or(&1);
         // Fixed-size row blocks summed in order: the result does not depend on thread timing.
         let rows_per_block = 64;

@@ -16,7 +16,7 @@ fn fused(x: &Tensor) -> bool {
 }
 
 /// The contiguous f32 data of a CPU tensor.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let (start, end) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;

@@ -58,3 +58,26 @@ pub fn set_cpu_threads(threads: usize) {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
+
+/// Logging for the binaries: tracing to stderr, filtered by RUST_LOG (default: warnings).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// Prints an error as one line, `error: <message: cause: cause>`, and returns exit code 1.
+pub fn report_error(e: &anyhow::Error) -> std::process::ExitCode {
+    let msg = format!("{e:#}");
+    eprintln!(
+        "error: {}",
+        msg.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    std::process::ExitCode::FAILURE
+}

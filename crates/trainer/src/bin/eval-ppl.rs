@@ -196,24 +196,9 @@ fn run(args: Args) -> Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_target(false)
-        .without_time()
-        .init();
+    dynact_trainer::init_logging();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let msg = format!("{e:#}");
-            eprintln!(
-                "error: {}",
-                msg.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
-            ExitCode::FAILURE
-        }
+        Err(e) => dynact_trainer::report_error(&e),
     }
 }

@@ -163,10 +163,7 @@ fn grid(args: &Args, cfg: &RunConfig) -> anyhow::Result<Option<Grid>> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    dynact_trainer::init_logging();
     let args = Args::parse();
     let result = build(&args).and_then(|(cfg, mut opts)| {
         if let Some(grid) = grid(&args, &cfg)? {
@@ -201,7 +198,7 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            dynact_trainer::report_error(&e);
             std::process::exit(1);
         }
     }
