@@ -199,9 +199,23 @@ fn check_keys(prefix: &str, table: &toml::Table, known: &[String]) -> Result<(),
             format!("{prefix}.{k}")
         };
         if !known.contains(&path) {
+            // Nearest by the key's own name (`lrr` -> `optim.lr`), preferring the same table.
+            let split = |k: &str| -> (String, String) {
+                match k.rsplit_once('.') {
+                    Some((p, l)) => (p.to_string(), l.to_string()),
+                    None => (String::new(), k.to_string()),
+                }
+            };
+            let (parent, leaf) = split(&path);
             let nearest = known
                 .iter()
-                .map(|c| (strsim::levenshtein(c, &path), c))
+                .map(|c| {
+                    let (cp, cl) = split(c);
+                    (
+                        strsim::levenshtein(&cl, &leaf) + usize::from(cp != parent),
+                        c,
+                    )
+                })
                 .min()
                 .map(|(_, c)| c.clone())
                 .unwrap_or_default();
