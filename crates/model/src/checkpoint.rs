@@ -66,6 +66,15 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
+        op: "read",
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        op: "write",
         path: path.to_path_buf(),
         source,
     }
@@ -97,12 +106,12 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(metadata), tmp)
             .map_err(std::io::Error::other)
     })
-    .map_err(io_err(path))
+    .map_err(write_err(path))
 }
 
 pub fn save_config(cfg: &ModelConfig, path: &Path) -> Result<()> {
     let text = serde_json::to_string_pretty(&cfg.to_hf_json()).expect("config serialises");
-    atomic_write_bytes(path, text.as_bytes()).map_err(io_err(path))
+    atomic_write_bytes(path, text.as_bytes()).map_err(write_err(path))
 }
 
 pub fn read_config(path: &Path) -> Result<ModelConfig> {
@@ -123,6 +132,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(WEIGHTS_INDEX_FILE);
     if !index.is_file() {
         return Err(ModelError::Io {
+            op: "read",
             path: single,
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -267,7 +277,7 @@ impl Checkpoint {
 
     /// Writes `config.json` and `model.safetensors` into `dir`.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        std::fs::create_dir_all(dir).map_err(write_err(dir))?;
         save_weights(&self.varmap, &dir.join(WEIGHTS_FILE))?;
         save_config(&self.config, &dir.join(CONFIG_FILE))
     }

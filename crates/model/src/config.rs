@@ -193,6 +193,13 @@ impl ModelConfig {
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
+        // The rotary tables hold every position: keep them to a sane size.
+        if self.max_position_embeddings > 1 << 20 {
+            return bad(format!(
+                "max_position_embeddings {} is over the supported 1048576",
+                self.max_position_embeddings
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} must be in [0, 1)", self.dropout));
         }

@@ -140,6 +140,14 @@ impl CustomOp3 for FusedDynAct {
             cpu_f32(s3, l3, "dynact")?,
         );
         let c = *l1.dims().last().unwrap_or(&1);
+        // The backward kernels index the same way, and only run after this forward.
+        if !(alpha.len() == 1 || alpha.len() == c) || beta.len() != alpha.len() {
+            candle_core::bail!(
+                "dynact: alpha and beta have {} and {} values, the input has {c} channels",
+                alpha.len(),
+                beta.len()
+            );
+        }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(c)
             .zip(x.par_chunks(c))

@@ -8,8 +8,10 @@ pub enum ModelError {
     #[error("invalid model config: {0}")]
     InvalidConfig(String),
 
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot {op} {path}: {source}")]
     Io {
+        /// "read" or "write".
+        op: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,

@@ -154,3 +154,24 @@ fn fused_dynact_matches_composition_for_every_parameter() {
         }
     }
 }
+
+#[test]
+fn dynact_refuses_an_input_of_the_wrong_width() {
+    use candle_nn::{VarBuilder, VarMap};
+    use dynact_model::{DynAct, DynActConfig, Granularity};
+    let cfg = DynActConfig {
+        granularity: Granularity::PerChannel,
+        ..DynActConfig::default()
+    };
+    let vm = VarMap::new();
+    let act = DynAct::new(
+        &cfg,
+        8,
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let err = candle_core::Module::forward(&act, &randn(&[2, 16], 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("16 channels"), "{err}");
+}

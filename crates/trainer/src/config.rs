@@ -408,11 +408,27 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
             o.warmup_steps, t.steps
         ));
     }
-    if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 {
-        return err("beta1 and beta2 must be in [0, 1) and eps positive");
+    if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+        return err("optim.beta1 and optim.beta2 must be in [0, 1)");
     }
-    if o.weight_decay < 0.0 || o.grad_clip < 0.0 || o.dynact_lr_mult < 0.0 {
-        return err("weight_decay, grad_clip and dynact_lr_mult must not be negative");
+    for (key, v) in [
+        ("optim.weight_decay", o.weight_decay),
+        ("optim.grad_clip", o.grad_clip),
+        ("optim.dynact_lr_mult", o.dynact_lr_mult),
+        ("optim.min_lr", o.min_lr),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return err(format!("{key} must be a finite number >= 0, got {v}"));
+        }
+    }
+    if !(o.eps.is_finite() && o.eps > 0.0) {
+        return err(format!("optim.eps must be positive, got {}", o.eps));
+    }
+    if o.lr * o.weight_decay >= 1.0 {
+        return err(format!(
+            "lr * weight_decay = {} would flip the weights' sign every step; lower optim.weight_decay",
+            o.lr * o.weight_decay
+        ));
     }
     if !(0.0..=1.0).contains(&o.decay_fraction) {
         return err("decay_fraction must be in [0, 1]");

@@ -37,6 +37,9 @@ pub struct TrainerState {
     pub loader: LoaderState,
     /// The run's seed; dropout masks derive from (seed, step), so this is the RNG state.
     pub seed: u64,
+    /// AdamW updates applied (fewer than `step` when non-finite batches were skipped).
+    #[serde(default)]
+    pub optimizer_steps: u64,
     /// Training wall time so far, seconds.
     pub elapsed_s: f64,
 }
@@ -117,6 +120,31 @@ impl RunDir {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Keeps only the lines of `name` whose step is at most `max_step` (rewritten atomically).
+    pub fn truncate_jsonl(&self, name: &str, max_step: u64) -> Result<()> {
+        let path = self.file(name);
+        if !path.is_file() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= max_step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.len() != text.len() {
+            atomic_write_bytes(&path, kept.as_bytes())
+                .with_context(|| format!("cannot rewrite {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Writes a checkpoint for `step`: `write_files` fills a temporary folder, which is then
     /// renamed to `step-NNNNNN` and named in `latest`. `before_rename` is a test hook.
     pub fn save_checkpoint(
@@ -129,7 +157,8 @@ impl RunDir {
         let tmp = self.path.join(format!(".{name}.tmp"));
         let dest = self.path.join(&name);
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -157,7 +186,9 @@ impl RunDir {
         let recent: Vec<u64> = steps.iter().rev().take(keep_last.max(1)).copied().collect();
         for s in steps {
             if !recent.contains(&s) && !keep.contains(&s) {
-                std::fs::remove_dir_all(self.step_dir(s))?;
+                let dir = self.step_dir(s);
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {}", dir.display()))?;
             }
         }
         Ok(())

@@ -61,24 +61,50 @@ pub struct RunReport {
     pub step_time_s: f64,
 }
 
-/// The model's fields that must match for a resume, compared one by one.
-fn model_difference(
-    a: &dynact_model::ModelConfig,
-    b: &dynact_model::ModelConfig,
-) -> Option<String> {
-    let (va, vb) = (
-        serde_json::to_value(a).expect("serialises"),
-        serde_json::to_value(b).expect("serialises"),
-    );
-    let (oa, ob) = (va.as_object()?, vb.as_object()?);
-    oa.iter()
-        .find(|(k, v)| ob.get(*k) != Some(v))
-        .map(|(k, v)| {
-            format!(
-                "model.{k} is {} in the run but {v} in the config given",
-                ob[k]
-            )
-        })
+/// Keys that may change when a run is resumed: how long it runs, what it logs and evaluates,
+/// and where it runs. Everything else would make the resumed run a different run.
+const RESUMABLE_CHANGES: &[&str] = &[
+    "name",
+    "run_dir",
+    "device",
+    "dtype",
+    "train.steps",
+    "train.log_every",
+    "train.keep_last",
+    "train.threads",
+    "train.on_nonfinite",
+    "eval.",
+    "data.cache_dir",
+];
+
+/// The first key (dotted) whose value differs between the run being resumed and the config
+/// given now, outside [`RESUMABLE_CHANGES`].
+fn config_difference(saved: &RunConfig, given: &RunConfig) -> Option<String> {
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.clone())),
+        }
+    }
+    let (mut a, mut b) = (vec![], vec![]);
+    flatten("", &serde_json::to_value(saved).ok()?, &mut a);
+    flatten("", &serde_json::to_value(given).ok()?, &mut b);
+    a.into_iter().zip(b).find_map(|((key, va), (_, vb))| {
+        let free = RESUMABLE_CHANGES
+            .iter()
+            .any(|k| key == *k || (k.ends_with('.') && key.starts_with(k)));
+        (!free && va != vb)
+            .then(|| format!("{key} is {va} in the run but {vb} in the config given"))
+    })
 }
 
 /// Runs (or resumes) training as configured.
@@ -115,8 +141,11 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         if !opts.vocab_size_given {
             cfg.model.vocab_size = saved.model.vocab_size;
         }
-        if let Some(diff) = model_difference(&cfg.model, &saved.model) {
-            bail!("cannot resume {}: {diff}; resume with the run's own config (drop --config and model flags)", run_dir.path.display());
+        if let Some(diff) = config_difference(&saved, &cfg) {
+            bail!(
+                "cannot resume {}: {diff}; resume with the run's own config (drop --config and the flags that change it)",
+                run_dir.path.display()
+            );
         }
         match run_dir.latest_checkpoint()? {
             Some(dir) => Some(dir),
@@ -183,6 +212,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
                 tokens_seen: 0,
                 loader: Default::default(),
                 seed: cfg.seed,
+                optimizer_steps: 0,
                 elapsed_s: 0.0,
             };
             (varmap, model, state)
@@ -196,7 +226,12 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     let model = model.with_compute_dtype(dtype);
     let mut opt = AdamW::new(&varmap, &cfg.optim)?;
     if let Some(dir) = &resume_from {
-        opt.load(&dir.join(OPTIMIZER_FILE), state.step, &device)?;
+        opt.load(&dir.join(OPTIMIZER_FILE), state.optimizer_steps, &device)?;
+        // Lines logged after that checkpoint, by the run that was interrupted, are replaced
+        // by the ones this run writes.
+        for file in [METRICS_FILE, EVAL_FILE] {
+            run_dir.truncate_jsonl(file, state.step)?;
+        }
         log(format!(
             "resuming {} at step {}",
             run_dir.path.display(),
@@ -298,21 +333,26 @@ impl Trainer {
             let lr = lr_at(step, total, &self.cfg.optim);
             let (loss, grads) = self.accumulate(step)?;
             let grad_norm = self.opt.grad_norm(&grads)?;
-            if !loss.is_finite() || !grad_norm.is_finite() {
+            if loss.is_finite() && grad_norm.is_finite() {
+                let clip = self.cfg.optim.grad_clip;
+                let scale = if clip > 0.0 && grad_norm > clip {
+                    clip / grad_norm
+                } else {
+                    1.0
+                };
+                self.opt.step(&grads, lr, scale)?;
+            } else {
                 let what = if loss.is_finite() {
                     "gradient norm"
                 } else {
                     "loss"
                 };
                 match self.cfg.train.on_nonfinite {
-                    NonFinitePolicy::Skip => {
-                        bar.suspend(|| {
-                            eprintln!("warning: step {step}: non-finite {what}; batch skipped")
-                        });
-                        self.state.step = step;
-                        self.state.loader = self.loader.state();
-                        continue;
-                    }
+                    NonFinitePolicy::Skip => bar.suspend(|| {
+                        eprintln!(
+                            "warning: step {step}: non-finite {what}; batch skipped, no update"
+                        )
+                    }),
                     NonFinitePolicy::Stop => {
                         let last = self
                             .run_dir
@@ -327,17 +367,11 @@ impl Trainer {
                     }
                 }
             }
-            let clip = self.cfg.optim.grad_clip;
-            let scale = if clip > 0.0 && grad_norm > clip {
-                clip / grad_norm
-            } else {
-                1.0
-            };
-            self.opt.step(&grads, lr, scale)?;
             drop(grads);
             train_time += step_start.elapsed().as_secs_f64();
 
             self.state.step = step;
+            self.state.optimizer_steps = self.opt.step;
             self.state.tokens_seen += tokens_per_step;
             self.state.loader = self.loader.state();
             report.last_step = step;
@@ -368,9 +402,9 @@ impl Trainer {
                 .is_some_and(|f| f.load(Ordering::SeqCst))
                 || opts.stop_after == Some(step);
             if self.cfg.is_eval_step(step) {
+                self.state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
                 let result = bar.suspend(|| self.evaluate_and_log(step, !opts.quiet))?;
                 report.evals.push((step, self.state.tokens_seen, result));
-                self.state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
                 self.save(step)?;
                 window_start = Instant::now();
             } else if interrupted {
@@ -505,8 +539,14 @@ impl Trainer {
             Ok(())
         };
         self.run_dir.save_checkpoint(step, write, || Ok(()))?;
-        self.run_dir
+        // The new checkpoint is complete; failing to delete old ones must not stop the run.
+        if let Err(e) = self
+            .run_dir
             .prune(self.cfg.train.keep_last, &self.cfg.eval.eval_at)
+        {
+            eprintln!("warning: could not delete old checkpoints: {e:#}");
+        }
+        Ok(())
     }
 }
 

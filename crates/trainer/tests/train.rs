@@ -113,6 +113,11 @@ fn resumed_run_reproduces_every_loss_bit_for_bit() {
         .unwrap();
         assert!(first.interrupted);
         assert_eq!(first.last_step, 4);
+        // As if the interrupted run had logged a step after its last checkpoint.
+        RunDir::new(b_cfg.run_dir())
+            .append_jsonl(METRICS_FILE, &serde_json::json!({"step": 6, "loss": 0.0}))
+            .unwrap();
+        let b_cfg_dir = b_cfg.run_dir();
         let resumed = run(
             b_cfg,
             RunOptions {
@@ -132,6 +137,11 @@ fn resumed_run_reproduces_every_loss_bit_for_bit() {
             .map(|(s, l)| (*s, l.to_bits()))
             .collect();
         assert_eq!(got, expected, "{ffn:?}: losses after resume differ");
+        let logged: Vec<u64> = jsonl(&b_cfg_dir.join(METRICS_FILE))
+            .iter()
+            .map(|m| m["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(logged, (1..=10).collect::<Vec<_>>(), "metrics.jsonl steps");
     }
 }
 
@@ -212,6 +222,32 @@ fn clashing_run_dirs_and_resume_mismatches_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("model.hidden_size"), "{err}");
+
+    let mut reseeded = cfg.clone();
+    reseeded.seed = 5;
+    let err = run(
+        reseeded,
+        RunOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("seed is 0 in the run but 5"), "{err}");
+
+    // Running longer is a legitimate change on resume.
+    let mut longer = cfg.clone();
+    longer.train.steps = 5;
+    let report = run(
+        longer,
+        RunOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.last_step, 5);
 }
 
 #[test]
@@ -220,6 +256,7 @@ fn a_nonfinite_loss_stops_the_run_naming_the_step() {
     let mut cfg = small(tmp.path(), FfnKind::Swiglu, 6);
     cfg.eval.eval_at = vec![1];
     cfg.optim.lr = 1e35;
+    cfg.optim.weight_decay = 0.0;
     cfg.optim.min_lr = 0.0;
     cfg.optim.warmup_steps = 0;
     cfg.optim.grad_clip = 0.0;
@@ -234,4 +271,24 @@ fn a_nonfinite_loss_stops_the_run_naming_the_step() {
         .unwrap()
         .unwrap();
     Checkpoint::load_dir(&latest, &candle_core::Device::Cpu).unwrap();
+}
+
+#[test]
+fn skipped_nonfinite_batches_still_evaluate_and_save() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = small(tmp.path(), FfnKind::Swiglu, 4);
+    cfg.eval.eval_at = vec![2];
+    cfg.optim.lr = 1e35;
+    cfg.optim.weight_decay = 0.0;
+    cfg.optim.warmup_steps = 0;
+    cfg.optim.grad_clip = 0.0;
+    cfg.train.on_nonfinite = dynact_trainer::config::NonFinitePolicy::Skip;
+    let report = run(cfg.clone(), quiet()).unwrap();
+    assert_eq!(report.last_step, 4);
+    let steps: Vec<u64> = report.evals.iter().map(|e| e.0).collect();
+    assert_eq!(steps, vec![2, 4]);
+    assert_eq!(
+        RunDir::new(cfg.run_dir()).checkpoint_steps().unwrap(),
+        vec![2, 4]
+    );
 }

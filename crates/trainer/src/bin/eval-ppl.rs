@@ -58,9 +58,10 @@ struct Args {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute dtype: f32, bf16 or f16 (weights are held in f32).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Compute dtype: f32, bf16 or f16 (weights are held in f32). Default: the run's dtype for
+    /// a run directory (so its logged val_ppl is reproduced), else f32.
+    #[arg(long)]
+    dtype: Option<String>,
     /// CPU threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -72,14 +73,24 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     set_cpu_threads(args.threads);
     let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
     let opts = SourceOptions {
         config: args.config.clone(),
         tokenizer: args.tokenizer.clone(),
         step: args.step,
-        dtype: Some(dtype),
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
     };
-    let src = load_source(&args.source, &opts, &device)?;
+    let mut src = load_source(&args.source, &opts, &device)?;
+    let dtype_name = match (&args.dtype, &src.run) {
+        (Some(d), _) => d.clone(),
+        (None, Some(run)) => run.dtype.clone(),
+        (None, None) => "f32".to_string(),
+    };
+    if args.dtype.is_none() {
+        src.model = src
+            .model
+            .clone()
+            .with_compute_dtype(parse_dtype(&dtype_name)?);
+    }
     let cfg = &src.config;
     let seq_len = args.seq_len.unwrap_or_else(|| match &src.run {
         Some(r) => r.train.seq_len,
@@ -174,7 +185,7 @@ fn run(args: Args) -> Result<()> {
             "ffn": cfg.ffn.name(),
             "data": data.description,
             "device": args.device,
-            "dtype": args.dtype,
+            "dtype": dtype_name,
         });
         println!("{v}");
     } else {

@@ -114,6 +114,15 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
     set("data.tokenizer", args.tokenizer.as_deref().map(s))?;
     set("device", args.device.as_deref().map(s))?;
     set("dtype", args.dtype.as_deref().map(s))?;
+    if let (Some(run_dir), Some(resume)) = (&args.run_dir, &args.resume) {
+        if run_dir != resume {
+            anyhow::bail!(
+                "--resume {} and --run-dir {} name different runs; --resume alone continues a run where it is",
+                resume.display(),
+                run_dir.display()
+            );
+        }
+    }
     let run_dir = args.run_dir.as_ref().or(args.resume.as_ref());
     set("run_dir", run_dir.map(|p| s(&p.to_string_lossy())))?;
     set("train.batch_size", args.batch_size.map(|v| i(v as u64)))?;
