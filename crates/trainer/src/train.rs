@@ -240,12 +240,10 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     }
     let params = ParamSummary::of(&cfg.model)?;
     log(format!(
-        "model: {} ffn, {} layers, d {}, {} parameters ({} in dynAct)",
+        "model: {} ffn, {} layers, d {}, parameters:\n{params}",
         cfg.model.ffn.name(),
         cfg.model.num_hidden_layers,
         cfg.model.hidden_size,
-        params.total(),
-        params.dynact
     ));
 
     let mut loader = BatchLoader::new(
@@ -538,7 +536,8 @@ impl Trainer {
             )?;
             Ok(())
         };
-        self.run_dir.save_checkpoint(step, write, || Ok(()))?;
+        let dir = self.run_dir.save_checkpoint(step, write, || Ok(()))?;
+        tracing::info!(step, dir = %dir.display(), "checkpoint saved");
         // The new checkpoint is complete; failing to delete old ones must not stop the run.
         if let Err(e) = self
             .run_dir
