@@ -191,14 +191,16 @@ fn ppl_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison)
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, (lo..hi).log_scale().base(2.0))
+        // The y axis is ln(ppl) on a linear scale, labelled with ppl: evenly spaced labels at
+        // any range, where plotters' log axis labels only powers of its base.
+        .build_cartesian_2d(x0..x1, lo.ln()..hi.ln())
         .map_err(e2s)?;
     chart
         .configure_mesh()
         .x_desc("step")
         .y_desc("validation perplexity (log scale)")
         .y_labels(12)
-        .y_label_formatter(&|y| format!("{y:.2}"))
+        .y_label_formatter(&|y| format!("{:.2}", y.exp()))
         .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((FONT, 14))
         .draw()
@@ -206,13 +208,26 @@ fn ppl_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison)
     for (gi, g) in cmp.groups.iter().enumerate() {
         let c = color(gi);
         if g.members.len() > 1 {
-            let mut band: Vec<(f64, f64)> = xs.iter().copied().zip(g.max_ppl.clone()).collect();
-            band.extend(xs.iter().copied().zip(g.min_ppl.clone()).rev());
+            let mut band: Vec<(f64, f64)> = xs
+                .iter()
+                .copied()
+                .zip(g.max_ppl.iter().map(|p| p.ln()))
+                .collect();
+            band.extend(
+                xs.iter()
+                    .copied()
+                    .zip(g.min_ppl.iter().map(|p| p.ln()))
+                    .rev(),
+            );
             chart
                 .draw_series(std::iter::once(Polygon::new(band, c.mix(0.2).filled())))
                 .map_err(e2s)?;
         }
-        let line: Vec<(f64, f64)> = xs.iter().copied().zip(g.mean_ppl.clone()).collect();
+        let line: Vec<(f64, f64)> = xs
+            .iter()
+            .copied()
+            .zip(g.mean_ppl.iter().map(|p| p.ln()))
+            .collect();
         let label = format!("{} (n={})", g.label, g.members.len());
         chart
             .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))

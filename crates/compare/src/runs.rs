@@ -78,7 +78,7 @@ pub struct Run {
     pub name: String,
     /// `model.ffn` from run.toml (`"swiglu"`, `"dynactglu"`), or `"unknown"` without one.
     pub ffn: String,
-    /// `train.seed`, when run.toml has it.
+    /// The run's `seed` (top level of run.toml, or `train.seed`), when it has one.
     pub seed: Option<String>,
     /// run.toml flattened to dotted keys (`model.dynact.init_alpha`) with TOML-rendered values;
     /// empty when the run has no run.toml.
@@ -139,7 +139,10 @@ impl Run {
             .get("model.ffn")
             .map(|s| unquote(s))
             .unwrap_or_else(|| "unknown".to_string());
-        let seed = config.get("train.seed").cloned();
+        let seed = config
+            .get("seed")
+            .or_else(|| config.get("train.seed"))
+            .cloned();
         Ok(Run {
             dir: dir.to_path_buf(),
             name,
