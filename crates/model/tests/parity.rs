@@ -75,11 +75,11 @@ fn logits(ffn: FfnKind) -> Vec<f32> {
     out.flatten_all().unwrap().to_vec1().unwrap()
 }
 
-fn assert_matches(got: &[f32], expected: &[f32], what: &str) {
+fn assert_matches(got: &[f32], expected: &[f64], what: &str) {
     assert_eq!(got.len(), expected.len());
     for (i, (g, e)) in got.iter().zip(expected).enumerate() {
         assert!(
-            (g - e).abs() < 2e-5,
+            (*g as f64 - e).abs() < 2e-5,
             "{what}: logit {i} (position {}, token {}) is {g}, transformers gives {e}",
             i / 16,
             i % 16
@@ -99,7 +99,7 @@ fn dynactglu_logits_match_the_reference() {
 
 // Output of reference/llama_reference.py.
 #[rustfmt::skip]
-const SWIGLU: [f32; 128] = [
+const SWIGLU: [f64; 128] = [
     1.595128, 1.851099, 1.865576, 1.636670, 1.194244, 0.596016, -0.079967, -0.745518,
     -1.313809, -1.710700, -1.884413, -1.812286, -1.503727, -0.998993, -0.363929, 0.318612,
     -1.397368, -1.178068, -0.805077, -0.327055, 0.193634, 0.689061, 1.094594, 1.357326,
@@ -118,7 +118,7 @@ const SWIGLU: [f32; 128] = [
     0.033648, -0.663212, -1.273550, -1.717740, -1.937834, -1.905117, -1.623860, -1.130753,
 ];
 #[rustfmt::skip]
-const DYNACTGLU: [f32; 128] = [
+const DYNACTGLU: [f64; 128] = [
     1.669663, 1.960645, 1.995840, 1.770658, 1.314477, 0.686808, -0.030462, -0.743757,
     -1.360022, -1.798859, -2.003016, -1.945859, -1.634846, -1.110551, -0.441373, 0.285386,
     -1.549111, -1.281792, -0.847250, -0.302176, 0.282320, 0.829984, 1.269369, 1.543152,

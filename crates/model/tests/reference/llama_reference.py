@@ -77,4 +77,4 @@ for dynact in (False, True):
     logits = forward(dynact)
     name = "DYNACTGLU" if dynact else "SWIGLU"
     flat = ", ".join(f"{v:.6f}" for v in logits.ravel())
-    print(f"const {name}: [f32; {logits.size}] = [{flat}];")
+    print(f"const {name}: [f64; {logits.size}] = [{flat}];")
