@@ -4,7 +4,7 @@
 //! Letters: B batch, T query positions, S key positions (T plus cached ones), H query heads,
 //! G key/value heads, D head width, C model width.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::ModelConfig;
@@ -40,13 +40,10 @@ impl RotaryTables {
 
     /// x: (B, heads, T, D) at positions offset..offset+T -> same shape.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_b, _h, t, d) = x.dims4()?;
+        let (_b, _h, t, _d) = x.dims4()?;
         let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        crate::ops::rope(x, &cos, &sin)
     }
 }
 

@@ -175,3 +175,28 @@ fn dynact_refuses_an_input_of_the_wrong_width() {
         .to_string();
     assert!(err.contains("16 channels"), "{err}");
 }
+
+#[test]
+fn fused_rope_matches_rotate_half() {
+    // (B, H, T, D) = (2, 3, 5, 8); cos/sin as the model builds them (both halves equal).
+    let x = randn(&[2, 3, 5, 8], 10);
+    let w = randn(&[2, 3, 5, 8], 11);
+    let angles: Vec<f32> = (0..5)
+        .flat_map(|p| (0..8).map(move |j| p as f32 * 0.3 / (1 + j % 4) as f32))
+        .collect();
+    let angles = Tensor::from_vec(angles, (5, 8), &Device::Cpu).unwrap();
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    compare(
+        &x,
+        &w,
+        |x| {
+            ops::rope(
+                x,
+                &cos.to_dtype(x.dtype()).unwrap(),
+                &sin.to_dtype(x.dtype()).unwrap(),
+            )
+            .unwrap()
+        },
+        "rope",
+    );
+}
