@@ -151,6 +151,7 @@ impl CustomOp3 for FusedDynAct {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(c)
             .zip(x.par_chunks(c))
+            .with_min_len(crate::ops::rows_per_task(c))
             .for_each(|(o, xr)| {
                 for (j, (o, &x)) in o.iter_mut().zip(xr).enumerate() {
                     let (a, b) = (param(alpha, j), param(beta, j));
@@ -216,6 +217,7 @@ impl CustomOp3 for DynActGradX {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(c)
             .zip(x.par_chunks(c).zip(g.par_chunks(c)))
+            .with_min_len(crate::ops::rows_per_task(c))
             .for_each(|(o, (xr, gr))| {
                 for (j, (o, (&x, &g))) in o.iter_mut().zip(xr.iter().zip(gr)).enumerate() {
                     let (a, b) = (param(alpha, j), param(beta, j));

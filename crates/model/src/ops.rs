@@ -26,6 +26,12 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&
     }
 }
 
+/// Rows handed to one rayon task: about 16K elements, so small rows do not drown in
+/// scheduling overhead.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}
+
 fn last_dim(l: &Layout) -> usize {
     *l.dims().last().unwrap_or(&1)
 }
@@ -71,6 +77,7 @@ impl CustomOp1 for RmsNormalize {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n))
+            .with_min_len(crate::ops::rows_per_task(n))
             .for_each(|(o, row)| {
                 let r = inv_rms(row, self.eps);
                 o.iter_mut().zip(row).for_each(|(o, v)| *o = v * r);
@@ -110,6 +117,7 @@ impl CustomOp2 for RmsNormalizeBackward {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+            .with_min_len(crate::ops::rows_per_task(n))
             .for_each(|(o, (xr, gr))| {
                 let r = inv_rms(xr, self.eps);
                 let dot = xr.iter().zip(gr).map(|(x, g)| x * r * g).sum::<f32>() / n as f32;
@@ -166,6 +174,7 @@ impl CustomOp1 for CausalSoftmax {
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n))
             .enumerate()
+            .with_min_len(crate::ops::rows_per_task(n))
             .for_each(|(row, (o, xr))| {
                 let visible = offset + row % t + 1;
                 let max = xr[..visible]
@@ -214,6 +223,7 @@ impl CustomOp2 for SoftmaxBackward {
         let mut out = vec![0f32; y.len()];
         out.par_chunks_mut(n)
             .zip(y.par_chunks(n).zip(g.par_chunks(n)))
+            .with_min_len(crate::ops::rows_per_task(n))
             .for_each(|(o, (yr, gr))| {
                 let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
                 for ((o, y), g) in o.iter_mut().zip(yr).zip(gr) {
@@ -330,6 +340,7 @@ impl CustomOp3 for CrossEntropyBackward {
         out.par_chunks_mut(v)
             .zip(x.par_chunks(v))
             .zip(t.par_iter().zip(g.par_iter()))
+            .with_min_len(crate::ops::rows_per_task(v))
             .for_each(|((o, row), (&t, &g))| {
                 let lse = log_sum_exp(row);
                 for (o, x) in o.iter_mut().zip(row) {
@@ -368,6 +379,7 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], dims: &[usize], inverse: bool) ->
     out.par_chunks_mut(d)
         .zip(x.par_chunks(d))
         .enumerate()
+        .with_min_len(crate::ops::rows_per_task(d))
         .for_each(|(row, (o, xr))| {
             let p = (row % t) * d;
             let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
