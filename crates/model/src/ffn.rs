@@ -54,10 +54,11 @@ impl Module for Mlp {
     /// x: (B, T, C) -> (B, T, C), through a hidden width F.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x)?; // (B, T, F)
-        let gate = match &self.act_fn {
-            GateActivation::Silu => gate.silu()?,
-            GateActivation::DynAct(act) => act.forward(&gate)?,
+        let up = self.up_proj.forward(x)?;
+        let hidden = match &self.act_fn {
+            GateActivation::Silu => crate::ops::swiglu(&gate, &up)?,
+            GateActivation::DynAct(act) => (act.forward(&gate)? * up)?,
         };
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        self.down_proj.forward(&hidden)
     }
 }

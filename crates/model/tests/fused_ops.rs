@@ -200,3 +200,42 @@ fn fused_rope_matches_rotate_half() {
         "rope",
     );
 }
+
+#[test]
+fn fused_swiglu_is_bit_identical_to_silu_times_up() {
+    let (g, u) = (
+        Var::from_tensor(&randn(&[6, 10], 12)).unwrap(),
+        Var::from_tensor(&randn(&[6, 10], 13)).unwrap(),
+    );
+    let w = randn(&[6, 10], 14);
+    let fused = ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+    let plain = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
+    let gf = (&fused * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gp = (&plain * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&fused), bits(&plain), "values");
+    assert_eq!(
+        bits(gf.get(&g).unwrap()),
+        bits(gp.get(&g).unwrap()),
+        "d gate"
+    );
+    assert_eq!(bits(gf.get(&u).unwrap()), bits(gp.get(&u).unwrap()), "d up");
+}
