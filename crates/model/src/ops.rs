@@ -555,7 +555,7 @@ impl CustomOp3 for SwiGluBackward {
                 let node = silu(g);
                 if wrt_gate {
                     let sigmoid = 1.0 / ((-g).exp() * 1.0 + 1.0);
-                    let silu_grad = sigmoid * (node * -1.0 + 1.0) + node;
+                    let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
                     (dy * u) * silu_grad
                 } else {
                     dy * node
