@@ -164,6 +164,19 @@ fn write_both(
     Ok(())
 }
 
+/// (min x, max x, min y, max y) of some points; infinite when there are none.
+fn bounds<'a>(points: impl Iterator<Item = &'a (f64, f64)>) -> (f64, f64, f64, f64) {
+    points.fold(
+        (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ),
+        |(x0, x1, y0, y1), &(x, y)| (x0.min(x), x1.max(x), y0.min(y), y1.max(y)),
+    )
+}
+
 /// Validation perplexity against step, log y: per group the mean line and a min-max band.
 fn ppl_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison) -> DrawResult {
     root.fill(&WHITE).map_err(e2s)?;
@@ -269,19 +282,7 @@ fn loss_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison
             (r.group, pts)
         })
         .collect();
-    let all = curves.iter().flat_map(|(_, c)| c.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-    );
-    for &(x, y) in all {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
+    let (x0, x1, y0, y1) = bounds(curves.iter().flat_map(|(_, c)| c.iter()));
     let (x0, x1) = padded(x0, x1, 0.02);
     let (y0, y1) = padded(y0, y1, 0.05);
     let mut chart = ChartBuilder::on(root)
@@ -355,19 +356,7 @@ fn alpha_beta_plot<DB: DrawingBackend>(
                 }
             }
         }
-        let pts = series.iter().flat_map(|(_, p)| p.iter());
-        let (mut x0, mut x1, mut y0, mut y1) = (
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-        );
-        for &(x, y) in pts {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y);
-            y1 = y1.max(y);
-        }
+        let (x0, x1, y0, y1) = bounds(series.iter().flat_map(|(_, p)| p.iter()));
         let (x0, x1) = padded(x0, x1, 0.02);
         let (y0, y1) = padded(y0, y1, 0.08);
         let mut chart = ChartBuilder::on(panel)
