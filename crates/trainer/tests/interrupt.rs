@@ -1,0 +1,77 @@
+//! Ctrl-C: train-lm finishes the step, saves a checkpoint, says how to resume, and the resumed
+//! run completes.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn train_lm(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-lm"));
+    cmd.arg("--run-dir")
+        .arg(dir.join("run"))
+        .args(["--steps", "400"]);
+    for kv in [
+        "model.hidden_size=32",
+        "model.intermediate_size=64",
+        "model.num_hidden_layers=1",
+        "model.num_attention_heads=2",
+        "model.num_key_value_heads=2",
+        "data.builtin_bytes=100000",
+        "train.batch_size=2",
+        "train.seq_len=32",
+        "train.log_every=1",
+        "eval.eval_at=[]",
+    ] {
+        cmd.args(["--set", kv]);
+    }
+    cmd.args([
+        "--set",
+        &format!("data.cache_dir=\"{}\"", dir.join("cache").display()),
+    ]);
+    cmd
+}
+
+#[test]
+fn ctrl_c_saves_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = train_lm(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way, then interrupt as a terminal would.
+    let metrics = tmp.path().join("run").join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("resume with: train-lm --resume"),
+        "{stderr}"
+    );
+    let latest = std::fs::read_to_string(tmp.path().join("run").join("latest")).unwrap();
+    let stopped: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!((3..400).contains(&stopped), "stopped at {stopped}");
+
+    let resumed = Command::new(env!("CARGO_BIN_EXE_train-lm"))
+        .arg("--resume")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("at step {stopped}")), "{stderr}");
+    let latest = std::fs::read_to_string(tmp.path().join("run").join("latest")).unwrap();
+    assert_eq!(latest.trim(), "step-000400");
+}
