@@ -267,6 +267,9 @@ pub struct ConfigBuilder {
     /// Keys set on the command line: for them a value that does not fit the run (an eval step
     /// beyond `steps`, a warm-up longer than the run) is an error, not adjusted with a notice.
     cli_keys: Vec<String>,
+    /// Building the config of a run being resumed: nothing is adjusted that would make it a
+    /// different run (a warm-up that no longer fits is an error instead).
+    pub resuming: bool,
     pub notices: Vec<String>,
 }
 
@@ -275,6 +278,7 @@ impl ConfigBuilder {
         ConfigBuilder {
             table: toml::Table::new(),
             cli_keys: vec![],
+            resuming: false,
             notices: vec![],
         }
     }
@@ -357,7 +361,10 @@ impl ConfigBuilder {
             ));
             cfg.eval.eval_at.retain(|s| *s <= cfg.train.steps);
         }
-        if cfg.optim.warmup_steps >= cfg.train.steps && !self.has_cli("optim.warmup_steps") {
+        if cfg.optim.warmup_steps >= cfg.train.steps
+            && !self.has_cli("optim.warmup_steps")
+            && !self.resuming
+        {
             let warmup = cfg.train.steps / 10;
             self.notices.push(format!(
                 "notice: warmup_steps {} does not fit a run of {} steps; using {warmup}",

@@ -20,6 +20,7 @@ fn train_lm(dir: &std::path::Path) -> Command {
         "train.seq_len=32",
         "train.log_every=1",
         "eval.eval_at=[]",
+        "optim.warmup_steps=2",
     ] {
         cmd.args(["--set", kv]);
     }
@@ -62,16 +63,19 @@ fn ctrl_c_saves_and_the_run_resumes() {
     );
     let latest = std::fs::read_to_string(tmp.path().join("run").join("latest")).unwrap();
     let stopped: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
-    assert!((3..400).contains(&stopped), "stopped at {stopped}");
+    assert!(stopped >= 3, "stopped at {stopped}");
 
+    // Resume, finishing a few steps later (a resumed run may change its length).
+    let end = stopped + 5;
     let resumed = Command::new(env!("CARGO_BIN_EXE_train-lm"))
         .arg("--resume")
         .arg(tmp.path().join("run"))
+        .args(["--steps", &end.to_string()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("at step {stopped}")), "{stderr}");
     let latest = std::fs::read_to_string(tmp.path().join("run").join("latest")).unwrap();
-    assert_eq!(latest.trim(), "step-000400");
+    assert_eq!(latest.trim(), format!("step-{end:06}"));
 }

@@ -89,6 +89,7 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
         }
         (None, None) => ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")?,
     };
+    b.resuming = args.resume.is_some();
     let s = |v: &str| toml::Value::String(v.to_string());
     let i = |v: u64| toml::Value::Integer(v as i64);
     let mut set = |k: &str, v: Option<toml::Value>| -> anyhow::Result<()> {
