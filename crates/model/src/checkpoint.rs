@@ -275,6 +275,21 @@ impl Checkpoint {
         Ok(Transformer::new(&self.config, vb)?)
     }
 
+    /// A model for inference only: it reads the same parameters, detached, so forward passes
+    /// record no autograd graph (less bookkeeping and memory than [`Checkpoint::model`]).
+    pub fn inference_model(&self, device: &Device) -> Result<Transformer> {
+        let tensors: HashMap<String, Tensor> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("varmap lock poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Ok(Transformer::new(&self.config, vb)?)
+    }
+
     /// Writes `config.json` and `model.safetensors` into `dir`.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;

@@ -72,6 +72,12 @@ fn save_then_load_gives_the_same_logits() {
             .forward(&x, &ForwardCtx::EVAL)
             .unwrap();
         assert_eq!(max_abs_diff(&a, &b), 0.0);
+        let c = loaded
+            .inference_model(&dev)
+            .unwrap()
+            .forward(&x, &ForwardCtx::EVAL)
+            .unwrap();
+        assert_eq!(max_abs_diff(&a, &c), 0.0);
         // Nothing temporary is left behind.
         let mut files: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -117,7 +117,7 @@ pub fn load_source(spec: &str, opts: &SourceOptions, device: &Device) -> Result<
         }
     }
     let checkpoint = Checkpoint::load(&located.weights, config.clone(), device)?;
-    let mut model = checkpoint.model(device)?;
+    let mut model = checkpoint.inference_model(device)?;
     if let Some(dtype) = opts.dtype {
         model = model.with_compute_dtype(dtype);
     }

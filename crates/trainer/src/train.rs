@@ -258,6 +258,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
 
     let mut trainer = Trainer {
         unigram_ppl: unigram,
+        dtype,
         cfg,
         run_dir,
         device,
@@ -273,6 +274,8 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
 
 struct Trainer {
     unigram_ppl: f64,
+    /// Compute dtype of forward passes.
+    dtype: candle_core::DType,
     cfg: RunConfig,
     run_dir: RunDir,
     device: Device,
@@ -491,8 +494,16 @@ impl Trainer {
 
     fn evaluate_and_log(&self, step: u64, print: bool) -> Result<EvalResult> {
         let lens = self.dataset.tokenizer.token_byte_lengths();
+        // The same weights, detached: evaluation records no autograd graph.
+        let checkpoint = Checkpoint {
+            config: self.cfg.model.clone(),
+            varmap: self.varmap.clone(),
+        };
+        let model = checkpoint
+            .inference_model(&self.device)?
+            .with_compute_dtype(self.dtype);
         let r = evaluate(
-            &self.model,
+            &model,
             &self.dataset.val,
             self.cfg.train.seq_len,
             self.cfg.eval.batch_size,
