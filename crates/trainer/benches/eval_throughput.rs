@@ -10,7 +10,7 @@
 
 use candle_core::Device;
 use dynact_data::TokenStream;
-use dynact_model::{init_model, FfnKind, ModelConfig};
+use dynact_model::{init_model, Checkpoint, FfnKind, ModelConfig};
 use dynact_trainer::eval::evaluate;
 use dynact_trainer::{parse_device, parse_dtype};
 
@@ -58,7 +58,13 @@ fn main() -> anyhow::Result<()> {
     println!("| ffn       | tokens/s | ms/batch |");
     println!("|-----------|---------:|---------:|");
     for ffn in [FfnKind::Swiglu, FfnKind::Dynactglu] {
-        let (_, model) = init_model(&config(ffn), 0, &device)?;
+        // Detached weights, as eval-ppl and training-time evaluation use them.
+        let (varmap, _) = init_model(&config(ffn), 0, &device)?;
+        let model = Checkpoint {
+            config: config(ffn),
+            varmap,
+        }
+        .inference_model(&device)?;
         let model = model.with_compute_dtype(dtype);
         // warm-up: one batch
         evaluate(
