@@ -146,7 +146,9 @@ impl Attention {
 
         let scale = 1.0 / (d as f64).sqrt();
         let scores = q.matmul(&k.t()?)?; // (B, H, T, S)
-        let mut probs = crate::ops::causal_softmax(&scores, scale)?;
+                                         // Softmax in f32 whatever the compute dtype, as transformers does for bf16.
+        let mut probs = crate::ops::causal_softmax(&scores.to_dtype(DType::F32)?, scale)?
+            .to_dtype(x.dtype())?;
         if ctx.train {
             probs = dropout(&probs, self.dropout, ctx.seed_for(site))?;
         }
