@@ -72,11 +72,12 @@ pub fn run_grid(
     for &seed in &grid.seeds {
         for &ffn in &grid.ffns {
             let name = format!("{}-seed{seed}", ffn.name());
+            let dir = base.join(&name);
             let mut c = cfg.clone();
             c.model.ffn = ffn;
             c.seed = seed;
             c.name = format!("{}-{name}", cfg.name);
-            c.run_dir = base.join(&name).to_string_lossy().into_owned();
+            c.run_dir = dir.to_string_lossy().into_owned();
             c.train.threads = threads;
             let mut table: toml::Table = toml::from_str(&c.to_toml())?;
             if !vocab_size_given {
@@ -91,8 +92,8 @@ pub fn run_grid(
                 toml::to_string_pretty(&table)?.as_bytes(),
             )?;
             cells.push(Cell {
+                dir,
                 name,
-                dir: base.join(format!("{}-seed{seed}", ffn.name())),
                 config_path,
             });
         }

@@ -1,10 +1,12 @@
 //! `train-lm --ffn swiglu,dynactglu --seeds ...` runs the grid, compares it, and picks up where
 //! it stopped when run again.
 
+mod common;
+
 use std::process::Command;
 
 fn grid_command(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-lm"));
+    let mut cmd = common::tiny_train_lm(dir);
     cmd.args([
         "--ffn",
         "swiglu,dynactglu",
@@ -16,26 +18,8 @@ fn grid_command(dir: &std::path::Path) -> Command {
         "4",
     ])
     .arg("--run-dir")
-    .arg(dir.join("exp"));
-    for kv in [
-        "model.hidden_size=32",
-        "model.intermediate_size=64",
-        "model.num_hidden_layers=1",
-        "model.num_attention_heads=2",
-        "model.num_key_value_heads=2",
-        "data.builtin_bytes=100000",
-        "train.batch_size=2",
-        "train.seq_len=32",
-        "optim.warmup_steps=1",
-        "eval.eval_at=[2]",
-        "train.log_every=1",
-    ] {
-        cmd.args(["--set", kv]);
-    }
-    cmd.args([
-        "--set",
-        &format!("data.cache_dir=\"{}\"", dir.join("cache").display()),
-    ]);
+    .arg(dir.join("exp"))
+    .args(["--set", "optim.warmup_steps=1", "--set", "eval.eval_at=[2]"]);
     cmd
 }
 

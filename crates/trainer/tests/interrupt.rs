@@ -1,33 +1,18 @@
 //! Ctrl-C: train-lm finishes the step, saves a checkpoint, says how to resume, and the resumed
 //! run completes.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn train_lm(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-lm"));
+    let mut cmd = common::tiny_train_lm(dir);
+    // Far more steps than the test waits for, so the interrupt always lands mid-run.
     cmd.arg("--run-dir")
         .arg(dir.join("run"))
-        .args(["--steps", "400"]);
-    for kv in [
-        "model.hidden_size=32",
-        "model.intermediate_size=64",
-        "model.num_hidden_layers=1",
-        "model.num_attention_heads=2",
-        "model.num_key_value_heads=2",
-        "data.builtin_bytes=100000",
-        "train.batch_size=2",
-        "train.seq_len=32",
-        "train.log_every=1",
-        "eval.eval_at=[]",
-        "optim.warmup_steps=2",
-    ] {
-        cmd.args(["--set", kv]);
-    }
-    cmd.args([
-        "--set",
-        &format!("data.cache_dir=\"{}\"", dir.join("cache").display()),
-    ]);
+        .args(["--steps", "1000000"])
+        .args(["--set", "eval.eval_at=[]", "--set", "optim.warmup_steps=2"]);
     cmd
 }
 

@@ -131,3 +131,27 @@ pub fn assert_error(r: &Run, needles: &[&str]) {
 pub fn rel_diff(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
+
+/// `train-lm` set up to train a one-layer toy model on a small built-in corpus in seconds,
+/// caching its tokens under `dir/cache`; callers add their own flags.
+pub fn tiny_train_lm(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-lm"));
+    for kv in [
+        "model.hidden_size=32",
+        "model.intermediate_size=64",
+        "model.num_hidden_layers=1",
+        "model.num_attention_heads=2",
+        "model.num_key_value_heads=2",
+        "data.builtin_bytes=100000",
+        "train.batch_size=2",
+        "train.seq_len=32",
+        "train.log_every=1",
+    ] {
+        cmd.args(["--set", kv]);
+    }
+    cmd.args([
+        "--set",
+        &format!("data.cache_dir=\"{}\"", dir.join("cache").display()),
+    ]);
+    cmd
+}
