@@ -34,7 +34,8 @@ pub struct SourceOptions {
     pub tokenizer: Option<PathBuf>,
     /// For a run directory: the checkpoint of this step instead of the latest.
     pub step: Option<u64>,
-    /// The compute dtype of the forward pass (weights are held in f32).
+    /// The compute dtype of the forward pass (weights are held in f32); default: the run's
+    /// for a run directory, else f32.
     pub dtype: Option<DType>,
 }
 
@@ -54,6 +55,8 @@ pub enum SourceKind {
 /// A model ready to evaluate, with what came with it.
 pub struct LoadedSource {
     pub model: Transformer,
+    /// The compute dtype the model runs in.
+    pub dtype: DType,
     pub config: ModelConfig,
     pub tokenizer: Option<Tokenizer>,
     /// The tokenizer.json the tokenizer came from.
@@ -117,10 +120,16 @@ pub fn load_source(spec: &str, opts: &SourceOptions, device: &Device) -> Result<
         }
     }
     let checkpoint = Checkpoint::load(&located.weights, config.clone(), device)?;
-    let mut model = checkpoint.inference_model(device)?;
-    if let Some(dtype) = opts.dtype {
-        model = model.with_compute_dtype(dtype);
-    }
+    // A run directory computes in the run's dtype unless told otherwise, so that its logged
+    // val_ppl is reproduced.
+    let dtype = match (opts.dtype, &located.run) {
+        (Some(d), _) => d,
+        (None, Some(run)) => crate::parse_dtype(&run.dtype)?,
+        (None, None) => DType::F32,
+    };
+    let model = checkpoint
+        .inference_model(device)?
+        .with_compute_dtype(dtype);
 
     let (mut tokenizer, mut tokenizer_path, mut tokenizer_problem) = (None, None, None);
     if let Some(p) = &opts.tokenizer {
@@ -148,6 +157,7 @@ pub fn load_source(spec: &str, opts: &SourceOptions, device: &Device) -> Result<
     }
     Ok(LoadedSource {
         model,
+        dtype,
         config,
         tokenizer,
         tokenizer_path,

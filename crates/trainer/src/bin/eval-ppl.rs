@@ -79,18 +79,7 @@ fn run(args: Args) -> Result<()> {
         step: args.step,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
     };
-    let mut src = load_source(&args.source, &opts, &device)?;
-    let dtype_name = match (&args.dtype, &src.run) {
-        (Some(d), _) => d.clone(),
-        (None, Some(run)) => run.dtype.clone(),
-        (None, None) => "f32".to_string(),
-    };
-    if args.dtype.is_none() {
-        src.model = src
-            .model
-            .clone()
-            .with_compute_dtype(parse_dtype(&dtype_name)?);
-    }
+    let src = load_source(&args.source, &opts, &device)?;
     let cfg = &src.config;
     let seq_len = args.seq_len.unwrap_or_else(|| match &src.run {
         Some(r) => r.train.seq_len,
@@ -185,7 +174,7 @@ fn run(args: Args) -> Result<()> {
             "ffn": cfg.ffn.name(),
             "data": data.description,
             "device": args.device,
-            "dtype": dtype_name,
+            "dtype": src.dtype.as_str(),
         });
         println!("{v}");
     } else {

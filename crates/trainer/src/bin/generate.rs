@@ -55,9 +55,9 @@ struct Args {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Compute dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Compute dtype: f32, bf16 or f16 (default: the run's for a run directory, else f32).
+    #[arg(long)]
+    dtype: Option<String>,
     /// CPU threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -97,7 +97,6 @@ impl TextStream<'_> {
 fn run(args: Args) -> Result<()> {
     set_cpu_threads(args.threads);
     let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -108,7 +107,7 @@ fn run(args: Args) -> Result<()> {
         config: args.config.clone(),
         tokenizer: args.tokenizer.clone(),
         step: args.step,
-        dtype: Some(dtype),
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
     };
     let src = load_source(&args.source, &opts, &device)?;
     let tokenizer = src.require_tokenizer("generate")?;
