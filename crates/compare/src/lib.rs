@@ -23,7 +23,8 @@ pub mod table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-pub use runs::{EvalPoint, MetricPoint, Run};
+pub use dynact_run::{EvalRecord, MetricsRecord};
+pub use runs::Run;
 pub use stats::Welch;
 
 /// Everything that can go wrong; each message is one line that names the file involved.
@@ -256,10 +257,10 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
         .iter()
         .map(|r| {
             let at = |s: u64| r.evals.iter().find(|e| e.step == s);
-            let pts: Vec<&EvalPoint> = steps.iter().filter_map(|&s| at(s)).collect();
+            let pts: Vec<&EvalRecord> = steps.iter().filter_map(|&s| at(s)).collect();
             (
-                pts.iter().map(|e| e.ppl()).collect(),
-                pts.iter().map(|e| e.ce()).collect(),
+                pts.iter().map(|e| e.val_ppl).collect(),
+                pts.iter().map(|e| e.val_ce).collect(),
             )
         })
         .collect();

@@ -269,7 +269,7 @@ fn loss_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison
         .runs
         .iter()
         .map(|r| {
-            let losses: Vec<f64> = r.run.metrics.iter().map(|m| m.loss).collect();
+            let losses: Vec<f64> = r.run.metrics.iter().map(|m| m.loss as f64).collect();
             let smooth = stats::ema(&losses, cmp.ema_weight);
             let pts = r
                 .run

@@ -1,73 +1,16 @@
-//! Reading run directories written by `train-lm`: `run.toml` (the resolved config, flattened to
-//! dotted keys for grouping), `eval.jsonl` (one evaluation per line; required) and
-//! `metrics.jsonl` (one logged training step per line; optional). Unknown keys are ignored and
-//! missing optional ones tolerated, so logs of older or newer trainers still load.
+//! Reading run directories written by `train-lm` (layout and record types: dynact-run):
+//! `run.toml` (the resolved config, flattened to dotted keys for grouping), `eval.jsonl` (one
+//! [`EvalRecord`] per line; required) and `metrics.jsonl` (one [`MetricsRecord`] per line;
+//! optional). Unknown keys are ignored, so logs of newer trainers still load.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use dynact_run::{EvalRecord, MetricsRecord, EVAL_FILE, METRICS_FILE, RUN_CONFIG_FILE};
 use serde::Deserialize;
 
 use crate::CompareError;
-
-/// One line of `eval.jsonl`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct EvalPoint {
-    pub step: u64,
-    #[serde(default)]
-    pub tokens_seen: Option<u64>,
-    /// Mean validation cross-entropy in nats; derived from `val_ppl` when absent.
-    #[serde(default)]
-    pub val_ce: Option<f64>,
-    /// Validation perplexity; derived from `val_ce` when absent.
-    #[serde(default)]
-    pub val_ppl: Option<f64>,
-    #[serde(default)]
-    pub val_bpb: Option<f64>,
-    #[serde(default)]
-    pub elapsed_s: Option<f64>,
-}
-
-impl EvalPoint {
-    /// Validation cross-entropy (nats), from `val_ce` or `ln(val_ppl)`.
-    pub fn ce(&self) -> f64 {
-        self.val_ce
-            .or(self.val_ppl.map(f64::ln))
-            .unwrap_or(f64::NAN)
-    }
-
-    /// Validation perplexity, from `val_ppl` or `exp(val_ce)`.
-    pub fn ppl(&self) -> f64 {
-        self.val_ppl
-            .or(self.val_ce.map(f64::exp))
-            .unwrap_or(f64::NAN)
-    }
-}
-
-/// One line of `metrics.jsonl`. `alpha`/`beta` hold one value per layer (per-layer means under
-/// per-channel granularity) and are absent for SwiGLU runs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct MetricPoint {
-    pub step: u64,
-    pub loss: f64,
-    #[serde(default)]
-    pub lr: Option<f64>,
-    #[serde(default)]
-    pub grad_norm: Option<f64>,
-    #[serde(default)]
-    pub tokens_per_s: Option<f64>,
-    #[serde(default)]
-    pub elapsed_s: Option<f64>,
-    #[serde(default)]
-    pub alpha: Option<Vec<f64>>,
-    #[serde(default)]
-    pub beta: Option<Vec<f64>>,
-    #[serde(default)]
-    pub alpha_std: Option<Vec<f64>>,
-    #[serde(default)]
-    pub beta_std: Option<Vec<f64>>,
-}
 
 /// A loaded run directory.
 #[derive(Debug, Clone)]
@@ -84,9 +27,9 @@ pub struct Run {
     /// empty when the run has no run.toml.
     pub config: BTreeMap<String, String>,
     /// Evaluations sorted by step; a step evaluated twice (a resumed run) keeps its last line.
-    pub evals: Vec<EvalPoint>,
+    pub evals: Vec<EvalRecord>,
     /// Logged training steps sorted by step; empty without metrics.jsonl.
-    pub metrics: Vec<MetricPoint>,
+    pub metrics: Vec<MetricsRecord>,
 }
 
 impl Run {
@@ -98,32 +41,23 @@ impl Run {
                 dir: dir.to_path_buf(),
             });
         }
-        let eval_path = dir.join("eval.jsonl");
+        let eval_path = dir.join(EVAL_FILE);
         if !eval_path.is_file() {
             return Err(CompareError::MissingEval {
                 dir: dir.to_path_buf(),
             });
         }
-        let config = match read_config(&dir.join("run.toml"))? {
+        let config = match read_config(&dir.join(RUN_CONFIG_FILE))? {
             Some(table) => flatten(&table),
             None => BTreeMap::new(),
         };
-        let mut evals: Vec<EvalPoint> = read_jsonl(&eval_path)?;
-        for (i, e) in evals.iter().enumerate() {
-            if e.val_ce.is_none() && e.val_ppl.is_none() {
-                return Err(CompareError::ParseLine {
-                    path: eval_path.clone(),
-                    line: i + 1,
-                    msg: "neither val_ce nor val_ppl is present".into(),
-                });
-            }
-        }
+        let mut evals: Vec<EvalRecord> = read_jsonl(&eval_path)?;
         if evals.is_empty() {
             return Err(CompareError::EmptyEval { path: eval_path });
         }
         dedup_by_step(&mut evals, |e| e.step);
-        let metrics_path = dir.join("metrics.jsonl");
-        let mut metrics: Vec<MetricPoint> = if metrics_path.is_file() {
+        let metrics_path = dir.join(METRICS_FILE);
+        let mut metrics: Vec<MetricsRecord> = if metrics_path.is_file() {
             read_jsonl(&metrics_path)?
         } else {
             Vec::new()
@@ -211,26 +145,17 @@ fn dedup_by_step<T>(items: &mut Vec<T>, step: impl Fn(&T) -> u64) {
     *items = out;
 }
 
-/// Flattens nested tables into dotted keys; arrays and scalars are rendered as TOML.
+/// run.toml as dotted keys (dynact-run's flattener), values rendered as TOML.
 pub fn flatten(table: &toml::Table) -> BTreeMap<String, String> {
-    fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
-        for (k, v) in table {
-            let key = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            match v {
-                toml::Value::Table(t) => walk(&key, t, out),
-                other => {
-                    out.insert(key, other.to_string());
-                }
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", table, &mut out);
-    out
+    let json = serde_json::to_value(table).expect("a TOML table is JSON");
+    dynact_run::config_keys::flatten(&json)
+        .into_iter()
+        .map(|(k, v)| {
+            let rendered =
+                toml::Value::try_from(&v).map_or_else(|_| v.to_string(), |t| t.to_string());
+            (k, rendered)
+        })
+        .collect()
 }
 
 /// `"swiglu"` -> `swiglu` (TOML strings are rendered quoted by `flatten`).

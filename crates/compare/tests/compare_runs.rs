@@ -505,7 +505,7 @@ fn error_cases_are_one_clear_line() {
     );
     fs::write(
         badm.join("metrics.jsonl"),
-        "{\"step\": 1, \"loss\": 2.0}\nnot json\n",
+        "{\"step\": 1, \"loss\": 2.0, \"lr\": 0.001, \"grad_norm\": 0.9, \"tokens_per_s\": 1234.0, \"elapsed_s\": 3.1}\nnot json\n",
     )
     .unwrap();
     let err = compare(std::slice::from_ref(&badm), &CompareOptions::default()).unwrap_err();

@@ -97,11 +97,24 @@ pub fn save_weights(varmap: &VarMap, path: &Path) -> Result<()> {
 
 /// Saves named tensors as safetensors, atomically.
 pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    save_tensors_with_metadata(tensors, &[], path)
+}
+
+/// Saves named tensors as safetensors, atomically, with `metadata` besides `{"format": "pt"}`.
+pub fn save_tensors_with_metadata(
+    tensors: &[(String, Tensor)],
+    metadata: &[(&str, &str)],
+    path: &Path,
+) -> Result<()> {
     let tensors = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    metadata.insert("format".to_string(), "pt".to_string());
     atomic_write(path, |tmp| {
         safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(metadata), tmp)
             .map_err(std::io::Error::other)

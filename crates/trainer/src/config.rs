@@ -167,28 +167,23 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
-/// Every key path the config accepts, from the defaults serialised with nulls kept.
+/// Every key path the config accepts, tables included (`model`, `model.dynact`), from the
+/// defaults serialised with nulls kept.
 fn known_keys() -> Vec<String> {
-    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-        if let serde_json::Value::Object(map) = v {
-            for (k, child) in map {
-                let path = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                out.push(path.clone());
-                walk(&path, child, out);
-            }
+    let defaults = serde_json::to_value(RunConfig::default()).expect("defaults serialise");
+    let mut keys = vec![];
+    for leaf in dynact_run::config_keys::flatten(&defaults).into_keys() {
+        let mut end = 0;
+        while let Some(dot) = leaf[end..].find('.') {
+            end += dot;
+            keys.push(leaf[..end].to_string());
+            end += 1;
         }
+        keys.push(leaf);
     }
-    let mut out = vec![];
-    walk(
-        "",
-        &serde_json::to_value(RunConfig::default()).expect("defaults serialise"),
-        &mut out,
-    );
-    out
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn check_keys(prefix: &str, table: &toml::Table, known: &[String]) -> Result<(), ConfigError> {
@@ -450,6 +445,19 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
 }
 
 impl RunConfig {
+    /// Reads the resolved config of a run (its `run.toml`).
+    pub fn read(path: &Path) -> anyhow::Result<RunConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid run config: {}",
+                path.display(),
+                e.message()
+            )
+        })
+    }
+
     /// The run directory: `run_dir` when set, else `checkpoints/<name>`.
     pub fn run_dir(&self) -> PathBuf {
         if self.run_dir.is_empty() {

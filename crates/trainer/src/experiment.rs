@@ -10,10 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use dynact_model::checkpoint::atomic_write_bytes;
 use dynact_model::FfnKind;
 
 use crate::config::RunConfig;
-use crate::rundir::{read_trainer_state, RunDir};
+use dynact_run::{RunDir, TrainerState};
 
 #[derive(Clone, Debug)]
 pub struct Grid {
@@ -43,7 +44,7 @@ fn progress(dir: &Path, steps: u64) -> Result<Progress> {
         return Ok(Progress::Start);
     }
     match rd.latest_checkpoint()? {
-        Some(ckpt) if read_trainer_state(&ckpt)?.step >= steps => Ok(Progress::Done),
+        Some(ckpt) if TrainerState::read(&ckpt)?.step >= steps => Ok(Progress::Done),
         Some(_) => Ok(Progress::Resume),
         // Started but never checkpointed: start it again from scratch.
         None => {
@@ -87,10 +88,7 @@ pub fn run_grid(
                 }
             }
             let config_path = base.join("configs").join(format!("{name}.toml"));
-            dynact_model::checkpoint::atomic_write_bytes(
-                &config_path,
-                toml::to_string_pretty(&table)?.as_bytes(),
-            )?;
+            atomic_write_bytes(&config_path, toml::to_string_pretty(&table)?.as_bytes())?;
             cells.push(Cell {
                 dir,
                 name,

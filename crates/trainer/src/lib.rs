@@ -1,20 +1,24 @@
 //! dynact-trainer: wires the model and data crates into training and evaluation, and holds the
 //! command-line tools (`train-lm`, `eval-ppl`, `generate`; `compare-runs` lives in
-//! dynact-compare). The binaries are thin: clap flags -> a validated config -> one call here.
+//! dynact-compare, the run directory's format in dynact-run). The binaries are thin: clap
+//! flags -> a validated config -> one call here.
 //!
-//! [`config`] (the run TOML) -> [`train`] (the loop, using [`optim`], [`schedule`], [`eval`] and
-//! [`rundir`]); [`source`] resolves what `eval-ppl` and `generate` are pointed at (a
-//! safetensors file, a checkpoint folder, a run directory or `hf://OWNER/NAME`); [`sample`] is
-//! the decoding loop of `generate`.
+//! [`config`] (the run TOML) -> [`train`] (setup, the training step and the loop, using
+//! [`optim`], [`schedule`] and [`eval`]) -> [`experiment`] (seeded grids of runs).
+//! [`model_source`] resolves what `eval-ppl` and `generate` are pointed at (a safetensors
+//! file, a checkpoint folder, a run directory or `hf://OWNER/NAME`), with the flags of
+//! [`cli`]; [`eval_data`] picks what `eval-ppl` scores; [`sample`] is the decoding loop of
+//! `generate`.
 
+pub mod cli;
 pub mod config;
 pub mod eval;
+pub mod eval_data;
 pub mod experiment;
+pub mod model_source;
 pub mod optim;
-pub mod rundir;
 pub mod sample;
 pub mod schedule;
-pub mod source;
 pub mod train;
 
 use anyhow::{bail, Result};

@@ -3,10 +3,9 @@
 //! every checkpoint (`candle_nn::AdamW` keeps them private).
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::config::OptimConfig;
@@ -124,26 +123,25 @@ impl AdamW {
         Ok(())
     }
 
-    /// Saves the moments as safetensors (`m.<param>`, `v.<param>`), atomically.
-    pub fn save(&self, path: &Path) -> dynact_model::Result<()> {
+    /// The moments as named tensors (`m.<param>`, `v.<param>`), as a training checkpoint
+    /// stores them.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut tensors = Vec::with_capacity(2 * self.slots.len());
         for s in &self.slots {
             tensors.push((format!("m.{}", s.name), s.m.clone()));
             tensors.push((format!("v.{}", s.name), s.v.clone()));
         }
-        dynact_model::checkpoint::save_tensors(&tensors, path)
+        tensors
     }
 
-    /// Restores moments saved by [`AdamW::save`] and the update count.
-    pub fn load(&mut self, path: &Path, step: u64, device: &Device) -> anyhow::Result<()> {
-        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(path, device)
-            .map_err(|e| anyhow::anyhow!("cannot read optimizer state {}: {e}", path.display()))?;
+    /// Restores moments given by [`AdamW::state_tensors`] and the update count.
+    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> anyhow::Result<()> {
         for s in &mut self.slots {
             for (prefix, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("{prefix}.{}", s.name);
-                let t = tensors.get(&key).ok_or_else(|| {
-                    anyhow::anyhow!("optimizer state {} lacks `{key}`", path.display())
-                })?;
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| anyhow::anyhow!("the optimizer state lacks `{key}`"))?;
                 if t.shape() != slot.shape() {
                     anyhow::bail!(
                         "optimizer state `{key}` has shape {:?}, the model {:?}",
@@ -162,6 +160,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn decay_applies_to_matrices_only() {

@@ -1,33 +1,34 @@
-//! The training loop: data and model set up from a [`RunConfig`], then for each step
-//! `grad_accum` micro-batches, clipping, an AdamW update at `lr_at(step)`, a line of
-//! `metrics.jsonl` every `log_every` steps, and at every evaluation step a full pass over the
-//! validation set (one line of `eval.jsonl`) and a checkpoint. A step is a pure function of
-//! (weights, optimizer moments, batch, seed, step), and all of those are in the checkpoint, so
-//! a resumed run continues with the very losses the uninterrupted one would have had.
+//! Training: [`run`] sets up data, model and optimizer from a [`RunConfig`] (or from the
+//! latest checkpoint of the run being resumed), then [`Trainer::train`] loops over
+//! [`Trainer::train_step`], logging a [`MetricsRecord`] every `log_every` steps and, at every
+//! evaluation step, scoring the whole validation set and saving a training checkpoint.
+//!
+//! A step is a pure function of (weights, optimizer moments, batch, seed, step), and all of
+//! those are in the checkpoint, so a resumed run continues with the very losses the
+//! uninterrupted one would have had.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use dynact_data::{prepare_dataset, BatchLoader, Dataset};
-use dynact_model::checkpoint::{save_config, save_weights, CONFIG_FILE, WEIGHTS_FILE};
+use dynact_model::checkpoint::{atomic_write_bytes, save_config, CONFIG_FILE};
 use dynact_model::{init_model, Checkpoint, ForwardCtx, ParamSummary, Transformer};
+use dynact_run::{
+    CheckpointContents, EvalRecord, MetricsRecord, RunDir, TrainerState, TrainingCheckpoint,
+    EVAL_FILE, METRICS_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE,
+};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use crate::config::{NonFinitePolicy, RunConfig};
 use crate::eval::{evaluate, EvalResult};
 use crate::optim::AdamW;
-use crate::rundir::{
-    read_trainer_state, RunDir, TrainerState, EVAL_FILE, METRICS_FILE, OPTIMIZER_FILE,
-    RUN_CONFIG_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE,
-};
 use crate::schedule::lr_at;
 
 /// How the run was asked to start.
@@ -61,50 +62,19 @@ pub struct RunReport {
     pub step_time_s: f64,
 }
 
-/// Keys that may change when a run is resumed: how long it runs, what it logs and evaluates,
-/// and where it runs. Everything else would make the resumed run a different run.
-const RESUMABLE_CHANGES: &[&str] = &[
-    "name",
-    "run_dir",
-    "device",
-    "dtype",
-    "train.steps",
-    "train.log_every",
-    "train.keep_last",
-    "train.threads",
-    "train.on_nonfinite",
-    "eval.",
-    "data.cache_dir",
-];
-
-/// The first key (dotted) whose value differs between the run being resumed and the config
-/// given now, outside [`RESUMABLE_CHANGES`].
-fn config_difference(saved: &RunConfig, given: &RunConfig) -> Option<String> {
-    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
-                }
-            }
-            other => out.push((prefix.to_string(), other.clone())),
-        }
-    }
-    let (mut a, mut b) = (vec![], vec![]);
-    flatten("", &serde_json::to_value(saved).ok()?, &mut a);
-    flatten("", &serde_json::to_value(given).ok()?, &mut b);
-    a.into_iter().zip(b).find_map(|((key, va), (_, vb))| {
-        let free = RESUMABLE_CHANGES
-            .iter()
-            .any(|k| key == *k || (k.ends_with('.') && key.starts_with(k)));
-        (!free && va != vb)
-            .then(|| format!("{key} is {va} in the run but {vb} in the config given"))
-    })
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    pub step: u64,
+    /// Mean loss of the step's micro-batches.
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Set when the update was skipped: what was not finite (`on_nonfinite = "skip"`).
+    pub skipped: Option<&'static str>,
+    /// Wall time of the step.
+    pub seconds: f64,
 }
 
 /// Runs (or resumes) training as configured.
@@ -119,131 +89,54 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         }
     };
 
-    // The run directory: a fresh one, or the one being resumed.
-    let resume_from = if opts.resume {
-        if !run_dir.holds_run() {
-            bail!(
-                "--resume {}: no run there (no {RUN_CONFIG_FILE}); start it without --resume",
-                run_dir.path.display()
-            );
-        }
-        let saved: RunConfig = toml::from_str(
-            &std::fs::read_to_string(run_dir.file(RUN_CONFIG_FILE)).with_context(|| {
-                format!("cannot read {}", run_dir.file(RUN_CONFIG_FILE).display())
-            })?,
-        )
-        .with_context(|| {
-            format!(
-                "{} is not a valid run config",
-                run_dir.file(RUN_CONFIG_FILE).display()
-            )
-        })?;
-        if !opts.vocab_size_given {
-            cfg.model.vocab_size = saved.model.vocab_size;
-        }
-        if let Some(diff) = config_difference(&saved, &cfg) {
-            bail!(
-                "cannot resume {}: {diff}; resume with the run's own config (drop --config and the flags that change it)",
-                run_dir.path.display()
-            );
-        }
-        match run_dir.latest_checkpoint()? {
-            Some(dir) => Some(dir),
-            None => bail!(
-                "cannot resume {}: it holds no complete checkpoint yet; start it again with a new --run-dir",
-                run_dir.path.display()
-            ),
-        }
-    } else {
-        if run_dir.holds_run() {
-            bail!(
-                "{} already holds a run; continue it with --resume {0}, or pick another --run-dir",
-                run_dir.path.display()
-            );
-        }
-        None
-    };
-
-    let data_start = Instant::now();
-    let dataset = prepare_dataset(&cfg.data)?;
-    let tok_vocab = dataset.tokenizer.vocab_size();
-    if !opts.vocab_size_given && !opts.resume {
-        cfg.model.vocab_size = tok_vocab;
-    } else if cfg.model.vocab_size < tok_vocab {
-        bail!(
-            "model.vocab_size {} is smaller than the tokenizer's {tok_vocab}; raise it or leave it unset",
-            cfg.model.vocab_size
-        );
-    }
-    dataset
-        .train
-        .check_vocab(cfg.model.vocab_size, "the training data")?;
-    crate::config::validate(&cfg).map_err(|e| anyhow::anyhow!(e))?;
-    log(format!(
-        "data: {} ({:.1}s)",
-        dataset.description,
-        data_start.elapsed().as_secs_f64()
-    ));
+    let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?
+        .map(|dir| TrainingCheckpoint::load(&dir, &device))
+        .transpose()?;
+    let dataset = prepare_data(&mut cfg, &opts, &log)?;
     let unigram = crate::eval::unigram_ppl(&dataset.train, &dataset.val, cfg.model.vocab_size);
     log(format!(
         "baseline: unigram perplexity of the validation set {unigram:.3} (train token frequencies)"
     ));
-    // Fail now, not at the first evaluation, when the validation set is too short.
-    dynact_data::eval_windows(dataset.val.len(), cfg.train.seq_len)
-        .context("the validation set")?;
 
     std::fs::create_dir_all(&run_dir.path)
         .with_context(|| format!("cannot create run dir {}", run_dir.path.display()))?;
     if resume_from.is_none() {
         // Written first, so the run directory says what ran even if training fails.
-        dynact_model::checkpoint::atomic_write_bytes(
-            &run_dir.file(RUN_CONFIG_FILE),
-            cfg.to_toml().as_bytes(),
-        )?;
+        atomic_write_bytes(&run_dir.file(RUN_CONFIG_FILE), cfg.to_toml().as_bytes())?;
         save_config(&cfg.model, &run_dir.file(CONFIG_FILE))?;
         dataset.tokenizer.save(&run_dir.file(TOKENIZER_FILE))?;
     }
 
-    let (varmap, model, state) = match &resume_from {
+    let (varmap, model, opt, state) = match resume_from {
         None => {
             let (varmap, model) = init_model(&cfg.model, cfg.seed, &device)?;
-            let state = TrainerState {
-                step: 0,
-                tokens_seen: 0,
-                loader: Default::default(),
-                seed: cfg.seed,
-                optimizer_steps: 0,
-                elapsed_s: 0.0,
-            };
-            (varmap, model, state)
+            let opt = AdamW::new(&varmap, &cfg.optim)?;
+            (varmap, model, opt, TrainerState::start(cfg.seed))
         }
-        Some(dir) => {
-            let ckpt = Checkpoint::load_dir(dir, &device)?;
-            let model = ckpt.model(&device)?;
-            (ckpt.varmap, model, read_trainer_state(dir)?)
+        Some(ckpt) => {
+            let model = ckpt.weights.model(&device)?;
+            let mut opt = AdamW::new(&ckpt.weights.varmap, &cfg.optim)?;
+            opt.restore(&ckpt.optimizer, ckpt.state.optimizer_steps)
+                .with_context(|| format!("resuming from {}", ckpt.dir.display()))?;
+            // Lines logged after that checkpoint, by the run that was interrupted, are
+            // replaced by the ones this run writes.
+            for file in [METRICS_FILE, EVAL_FILE] {
+                run_dir.truncate_jsonl(file, ckpt.state.step)?;
+            }
+            log(format!(
+                "resuming {} at step {}",
+                run_dir.path.display(),
+                ckpt.state.step
+            ));
+            (ckpt.weights.varmap, model, opt, ckpt.state)
         }
     };
-    let model = model.with_compute_dtype(dtype);
-    let mut opt = AdamW::new(&varmap, &cfg.optim)?;
-    if let Some(dir) = &resume_from {
-        opt.load(&dir.join(OPTIMIZER_FILE), state.optimizer_steps, &device)?;
-        // Lines logged after that checkpoint, by the run that was interrupted, are replaced
-        // by the ones this run writes.
-        for file in [METRICS_FILE, EVAL_FILE] {
-            run_dir.truncate_jsonl(file, state.step)?;
-        }
-        log(format!(
-            "resuming {} at step {}",
-            run_dir.path.display(),
-            state.step
-        ));
-    }
-    let params = ParamSummary::of(&cfg.model)?;
     log(format!(
-        "model: {} ffn, {} layers, d {}, parameters:\n{params}",
+        "model: {} ffn, {} layers, d {}, parameters:\n{}",
         cfg.model.ffn.name(),
         cfg.model.num_hidden_layers,
         cfg.model.hidden_size,
+        ParamSummary::of(&cfg.model)?,
     ));
 
     let mut loader = BatchLoader::new(
@@ -257,13 +150,13 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     loader.restore(&state.loader)?;
 
     let mut trainer = Trainer {
+        model: model.with_compute_dtype(dtype),
         unigram_ppl: unigram,
         dtype,
         cfg,
         run_dir,
         device,
         dataset,
-        model,
         varmap,
         opt,
         loader,
@@ -272,14 +165,77 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     trainer.train(&opts)
 }
 
-struct Trainer {
-    unigram_ppl: f64,
-    /// Compute dtype of forward passes.
-    dtype: candle_core::DType,
+/// Checks the run directory against what was asked: a fresh run needs an empty place, a
+/// resume needs a run there whose config differs from `cfg` only in what a resume may change.
+/// Returns the checkpoint to resume from.
+fn check_run_dir(
+    run_dir: &RunDir,
+    cfg: &mut RunConfig,
+    opts: &RunOptions,
+) -> Result<Option<PathBuf>> {
+    let shown = run_dir.path.display();
+    if !opts.resume {
+        if run_dir.holds_run() {
+            bail!("{shown} already holds a run; continue it with --resume {shown}, or pick another --run-dir");
+        }
+        return Ok(None);
+    }
+    if !run_dir.holds_run() {
+        bail!("--resume {shown}: no run there (no {RUN_CONFIG_FILE}); start it without --resume");
+    }
+    let saved = RunConfig::read(&run_dir.file(RUN_CONFIG_FILE))?;
+    if !opts.vocab_size_given {
+        cfg.model.vocab_size = saved.model.vocab_size;
+    }
+    if let Some(diff) = dynact_run::resume::forbidden_change(&saved, cfg) {
+        bail!("cannot resume {shown}: {diff}; resume with the run's own config (drop --config and the flags that change it)");
+    }
+    match run_dir.latest_checkpoint()? {
+        Some(dir) => Ok(Some(dir)),
+        None => bail!(
+            "cannot resume {shown}: it holds no complete checkpoint yet; start it again with a new --run-dir"
+        ),
+    }
+}
+
+/// Tokenizes (or loads from the cache) the training and validation data, fits the model's
+/// vocabulary to the tokenizer and validates the whole config against the data.
+fn prepare_data(cfg: &mut RunConfig, opts: &RunOptions, log: &impl Fn(String)) -> Result<Dataset> {
+    let start = Instant::now();
+    let dataset = prepare_dataset(&cfg.data)?;
+    let tok_vocab = dataset.tokenizer.vocab_size();
+    if !opts.vocab_size_given && !opts.resume {
+        cfg.model.vocab_size = tok_vocab;
+    } else if cfg.model.vocab_size < tok_vocab {
+        bail!(
+            "model.vocab_size {} is smaller than the tokenizer's {tok_vocab}; raise it or leave it unset",
+            cfg.model.vocab_size
+        );
+    }
+    dataset
+        .train
+        .check_vocab(cfg.model.vocab_size, "the training data")?;
+    crate::config::validate(cfg).map_err(|e| anyhow::anyhow!(e))?;
+    log(format!(
+        "data: {} ({:.1}s)",
+        dataset.description,
+        start.elapsed().as_secs_f64()
+    ));
+    // Fail now, not at the first evaluation, when the validation set is too short.
+    dynact_data::eval_windows(dataset.val.len(), cfg.train.seq_len)
+        .context("the validation set")?;
+    Ok(dataset)
+}
+
+/// A run in progress: everything a step reads and changes.
+pub struct Trainer {
     cfg: RunConfig,
     run_dir: RunDir,
     device: Device,
+    /// Compute dtype of forward passes (weights stay f32).
+    dtype: DType,
     dataset: Dataset,
+    unigram_ppl: f64,
     model: Transformer,
     varmap: VarMap,
     opt: AdamW,
@@ -295,27 +251,14 @@ fn micro_seed(seed: u64, step: u64, micro: usize) -> u64 {
 }
 
 impl Trainer {
+    /// Steps until `train.steps` (or an interrupt), evaluating and saving as configured.
     fn train(&mut self, opts: &RunOptions) -> Result<RunReport> {
         let total = self.cfg.train.steps;
-        let start_step = self.state.step;
-        let show_bar = !opts.quiet && std::io::stderr().is_terminal();
-        let bar = if show_bar {
-            let b = ProgressBar::new(total);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-                )
-                .expect("valid template"),
-            );
-            b.set_position(start_step);
-            b
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = progress_bar(total, self.state.step, opts.quiet);
         let mut report = RunReport {
             unigram_ppl: self.unigram_ppl,
             run_dir: self.run_dir.path.clone(),
-            last_step: start_step,
+            last_step: self.state.step,
             interrupted: false,
             evals: vec![],
             losses: vec![],
@@ -329,69 +272,28 @@ impl Trainer {
         let mut train_time = 0f64;
 
         while self.state.step < total {
-            let step = self.state.step + 1;
-            let step_start = Instant::now();
-            let lr = lr_at(step, total, &self.cfg.optim);
-            let (loss, grads) = self.accumulate(step)?;
-            let grad_norm = self.opt.grad_norm(&grads)?;
-            if loss.is_finite() && grad_norm.is_finite() {
-                let clip = self.cfg.optim.grad_clip;
-                let scale = if clip > 0.0 && grad_norm > clip {
-                    clip / grad_norm
-                } else {
-                    1.0
-                };
-                self.opt.step(&grads, lr, scale)?;
-            } else {
-                let what = if loss.is_finite() {
-                    "gradient norm"
-                } else {
-                    "loss"
-                };
-                match self.cfg.train.on_nonfinite {
-                    NonFinitePolicy::Skip => bar.suspend(|| {
-                        eprintln!(
-                            "warning: step {step}: non-finite {what}; batch skipped, no update"
-                        )
-                    }),
-                    NonFinitePolicy::Stop => {
-                        let last = self
-                            .run_dir
-                            .latest_checkpoint()
-                            .ok()
-                            .flatten()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| "none yet".into());
-                        bail!(
-                            "non-finite {what} at step {step}; the last good checkpoint ({last}) is kept; lower optim.lr or set train.on_nonfinite = \"skip\""
-                        );
-                    }
-                }
+            let stats = self.train_step(self.state.step + 1)?;
+            let step = stats.step;
+            if let Some(what) = stats.skipped {
+                bar.suspend(|| {
+                    eprintln!("warning: step {step}: non-finite {what}; batch skipped, no update")
+                });
             }
-            drop(grads);
-            train_time += step_start.elapsed().as_secs_f64();
-
-            self.state.step = step;
-            self.state.optimizer_steps = self.opt.step;
-            self.state.tokens_seen += tokens_per_step;
-            self.state.loader = self.loader.state();
+            train_time += stats.seconds;
             report.last_step = step;
-            report.losses.push((step, loss));
+            report.losses.push((step, stats.loss));
             window_tokens += tokens_per_step;
 
             if step.is_multiple_of(self.cfg.train.log_every) || step == total {
-                let secs = window_start.elapsed().as_secs_f64();
-                let tps = window_tokens as f64 / secs.max(1e-9);
-                let mut line = json!({
-                    "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_s": tps,
-                    "elapsed_s": elapsed_before + run_start.elapsed().as_secs_f64(),
-                });
-                self.add_dynact_stats(&mut line)?;
-                self.run_dir.append_jsonl(METRICS_FILE, &line)?;
-                bar.set_message(format!("loss {loss:.4}  {tps:.0} tok/s"));
-                if !show_bar && !opts.quiet {
-                    eprintln!("step {step:>6}/{total}  loss {loss:.4}  lr {lr:.2e}  |g| {grad_norm:.3}  {tps:.0} tok/s");
+                let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
+                self.log_metrics(&stats, tps, elapsed)?;
+                bar.set_message(format!("loss {:.4}  {tps:.0} tok/s", stats.loss));
+                if bar.is_hidden() && !opts.quiet {
+                    eprintln!(
+                        "step {step:>6}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {tps:.0} tok/s",
+                        stats.loss, stats.lr, stats.grad_norm
+                    );
                 }
                 (window_start, window_tokens) = (Instant::now(), 0);
             }
@@ -422,6 +324,60 @@ impl Trainer {
         report.step_time_s = train_time / steps_run;
         report.tokens_per_s = tokens_per_step as f64 / report.step_time_s.max(1e-12);
         Ok(report)
+    }
+
+    /// One optimizer step: forward and backward over `grad_accum` micro-batches, the global
+    /// gradient norm, clipping, and an AdamW update at `lr_at(step)`. A non-finite loss or
+    /// norm stops the run (the last checkpoint stays) or, with `on_nonfinite = "skip"`, skips
+    /// the update.
+    pub fn train_step(&mut self, step: u64) -> Result<StepStats> {
+        let start = Instant::now();
+        let lr = lr_at(step, self.cfg.train.steps, &self.cfg.optim);
+        let (loss, grads) = self.accumulate(step)?;
+        let grad_norm = self.opt.grad_norm(&grads)?;
+        let nonfinite = if !loss.is_finite() {
+            Some("loss")
+        } else if !grad_norm.is_finite() {
+            Some("gradient norm")
+        } else {
+            None
+        };
+        match (nonfinite, self.cfg.train.on_nonfinite) {
+            (None, _) => {
+                let clip = self.cfg.optim.grad_clip;
+                let scale = if clip > 0.0 && grad_norm > clip {
+                    clip / grad_norm
+                } else {
+                    1.0
+                };
+                self.opt.step(&grads, lr, scale)?;
+            }
+            (Some(_), NonFinitePolicy::Skip) => {}
+            (Some(what), NonFinitePolicy::Stop) => {
+                let last = self
+                    .run_dir
+                    .latest_checkpoint()
+                    .ok()
+                    .flatten()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none yet".into());
+                bail!(
+                    "non-finite {what} at step {step}; the last good checkpoint ({last}) is kept; lower optim.lr or set train.on_nonfinite = \"skip\""
+                );
+            }
+        }
+        self.state.step = step;
+        self.state.optimizer_steps = self.opt.step;
+        self.state.tokens_seen += self.cfg.tokens_per_step() as u64;
+        self.state.loader = self.loader.state();
+        Ok(StepStats {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            skipped: nonfinite,
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Forward and backward over `grad_accum` micro-batches; returns the mean loss and the
@@ -463,8 +419,26 @@ impl Trainer {
         Ok((loss_sum / accum as f32, total.expect("grad_accum >= 1")))
     }
 
+    /// One line of `metrics.jsonl`, with alpha and beta of every layer for dynActGLU.
+    fn log_metrics(&self, stats: &StepStats, tokens_per_s: f64, elapsed_s: f64) -> Result<()> {
+        let mut record = MetricsRecord {
+            step: stats.step,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            tokens_per_s,
+            elapsed_s,
+            alpha: None,
+            beta: None,
+            alpha_std: None,
+            beta_std: None,
+        };
+        self.add_dynact_stats(&mut record)?;
+        self.run_dir.append_jsonl(METRICS_FILE, &record)
+    }
+
     /// alpha and beta of every layer (per-channel: their means, plus `alpha_std`/`beta_std`).
-    fn add_dynact_stats(&self, line: &mut serde_json::Value) -> Result<()> {
+    fn add_dynact_stats(&self, record: &mut MetricsRecord) -> Result<()> {
         let acts = self.model.dynacts();
         if acts.is_empty() {
             return Ok(());
@@ -483,11 +457,11 @@ impl Trainer {
                 std.push(var.sqrt());
             }
         }
-        line["alpha"] = json!(a);
-        line["beta"] = json!(b);
+        record.alpha = Some(a);
+        record.beta = Some(b);
         if per_channel {
-            line["alpha_std"] = json!(a_std);
-            line["beta_std"] = json!(b_std);
+            record.alpha_std = Some(a_std);
+            record.beta_std = Some(b_std);
         }
         Ok(())
     }
@@ -512,15 +486,16 @@ impl Trainer {
             &self.device,
             |_, _| {},
         )?;
-        let elapsed = self.state.elapsed_s;
-        self.run_dir.append_jsonl(
-            EVAL_FILE,
-            &json!({
-                "step": step, "tokens_seen": self.state.tokens_seen, "val_ce": r.ce,
-                "val_ppl": r.ppl, "val_bpb": r.bpb, "elapsed_s": elapsed,
-                "val_tokens": r.tokens,
-            }),
-        )?;
+        let record = EvalRecord {
+            step,
+            tokens_seen: self.state.tokens_seen,
+            val_ce: r.ce,
+            val_ppl: r.ppl,
+            val_bpb: r.bpb,
+            elapsed_s: self.state.elapsed_s,
+            val_tokens: Some(r.tokens as u64),
+        };
+        self.run_dir.append_jsonl(EVAL_FILE, &record)?;
         if print {
             eprintln!(
                 "eval step {step}: val_ce {:.4}  val_ppl {:.4}  val_bpb {}  ({} tokens, {:.1}s)",
@@ -535,19 +510,14 @@ impl Trainer {
     }
 
     fn save(&self, step: u64) -> Result<()> {
-        let state = serde_json::to_string_pretty(&self.state)?;
-        let write = |dir: &Path| -> Result<()> {
-            save_weights(&self.varmap, &dir.join(WEIGHTS_FILE))?;
-            save_config(&self.cfg.model, &dir.join(CONFIG_FILE))?;
-            self.dataset.tokenizer.save(&dir.join(TOKENIZER_FILE))?;
-            self.opt.save(&dir.join(OPTIMIZER_FILE))?;
-            dynact_model::checkpoint::atomic_write_bytes(
-                &dir.join(TRAINER_STATE_FILE),
-                state.as_bytes(),
-            )?;
-            Ok(())
+        let contents = CheckpointContents {
+            model_config: &self.cfg.model,
+            varmap: &self.varmap,
+            tokenizer: &self.dataset.tokenizer,
+            optimizer: self.opt.state_tensors(),
+            state: &self.state,
         };
-        let dir = self.run_dir.save_checkpoint(step, write, || Ok(()))?;
+        let dir = self.run_dir.save_training_checkpoint(step, &contents)?;
         tracing::info!(step, dir = %dir.display(), "checkpoint saved");
         // The new checkpoint is complete; failing to delete old ones must not stop the run.
         if let Err(e) = self
@@ -558,6 +528,22 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// A progress bar on a terminal; hidden otherwise (then plain lines are printed).
+fn progress_bar(total: u64, start: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(start);
+    bar
 }
 
 /// The table printed at the end of a run: every evaluation of this invocation, then speed.

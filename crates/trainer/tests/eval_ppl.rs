@@ -11,9 +11,9 @@ use candle_core::{DType, Device};
 use common::*;
 use dynact_data::{prepare_dataset, shard, DataConfig, TokenStream, Tokenizer};
 use dynact_model::{DynActConfig, FfnKind, ModelConfig};
+use dynact_run::RunDir;
 use dynact_trainer::config::RunConfig;
 use dynact_trainer::eval::evaluate;
-use dynact_trainer::rundir::RunDir;
 
 /// Builds a run directory by hand: run.toml, a checkpoint at `step`, `latest`, and the
 /// eval.jsonl line train-lm would write, computed with the library's `evaluate`. Returns the

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use dynact_model::{Checkpoint, FfnKind};
+use dynact_run::{RunDir, EVAL_FILE, METRICS_FILE};
 use dynact_trainer::config::{ConfigBuilder, RunConfig};
-use dynact_trainer::rundir::{RunDir, EVAL_FILE, METRICS_FILE};
 use dynact_trainer::train::{run, RunOptions};
 
 fn small(dir: &Path, ffn: FfnKind, steps: u64) -> RunConfig {

@@ -10,9 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use dynact_trainer::eval::evaluate;
-use dynact_trainer::source::{eval_data, load_source, SourceKind, SourceOptions, Split};
-use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
+use dynact_trainer::cli::ModelArgs;
+use dynact_trainer::eval::{evaluate, EvalResult};
+use dynact_trainer::eval_data::{eval_data, EvalData, Split};
+use dynact_trainer::model_source::{LoadedModel, SourceKind};
 use indicatif::{ProgressBar, ProgressStyle};
 
 // glibc hands large tensor buffers back to the kernel after every step and page-faults them
@@ -24,8 +25,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// A .safetensors file, a checkpoint folder, a run directory or hf://OWNER/NAME[@REVISION].
-    source: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Data to score: text/JSONL files, a folder, a glob, llm.c .bin token shards, `builtin` or
     /// hf://datasets/OWNER/NAME/PATH. Default for a run directory: the run's validation set.
     #[arg(long)]
@@ -43,43 +44,25 @@ struct Args {
     /// Score at most this many tokens (whole windows from the start).
     #[arg(long)]
     max_tokens: Option<usize>,
-    /// For a run directory: the checkpoint of this step (default: the latest).
-    #[arg(long)]
-    step: Option<u64>,
-    /// A config.json to use instead of the one beside the weights.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// A tokenizer.json to use instead of the one beside the weights.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
     /// Where tokenized text is cached (default: the run's data.cache_dir, else data/cache).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, bf16 or f16 (weights are held in f32). Default: the run's dtype for
-    /// a run directory (so its logged val_ppl is reproduced), else f32.
-    #[arg(long)]
-    dtype: Option<String>,
-    /// CPU threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     json: bool,
 }
 
-fn run(args: Args) -> Result<()> {
-    set_cpu_threads(args.threads);
-    let device = parse_device(&args.device)?;
-    let opts = SourceOptions {
-        config: args.config.clone(),
-        tokenizer: args.tokenizer.clone(),
-        step: args.step,
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
-    };
-    let src = load_source(&args.source, &opts, &device)?;
+/// How the data is cut into windows and batches.
+struct Windows {
+    seq_len: usize,
+    batch_size: usize,
+    /// At most this many windows (from --max-tokens).
+    max_windows: Option<usize>,
+}
+
+/// Window length and batch size from the flags, else the run's settings, else defaults;
+/// checked against the model.
+fn windows(args: &Args, src: &LoadedModel) -> Result<Windows> {
     let cfg = &src.config;
     let seq_len = args.seq_len.unwrap_or_else(|| match &src.run {
         Some(r) => r.train.seq_len,
@@ -107,6 +90,16 @@ fn run(args: Args) -> Result<()> {
         }
         Some(n) => Some(n / seq_len),
     };
+    Ok(Windows {
+        seq_len,
+        batch_size,
+        max_windows,
+    })
+}
+
+fn run(args: Args) -> Result<()> {
+    let (device, src) = args.model.load()?;
+    let w = windows(&args, &src)?;
     let data = eval_data(
         &src,
         args.data.as_deref(),
@@ -114,7 +107,8 @@ fn run(args: Args) -> Result<()> {
         args.cache_dir.as_deref(),
     )?;
     // Fail on data too short for one window before printing anything.
-    dynact_data::eval_windows(data.stream.len(), seq_len)?;
+    dynact_data::eval_windows(data.stream.len(), w.seq_len)?;
+    let cfg = &src.config;
     if !args.json {
         eprintln!(
             "model: {} ({}, {} layers, d_model {}, vocab {})",
@@ -141,9 +135,9 @@ fn run(args: Args) -> Result<()> {
     let r = evaluate(
         &src.model,
         &data.stream,
-        seq_len,
-        batch_size,
-        max_windows,
+        w.seq_len,
+        w.batch_size,
+        w.max_windows,
         data.byte_lengths.as_deref(),
         &device,
         |done, total| {
@@ -152,46 +146,62 @@ fn run(args: Args) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    let tokens_per_s = r.tokens as f64 / r.seconds.max(1e-9);
+    if args.json {
+        println!("{}", result_json(&r, &w, &src, &data, &args.model.device));
+    } else {
+        print_result(&r, w.seq_len);
+    }
+    Ok(())
+}
+
+/// The one JSON object of `--json`.
+fn result_json(
+    r: &EvalResult,
+    w: &Windows,
+    src: &LoadedModel,
+    data: &EvalData,
+    device: &str,
+) -> serde_json::Value {
     let step = match &src.kind {
         SourceKind::Run { step } => *step,
         _ => None,
     };
-    if args.json {
-        let v = serde_json::json!({
-            "ppl": r.ppl,
-            "ce": r.ce,
-            "bpb": r.bpb,
-            "tokens": r.tokens,
-            "windows": r.windows,
-            "tail_tokens": r.tail_tokens,
-            "seq_len": seq_len,
-            "batch_size": batch_size,
-            "seconds": r.seconds,
-            "tokens_per_s": tokens_per_s,
-            "source": src.description,
-            "step": step,
-            "ffn": cfg.ffn.name(),
-            "data": data.description,
-            "device": args.device,
-            "dtype": src.dtype.as_str(),
-        });
-        println!("{v}");
-    } else {
-        println!("perplexity      {:.6}", r.ppl);
-        println!("cross-entropy   {:.6} nats", r.ce);
-        match r.bpb {
-            Some(b) => println!("bits per byte   {b:.6}"),
-            None => println!("bits per byte   n/a (the text is not known)"),
-        }
-        println!(
-            "tokens scored   {} ({} windows of {seq_len}; {} tail tokens not scored)",
-            r.tokens, r.windows, r.tail_tokens
-        );
-        println!("seconds         {:.3}", r.seconds);
-        println!("tokens/s        {tokens_per_s:.0}");
+    serde_json::json!({
+        "ppl": r.ppl,
+        "ce": r.ce,
+        "bpb": r.bpb,
+        "tokens": r.tokens,
+        "windows": r.windows,
+        "tail_tokens": r.tail_tokens,
+        "seq_len": w.seq_len,
+        "batch_size": w.batch_size,
+        "seconds": r.seconds,
+        "tokens_per_s": r.tokens as f64 / r.seconds.max(1e-9),
+        "source": src.description,
+        "step": step,
+        "ffn": src.config.ffn.name(),
+        "data": data.description,
+        "device": device,
+        "dtype": src.dtype.as_str(),
+    })
+}
+
+fn print_result(r: &EvalResult, seq_len: usize) {
+    println!("perplexity      {:.6}", r.ppl);
+    println!("cross-entropy   {:.6} nats", r.ce);
+    match r.bpb {
+        Some(b) => println!("bits per byte   {b:.6}"),
+        None => println!("bits per byte   n/a (the text is not known)"),
     }
-    Ok(())
+    println!(
+        "tokens scored   {} ({} windows of {seq_len}; {} tail tokens not scored)",
+        r.tokens, r.windows, r.tail_tokens
+    );
+    println!("seconds         {:.3}", r.seconds);
+    println!(
+        "tokens/s        {:.0}",
+        r.tokens as f64 / r.seconds.max(1e-9)
+    );
 }
 
 fn main() -> ExitCode {

@@ -3,15 +3,13 @@
 //! stdout as they are produced (KV-cached decoding); the speed goes to stderr.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
+use dynact_trainer::cli::ModelArgs;
 use dynact_trainer::sample::{generate, Sampler, SamplingConfig};
-use dynact_trainer::source::{load_source, SourceOptions};
-use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
 
 // glibc hands large tensor buffers back to the kernel after every step and page-faults them
 // in again; mimalloc keeps them (about 30% faster training on CPU, see the train_step bench).
@@ -22,8 +20,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// A .safetensors file, a checkpoint folder, a run directory or hf://OWNER/NAME[@REVISION].
-    source: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The text to continue.
     #[arg(long)]
     prompt: String,
@@ -43,24 +41,6 @@ struct Args {
     /// Keep going after the end-of-text token.
     #[arg(long)]
     ignore_eos: bool,
-    /// For a run directory: the checkpoint of this step (default: the latest).
-    #[arg(long)]
-    step: Option<u64>,
-    /// A config.json to use instead of the one beside the weights.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// A tokenizer.json to use instead of the one beside the weights.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, bf16 or f16 (default: the run's for a run directory, else f32).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// CPU threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
 }
 
 /// Prints the text of `ids` as it grows, holding back an incomplete UTF-8 character.
@@ -95,21 +75,13 @@ impl TextStream<'_> {
 }
 
 fn run(args: Args) -> Result<()> {
-    set_cpu_threads(args.threads);
-    let device = parse_device(&args.device)?;
+    let (device, src) = args.model.load()?;
     let mut sampler = Sampler::new(SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
         seed: args.seed,
     })?;
-    let opts = SourceOptions {
-        config: args.config.clone(),
-        tokenizer: args.tokenizer.clone(),
-        step: args.step,
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
-    };
-    let src = load_source(&args.source, &opts, &device)?;
     let tokenizer = src.require_tokenizer("generate")?;
     let mut prompt = tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {

@@ -84,9 +84,7 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
     let mut b = match (&args.config, &args.resume) {
         (Some(path), _) => ConfigBuilder::from_file(path)?,
         // Resuming without --config continues with the run's own resolved config.
-        (None, Some(dir)) => {
-            ConfigBuilder::from_file(&dir.join(dynact_trainer::rundir::RUN_CONFIG_FILE))?
-        }
+        (None, Some(dir)) => ConfigBuilder::from_file(&dir.join(dynact_run::RUN_CONFIG_FILE))?,
         (None, None) => ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")?,
     };
     b.resuming = args.resume.is_some();

@@ -1,12 +1,8 @@
 //! What `eval-ppl` and `generate` are pointed at, resolved to a loaded model: a `.safetensors`
-//! file (config.json and tokenizer.json beside it, or given), a checkpoint folder, a run
-//! directory (its latest checkpoint, or step N, with the run's config for its validation set),
-//! or `hf://OWNER/NAME[/SUBFOLDER][@REVISION]` fetched through the Hugging Face cache
-//! (`model.safetensors`, else the shards of `model.safetensors.index.json`).
-//!
-//! [`eval_data`] then picks what `eval-ppl` scores: the run's validation set (exactly the
-//! stream `train-lm` evaluates), or any `--data` source of the data crate, whole (`test`) or
-//! its held-out validation part (`val`).
+//! file (config.json and tokenizer.json beside it, or given), a checkpoint folder (inside a run
+//! directory or not), a run directory (its latest checkpoint, or step N, with the run's config
+//! for its validation set), or `hf://OWNER/NAME[/SUBFOLDER][@REVISION]` fetched through the
+//! Hugging Face cache (`model.safetensors`, else the shards of `model.safetensors.index.json`).
 //!
 //! Every failure is one line that names the file, tensor or repository and what to do.
 
@@ -15,15 +11,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
 use dynact_data::hub::{self, HfUri, RepoKind};
-use dynact_data::source::Resolved;
-use dynact_data::{prepare_dataset, tokenize_source, DataConfig, TokenStream, Tokenizer};
+use dynact_data::Tokenizer;
 use dynact_model::checkpoint::{
     read_config, weight_files, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
 use dynact_model::{Checkpoint, ModelConfig, Transformer};
 
+use dynact_run::{RunDir, RUN_CONFIG_FILE, TOKENIZER_FILE};
+
 use crate::config::RunConfig;
-use crate::rundir::{RunDir, RUN_CONFIG_FILE, TOKENIZER_FILE};
 
 /// How to resolve a source beyond its path.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +49,7 @@ pub enum SourceKind {
 }
 
 /// A model ready to evaluate, with what came with it.
-pub struct LoadedSource {
+pub struct LoadedModel {
     pub model: Transformer,
     /// The compute dtype the model runs in.
     pub dtype: DType,
@@ -72,7 +68,7 @@ pub struct LoadedSource {
     pub description: String,
 }
 
-impl LoadedSource {
+impl LoadedModel {
     /// The tokenizer, or an error saying how to supply one; `why` says what it is needed for.
     pub fn require_tokenizer(&self, why: &str) -> Result<&Tokenizer> {
         match (&self.tokenizer, &self.tokenizer_problem) {
@@ -97,7 +93,7 @@ struct Located {
 }
 
 /// Resolves `spec` and loads the model it names onto `device`.
-pub fn load_source(spec: &str, opts: &SourceOptions, device: &Device) -> Result<LoadedSource> {
+pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
     let located = if spec.starts_with("hf://") {
         locate_hub(spec, opts)?
     } else {
@@ -155,7 +151,7 @@ pub fn load_source(spec: &str, opts: &SourceOptions, device: &Device) -> Result<
             );
         }
     }
-    Ok(LoadedSource {
+    Ok(LoadedModel {
         model,
         dtype,
         config,
@@ -177,82 +173,11 @@ fn locate_local(path: &Path, opts: &SourceOptions) -> Result<Located> {
         );
     }
     if path.is_file() {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let is_index = name.ends_with(".safetensors.index.json");
-        if !is_index && !name.ends_with(".safetensors") {
-            bail!(
-                "{} is not a safetensors file (expected NAME.safetensors or model.safetensors.index.json); PyTorch .bin/.pt checkpoints must be re-saved with safetensors first",
-                path.display()
-            );
-        }
-        let weights = if is_index {
-            weight_files_from_index(path, |f| Ok(dir.join(f)))?
-        } else {
-            vec![path.to_path_buf()]
-        };
-        return Ok(Located {
-            config: dir.join(CONFIG_FILE),
-            weights,
-            tokenizers: vec![dir.join(TOKENIZER_FILE)],
-            run: None,
-            kind: SourceKind::File,
-            description: path.display().to_string(),
-        });
+        return locate_file(path);
     }
     let run_dir = RunDir::new(path);
     if run_dir.holds_run() {
-        let run_toml = run_dir.file(RUN_CONFIG_FILE);
-        let text = std::fs::read_to_string(&run_toml)
-            .with_context(|| format!("cannot read {}", run_toml.display()))?;
-        let run: RunConfig = toml::from_str(&text).map_err(|e| {
-            anyhow!(
-                "{} is not a valid run config: {}",
-                run_toml.display(),
-                e.message()
-            )
-        })?;
-        let (ckpt, step) = match opts.step {
-            Some(step) => {
-                let d = run_dir.step_dir(step);
-                if !d.join(CONFIG_FILE).is_file() {
-                    let have = run_dir.checkpoint_steps().unwrap_or_default();
-                    bail!(
-                        "{} has no checkpoint for step {step} (checkpoints: {}); pick one of those with --step, or omit it for the latest",
-                        path.display(),
-                        list_steps(&have)
-                    );
-                }
-                (d, Some(step))
-            }
-            None => {
-                let d = run_dir.latest_checkpoint()?.ok_or_else(|| {
-                    anyhow!(
-                        "{} holds a run but no checkpoint yet (no `latest` file); wait for the first checkpoint or pass --step N",
-                        path.display()
-                    )
-                })?;
-                let step = d
-                    .file_name()
-                    .and_then(|n| n.to_string_lossy().strip_prefix("step-")?.parse().ok());
-                (d, step)
-            }
-        };
-        let weights = weight_files(&ckpt)?;
-        return Ok(Located {
-            config: ckpt.join(CONFIG_FILE),
-            weights,
-            tokenizers: vec![ckpt.join(TOKENIZER_FILE), run_dir.file(TOKENIZER_FILE)],
-            run: Some(run),
-            kind: SourceKind::Run { step },
-            description: ckpt.display().to_string(),
-        });
+        return locate_in_run(&run_dir, opts.step);
     }
     if path.join(CONFIG_FILE).is_file() || opts.config.is_some() {
         let weights = weight_files(path)?;
@@ -269,6 +194,80 @@ fn locate_local(path: &Path, opts: &SourceOptions) -> Result<Located> {
         "{} is neither a checkpoint folder ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a run directory ({RUN_CONFIG_FILE}); point SOURCE at one of those or at a .safetensors file",
         path.display()
     )
+}
+
+/// A `.safetensors` file or a `model.safetensors.index.json`, with config.json and
+/// tokenizer.json beside it.
+fn locate_file(path: &Path) -> Result<Located> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let is_index = name.ends_with(".safetensors.index.json");
+    if !is_index && !name.ends_with(".safetensors") {
+        bail!(
+            "{} is not a safetensors file (expected NAME.safetensors or model.safetensors.index.json); PyTorch .bin/.pt checkpoints must be re-saved with safetensors first",
+            path.display()
+        );
+    }
+    let weights = if is_index {
+        weight_files_from_index(path, |f| Ok(dir.join(f)))?
+    } else {
+        vec![path.to_path_buf()]
+    };
+    Ok(Located {
+        config: dir.join(CONFIG_FILE),
+        weights,
+        tokenizers: vec![dir.join(TOKENIZER_FILE)],
+        run: None,
+        kind: SourceKind::File,
+        description: path.display().to_string(),
+    })
+}
+
+/// The checkpoint of `step` (default: the latest) of a run directory, with the run's config.
+fn locate_in_run(run_dir: &RunDir, step: Option<u64>) -> Result<Located> {
+    let path = &run_dir.path;
+    let run = RunConfig::read(&run_dir.file(RUN_CONFIG_FILE))?;
+    let (ckpt, step) = match step {
+        Some(step) => {
+            let d = run_dir.step_dir(step);
+            if !d.join(CONFIG_FILE).is_file() {
+                let have = run_dir.checkpoint_steps().unwrap_or_default();
+                bail!(
+                    "{} has no checkpoint for step {step} (checkpoints: {}); pick one of those with --step, or omit it for the latest",
+                    path.display(),
+                    list_steps(&have)
+                );
+            }
+            (d, Some(step))
+        }
+        None => {
+            let d = run_dir.latest_checkpoint()?.ok_or_else(|| {
+                anyhow!(
+                    "{} holds a run but no checkpoint yet (no `latest` file); wait for the first checkpoint or pass --step N",
+                    path.display()
+                )
+            })?;
+            let step = d
+                .file_name()
+                .and_then(|n| dynact_run::layout::step_of_dir_name(&n.to_string_lossy()));
+            (d, step)
+        }
+    };
+    let weights = weight_files(&ckpt)?;
+    Ok(Located {
+        config: ckpt.join(CONFIG_FILE),
+        weights,
+        tokenizers: vec![ckpt.join(TOKENIZER_FILE), run_dir.file(TOKENIZER_FILE)],
+        run: Some(run),
+        kind: SourceKind::Run { step },
+        description: ckpt.display().to_string(),
+    })
 }
 
 fn list_steps(steps: &[u64]) -> String {
@@ -380,112 +379,5 @@ fn locate_hub(spec: &str, opts: &SourceOptions) -> Result<Located> {
             revision: revision_name.clone(),
         },
         description: format!("hf://{repo_id}@{revision_name}"),
-    })
-}
-
-/// Which part of the evaluation data to score.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Split {
-    /// The held-out validation part: a run's validation set, or the last `val_fraction` of
-    /// `--data` cut as training cuts it.
-    Val,
-    /// All of `--data` (a test set is data of its own).
-    Test,
-}
-
-impl std::str::FromStr for Split {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Split> {
-        match s {
-            "val" => Ok(Split::Val),
-            "test" => Ok(Split::Test),
-            other => bail!("--split `{other}`: expected val or test"),
-        }
-    }
-}
-
-/// Tokens to score, with the UTF-8 length of every id when the text is known (bits per byte).
-pub struct EvalData {
-    pub stream: TokenStream,
-    pub byte_lengths: Option<Vec<u32>>,
-    pub description: String,
-}
-
-/// The evaluation data for `src`: `data` (any source of the data crate) when given, else the
-/// run's validation set. `cache_dir` overrides where tokenized text is cached.
-pub fn eval_data(
-    src: &LoadedSource,
-    data: Option<&str>,
-    split: Option<Split>,
-    cache_dir: Option<&Path>,
-) -> Result<EvalData> {
-    let vocab = src.config.vocab_size;
-    let mut base = src.run.as_ref().map(|r| r.data.clone()).unwrap_or_default();
-    if let Some(dir) = cache_dir {
-        base.cache_dir = dir.to_path_buf();
-    }
-    let Some(spec) = data else {
-        let Some(run) = &src.run else {
-            bail!("SOURCE is not a run directory, so there is no default evaluation set; pass --data (a text file, folder, glob, .bin token shards, builtin or hf://datasets/...)");
-        };
-        if split == Some(Split::Test) {
-            bail!("a run has no test split (only its validation set); pass the test files with --data");
-        }
-        // Exactly the stream train-lm evaluates: the run's own [data] table.
-        let ds = prepare_dataset(&base)
-            .with_context(|| format!("preparing the run's validation set ({})", run.data.source))?;
-        ds.val
-            .check_vocab(vocab, "the run's validation set")
-            .with_context(|| format!("the model's vocabulary is {vocab}"))?;
-        return Ok(EvalData {
-            stream: ds.val,
-            byte_lengths: Some(ds.tokenizer.token_byte_lengths()),
-            description: format!("validation set of the run ({})", ds.description),
-        });
-    };
-
-    let split = split.unwrap_or(Split::Test);
-    let resolved = dynact_data::source::resolve(spec)?;
-    let (stream, byte_lengths, what) = if let Resolved::Bin(paths) = &resolved {
-        let all = TokenStream::open(paths)?;
-        let stream = match split {
-            Split::Test => all,
-            Split::Val => {
-                let n = all.len();
-                let cut = (n as f64 * (1.0 - base.val_fraction)).floor() as usize;
-                all.slice(cut, n)
-            }
-        };
-        let lens = src.tokenizer.as_ref().map(|t| t.token_byte_lengths());
-        (stream, lens, "token shards")
-    } else {
-        let tok = src.require_tokenizer(&format!("--data {spec} is text, which"))?;
-        let path = src
-            .tokenizer_path
-            .as_ref()
-            .ok_or_else(|| anyhow!("the tokenizer has no file"))?;
-        let cfg = DataConfig {
-            source: spec.to_string(),
-            val_source: None,
-            tokenizer: path.display().to_string(),
-            ..base
-        };
-        let stream = match split {
-            Split::Test => tokenize_source(spec, tok, &cfg)?,
-            Split::Val => prepare_dataset(&cfg)?.val,
-        };
-        (stream, Some(tok.token_byte_lengths()), "text")
-    };
-    stream
-        .check_vocab(vocab, spec)
-        .with_context(|| format!("the model's vocabulary is {vocab}"))?;
-    let part = match split {
-        Split::Test => "all of",
-        Split::Val => "validation part of",
-    };
-    Ok(EvalData {
-        description: format!("{part} {spec} ({what}, {} tokens)", stream.len()),
-        stream,
-        byte_lengths,
     })
 }

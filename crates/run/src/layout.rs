@@ -1,23 +1,15 @@
-//! The run directory (see DESIGN.md):
-//!
-//! ```text
-//! <run>/run.toml  config.json  tokenizer.json  metrics.jsonl  eval.jsonl  latest
-//! <run>/step-000600/  model.safetensors  config.json  tokenizer.json
-//!                     optimizer.safetensors  trainer_state.json
-//! ```
-//!
-//! A checkpoint folder is written whole under a temporary name and renamed into place, and
-//! `latest` is rewritten (atomically) only after that: a crash at any point leaves the previous
-//! checkpoint complete and `latest` pointing at a checkpoint that loads.
+//! Where things are in a run directory, and the protocol that keeps it loadable: a checkpoint
+//! folder is written whole under a temporary name and renamed into place, and `latest` is
+//! rewritten (atomically) only after that, so a crash at any point leaves the previous
+//! checkpoint complete and `latest` naming a checkpoint that loads.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dynact_data::LoaderState;
 use dynact_model::checkpoint::{atomic_write_bytes, CONFIG_FILE};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub const RUN_CONFIG_FILE: &str = "run.toml";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -27,25 +19,14 @@ pub const LATEST_FILE: &str = "latest";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 
-/// Everything besides weights and optimizer moments that a resumed run needs to continue
-/// exactly where the interrupted one stopped.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct TrainerState {
-    /// Optimizer steps completed.
-    pub step: u64,
-    pub tokens_seen: u64,
-    pub loader: LoaderState,
-    /// The run's seed; dropout masks derive from (seed, step), so this is the RNG state.
-    pub seed: u64,
-    /// AdamW updates applied (fewer than `step` when non-finite batches were skipped).
-    #[serde(default)]
-    pub optimizer_steps: u64,
-    /// Training wall time so far, seconds.
-    pub elapsed_s: f64,
-}
-
+/// `step-000562`: checkpoint folders sort by step.
 pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:06}")
+}
+
+/// The step of a checkpoint folder named by [`step_dir_name`].
+pub fn step_of_dir_name(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
 }
 
 /// A run directory on disk.
@@ -57,6 +38,15 @@ pub struct RunDir {
 impl RunDir {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         RunDir { path: path.into() }
+    }
+
+    /// The run directory a checkpoint folder belongs to, with that checkpoint's step, when
+    /// `dir` is a `step-NNNNNN` folder inside a run directory.
+    pub fn containing(dir: &Path) -> Option<(RunDir, u64)> {
+        let step = step_of_dir_name(&dir.file_name()?.to_string_lossy())?;
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty())?;
+        let run = RunDir::new(parent);
+        run.holds_run().then_some((run, step))
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -98,8 +88,7 @@ impl RunDir {
             return Ok(steps);
         }
         for entry in std::fs::read_dir(&self.path)? {
-            let name = entry?.file_name().to_string_lossy().to_string();
-            if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse().ok()) {
+            if let Some(n) = step_of_dir_name(&entry?.file_name().to_string_lossy()) {
                 steps.push(n);
             }
         }
@@ -107,15 +96,17 @@ impl RunDir {
         Ok(steps)
     }
 
-    /// Appends one JSON line to `name` (metrics.jsonl or eval.jsonl) and flushes it to disk.
-    pub fn append_jsonl(&self, name: &str, value: &serde_json::Value) -> Result<()> {
+    /// Appends one record as a JSON line to `name` (metrics.jsonl or eval.jsonl) and flushes
+    /// it to disk.
+    pub fn append_jsonl(&self, name: &str, record: &impl Serialize) -> Result<()> {
         let path = self.file(name);
+        let line = serde_json::to_string(record)?;
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot append to {}", path.display()))?;
-        writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(f, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
         f.sync_data()
             .with_context(|| format!("cannot write {}", path.display()))
     }
@@ -193,11 +184,4 @@ impl RunDir {
         }
         Ok(())
     }
-}
-
-pub fn read_trainer_state(step_dir: &Path) -> Result<TrainerState> {
-    let path = step_dir.join(TRAINER_STATE_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
 }

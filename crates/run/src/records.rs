@@ -1,0 +1,79 @@
+//! The two logs of a run, one JSON object per line: `metrics.jsonl` (a [`MetricsRecord`] every
+//! `train.log_every` steps) and `eval.jsonl` (an [`EvalRecord`] per evaluation). `train-lm`
+//! writes these types and `compare-runs` reads them, so the two cannot drift apart. Fields
+//! added later are optional, so logs of older runs still read.
+
+use serde::{Deserialize, Serialize};
+
+/// One evaluation of the whole validation set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EvalRecord {
+    pub step: u64,
+    pub tokens_seen: u64,
+    /// Mean next-token cross-entropy in nats.
+    pub val_ce: f64,
+    /// exp(val_ce).
+    pub val_ppl: f64,
+    /// Bits per UTF-8 byte (absent when the tokenizer's byte lengths are unknown).
+    pub val_bpb: Option<f64>,
+    /// Training wall time of the run up to this step, seconds.
+    pub elapsed_s: f64,
+    /// Tokens scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_tokens: Option<u64>,
+}
+
+/// One logged training step. `alpha`/`beta` hold one value per layer (per-layer means under
+/// per-channel granularity, with their standard deviations in `alpha_std`/`beta_std`) and are
+/// absent for SwiGLU runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MetricsRecord {
+    pub step: u64,
+    /// Mean training loss of the step's micro-batches.
+    pub loss: f32,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second since the previous logged step.
+    pub tokens_per_s: f64,
+    /// Training wall time of the run so far, seconds.
+    pub elapsed_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_std: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_std: Option<Vec<f64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_skip_absent_fields() {
+        let m = MetricsRecord {
+            step: 10,
+            loss: 2.5,
+            lr: 1e-3,
+            grad_norm: 0.75,
+            tokens_per_s: 1234.0,
+            elapsed_s: 3.0,
+            alpha: Some(vec![1.0, 0.9]),
+            beta: Some(vec![0.0, -0.1]),
+            alpha_std: None,
+            beta_std: None,
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(!line.contains("alpha_std"), "{line}");
+        assert!(line.contains("\"loss\":2.5"), "{line}");
+        assert_eq!(serde_json::from_str::<MetricsRecord>(&line).unwrap(), m);
+
+        // An evaluation line of a run written before `val_tokens` was logged.
+        let old = r#"{"step": 100, "tokens_seen": 204800, "val_ce": 1.0996, "val_ppl": 3.0029, "val_bpb": null, "elapsed_s": 21.5}"#;
+        let e: EvalRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((e.step, e.val_tokens, e.val_bpb), (100, None, None));
+    }
+}

@@ -1,0 +1,118 @@
+//! Run directories written by earlier versions of train-lm: a version-0 run (the committed
+//! fixture, from before the format carried versions) resumes and continues exactly as an
+//! uninterrupted run of today's code; a run from a newer format is refused, naming both
+//! versions.
+
+mod common;
+
+use std::path::Path;
+
+use dynact_run::{EvalRecord, MetricsRecord};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+fn fixture_copy(root: &Path) -> std::path::PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run-v0");
+    let run = root.join("run-v0");
+    copy_dir(&fixture, &run);
+    run
+}
+
+fn train_lm(cwd: &Path, args: &[&str]) -> common::Run {
+    common::run(env!("CARGO_BIN_EXE_train-lm"), args, cwd, &[])
+}
+
+fn records<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_version_0_run_resumes_exactly_as_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = fixture_copy(tmp.path());
+    let resumed = train_lm(tmp.path(), &["--resume", "run-v0"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("resuming"), "{}", resumed.stderr);
+
+    // The same config from step 0, never interrupted.
+    let fresh = train_lm(
+        tmp.path(),
+        &["--config", "run-v0/run.toml", "--run-dir", "fresh"],
+    );
+    assert_eq!(fresh.code, 0, "{}", fresh.stderr);
+    let fresh_dir = tmp.path().join("fresh");
+
+    let a: Vec<MetricsRecord> = records(&run.join("metrics.jsonl"));
+    let b: Vec<MetricsRecord> = records(&fresh_dir.join("metrics.jsonl"));
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.step, y.step);
+        assert_eq!(
+            x.loss.to_bits(),
+            y.loss.to_bits(),
+            "loss at step {}",
+            x.step
+        );
+        assert_eq!(x.grad_norm.to_bits(), y.grad_norm.to_bits());
+        assert_eq!((&x.alpha, &x.beta), (&y.alpha, &y.beta));
+    }
+    let ea: Vec<EvalRecord> = records(&run.join("eval.jsonl"));
+    let eb: Vec<EvalRecord> = records(&fresh_dir.join("eval.jsonl"));
+    assert_eq!(ea.last().unwrap().step, 6);
+    assert_eq!(ea.last().unwrap().val_ppl, eb.last().unwrap().val_ppl);
+    let weights = |dir: &Path| std::fs::read(dir.join("step-000006/model.safetensors")).unwrap();
+    assert!(weights(&run) == weights(&fresh_dir), "final weights differ");
+
+    // The resumed run writes today's versions.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("step-000006/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["format_version"], dynact_run::TRAINER_STATE_VERSION);
+}
+
+#[test]
+fn a_run_from_a_newer_format_is_refused_with_both_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = fixture_copy(tmp.path());
+    let state_path = run.join("step-000003/trainer_state.json");
+    let text = std::fs::read_to_string(&state_path).unwrap();
+    std::fs::write(
+        &state_path,
+        text.replacen('{', "{\"format_version\": 7,", 1),
+    )
+    .unwrap();
+    let r = train_lm(tmp.path(), &["--resume", "run-v0"]);
+    common::assert_error(&r, &["format_version 7", "reads up to 1"]);
+
+    // The optimizer file carries its own version.
+    let run = fixture_copy(&tmp.path().join("second"));
+    let opt = run.join("step-000003/optimizer.safetensors");
+    let bytes = std::fs::read(&opt).unwrap();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
+    let mut named: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    dynact_model::checkpoint::save_tensors_with_metadata(
+        &named,
+        &[("dynact_optimizer", "adamw"), ("format_version", "5")],
+        &opt,
+    )
+    .unwrap();
+    let r = train_lm(&tmp.path().join("second"), &["--resume", "run-v0"]);
+    common::assert_error(&r, &["optimizer state", "format_version 5", "up to 1"]);
+}
