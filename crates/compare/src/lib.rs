@@ -193,7 +193,100 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
         .collect::<Result<Vec<_>, _>>()?;
     disambiguate_names(&mut loaded);
 
-    // Shared evaluation steps.
+    let (steps, notices) = shared_steps(&loaded)?;
+    let xs: Vec<f64> = steps.iter().map(|&s| s as f64).collect();
+
+    let group_keys = grouping_keys(&loaded);
+    let (mut groups, run_group) = group_runs(&loaded, &group_keys);
+
+    // Per-run curves at the shared steps.
+    let curves: Vec<(Vec<f64>, Vec<f64>)> = loaded
+        .iter()
+        .map(|r| {
+            let at = |s: u64| r.evals.iter().find(|e| e.step == s);
+            let pts: Vec<&EvalRecord> = steps.iter().filter_map(|&s| at(s)).collect();
+            (
+                pts.iter().map(|e| e.val_ppl).collect(),
+                pts.iter().map(|e| e.val_ce).collect(),
+            )
+        })
+        .collect();
+    let aucs: Vec<f64> = curves.iter().map(|(_, ce)| stats::auc(&xs, ce)).collect();
+
+    summarize_groups(&mut groups, &curves, &aucs);
+
+    let baseline = resolve_baseline(opts.baseline.as_deref(), &loaded, &groups, &run_group)?;
+    let (baseline_ppl, baseline_auc) = match baseline.run {
+        Some(i) => (curves[i].0.clone(), aucs[i]),
+        None => {
+            let g = &groups[baseline.group];
+            (g.mean_ppl.clone(), g.auc_mean)
+        }
+    };
+    let (target_ppl, target_source) = match opts.target_ppl {
+        Some(t) => (t, "--target-ppl".to_string()),
+        None => (
+            *baseline_ppl.last().expect("steps is non-empty"),
+            format!(
+                "final perplexity of the baseline ({}) at step {}",
+                baseline.label,
+                steps[steps.len() - 1]
+            ),
+        ),
+    };
+    let baseline_steps_to_target = stats::steps_to_target(&xs, &baseline_ppl, target_ppl);
+
+    let against = BaselineCurve {
+        group: baseline.group,
+        ppl: &baseline_ppl,
+        auc: baseline_auc,
+        steps_to_target: baseline_steps_to_target,
+    };
+    compare_groups(&mut groups, &against, &curves, &aucs, &xs, target_ppl);
+
+    let runs = loaded
+        .into_iter()
+        .zip(curves)
+        .enumerate()
+        .map(|(i, (run, (ppl, ce)))| {
+            let steps_to_target = stats::steps_to_target(&xs, &ppl, target_ppl);
+            RunSummary {
+                group: run_group[i],
+                rel_ppl: ppl
+                    .iter()
+                    .zip(&baseline_ppl)
+                    .map(|(p, b)| stats::rel_diff(*p, *b))
+                    .collect(),
+                auc: aucs[i],
+                auc_rel: stats::rel_diff(aucs[i], baseline_auc),
+                steps_to_target,
+                speedup: against.speedup(steps_to_target),
+                run,
+                ppl,
+                ce,
+            }
+        })
+        .collect();
+
+    Ok(Comparison {
+        steps,
+        runs,
+        groups,
+        baseline,
+        group_keys,
+        target_ppl,
+        target_source,
+        baseline_ppl,
+        baseline_auc,
+        baseline_steps_to_target,
+        notices,
+        ema_weight: opts.ema_weight,
+    })
+}
+
+/// The evaluation steps every run has, and a notice for each run whose other steps are left
+/// out.
+fn shared_steps(loaded: &[Run]) -> Result<(Vec<u64>, Vec<String>), CompareError> {
     let mut notices = Vec::new();
     let mut shared: BTreeSet<u64> = loaded[0].evals.iter().map(|e| e.step).collect();
     for r in &loaded[1..] {
@@ -208,7 +301,7 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
             .join("; ");
         return Err(CompareError::NoSharedSteps { detail });
     }
-    for r in &loaded {
+    for r in loaded {
         let dropped: Vec<u64> = r
             .evals
             .iter()
@@ -223,11 +316,11 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
             ));
         }
     }
-    let steps: Vec<u64> = shared.into_iter().collect();
-    let xs: Vec<f64> = steps.iter().map(|&s| s as f64).collect();
+    Ok((shared.into_iter().collect(), notices))
+}
 
-    // Groups.
-    let group_keys = grouping_keys(&loaded);
+/// Runs grouped by FFN and the values of `group_keys`; returns the groups and each run's group.
+fn group_runs(loaded: &[Run], group_keys: &[String]) -> (Vec<GroupSummary>, Vec<usize>) {
     let mut groups: Vec<GroupSummary> = Vec::new();
     let mut run_group = Vec::with_capacity(loaded.len());
     for (i, r) in loaded.iter().enumerate() {
@@ -251,23 +344,15 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
         groups[g].members.push(i);
         run_group.push(g);
     }
+    (groups, run_group)
+}
 
-    // Per-run curves at the shared steps.
-    let curves: Vec<(Vec<f64>, Vec<f64>)> = loaded
-        .iter()
-        .map(|r| {
-            let at = |s: u64| r.evals.iter().find(|e| e.step == s);
-            let pts: Vec<&EvalRecord> = steps.iter().filter_map(|&s| at(s)).collect();
-            (
-                pts.iter().map(|e| e.val_ppl).collect(),
-                pts.iter().map(|e| e.val_ce).collect(),
-            )
-        })
-        .collect();
-    let aucs: Vec<f64> = curves.iter().map(|(_, ce)| stats::auc(&xs, ce)).collect();
-
+/// Per group and shared step: mean, standard deviation, minimum and maximum perplexity; and
+/// the group's convergence AUC.
+fn summarize_groups(groups: &mut [GroupSummary], curves: &[(Vec<f64>, Vec<f64>)], aucs: &[f64]) {
+    let steps = curves.first().map_or(0, |c| c.0.len());
     for g in groups.iter_mut() {
-        for k in 0..steps.len() {
+        for k in 0..steps {
             let vals: Vec<f64> = g.members.iter().map(|&i| curves[i].0[k]).collect();
             g.mean_ppl.push(stats::mean(&vals));
             g.std_ppl.push(stats::std_dev(&vals));
@@ -280,44 +365,47 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
         g.auc_mean = stats::mean(&ga);
         g.auc_std = stats::std_dev(&ga);
     }
+}
 
-    let baseline = resolve_baseline(opts.baseline.as_deref(), &loaded, &groups, &run_group)?;
-    let (baseline_ppl, baseline_auc) = match baseline.run {
-        Some(i) => (curves[i].0.clone(), aucs[i]),
-        None => {
-            let g = &groups[baseline.group];
-            (g.mean_ppl.clone(), g.auc_mean)
+/// The baseline's curve, as the groups and runs are compared with it.
+struct BaselineCurve<'a> {
+    group: usize,
+    ppl: &'a [f64],
+    auc: f64,
+    steps_to_target: Option<f64>,
+}
+
+impl BaselineCurve<'_> {
+    /// How many times fewer steps than the baseline a curve needs to reach the target.
+    fn speedup(&self, steps: Option<f64>) -> Option<f64> {
+        match (self.steps_to_target, steps) {
+            (Some(b), Some(s)) if s > 0.0 => Some(b / s),
+            _ => None,
         }
-    };
-    let (target_ppl, target_source) = match opts.target_ppl {
-        Some(t) => (t, "--target-ppl".to_string()),
-        None => (
-            *baseline_ppl.last().expect("steps is non-empty"),
-            format!(
-                "final perplexity of the baseline ({}) at step {}",
-                baseline.label,
-                steps[steps.len() - 1]
-            ),
-        ),
-    };
-    let baseline_steps_to_target = stats::steps_to_target(&xs, &baseline_ppl, target_ppl);
-    let speedup = |s: Option<f64>| match (baseline_steps_to_target, s) {
-        (Some(b), Some(s)) if s > 0.0 => Some(b / s),
-        _ => None,
-    };
+    }
+}
 
-    // Group statistics against the baseline.
-    let base_members = groups[baseline.group].members.clone();
+/// Every group against the baseline: relative perplexity, Welch's test per step and on the
+/// AUC, steps to the target perplexity and the speed-up.
+fn compare_groups(
+    groups: &mut [GroupSummary],
+    base: &BaselineCurve,
+    curves: &[(Vec<f64>, Vec<f64>)],
+    aucs: &[f64],
+    xs: &[f64],
+    target_ppl: f64,
+) {
+    let base_members = groups[base.group].members.clone();
     for (gi, g) in groups.iter_mut().enumerate() {
         g.rel_ppl = g
             .mean_ppl
             .iter()
-            .zip(&baseline_ppl)
+            .zip(base.ppl)
             .map(|(m, b)| stats::rel_diff(*m, *b))
             .collect();
-        g.welch = (0..steps.len())
+        g.welch = (0..xs.len())
             .map(|k| {
-                if gi == baseline.group {
+                if gi == base.group {
                     return None;
                 }
                 let a: Vec<f64> = g.members.iter().map(|&i| curves[i].0[k]).collect();
@@ -325,54 +413,15 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
                 stats::welch(&a, &b)
             })
             .collect();
-        g.auc_rel = stats::rel_diff(g.auc_mean, baseline_auc);
-        if gi != baseline.group {
+        g.auc_rel = stats::rel_diff(g.auc_mean, base.auc);
+        if gi != base.group {
             let a: Vec<f64> = g.members.iter().map(|&i| aucs[i]).collect();
             let b: Vec<f64> = base_members.iter().map(|&i| aucs[i]).collect();
             g.auc_welch = stats::welch(&a, &b);
         }
-        g.steps_to_target = stats::steps_to_target(&xs, &g.mean_ppl, target_ppl);
-        g.speedup = speedup(g.steps_to_target);
+        g.steps_to_target = stats::steps_to_target(xs, &g.mean_ppl, target_ppl);
+        g.speedup = base.speedup(g.steps_to_target);
     }
-
-    let runs = loaded
-        .into_iter()
-        .zip(curves)
-        .enumerate()
-        .map(|(i, (run, (ppl, ce)))| {
-            let steps_to_target = stats::steps_to_target(&xs, &ppl, target_ppl);
-            RunSummary {
-                group: run_group[i],
-                rel_ppl: ppl
-                    .iter()
-                    .zip(&baseline_ppl)
-                    .map(|(p, b)| stats::rel_diff(*p, *b))
-                    .collect(),
-                auc: aucs[i],
-                auc_rel: stats::rel_diff(aucs[i], baseline_auc),
-                steps_to_target,
-                speedup: speedup(steps_to_target),
-                run,
-                ppl,
-                ce,
-            }
-        })
-        .collect();
-
-    Ok(Comparison {
-        steps,
-        runs,
-        groups,
-        baseline,
-        group_keys,
-        target_ppl,
-        target_source,
-        baseline_ppl,
-        baseline_auc,
-        baseline_steps_to_target,
-        notices,
-        ema_weight: opts.ema_weight,
-    })
 }
 
 /// Writes `comparison.md`, the CSV files and the plots into `out_dir` (created if needed) and

@@ -163,40 +163,82 @@ fn obj(g: G) -> &'static str {
     }
 }
 
-/// One story (no trailing newline). `n` numbers the title.
-fn story(r: &mut Rng, out: &mut String) {
-    let a = r.below(CAST.len());
-    let mut b = r.below(CAST.len());
-    if b == a {
-        b = (b + 1) % CAST.len();
-    }
-    let (pa, pb) = (&CAST[a], &CAST[b]);
-    let (thing, the_thing) = *r.pick(&THINGS);
-    let home = PLACES[pa.home].0;
-    let mut search = r.below(PLACES.len());
-    if search == pa.home {
-        search = (search + 1) % PLACES.len();
-    }
-    let (splace, spot) = PLACES[search];
-    let (an, bn) = (pa.name, pb.name);
-    let (ga, gb) = (pa.g, pb.g);
-    let bad = *r.pick(&FEEL_BAD);
-    let good = *r.pick(&FEEL_GOOD);
+/// Who and what one story is about, drawn before any of it is written.
+struct Plot {
+    /// The one who lost something, and the friend who helps.
+    pa: &'static Person,
+    pb: &'static Person,
+    /// "a red ball", "red ball".
+    thing: &'static str,
+    the_thing: &'static str,
+    home: &'static str,
+    /// Where they search, and the spot there where it turns up.
+    splace: &'static str,
+    spot: &'static str,
+    bad: &'static str,
+    good: &'static str,
+}
 
-    // Title.
+impl Plot {
+    fn draw(r: &mut Rng) -> Plot {
+        let a = r.below(CAST.len());
+        let mut b = r.below(CAST.len());
+        if b == a {
+            b = (b + 1) % CAST.len();
+        }
+        let (pa, pb) = (&CAST[a], &CAST[b]);
+        let (thing, the_thing) = *r.pick(&THINGS);
+        let home = PLACES[pa.home].0;
+        let mut search = r.below(PLACES.len());
+        if search == pa.home {
+            search = (search + 1) % PLACES.len();
+        }
+        let (splace, spot) = PLACES[search];
+        let bad = *r.pick(&FEEL_BAD);
+        let good = *r.pick(&FEEL_GOOD);
+        Plot {
+            pa,
+            pb,
+            thing,
+            the_thing,
+            home,
+            splace,
+            spot,
+            bad,
+            good,
+        }
+    }
+}
+
+/// One story (no trailing newline): title, opening, meeting, search, ending, each drawing
+/// from `r` in turn.
+fn story(r: &mut Rng, out: &mut String) {
+    let plot = Plot::draw(r);
+    title(r, &plot, out);
+    opening(r, &plot, out);
+    meeting(r, &plot, out);
+    search(r, &plot, out);
+    ending(r, &plot, out);
+}
+
+fn title(r: &mut Rng, p: &Plot, out: &mut String) {
+    let (an, bn) = (p.pa.name, p.pb.name);
     let title = match r.below(3) {
-        0 => format!("{an} and the Lost {}", capitalize(the_thing)),
-        1 => format!("The {} of {an} the {}", capitalize(the_thing), pa.job),
+        0 => format!("{an} and the Lost {}", capitalize(p.the_thing)),
+        1 => format!("The {} of {an} the {}", capitalize(p.the_thing), p.pa.job),
         _ => format!("{an} and {bn}"),
     };
     out.push_str(&title);
     out.push_str("\n\n");
+}
 
-    // Opening paragraph.
+fn opening(r: &mut Rng, p: &Plot, out: &mut String) {
+    let (an, ga) = (p.pa.name, p.pa.g);
+    let (home, thing, the_thing, bad) = (p.home, p.thing, p.the_thing, p.bad);
     out.push_str(&format!(
         "{} {an} the {} was at {home}. {} ",
         r.pick(&TIMES),
-        pa.job,
+        p.pa.job,
         r.pick(&WEATHER)
     ));
     match r.below(3) {
@@ -215,7 +257,7 @@ fn story(r: &mut Rng, out: &mut String) {
         _ => out.push_str(&format!(
             "{an} wanted {thing} for {} {}. But {} did not know where to find one.",
             poss(ga),
-            pa.pet,
+            p.pa.pet,
             subj(ga)
         )),
     }
@@ -223,18 +265,22 @@ fn story(r: &mut Rng, out: &mut String) {
         out.push_str(&format!(
             " {} {} sat by the door and looked at {}.",
             capitalize(poss(ga)),
-            pa.pet,
+            p.pa.pet,
             obj(ga)
         ));
     }
     out.push_str("\n\n");
+}
 
-    // Meeting and dialogue.
+/// The friend arrives, and the dialogue.
+fn meeting(r: &mut Rng, p: &Plot, out: &mut String) {
+    let (an, bn, gb) = (p.pa.name, p.pb.name, p.pb.g);
+    let (thing, the_thing, splace, bad) = (p.thing, p.the_thing, p.splace, p.bad);
     out.push_str(&format!(
         "Then {bn} the {} came by with {} {}. {} saw that {an} was {bad}.\n\n",
-        pb.job,
+        p.pb.job,
         poss(gb),
-        pb.pet,
+        p.pb.pet,
         subj_cap(gb)
     ));
     let greet = *r.pick(&["Hello", "Good morning", "Hi"]);
@@ -255,11 +301,14 @@ fn story(r: &mut Rng, out: &mut String) {
         )),
         _ => out.push_str(&format!(
             "\"Of course,\" said {bn}. \"My {} is good at finding things. We will go to {splace}.\"\n\n",
-            pb.pet
+            p.pb.pet
         )),
     }
+}
 
-    // The search.
+fn search(r: &mut Rng, p: &Plot, out: &mut String) {
+    let (an, ga, bn, gb) = (p.pa.name, p.pa.g, p.pb.name, p.pb.g);
+    let (the_thing, splace, spot) = (p.the_thing, p.splace, p.spot);
     out.push_str(&format!("So {an} and {bn} walked to {splace} together. "));
     let steps = 1 + r.below(3);
     for _ in 0..steps {
@@ -292,8 +341,11 @@ fn story(r: &mut Rng, out: &mut String) {
             subj_cap(ga)
         ));
     }
+}
 
-    // Ending.
+fn ending(r: &mut Rng, p: &Plot, out: &mut String) {
+    let (an, ga, bn, gb) = (p.pa.name, p.pa.g, p.pb.name, p.pb.g);
+    let (home, the_thing, good) = (p.home, p.the_thing, p.good);
     out.push_str(&format!(
         "\"Thank you, {bn},\" said {an}. \"You are a good friend.\" {} was {good} again.",
         subj_cap(ga)
@@ -305,7 +357,7 @@ fn story(r: &mut Rng, out: &mut String) {
         1 => out.push_str(&format!(
             " {bn} smiled, and {} {} jumped up and down.",
             poss(gb),
-            pb.pet
+            p.pb.pet
         )),
         _ => out.push_str(&format!(
             " From that day on, {an} always kept {} {the_thing} in a safe place.",

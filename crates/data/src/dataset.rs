@@ -383,54 +383,73 @@ pub fn prepare_dataset(cfg: &DataConfig) -> Result<Dataset, DataError> {
             None
         }
     };
+    let dataset = match &resolved {
+        Resolved::Bin(paths) => dataset_from_shards(cfg, paths, val_resolved)?,
+        _ => dataset_from_text(cfg, &resolved, val_resolved)?,
+    };
+    tracing::info!("data: {}", dataset.description);
+    Ok(dataset)
+}
+
+/// Token shards: no tokenizing, only checks. The validation set is `val_source` (shards or
+/// text), else the last `val_fraction` of the tokens.
+fn dataset_from_shards(
+    cfg: &DataConfig,
+    paths: &[PathBuf],
+    val_resolved: Option<Resolved>,
+) -> Result<Dataset, DataError> {
     let pct = cfg.val_fraction * 100.0;
+    let tokenizer = make_tokenizer(cfg, None)?;
+    let all = TokenStream::open(paths)?;
+    all.check_vocab(tokenizer.vocab_size(), &cfg.source)?;
+    let (train, val, val_bytes, val_desc) = match (&cfg.val_source, val_resolved) {
+        (Some(v), Some(Resolved::Bin(vp))) => {
+            let val = TokenStream::open(&vp)?;
+            val.check_vocab(tokenizer.vocab_size(), v)?;
+            (all, val, None, format!("val = {v}"))
+        }
+        (Some(v), Some(_)) => {
+            let val = tokenize_source(v, &tokenizer, cfg)?;
+            let (docs, _) = text_documents(&source::resolve(v)?, v, cfg)?;
+            let bytes = docs.iter().map(|d| d.len() as u64).sum();
+            (all, val, Some(bytes), format!("val = {v}"))
+        }
+        _ => {
+            let n = all.len();
+            let cut = (n as f64 * (1.0 - cfg.val_fraction)).floor() as usize;
+            (
+                all.slice(0, cut),
+                all.slice(cut, n),
+                None,
+                format!("val = last {pct}% of the tokens"),
+            )
+        }
+    };
+    let description = format!(
+        "{} ({} train tokens, {} val tokens; {val_desc}; tokenizer {})",
+        cfg.source,
+        train.len(),
+        val.len(),
+        tokenizer.describe()
+    );
+    Ok(Dataset {
+        tokenizer,
+        train,
+        val,
+        val_bytes,
+        description,
+    })
+}
 
-    // Token shards: no tokenizing, only checks.
-    if let Resolved::Bin(paths) = &resolved {
-        let tokenizer = make_tokenizer(cfg, None)?;
-        let all = TokenStream::open(paths)?;
-        all.check_vocab(tokenizer.vocab_size(), &cfg.source)?;
-        let (train, val, val_bytes, val_desc) = match (&cfg.val_source, val_resolved) {
-            (Some(v), Some(Resolved::Bin(vp))) => {
-                let val = TokenStream::open(&vp)?;
-                val.check_vocab(tokenizer.vocab_size(), v)?;
-                (all, val, None, format!("val = {v}"))
-            }
-            (Some(v), Some(_)) => {
-                let val = tokenize_source(v, &tokenizer, cfg)?;
-                let (docs, _) = text_documents(&source::resolve(v)?, v, cfg)?;
-                let bytes = docs.iter().map(|d| d.len() as u64).sum();
-                (all, val, Some(bytes), format!("val = {v}"))
-            }
-            _ => {
-                let n = all.len();
-                let cut = (n as f64 * (1.0 - cfg.val_fraction)).floor() as usize;
-                (
-                    all.slice(0, cut),
-                    all.slice(cut, n),
-                    None,
-                    format!("val = last {pct}% of the tokens"),
-                )
-            }
-        };
-        let description = format!(
-            "{} ({} train tokens, {} val tokens; {val_desc}; tokenizer {})",
-            cfg.source,
-            train.len(),
-            val.len(),
-            tokenizer.describe()
-        );
-        tracing::info!("data: {description}");
-        return Ok(Dataset {
-            tokenizer,
-            train,
-            val,
-            val_bytes,
-            description,
-        });
-    }
-
-    let (docs, desc) = text_documents(&resolved, &cfg.source, cfg)?;
+/// Text: documents read, the validation set held out (`val_source`, else the last
+/// `val_fraction` of the characters), the tokenizer made, both parts tokenized into the cache.
+fn dataset_from_text(
+    cfg: &DataConfig,
+    resolved: &Resolved,
+    val_resolved: Option<Resolved>,
+) -> Result<Dataset, DataError> {
+    let pct = cfg.val_fraction * 100.0;
+    let (docs, desc) = text_documents(resolved, &cfg.source, cfg)?;
     let (train_docs, val_part, val_desc) = match (&cfg.val_source, val_resolved) {
         (Some(v), Some(Resolved::Bin(vp))) => (docs, Err(vp), format!("val = {v}")),
         (Some(v), Some(r)) => {
@@ -475,7 +494,6 @@ pub fn prepare_dataset(cfg: &DataConfig) -> Result<Dataset, DataError> {
         val.len(),
         tokenizer.describe()
     );
-    tracing::info!("data: {description}");
     Ok(Dataset {
         tokenizer,
         train,

@@ -12,18 +12,18 @@
 pub mod builtin;
 pub mod dataset;
 pub mod error;
-pub mod eval;
 pub mod hub;
 pub mod loader;
 pub mod shard;
 pub mod source;
 pub mod stream;
 pub mod tokenizer;
+pub mod windows;
 
 pub use dataset::{prepare_dataset, tokenize_source, DataConfig, Dataset};
 pub use error::DataError;
-pub use eval::{eval_windows, EvalWindows};
 pub use hub::RepoKind;
 pub use loader::{Batch, BatchLoader, LoaderState};
 pub use stream::TokenStream;
 pub use tokenizer::{Tokenizer, EOS_TOKEN};
+pub use windows::{eval_windows, EvalWindows};

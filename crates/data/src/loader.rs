@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
 use crate::stream::TokenStream;
+use crate::windows::{windows_of, EvalWindows};
 
 /// Where the loader is: the next window is position `cursor` of epoch `epoch`'s slice.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -42,12 +43,11 @@ pub struct Batch {
 /// The deterministic part: everything a batch depends on besides the state.
 struct Plan {
     stream: Arc<TokenStream>,
-    seq_len: usize,
     batch_size: usize,
     seed: u64,
     rank: usize,
-    /// Windows in the whole stream.
-    count: usize,
+    /// The windows of the whole stream.
+    windows: EvalWindows,
     /// Windows per rank per epoch.
     per_rank: usize,
 }
@@ -66,8 +66,8 @@ impl Plan {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(epoch);
         order.perm.clear();
-        order.perm.extend(0..self.count as u32);
-        for i in (1..self.count).rev() {
+        order.perm.extend(0..self.windows.count as u32);
+        for i in (1..self.windows.count).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.perm.swap(i, j);
         }
@@ -76,16 +76,15 @@ impl Plan {
 
     /// The batch at `state`, advancing `state` past it.
     fn produce(&self, state: &mut LoaderState, order: &mut Order) -> Batch {
-        let (b, t) = (self.batch_size, self.seq_len);
+        let (b, t) = (self.batch_size, self.windows.seq_len);
         let mut inputs = Vec::with_capacity(b * t);
         let mut targets = Vec::with_capacity(b * t);
         let mut buf = vec![0u32; t + 1];
         for _ in 0..b {
             self.permutation(state.epoch, order);
             let w = order.perm[self.rank * self.per_rank + state.cursor as usize] as usize;
-            self.stream.read(w * t, &mut buf);
-            inputs.extend_from_slice(&buf[..t]);
-            targets.extend_from_slice(&buf[1..]);
+            self.windows
+                .append_window(&self.stream, w, &mut buf, &mut inputs, &mut targets);
             state.cursor += 1;
             if state.cursor as usize == self.per_rank {
                 state.epoch += 1;
@@ -148,16 +147,8 @@ impl BatchLoader {
                 "rank {rank} is not below world_size {world_size}; ranks run 0 .. world_size-1"
             )));
         }
-        let n = stream.len();
-        if n < seq_len + 1 {
-            return Err(DataError::TooShort {
-                what: "the training corpus".to_string(),
-                tokens: n,
-                needed: seq_len + 1,
-                seq_len,
-            });
-        }
-        let count = (n - 1) / seq_len;
+        let windows = windows_of(stream.len(), seq_len, "the training corpus")?;
+        let count = windows.count;
         if count > u32::MAX as usize {
             return Err(DataError::Config(format!(
                 "{count} windows are more than the loader indexes (2^32); use a longer seq_len"
@@ -172,11 +163,10 @@ impl BatchLoader {
         Ok(BatchLoader {
             plan: Arc::new(Plan {
                 stream,
-                seq_len,
                 batch_size,
                 seed,
                 rank,
-                count,
+                windows,
                 per_rank,
             }),
             world_size,
@@ -204,7 +194,7 @@ impl BatchLoader {
 
     /// Windows in the whole stream (all ranks).
     pub fn total_windows(&self) -> usize {
-        self.plan.count
+        self.plan.windows.count
     }
 
     /// Batches per epoch for this rank (fractional: batches run across epoch boundaries).

@@ -1,5 +1,6 @@
-//! The evaluation windows: the one contract shared by training-time evaluation and `eval-ppl`,
-//! so that their perplexities are the same number on the same data.
+//! The windows a token stream is cut into: the one contract shared by training-time
+//! evaluation and `eval-ppl` (so that their perplexities are the same number on the same data),
+//! and the windows the training loader draws from (in its own order).
 //!
 //! For a stream of N tokens and window T, window i = 0, 1, ... while i·T + T + 1 <= N has
 //! inputs tokens[i·T .. i·T+T] and targets tokens[i·T+1 .. i·T+T+1]. Windows do not overlap,
@@ -21,8 +22,13 @@ pub struct EvalWindows {
     pub tail_tokens: usize,
 }
 
-/// The windows of a stream of `n_tokens`; an error when not even one fits.
+/// The evaluation windows of a stream of `n_tokens`; an error when not even one fits.
 pub fn eval_windows(n_tokens: usize, seq_len: usize) -> Result<EvalWindows, DataError> {
+    windows_of(n_tokens, seq_len, "the evaluation corpus")
+}
+
+/// The windows of `what`, a stream of `n_tokens`; an error naming it when not even one fits.
+pub fn windows_of(n_tokens: usize, seq_len: usize, what: &str) -> Result<EvalWindows, DataError> {
     if seq_len == 0 {
         return Err(DataError::Config(
             "seq_len is 0; set it to at least 1".to_string(),
@@ -30,7 +36,7 @@ pub fn eval_windows(n_tokens: usize, seq_len: usize) -> Result<EvalWindows, Data
     }
     if n_tokens < seq_len + 1 {
         return Err(DataError::TooShort {
-            what: "the evaluation corpus".to_string(),
+            what: what.to_string(),
             tokens: n_tokens,
             needed: seq_len + 1,
             seq_len,
@@ -59,17 +65,25 @@ impl EvalWindows {
         inputs: &mut Vec<u32>,
         targets: &mut Vec<u32>,
     ) {
-        assert!(
-            i < self.count,
-            "window {i} of {} evaluation windows",
-            self.count
-        );
-        let t = self.seq_len;
-        let mut buf = vec![0u32; t + 1];
-        stream.read(i * t, &mut buf);
         inputs.clear();
-        inputs.extend_from_slice(&buf[..t]);
         targets.clear();
+        let mut buf = vec![0u32; self.seq_len + 1];
+        self.append_window(stream, i, &mut buf, inputs, targets);
+    }
+
+    /// Appends window `i` to `inputs` and `targets`, reading through `buf` (T + 1 tokens).
+    pub fn append_window(
+        &self,
+        stream: &TokenStream,
+        i: usize,
+        buf: &mut [u32],
+        inputs: &mut Vec<u32>,
+        targets: &mut Vec<u32>,
+    ) {
+        assert!(i < self.count, "window {i} of {} windows", self.count);
+        let t = self.seq_len;
+        stream.read(i * t, buf);
+        inputs.extend_from_slice(&buf[..t]);
         targets.extend_from_slice(&buf[1..]);
     }
 }
