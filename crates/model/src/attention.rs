@@ -47,34 +47,6 @@ impl RotaryTables {
     }
 }
 
-/// Additive causal mask for T queries after `offset` cached positions: (T, offset + T), with
-/// -inf where a query would see a later key. None when a single query sees everything.
-pub fn causal_mask(
-    t: usize,
-    offset: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
-    let s = offset + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..s).map(move |j| {
-                if j > i + offset {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (t, s), device)?
-        .to_dtype(dtype)
-        .map(Some)
-}
-
 /// Where the queries of one forward pass sit: the rotary tables and the number of positions
 /// already cached before them.
 #[derive(Clone, Copy, Debug)]

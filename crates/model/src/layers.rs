@@ -2,7 +2,7 @@
 //! large matrix product, RMSNorm and dropout. Each is built so that gradients reach every
 //! parameter: Candle's fused `rms_norm` has no backward pass (see CANDLE_NOTES.md).
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rand::{Rng, SeedableRng};
 
@@ -84,15 +84,4 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
-}
-
-/// Next-token cross-entropy of every position in nats. logits: (N, V), targets: (N,) u32 ->
-/// (N,) f32.
-pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    crate::ops::token_nll(&logits.to_dtype(DType::F32)?, targets)
-}
-
-/// Mean next-token cross-entropy in nats. logits: (N, V), targets: (N,) u32 -> f32 scalar.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    token_nll(logits, targets)?.mean_all()
 }

@@ -9,7 +9,8 @@ use crate::attention::{Attention, LayerCache, Positions, RotaryTables};
 use crate::config::ModelConfig;
 use crate::dynact::DynAct;
 use crate::ffn::Mlp;
-use crate::layers::{cross_entropy, dropout, Linear, RmsNorm};
+use crate::layers::{dropout, Linear, RmsNorm};
+use crate::ops::{cross_entropy, token_nll};
 
 /// Whether a forward pass trains (dropout on, seeded by `seed`) or evaluates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +202,7 @@ impl Transformer {
     pub fn token_nll(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let logits = self.forward(ids, &ForwardCtx::EVAL)?;
         let (b, t, v) = logits.dims3()?;
-        crate::layers::token_nll(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+        token_nll(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
     }
 
     fn forward_impl(
