@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::ModelConfig;
-use crate::layers::{dropout, Linear};
-use crate::ForwardCtx;
+use crate::forward_ctx::{dropout, ForwardCtx};
+use crate::layers::Linear;
 
 /// cos and sin of every position, (max_positions, D), both halves of each head already joined.
 #[derive(Clone, Debug)]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod dynact;
 pub mod error;
 pub mod ffn;
+pub mod forward_ctx;
 mod init;
 pub mod layers;
 pub mod ops;
@@ -24,9 +25,10 @@ pub use checkpoint::{expected_tensors, Checkpoint};
 pub use config::{BaseAct, DynActConfig, FfnKind, Granularity, ModelConfig};
 pub use dynact::DynAct;
 pub use error::{ModelError, Result};
+pub use forward_ctx::ForwardCtx;
 pub use init::seeded_var_builder;
 pub use summary::ParamSummary;
-pub use transformer::{ForwardCtx, KvCache, Transformer};
+pub use transformer::{KvCache, Transformer};
 
 /// A fresh model of `cfg` with parameters drawn from `seed`, and the `VarMap` that owns them.
 pub fn init_model(
