@@ -14,6 +14,7 @@ use candle_nn::{VarBuilder, VarMap};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::init::ShapeRecorder;
+use crate::param_kind::ParamKind;
 use crate::transformer::Transformer;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -221,7 +222,7 @@ impl Checkpoint {
             .collect();
         unexpected.sort();
         if let Some(name) = unexpected.first() {
-            let hint = if name.contains("act_fn.") {
+            let hint = if ParamKind::of(name) == ParamKind::DynActScalar {
                 format!(
                     " (a dynActGLU parameter, but the config says ffn = {})",
                     config.ffn.name()

@@ -18,6 +18,7 @@ pub mod forward_ctx;
 mod init;
 pub mod layers;
 pub mod ops;
+pub mod param_kind;
 pub mod summary;
 pub mod transformer;
 
@@ -27,6 +28,7 @@ pub use dynact::DynAct;
 pub use error::{ModelError, Result};
 pub use forward_ctx::ForwardCtx;
 pub use init::seeded_var_builder;
+pub use param_kind::ParamKind;
 pub use summary::ParamSummary;
 pub use transformer::{KvCache, Transformer};
 
