@@ -1,12 +1,20 @@
 //! dynact-model: a Llama-style decoder whose feed-forward block is SwiGLU or dynActGLU(Swish),
 //! and its checkpoint format.
 //!
-//! Reading order: [`dynact`] (the trainable activation) -> [`layers`] and [`ops`] (linear,
-//! RMSNorm, softmax with working gradients) -> [`attention`] -> [`ffn`] -> [`transformer`]
-//! -> [`config`] -> [`checkpoint`]. Every module is built by one `new(cfg, vb)` constructor
-//! that names its tensors as Hugging Face Llama does, so the same code creates a fresh model
-//! ([`seeded_var_builder`]) and loads a saved one ([`Checkpoint`]). The crate knows nothing of
-//! text or files of text: it maps token ids to logits.
+//! Reading order: [`dynact`] (the trainable activation) -> [`ops`] (RMSNorm, softmax with its
+//! causal mask, the cross-entropy losses, RoPE and the SwiGLU gate, one file each: a fused CPU
+//! kernel beside its `_reference` composition of Candle ops) -> [`layers`] (linear, RMSNorm)
+//! and [`forward_ctx`] (train or eval, seeded dropout) -> [`attention`] -> [`ffn`] ->
+//! [`transformer`] -> [`config`] -> [`param_kind`] (what each tensor is, for weight decay and
+//! the [`summary`]) -> [`checkpoint`].
+//!
+//! The modules form layers without cycles: `ops`, `forward_ctx`, `param_kind` and `config` use
+//! no other module of the crate (but `error`); `dynact`, `layers`, `attention` and `ffn` build
+//! on them; `transformer` on those; `checkpoint` and `summary` on top. Every module is built by
+//! one `new(cfg, vb)` constructor that names its tensors as Hugging Face Llama does, so the
+//! same code creates a fresh model ([`seeded_var_builder`]) and loads a saved one
+//! ([`Checkpoint`]). The crate knows nothing of text or files of text: it maps token ids to
+//! logits.
 
 pub mod attention;
 pub mod checkpoint;

@@ -16,7 +16,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     shifted.broadcast_sub(&log_sum)
 }
 
-/// Next-token cross-entropy of every position in nats: -log softmax(logits)[target] per row.
+/// Next-token cross-entropy of every position in nats: `-log softmax(logits)[target]` per row.
 /// logits: (N, V) in any float dtype, cast to f32 first; targets: (N,) u32 -> (N,) f32.
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
