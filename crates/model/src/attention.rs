@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::ModelConfig;
-use crate::layers::{dropout, Linear};
-use crate::ForwardCtx;
+use crate::forward_ctx::{dropout, ForwardCtx};
+use crate::layers::Linear;
 
 /// cos and sin of every position, (max_positions, D), both halves of each head already joined.
 #[derive(Clone, Debug)]
@@ -45,34 +45,6 @@ impl RotaryTables {
         let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         crate::ops::rope(x, &cos, &sin)
     }
-}
-
-/// Additive causal mask for T queries after `offset` cached positions: (T, offset + T), with
-/// -inf where a query would see a later key. None when a single query sees everything.
-pub fn causal_mask(
-    t: usize,
-    offset: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
-    let s = offset + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..s).map(move |j| {
-                if j > i + offset {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (t, s), device)?
-        .to_dtype(dtype)
-        .map(Some)
 }
 
 /// Where the queries of one forward pass sit: the rotary tables and the number of positions

@@ -14,6 +14,7 @@ use candle_nn::{VarBuilder, VarMap};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::init::ShapeRecorder;
+use crate::param_kind::ParamKind;
 use crate::transformer::Transformer;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -178,6 +179,122 @@ fn is_derived_buffer(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
 }
 
+/// Where each tensor of a set of shards is: the shard's index, the tensor's shape and dtype.
+type ShardIndex = HashMap<String, (usize, Vec<usize>, safetensors::Dtype)>;
+
+/// Maps every file of `files` into memory and lists the tensors each holds.
+fn map_shards(files: &[PathBuf]) -> Result<(Vec<memmap2::Mmap>, ShardIndex)> {
+    let mut found = ShardIndex::new();
+    let mut buffers = Vec::with_capacity(files.len());
+    for (i, path) in files.iter().enumerate() {
+        let file = File::open(path).map_err(io_err(path))?;
+        // SAFETY: the file is opened read-only and checkpoints are not modified in place
+        // (every writer renames a new file over the old one).
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| {
+            ModelError::BadSafetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        for (name, view) in st.tensors() {
+            found.insert(name, (i, view.shape().to_vec(), view.dtype()));
+        }
+        buffers.push(mmap);
+    }
+    Ok((buffers, found))
+}
+
+/// The first tensor of `expected` that `found` lacks or holds in another shape, as an error.
+fn check_present(expected: &[(String, Vec<usize>)], found: &ShardIndex) -> Result<()> {
+    for (name, shape) in expected {
+        match found.get(name) {
+            None => {
+                return Err(ModelError::MissingTensor {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                })
+            }
+            Some((_, got, _)) if got != shape => {
+                return Err(ModelError::ShapeMismatch {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    got: got.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The first (by name) tensor of `found` that the model of `config` has no use for, as an
+/// error with a hint when the config explains it.
+fn check_no_unexpected(
+    expected: &[(String, Vec<usize>)],
+    found: &ShardIndex,
+    config: &ModelConfig,
+) -> Result<()> {
+    let mut unexpected: Vec<&String> = found
+        .keys()
+        .filter(|n| !expected.iter().any(|(e, _)| e == *n) && !is_derived_buffer(n))
+        // Tied checkpoints sometimes carry a copy of the embedding as lm_head.
+        .filter(|n| !(config.tie_word_embeddings && n.as_str() == "lm_head.weight"))
+        .collect();
+    unexpected.sort();
+    if let Some(name) = unexpected.first() {
+        let hint = if ParamKind::of(name) == ParamKind::DynActScalar {
+            format!(
+                " (a dynActGLU parameter, but the config says ffn = {})",
+                config.ffn.name()
+            )
+        } else if name.as_str() == "lm_head.weight" {
+            " (the config says tie_word_embeddings = true)".to_string()
+        } else {
+            String::new()
+        };
+        return Err(ModelError::UnexpectedTensor {
+            name: name.to_string(),
+            hint,
+        });
+    }
+    Ok(())
+}
+
+/// The tensors of `expected`, read from the mapped shards, widened to f32 and moved to
+/// `device`, as `Var`s.
+fn load_vars(
+    expected: &[(String, Vec<usize>)],
+    found: &ShardIndex,
+    buffers: &[memmap2::Mmap],
+    device: &Device,
+) -> Result<VarMap> {
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("varmap lock poisoned");
+        for (name, _) in expected {
+            let (file_index, _, dtype) = &found[name];
+            if !matches!(
+                dtype,
+                safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16
+            ) {
+                return Err(ModelError::UnsupportedDtype {
+                    name: name.clone(),
+                    dtype: format!("{dtype:?}"),
+                });
+            }
+            let st = safetensors::SafeTensors::deserialize(&buffers[*file_index])
+                .expect("validated above");
+            let view = st.tensor(name).expect("listed above");
+            let tensor = candle_core::safetensors::Load::load(&view, &Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .to_device(device)?;
+            data.insert(name.clone(), Var::from_tensor(&tensor)?);
+        }
+    }
+    Ok(varmap)
+}
+
 /// Model parameters read from disk and checked against a config, as f32 `Var`s.
 pub struct Checkpoint {
     pub config: ModelConfig,
@@ -186,93 +303,14 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Loads and validates `files` (one or several safetensors shards) against `config`.
-    /// bf16 and f16 weights are widened to f32.
+    /// bf16 and f16 weights are widened to f32. Every expected tensor is checked for presence
+    /// and shape, and every present one for being expected, before any is read.
     pub fn load(files: &[PathBuf], config: ModelConfig, device: &Device) -> Result<Checkpoint> {
         let expected = expected_tensors(&config)?;
-        let mut found: HashMap<String, (usize, Vec<usize>, safetensors::Dtype)> = HashMap::new();
-        let mut buffers = Vec::with_capacity(files.len());
-        for (i, path) in files.iter().enumerate() {
-            let file = File::open(path).map_err(io_err(path))?;
-            // SAFETY: the file is opened read-only and checkpoints are not modified in place
-            // (every writer renames a new file over the old one).
-            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-            let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| {
-                ModelError::BadSafetensors {
-                    path: path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-            for (name, view) in st.tensors() {
-                found.insert(name, (i, view.shape().to_vec(), view.dtype()));
-            }
-            buffers.push(mmap);
-        }
-
-        for (name, shape) in &expected {
-            match found.get(name) {
-                None => {
-                    return Err(ModelError::MissingTensor {
-                        name: name.clone(),
-                        expected: shape.clone(),
-                    })
-                }
-                Some((_, got, _)) if got != shape => {
-                    return Err(ModelError::ShapeMismatch {
-                        name: name.clone(),
-                        expected: shape.clone(),
-                        got: got.clone(),
-                    })
-                }
-                Some(_) => {}
-            }
-        }
-        let mut unexpected: Vec<&String> = found
-            .keys()
-            .filter(|n| !expected.iter().any(|(e, _)| e == *n) && !is_derived_buffer(n))
-            // Tied checkpoints sometimes carry a copy of the embedding as lm_head.
-            .filter(|n| !(config.tie_word_embeddings && n.as_str() == "lm_head.weight"))
-            .collect();
-        unexpected.sort();
-        if let Some(name) = unexpected.first() {
-            let hint = if name.contains("act_fn.") {
-                format!(
-                    " (a dynActGLU parameter, but the config says ffn = {})",
-                    config.ffn.name()
-                )
-            } else if name.as_str() == "lm_head.weight" {
-                " (the config says tie_word_embeddings = true)".to_string()
-            } else {
-                String::new()
-            };
-            return Err(ModelError::UnexpectedTensor {
-                name: name.to_string(),
-                hint,
-            });
-        }
-
-        let varmap = VarMap::new();
-        {
-            let mut data = varmap.data().lock().expect("varmap lock poisoned");
-            for (name, _) in &expected {
-                let (file_index, _, dtype) = &found[name];
-                if !matches!(
-                    dtype,
-                    safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16
-                ) {
-                    return Err(ModelError::UnsupportedDtype {
-                        name: name.clone(),
-                        dtype: format!("{dtype:?}"),
-                    });
-                }
-                let st = safetensors::SafeTensors::deserialize(&buffers[*file_index])
-                    .expect("validated above");
-                let view = st.tensor(name).expect("listed above");
-                let tensor = candle_core::safetensors::Load::load(&view, &Device::Cpu)?
-                    .to_dtype(DType::F32)?
-                    .to_device(device)?;
-                data.insert(name.clone(), Var::from_tensor(&tensor)?);
-            }
-        }
+        let (buffers, found) = map_shards(files)?;
+        check_present(&expected, &found)?;
+        check_no_unexpected(&expected, &found, &config)?;
+        let varmap = load_vars(&expected, &found, &buffers, device)?;
         Ok(Checkpoint { config, varmap })
     }
 

@@ -256,78 +256,24 @@ impl ModelConfig {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let obj = v.as_object().ok_or("the top level is not a JSON object")?;
-        let get = |k: &str| obj.get(k).filter(|x| !x.is_null());
-        let usize_key = |k: &str| -> std::result::Result<Option<usize>, String> {
-            match get(k) {
-                None => Ok(None),
-                Some(x) => x
-                    .as_u64()
-                    .map(|n| Some(n as usize))
-                    .ok_or(format!("`{k}` must be a non-negative integer, found {x}")),
-            }
-        };
-        let f64_key = |k: &str| -> std::result::Result<Option<f64>, String> {
-            match get(k) {
-                None => Ok(None),
-                Some(x) => x
-                    .as_f64()
-                    .map(Some)
-                    .ok_or(format!("`{k}` must be a number, found {x}")),
-            }
-        };
-        let required = |k: &str| -> std::result::Result<usize, String> {
-            usize_key(k)?.ok_or(format!("missing required key `{k}`"))
-        };
-
-        if let Some(mt) = get("model_type").and_then(|x| x.as_str()) {
-            if !matches!(mt, "llama" | "dynact_llama") {
-                return Err(format!(
-                    "model_type `{mt}` is not supported; only Llama-architecture checkpoints can be loaded"
-                ));
-            }
-        }
-        if let Some(act) = get("hidden_act").and_then(|x| x.as_str()) {
-            if act != "silu" {
-                return Err(format!(
-                    "hidden_act `{act}` is not supported; Llama checkpoints use `silu`"
-                ));
-            }
-        }
-        for k in ["attention_bias", "mlp_bias"] {
-            if get(k).and_then(|x| x.as_bool()) == Some(true) {
-                return Err(format!("`{k}: true` is not supported (no bias tensors)"));
-            }
-        }
-        if let Some(scaling) = get("rope_scaling") {
-            return Err(format!("rope_scaling {scaling} is not supported"));
-        }
-        // transformers 5.x moves rope_theta into `rope_parameters` (and may put scaling there).
-        let mut rope_theta = f64_key("rope_theta")?;
-        if let Some(rp) = get("rope_parameters").and_then(|x| x.as_object()) {
-            if let Some(t) = rp.get("rope_theta").and_then(|x| x.as_f64()) {
-                rope_theta = Some(t);
-            }
-            if let Some(kind) = rp.get("rope_type").and_then(|x| x.as_str()) {
-                if kind != "default" {
-                    return Err(format!("rope_type `{kind}` is not supported"));
-                }
-            }
-        }
+        let keys = HfKeys(obj);
+        refuse_unsupported(&keys)?;
+        let rope_theta = read_rope_theta(&keys)?;
 
         let d = ModelConfig::default();
-        let vocab_size = required("vocab_size")?;
-        let hidden_size = required("hidden_size")?;
-        let intermediate_size = required("intermediate_size")?;
-        let num_hidden_layers = required("num_hidden_layers")?;
-        let num_attention_heads = required("num_attention_heads")?;
-        let ffn = match get("ffn") {
+        let vocab_size = keys.required("vocab_size")?;
+        let hidden_size = keys.required("hidden_size")?;
+        let intermediate_size = keys.required("intermediate_size")?;
+        let num_hidden_layers = keys.required("num_hidden_layers")?;
+        let num_attention_heads = keys.required("num_attention_heads")?;
+        let ffn = match keys.get("ffn") {
             Some(x) => serde_json::from_value(x.clone()).map_err(|e| format!("`ffn`: {e}"))?,
-            None if get("model_type").and_then(|x| x.as_str()) == Some("dynact_llama") => {
+            None if keys.get("model_type").and_then(|x| x.as_str()) == Some("dynact_llama") => {
                 FfnKind::Dynactglu
             }
             None => FfnKind::Swiglu,
         };
-        let dynact = match get("dynact") {
+        let dynact = match keys.get("dynact") {
             Some(x) => serde_json::from_value(x.clone()).map_err(|e| format!("`dynact`: {e}"))?,
             None => DynActConfig::default(),
         };
@@ -338,21 +284,106 @@ impl ModelConfig {
             intermediate_size,
             num_hidden_layers,
             num_attention_heads,
-            num_key_value_heads: usize_key("num_key_value_heads")?.unwrap_or(num_attention_heads),
-            head_dim: usize_key("head_dim")?.unwrap_or(0),
-            max_position_embeddings: usize_key("max_position_embeddings")?.unwrap_or(2048),
-            rms_norm_eps: f64_key("rms_norm_eps")?.unwrap_or(1e-6),
+            num_key_value_heads: keys
+                .usize_key("num_key_value_heads")?
+                .unwrap_or(num_attention_heads),
+            head_dim: keys.usize_key("head_dim")?.unwrap_or(0),
+            max_position_embeddings: keys.usize_key("max_position_embeddings")?.unwrap_or(2048),
+            rms_norm_eps: keys.f64_key("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope_theta.unwrap_or(10_000.0),
-            tie_word_embeddings: get("tie_word_embeddings")
+            tie_word_embeddings: keys
+                .get("tie_word_embeddings")
                 .and_then(|x| x.as_bool())
                 .unwrap_or(false),
-            dropout: f64_key("dropout")?.unwrap_or(0.0),
-            initializer_range: f64_key("initializer_range")?.unwrap_or(d.initializer_range),
+            dropout: keys.f64_key("dropout")?.unwrap_or(0.0),
+            initializer_range: keys
+                .f64_key("initializer_range")?
+                .unwrap_or(d.initializer_range),
             dynact,
         };
         cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
+}
+
+/// The keys of a `config.json` object, read with the checks and messages of
+/// [`ModelConfig::from_hf_json`]; a `null` value counts as absent.
+struct HfKeys<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl HfKeys<'_> {
+    fn get(&self, k: &str) -> Option<&serde_json::Value> {
+        self.0.get(k).filter(|x| !x.is_null())
+    }
+
+    fn usize_key(&self, k: &str) -> std::result::Result<Option<usize>, String> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(x) => x
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or(format!("`{k}` must be a non-negative integer, found {x}")),
+        }
+    }
+
+    fn f64_key(&self, k: &str) -> std::result::Result<Option<f64>, String> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or(format!("`{k}` must be a number, found {x}")),
+        }
+    }
+
+    fn required(&self, k: &str) -> std::result::Result<usize, String> {
+        self.usize_key(k)?
+            .ok_or(format!("missing required key `{k}`"))
+    }
+}
+
+/// Refuses, by name, the features of a `config.json` this model does not implement: other
+/// architectures and activations, biases, RoPE scaling.
+fn refuse_unsupported(keys: &HfKeys) -> std::result::Result<(), String> {
+    if let Some(mt) = keys.get("model_type").and_then(|x| x.as_str()) {
+        if !matches!(mt, "llama" | "dynact_llama") {
+            return Err(format!(
+                "model_type `{mt}` is not supported; only Llama-architecture checkpoints can be loaded"
+            ));
+        }
+    }
+    if let Some(act) = keys.get("hidden_act").and_then(|x| x.as_str()) {
+        if act != "silu" {
+            return Err(format!(
+                "hidden_act `{act}` is not supported; Llama checkpoints use `silu`"
+            ));
+        }
+    }
+    for k in ["attention_bias", "mlp_bias"] {
+        if keys.get(k).and_then(|x| x.as_bool()) == Some(true) {
+            return Err(format!("`{k}: true` is not supported (no bias tensors)"));
+        }
+    }
+    if let Some(scaling) = keys.get("rope_scaling") {
+        return Err(format!("rope_scaling {scaling} is not supported"));
+    }
+    Ok(())
+}
+
+/// `rope_theta`, at the top level (transformers 4.x) or in `rope_parameters` (5.x, which may
+/// also name a scaling type there: refused unless `default`).
+fn read_rope_theta(keys: &HfKeys) -> std::result::Result<Option<f64>, String> {
+    let mut rope_theta = keys.f64_key("rope_theta")?;
+    if let Some(rp) = keys.get("rope_parameters").and_then(|x| x.as_object()) {
+        if let Some(t) = rp.get("rope_theta").and_then(|x| x.as_f64()) {
+            rope_theta = Some(t);
+        }
+        if let Some(kind) = rp.get("rope_type").and_then(|x| x.as_str()) {
+            if kind != "default" {
+                return Err(format!("rope_type `{kind}` is not supported"));
+            }
+        }
+    }
+    Ok(rope_theta)
 }
 
 #[cfg(test)]

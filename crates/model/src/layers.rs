@@ -1,10 +1,9 @@
 //! The small building blocks the decoder is made of: a bias-free linear layer that runs as one
-//! large matrix product, RMSNorm and dropout. Each is built so that gradients reach every
-//! parameter: Candle's fused `rms_norm` has no backward pass (see CANDLE_NOTES.md).
+//! large matrix product, and RMSNorm. Each is built so that gradients reach every parameter:
+//! Candle's fused `rms_norm` has no backward pass (see CANDLE_NOTES.md).
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use rand::{Rng, SeedableRng};
 
 /// `y = x W^T`, weight shape (out, in) as in PyTorch and Hugging Face checkpoints.
 #[derive(Clone, Debug)]
@@ -61,38 +60,4 @@ impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::ops::rms_norm(x, &self.weight, self.eps)
     }
-}
-
-/// Inverted dropout with a mask drawn from a seeded generator, so that a training step is a
-/// pure function of (weights, batch, seed): resumed runs replay exactly. Candle's own dropout
-/// draws from an unseedable CPU generator.
-pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let keep = 1.0 - p;
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| {
-            if rng.random::<f64>() < keep {
-                scale
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
-}
-
-/// Next-token cross-entropy of every position in nats. logits: (N, V), targets: (N,) u32 ->
-/// (N,) f32.
-pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    crate::ops::token_nll(&logits.to_dtype(DType::F32)?, targets)
-}
-
-/// Mean next-token cross-entropy in nats. logits: (N, V), targets: (N,) u32 -> f32 scalar.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    token_nll(logits, targets)?.mean_all()
 }

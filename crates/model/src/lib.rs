@@ -1,12 +1,20 @@
 //! dynact-model: a Llama-style decoder whose feed-forward block is SwiGLU or dynActGLU(Swish),
 //! and its checkpoint format.
 //!
-//! Reading order: [`dynact`] (the trainable activation) -> [`layers`] and [`ops`] (linear,
-//! RMSNorm, softmax with working gradients) -> [`attention`] -> [`ffn`] -> [`transformer`]
-//! -> [`config`] -> [`checkpoint`]. Every module is built by one `new(cfg, vb)` constructor
-//! that names its tensors as Hugging Face Llama does, so the same code creates a fresh model
-//! ([`seeded_var_builder`]) and loads a saved one ([`Checkpoint`]). The crate knows nothing of
-//! text or files of text: it maps token ids to logits.
+//! Reading order: [`dynact`] (the trainable activation) -> [`ops`] (RMSNorm, softmax with its
+//! causal mask, the cross-entropy losses, RoPE and the SwiGLU gate, one file each: a fused CPU
+//! kernel beside its `_reference` composition of Candle ops) -> [`layers`] (linear, RMSNorm)
+//! and [`forward_ctx`] (train or eval, seeded dropout) -> [`attention`] -> [`ffn`] ->
+//! [`transformer`] -> [`config`] -> [`param_kind`] (what each tensor is, for weight decay and
+//! the [`summary`]) -> [`checkpoint`].
+//!
+//! The modules form layers without cycles: `ops`, `forward_ctx`, `param_kind` and `config` use
+//! no other module of the crate (but `error`); `dynact`, `layers`, `attention` and `ffn` build
+//! on them; `transformer` on those; `checkpoint` and `summary` on top. Every module is built by
+//! one `new(cfg, vb)` constructor that names its tensors as Hugging Face Llama does, so the
+//! same code creates a fresh model ([`seeded_var_builder`]) and loads a saved one
+//! ([`Checkpoint`]). The crate knows nothing of text or files of text: it maps token ids to
+//! logits.
 
 pub mod attention;
 pub mod checkpoint;
@@ -14,9 +22,11 @@ pub mod config;
 pub mod dynact;
 pub mod error;
 pub mod ffn;
+pub mod forward_ctx;
 mod init;
 pub mod layers;
 pub mod ops;
+pub mod param_kind;
 pub mod summary;
 pub mod transformer;
 
@@ -24,9 +34,11 @@ pub use checkpoint::{expected_tensors, Checkpoint};
 pub use config::{BaseAct, DynActConfig, FfnKind, Granularity, ModelConfig};
 pub use dynact::DynAct;
 pub use error::{ModelError, Result};
+pub use forward_ctx::ForwardCtx;
 pub use init::seeded_var_builder;
+pub use param_kind::ParamKind;
 pub use summary::ParamSummary;
-pub use transformer::{ForwardCtx, KvCache, Transformer};
+pub use transformer::{KvCache, Transformer};
 
 /// A fresh model of `cfg` with parameters drawn from `seed`, and the `VarMap` that owns them.
 pub fn init_model(

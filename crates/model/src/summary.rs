@@ -1,9 +1,11 @@
-//! Parameter counts by group, computed from the config alone (no weights needed).
+//! Parameter counts by group, computed from the config alone (no weights needed); each tensor's
+//! group follows its [`ParamKind`], matrices split by the block they belong to.
 
 use std::fmt;
 
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::param_kind::ParamKind;
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ParamSummary {
@@ -22,18 +24,14 @@ impl ParamSummary {
         let mut s = ParamSummary::default();
         for (name, shape) in crate::checkpoint::expected_tensors(cfg)? {
             let n: usize = shape.iter().product();
-            let group = if name.contains("act_fn.") {
-                &mut s.dynact
-            } else if name.contains(".mlp.") {
-                &mut s.ffn
-            } else if name.contains(".self_attn.") {
-                &mut s.attention
-            } else if name.contains("norm") {
-                &mut s.norms
-            } else if name.starts_with("lm_head") {
-                &mut s.lm_head
-            } else {
-                &mut s.embeddings
+            let group = match ParamKind::of(&name) {
+                ParamKind::DynActScalar => &mut s.dynact,
+                ParamKind::Norm => &mut s.norms,
+                ParamKind::Embedding => &mut s.embeddings,
+                // Matrices are grouped by the block they belong to.
+                ParamKind::Matrix if name.contains(".self_attn.") => &mut s.attention,
+                ParamKind::Matrix if name.contains(".mlp.") => &mut s.ffn,
+                ParamKind::Matrix => &mut s.lm_head,
             };
             *group += n;
         }

@@ -9,32 +9,9 @@ use crate::attention::{Attention, LayerCache, Positions, RotaryTables};
 use crate::config::ModelConfig;
 use crate::dynact::DynAct;
 use crate::ffn::Mlp;
-use crate::layers::{cross_entropy, dropout, Linear, RmsNorm};
-
-/// Whether a forward pass trains (dropout on, seeded by `seed`) or evaluates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ForwardCtx {
-    pub train: bool,
-    pub seed: u64,
-}
-
-impl ForwardCtx {
-    pub const EVAL: ForwardCtx = ForwardCtx {
-        train: false,
-        seed: 0,
-    };
-
-    pub fn train(seed: u64) -> Self {
-        ForwardCtx { train: true, seed }
-    }
-
-    /// A distinct, reproducible seed for each dropout site of the pass.
-    pub fn seed_for(&self, site: u64) -> u64 {
-        self.seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(site.wrapping_mul(0xBF58_476D_1CE4_E5B9))
-    }
-}
+use crate::forward_ctx::{dropout, ForwardCtx};
+use crate::layers::{Linear, RmsNorm};
+use crate::ops::{cross_entropy, token_nll};
 
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
@@ -201,7 +178,7 @@ impl Transformer {
     pub fn token_nll(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let logits = self.forward(ids, &ForwardCtx::EVAL)?;
         let (b, t, v) = logits.dims3()?;
-        crate::layers::token_nll(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+        token_nll(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
     }
 
     fn forward_impl(

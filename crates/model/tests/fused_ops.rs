@@ -1,9 +1,10 @@
-//! The fused CPU kernels (RMSNorm, causal softmax, cross-entropy) against the plain Candle
-//! compositions they replace: same values, same gradients.
+//! Each fused CPU kernel (RMSNorm, causal softmax, cross-entropy, RoPE, SwiGLU, dynAct)
+//! against the plain Candle composition it replaces, its `<op>_reference` in `ops`: same values,
+//! same gradients, on the same f32 CPU input and against the composition run in f64.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use dynact_model::attention::causal_mask;
 use dynact_model::ops;
+use dynact_model::ops::causal_mask;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -33,55 +34,85 @@ fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
     assert!(d < tol, "{what}: max difference {d}");
 }
 
-/// Values and input gradients of `f` on the fused (f32 CPU) path and on the composed path
-/// (run in f64, which takes the fallback), the latter cast back to f32.
-fn compare(x: &Tensor, w: &Tensor, f: impl Fn(&Tensor) -> Tensor, what: &str) {
-    let x32 = Var::from_tensor(x).unwrap();
-    let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
-    let y32 = f(x32.as_tensor());
-    let y64 = f(x64.as_tensor());
-    assert_close(
-        &y32,
-        &y64.to_dtype(DType::F32).unwrap(),
-        1e-5,
-        &format!("{what} value"),
-    );
-    let g32 = (y32 * w).unwrap().sum_all().unwrap().backward().unwrap();
-    let g64 = (y64 * w.to_dtype(DType::F64).unwrap())
+/// Values and the gradients of every input, in f32, of `f` run on `inputs` (cast to `dtype`),
+/// with `sum(f * w)` as the loss.
+fn run(
+    inputs: &[&Tensor],
+    w: &Tensor,
+    dtype: DType,
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|x| Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap())
+        .collect();
+    let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&xs);
+    let grads = (&y * w.to_dtype(y.dtype()).unwrap())
         .unwrap()
         .sum_all()
         .unwrap()
         .backward()
         .unwrap();
-    let (a, b) = (
-        g32.get(&x32).unwrap(),
-        g64.get(&x64).unwrap().to_dtype(DType::F32).unwrap(),
-    );
-    assert_close(a, &b, 1e-4, &format!("{what} gradient"));
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let dx = vars.iter().map(|v| f32(grads.get(v).unwrap())).collect();
+    (f32(&y), dx)
+}
+
+/// `fused` (the public op, which takes its fused kernel on f32 CPU input) against `reference`
+/// (the op's `_reference` composition) on the same f32 input, and against `reference` run in
+/// f64 and cast back: values and the gradient of every input.
+fn compare(
+    inputs: &[&Tensor],
+    w: &Tensor,
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    reference: impl Fn(&[Tensor]) -> Tensor,
+    what: &str,
+) {
+    let (y, dx) = run(inputs, w, DType::F32, &fused);
+    for (dtype, name) in [(DType::F32, "f32"), (DType::F64, "f64")] {
+        let (y_ref, dx_ref) = run(inputs, w, dtype, &reference);
+        assert_close(
+            &y,
+            &y_ref,
+            1e-5,
+            &format!("{what} value vs {name} reference"),
+        );
+        for (i, (a, b)) in dx.iter().zip(&dx_ref).enumerate() {
+            assert_close(
+                a,
+                b,
+                1e-4,
+                &format!("{what} gradient {i} vs {name} reference"),
+            );
+        }
+    }
 }
 
 #[test]
-fn fused_rms_norm_matches_composition() {
+fn fused_rms_norm_matches_its_reference() {
     let x = randn(&[3, 5, 16], 1);
     let weight = randn(&[16], 2);
     let w = randn(&[3, 5, 16], 3);
     compare(
-        &x,
+        &[&x, &weight],
         &w,
-        |x| ops::rms_norm(x, &weight.to_dtype(x.dtype()).unwrap(), 1e-5).unwrap(),
+        |t| ops::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+        |t| ops::rms_norm_reference(&t[0], &t[1], 1e-5).unwrap(),
         "rms_norm",
     );
 }
 
 #[test]
-fn fused_causal_softmax_matches_masked_softmax() {
+fn fused_causal_softmax_matches_its_reference_and_masked_softmax() {
     // 6 queries after 3 cached positions: (B, H, T, S) = (2, 3, 6, 9).
     let scores = randn(&[2, 3, 6, 9], 4);
     let w = randn(&[2, 3, 6, 9], 5);
     compare(
-        &scores,
+        &[&scores],
         &w,
-        |s| ops::causal_softmax(s, 0.35).unwrap(),
+        |s| ops::causal_softmax(&s[0], 0.35).unwrap(),
+        |s| ops::causal_softmax_reference(&s[0], 0.35).unwrap(),
         "causal_softmax",
     );
     // And against an explicit mask + plain softmax.
@@ -101,16 +132,24 @@ fn fused_causal_softmax_matches_masked_softmax() {
 }
 
 #[test]
-fn fused_cross_entropy_matches_log_softmax_gather() {
+fn fused_cross_entropy_matches_its_reference() {
     let logits = (randn(&[7, 11], 6) * 3.0).unwrap();
     let targets = Tensor::new(&[0u32, 3, 10, 5, 5, 1, 9], &Device::Cpu).unwrap();
     let w = randn(&[7], 7);
     compare(
-        &logits,
+        &[&logits],
         &w,
-        |x| ops::token_nll(x, &targets).unwrap(),
+        |x| ops::token_nll(&x[0], &targets).unwrap(),
+        |x| ops::token_nll_reference(&x[0], &targets).unwrap(),
         "token_nll",
     );
+    // The mean, as the training loss takes it.
+    let mean = ops::cross_entropy(&logits, &targets).unwrap();
+    let mean_ref = ops::token_nll_reference(&logits, &targets)
+        .unwrap()
+        .mean_all()
+        .unwrap();
+    assert_close(&mean, &mean_ref, 1e-6, "cross_entropy");
     let bad = Tensor::new(&[11u32, 0, 0, 0, 0, 0, 0], &Device::Cpu).unwrap();
     assert!(ops::token_nll(&logits, &bad).is_err());
 }
@@ -177,7 +216,7 @@ fn dynact_refuses_an_input_of_the_wrong_width() {
 }
 
 #[test]
-fn fused_rope_matches_rotate_half() {
+fn fused_rope_matches_its_reference() {
     // (B, H, T, D) = (2, 3, 5, 8); cos/sin as the model builds them (both halves equal).
     let x = randn(&[2, 3, 5, 8], 10);
     let w = randn(&[2, 3, 5, 8], 11);
@@ -186,30 +225,36 @@ fn fused_rope_matches_rotate_half() {
         .collect();
     let angles = Tensor::from_vec(angles, (5, 8), &Device::Cpu).unwrap();
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    let tables = |x: &Tensor| {
+        (
+            cos.to_dtype(x.dtype()).unwrap(),
+            sin.to_dtype(x.dtype()).unwrap(),
+        )
+    };
     compare(
-        &x,
+        &[&x],
         &w,
         |x| {
-            ops::rope(
-                x,
-                &cos.to_dtype(x.dtype()).unwrap(),
-                &sin.to_dtype(x.dtype()).unwrap(),
-            )
-            .unwrap()
+            let (cos, sin) = tables(&x[0]);
+            ops::rope(&x[0], &cos, &sin).unwrap()
+        },
+        |x| {
+            let (cos, sin) = tables(&x[0]);
+            ops::rope_reference(&x[0], &cos, &sin).unwrap()
         },
         "rope",
     );
 }
 
 #[test]
-fn fused_swiglu_is_bit_identical_to_silu_times_up() {
+fn fused_swiglu_is_bit_identical_to_its_reference() {
     let (g, u) = (
         Var::from_tensor(&randn(&[6, 10], 12)).unwrap(),
         Var::from_tensor(&randn(&[6, 10], 13)).unwrap(),
     );
     let w = randn(&[6, 10], 14);
     let fused = ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
-    let plain = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
+    let plain = ops::swiglu_reference(g.as_tensor(), u.as_tensor()).unwrap();
     let gf = (&fused * &w)
         .unwrap()
         .sum_all()

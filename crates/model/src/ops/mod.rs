@@ -1,0 +1,64 @@
+//! Differentiable tensor operations the decoder needs and Candle provides only without a
+//! backward pass (`candle_nn::ops::rms_norm`, `softmax_last_dim`, see CANDLE_NOTES.md).
+//!
+//! One file per op. In each, the public function (`rms_norm`, `causal_softmax`, `token_nll`,
+//! `rope`, `swiglu`) dispatches: on CPU with f32 it runs one fused kernel with its own fused
+//! backward (`CustomOp`s, one pass over the data each way, rows in parallel); elsewhere (CUDA,
+//! Metal, other dtypes) it runs `<op>_reference`, the plain composition of differentiable
+//! Candle ops that sits beside it. Tests compare each fused kernel with its reference (values
+//! and gradients) and with finite differences.
+//!
+//! This module holds the helpers the CPU kernels share; it depends on no other module of the
+//! crate, so every layer may use it.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+
+pub mod cross_entropy;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod swiglu;
+
+pub use cross_entropy::{cross_entropy, log_softmax, token_nll, token_nll_reference};
+pub use rms_norm::{rms_norm, rms_norm_reference};
+pub use rope::{rope, rope_reference};
+pub use softmax::{causal_mask, causal_softmax, causal_softmax_reference, softmax};
+pub use swiglu::{swiglu, swiglu_reference};
+
+/// Whether `x` takes the fused CPU kernel: a CPU tensor of f32.
+pub(crate) fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The contiguous f32 data of a CPU tensor.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        _ => candle_core::bail!("{op}: expects f32"),
+    }
+}
+
+/// The contiguous u32 data (target ids) of a CPU tensor.
+pub(crate) fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: targets must be contiguous")))?;
+    match s {
+        CpuStorage::U32(v) => Ok(&v[start..end]),
+        _ => candle_core::bail!("{op}: targets must be u32"),
+    }
+}
+
+/// Rows handed to one rayon task: about 16K elements, so small rows do not drown in
+/// scheduling overhead.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}
+
+/// The size of the last dimension (the row length the kernels work on).
+pub(crate) fn last_dim(l: &Layout) -> usize {
+    *l.dims().last().unwrap_or(&1)
+}

@@ -1,0 +1,122 @@
+//! Rotary position embedding in the Hugging Face convention: the fused CPU kernel (the rotation
+//! forward, its transpose backward) beside [`rope_reference`], the `rotate_half` composition
+//! every other device runs.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::{f32_slice, fused, rows_per_task};
+
+/// Rotary position embedding in the Hugging Face convention (`x cos + rotate_half(x) sin`, with
+/// `rotate_half([x1, x2]) = [-x2, x1]`). x: (B, heads, T, D); cos, sin: (T, D).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused(x) && cos.dtype() == DType::F32 {
+        return x
+            .contiguous()?
+            .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope);
+    }
+    rope_reference(x, cos, sin)
+}
+
+/// [`rope`] as a composition of differentiable Candle ops (`x cos + rotate_half(x) sin`): what
+/// runs off the CPU, and what the fused kernel is tested against.
+pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2 (halves of the last dimension); with `inverse`, the
+/// transposed map dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1, which is the backward pass.
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], dims: &[usize], inverse: bool) -> Vec<f32> {
+    let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let h = d / 2;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .enumerate()
+        .with_min_len(rows_per_task(d))
+        .for_each(|(row, (o, xr))| {
+            let p = (row % t) * d;
+            let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
+            for j in 0..h {
+                let (x1, x2) = (xr[j], xr[j + h]);
+                if inverse {
+                    o[j] = x1 * c[j] + x2 * s[j + h];
+                    o[j + h] = x2 * c[j + h] - x1 * s[j];
+                } else {
+                    o[j] = x1 * c[j] - x2 * s[j];
+                    o[j + h] = x2 * c[j + h] + x1 * s[j + h];
+                }
+            }
+        });
+    out
+}
+
+struct Rope;
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, cos, sin) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let out = rotate(x, cos, sin, l1.dims(), false);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = grad
+            .contiguous()?
+            .apply_op3_no_bwd(cos, sin, &RopeBackward)?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+struct RopeBackward;
+
+impl CustomOp3 for RopeBackward {
+    fn name(&self) -> &'static str {
+        "rope-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, cos, sin) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let out = rotate(g, cos, sin, l1.dims(), true);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

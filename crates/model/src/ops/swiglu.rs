@@ -1,0 +1,114 @@
+//! The SwiGLU gate product silu(gate) * up: the fused CPU kernel, written with the arithmetic of
+//! Candle's own `silu` and `mul` (forward and backward) so that it is bit-identical to them,
+//! beside [`swiglu_reference`], the two Candle ops every other device runs.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{f32_slice, fused, rows_per_task};
+
+/// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
+/// Candle's own `silu` and `mul` (forward and backward) so results are bit-identical to them.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused(gate) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+    }
+    swiglu_reference(gate, up)
+}
+
+/// [`swiglu`] as Candle's `silu` and `mul`: what runs off the CPU, and what the fused kernel
+/// is tested against (bit for bit).
+pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// Candle's f32 silu.
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        let out: Vec<f32> = g
+            .par_iter()
+            .zip(u.par_iter())
+            .with_min_len(rows_per_task(1))
+            .map(|(&g, &u)| silu(g) * u)
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let d_gate = gate.apply_op3_no_bwd(up, &grad, &SwiGluBackward { wrt_gate: true })?;
+        let d_up = gate.apply_op3_no_bwd(up, &grad, &SwiGluBackward { wrt_gate: false })?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
+/// d/dgate = (g_out * up) * (sigmoid * (1 - silu) + silu), as Candle's silu backward computes
+/// it; d/dup = g_out * silu(gate).
+struct SwiGluBackward {
+    wrt_gate: bool,
+}
+
+impl CustomOp3 for SwiGluBackward {
+    fn name(&self) -> &'static str {
+        "swiglu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u, grad) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let wrt_gate = self.wrt_gate;
+        let out: Vec<f32> = g
+            .par_iter()
+            .zip(u.par_iter().zip(grad.par_iter()))
+            .with_min_len(rows_per_task(1))
+            .map(|(&g, (&u, &dy))| {
+                let node = silu(g);
+                if wrt_gate {
+                    let sigmoid = 1.0 / ((-g).exp() * 1.0 + 1.0);
+                    let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
+                    (dy * u) * silu_grad
+                } else {
+                    dy * node
+                }
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
