@@ -6,8 +6,7 @@
 //! u16 tokens. Llama-3 shards (vocabularies over 65,536 ids): magic 20240801, version 7, u32
 //! tokens. The file size is exactly 1,024 bytes plus the tokens; anything else is rejected.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::DataError;
 
@@ -161,30 +160,10 @@ fn bad(path: &Path, problem: String) -> DataError {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, fsyncs it and renames
-/// it over `path`, so a crash leaves either the old file or the new one, never half of one.
+/// Writes `bytes` to `path` atomically (see dynact-files): a crash leaves either the old file
+/// or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, "create folder", e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".to_string());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, "create", e))?;
-        f.write_all(bytes)
-            .map_err(|e| DataError::io(&tmp, "write", e))?;
-        f.sync_all().map_err(|e| DataError::io(&tmp, "fsync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, "rename", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    dynact_files::atomic_write_bytes(path, bytes).map_err(|e| DataError::io(path, "write", e))
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+
+use dynact_files::{atomic_write, atomic_write_bytes};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -30,39 +31,6 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> 
     Transformer::new(cfg, vb)?;
     let list = seen.lock().expect("recorder lock poisoned").clone();
     Ok(list)
-}
-
-/// Writes a file through `write` under a temporary name, fsyncs it, then renames it into place
-/// and fsyncs the folder: readers see the old file or the complete new one, never a torn one.
-pub fn atomic_write(
-    path: &Path,
-    write: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other(format!("{} has no file name", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    let result = (|| {
-        write(&tmp)?;
-        File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Persist the rename itself; not every platform can open a folder, so best effort.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Atomically writes `bytes` to `path`.
-pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    atomic_write(path, |tmp| File::create(tmp)?.write_all(bytes))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -154,9 +122,17 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         });
     }
-    let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+    Ok(index_shard_names(&index)?
+        .into_iter()
+        .map(|f| dir.join(f))
+        .collect())
+}
+
+/// The shard file names a `model.safetensors.index.json` lists (sorted, each once).
+pub fn index_shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(io_err(index))?;
     let bad = |message: String| ModelError::BadSafetensors {
-        path: index.clone(),
+        path: index.to_path_buf(),
         message,
     };
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
@@ -164,14 +140,17 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| bad("no `weight_map` object".into()))?;
-    let mut files: Vec<PathBuf> = map
+    let mut names: Vec<String> = map
         .values()
         .filter_map(|f| f.as_str())
-        .map(|f| dir.join(f))
+        .map(str::to_string)
         .collect();
-    files.sort();
-    files.dedup();
-    Ok(files)
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Err(bad("it lists no weight files".into()));
+    }
+    Ok(names)
 }
 
 /// Tensors some exporters write that the model derives itself, safe to skip.

@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dynact_model::checkpoint::{atomic_write_bytes, CONFIG_FILE};
+use dynact_files::atomic_write_bytes;
+use dynact_model::checkpoint::CONFIG_FILE;
 use serde::Serialize;
 
 pub const RUN_CONFIG_FILE: &str = "run.toml";

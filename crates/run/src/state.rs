@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use dynact_data::LoaderState;
-use dynact_model::checkpoint::atomic_write_bytes;
+use dynact_files::atomic_write_bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::layout::TRAINER_STATE_FILE;

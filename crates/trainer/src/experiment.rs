@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use dynact_model::checkpoint::atomic_write_bytes;
+use dynact_files::atomic_write_bytes;
 use dynact_model::FfnKind;
 
 use crate::config::RunConfig;

@@ -8,12 +8,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device};
 use dynact_data::hub::{self, HfUri, RepoKind};
 use dynact_data::Tokenizer;
 use dynact_model::checkpoint::{
-    read_config, weight_files, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+    index_shard_names, read_config, weight_files, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
 use dynact_model::{Checkpoint, ModelConfig, Transformer};
 
@@ -285,23 +285,13 @@ fn list_steps(steps: &[u64]) -> String {
 /// The shard files listed by a `model.safetensors.index.json`, each mapped through `fetch`.
 fn weight_files_from_index(
     index: &Path,
-    mut fetch: impl FnMut(&str) -> Result<PathBuf>,
+    fetch: impl FnMut(&str) -> Result<PathBuf>,
 ) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index)
-        .with_context(|| format!("cannot read {}", index.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("{} is not valid JSON: {e}", index.display()))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| anyhow!("{} has no `weight_map` object", index.display()))?;
-    let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    if names.is_empty() {
-        bail!("{} lists no weight files", index.display());
-    }
-    names.into_iter().map(&mut fetch).collect()
+    index_shard_names(index)?
+        .iter()
+        .map(String::as_str)
+        .map(fetch)
+        .collect()
 }
 
 fn locate_hub(spec: &str, opts: &SourceOptions) -> Result<Located> {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
+use dynact_model::ParamKind;
 
 use crate::config::OptimConfig;
 
@@ -26,13 +27,10 @@ pub struct AdamW {
     cfg: OptimConfig,
 }
 
-/// Whether `name` gets weight decay: matrices of the projections (and of the embeddings when
-/// asked); never norms, alpha or beta.
-pub fn decays(name: &str, rank: usize, cfg: &OptimConfig) -> bool {
-    if rank < 2 || name.contains("act_fn.") || name.contains("norm") {
-        return false;
-    }
-    cfg.decay_embeddings || !name.contains("embed_tokens")
+/// Whether parameter `name` gets weight decay: the model says what kind of parameter it is
+/// (matrices decay; norms, alpha and beta never; embeddings when asked).
+pub fn decays(name: &str, cfg: &OptimConfig) -> bool {
+    ParamKind::of(name).decays(cfg.decay_embeddings)
 }
 
 impl AdamW {
@@ -48,8 +46,8 @@ impl AdamW {
                     name: name.clone(),
                     m: var.zeros_like()?,
                     v: var.zeros_like()?,
-                    decay: decays(name, var.rank(), cfg),
-                    lr_mult: if name.contains("act_fn.") {
+                    decay: decays(name, cfg),
+                    lr_mult: if ParamKind::of(name) == ParamKind::DynActScalar {
                         cfg.dynact_lr_mult
                     } else {
                         1.0
@@ -165,16 +163,16 @@ mod tests {
     #[test]
     fn decay_applies_to_matrices_only() {
         let cfg = OptimConfig::default();
-        assert!(decays("model.layers.0.mlp.up_proj.weight", 2, &cfg));
-        assert!(decays("lm_head.weight", 2, &cfg));
-        assert!(!decays("model.embed_tokens.weight", 2, &cfg));
-        assert!(!decays("model.layers.0.input_layernorm.weight", 1, &cfg));
-        assert!(!decays("model.layers.0.mlp.act_fn.alpha", 1, &cfg));
+        assert!(decays("model.layers.0.mlp.up_proj.weight", &cfg));
+        assert!(decays("lm_head.weight", &cfg));
+        assert!(!decays("model.embed_tokens.weight", &cfg));
+        assert!(!decays("model.layers.0.input_layernorm.weight", &cfg));
+        assert!(!decays("model.layers.0.mlp.act_fn.alpha", &cfg));
         let with_embed = OptimConfig {
             decay_embeddings: true,
             ..cfg
         };
-        assert!(decays("model.embed_tokens.weight", 2, &with_embed));
+        assert!(decays("model.embed_tokens.weight", &with_embed));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use dynact_data::{prepare_dataset, BatchLoader, Dataset};
-use dynact_model::checkpoint::{atomic_write_bytes, save_config, CONFIG_FILE};
+use dynact_files::atomic_write_bytes;
+use dynact_model::checkpoint::{save_config, CONFIG_FILE};
 use dynact_model::{init_model, Checkpoint, ForwardCtx, ParamSummary, Transformer};
 use dynact_run::{
     CheckpointContents, EvalRecord, MetricsRecord, RunDir, TrainerState, TrainingCheckpoint,
