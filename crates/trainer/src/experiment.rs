@@ -68,7 +68,38 @@ pub fn run_grid(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = grid.jobs.max(1);
     let threads = (cores / jobs).max(1);
+    let cells = write_cell_configs(cfg, vocab_size_given, grid, threads)?;
 
+    eprintln!(
+        "experiment {}: {} runs, {jobs} at a time with {threads} thread(s) each",
+        base.display(),
+        cells.len()
+    );
+    let start = Instant::now();
+    run_cells(&cells, cfg.train.steps, jobs, threads, &base, exe)?;
+    eprintln!(
+        "experiment finished in {:.1} min",
+        start.elapsed().as_secs_f64() / 60.0
+    );
+
+    let dirs: Vec<PathBuf> = cells.iter().map(|c| c.dir.clone()).collect();
+    let opts = dynact_compare::CompareOptions::default();
+    let comparison = dynact_compare::compare(&dirs, &opts)?;
+    let out = base.join("comparison");
+    dynact_compare::write_report(&comparison, &out)?;
+    eprintln!("comparison written to {}", out.display());
+    Ok(base)
+}
+
+/// One config per (seed, ffn) under `<experiment>/configs/`: the base config with the cell's
+/// FFN, seed, name, run directory and thread count.
+fn write_cell_configs(
+    cfg: &RunConfig,
+    vocab_size_given: bool,
+    grid: &Grid,
+    threads: usize,
+) -> Result<Vec<Cell>> {
+    let base = cfg.run_dir();
     let mut cells = vec![];
     for &seed in &grid.seeds {
         for &ffn in &grid.ffns {
@@ -96,12 +127,20 @@ pub fn run_grid(
             });
         }
     }
+    Ok(cells)
+}
 
-    eprintln!(
-        "experiment {}: {} runs, {jobs} at a time with {threads} thread(s) each",
-        base.display(),
-        cells.len()
-    );
+/// Runs the cells as child train-lm processes, `jobs` at a time, each logging to
+/// `<experiment>/<cell>.log`; finished cells are skipped, unfinished ones resumed. The first
+/// failure stops the others.
+fn run_cells(
+    cells: &[Cell],
+    steps: u64,
+    jobs: usize,
+    threads: usize,
+    base: &Path,
+    exe: &Path,
+) -> Result<()> {
     let start = Instant::now();
     let mut pending: Vec<&Cell> = cells.iter().rev().collect();
     let mut running: Vec<(&Cell, Child)> = vec![];
@@ -109,7 +148,7 @@ pub fn run_grid(
         while running.len() < jobs {
             let Some(cell) = pending.pop() else { break };
             let mut cmd = Command::new(exe);
-            match progress(&cell.dir, cfg.train.steps)? {
+            match progress(&cell.dir, steps)? {
                 Progress::Done => {
                     eprintln!("  {}: already finished", cell.name);
                     continue;
@@ -139,7 +178,7 @@ pub fn run_grid(
             running.push((cell, child));
         }
         if running.is_empty() {
-            break;
+            return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
         let mut i = 0;
@@ -166,16 +205,4 @@ pub fn run_grid(
             }
         }
     }
-    eprintln!(
-        "experiment finished in {:.1} min",
-        start.elapsed().as_secs_f64() / 60.0
-    );
-
-    let dirs: Vec<PathBuf> = cells.iter().map(|c| c.dir.clone()).collect();
-    let opts = dynact_compare::CompareOptions::default();
-    let comparison = dynact_compare::compare(&dirs, &opts)?;
-    let out = base.join("comparison");
-    dynact_compare::write_report(&comparison, &out)?;
-    eprintln!("comparison written to {}", out.display());
-    Ok(base)
 }

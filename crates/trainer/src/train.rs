@@ -109,27 +109,14 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     }
 
     let (varmap, model, opt, state) = match resume_from {
-        None => {
-            let (varmap, model) = init_model(&cfg.model, cfg.seed, &device)?;
-            let opt = AdamW::new(&varmap, &cfg.optim)?;
-            (varmap, model, opt, TrainerState::start(cfg.seed))
-        }
+        None => fresh_start(&cfg, &device)?,
         Some(ckpt) => {
-            let model = ckpt.weights.model(&device)?;
-            let mut opt = AdamW::new(&ckpt.weights.varmap, &cfg.optim)?;
-            opt.restore(&ckpt.optimizer, ckpt.state.optimizer_steps)
-                .with_context(|| format!("resuming from {}", ckpt.dir.display()))?;
-            // Lines logged after that checkpoint, by the run that was interrupted, are
-            // replaced by the ones this run writes.
-            for file in [METRICS_FILE, EVAL_FILE] {
-                run_dir.truncate_jsonl(file, ckpt.state.step)?;
-            }
             log(format!(
                 "resuming {} at step {}",
                 run_dir.path.display(),
                 ckpt.state.step
             ));
-            (ckpt.weights.varmap, model, opt, ckpt.state)
+            restore(ckpt, &cfg, &run_dir, &device)?
         }
     };
     log(format!(
@@ -164,6 +151,34 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         state,
     };
     trainer.train(&opts)
+}
+
+/// A new model (seeded), a new optimizer and the state of step 0.
+fn fresh_start(
+    cfg: &RunConfig,
+    device: &Device,
+) -> Result<(VarMap, Transformer, AdamW, TrainerState)> {
+    let (varmap, model) = init_model(&cfg.model, cfg.seed, device)?;
+    let opt = AdamW::new(&varmap, &cfg.optim)?;
+    Ok((varmap, model, opt, TrainerState::start(cfg.seed)))
+}
+
+/// The model, optimizer and state of a training checkpoint; the run's logs are cut back to
+/// its step, so the lines the interrupted run wrote after it are written again.
+fn restore(
+    ckpt: TrainingCheckpoint,
+    cfg: &RunConfig,
+    run_dir: &RunDir,
+    device: &Device,
+) -> Result<(VarMap, Transformer, AdamW, TrainerState)> {
+    let model = ckpt.weights.model(device)?;
+    let mut opt = AdamW::new(&ckpt.weights.varmap, &cfg.optim)?;
+    opt.restore(&ckpt.optimizer, ckpt.state.optimizer_steps)
+        .with_context(|| format!("resuming from {}", ckpt.dir.display()))?;
+    for file in [METRICS_FILE, EVAL_FILE] {
+        run_dir.truncate_jsonl(file, ckpt.state.step)?;
+    }
+    Ok((ckpt.weights.varmap, model, opt, ckpt.state))
 }
 
 /// Checks the run directory against what was asked: a fresh run needs an empty place, a
