@@ -45,7 +45,10 @@ impl RunDir {
     /// `dir` is a `step-NNNNNN` folder inside a run directory.
     pub fn containing(dir: &Path) -> Option<(RunDir, u64)> {
         let step = step_of_dir_name(&dir.file_name()?.to_string_lossy())?;
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty())?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         let run = RunDir::new(parent);
         run.holds_run().then_some((run, step))
     }

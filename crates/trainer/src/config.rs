@@ -111,6 +111,9 @@ pub struct EvalConfig {
     pub eval_every: u64,
     /// Windows per evaluation batch.
     pub batch_size: usize,
+    /// Score at most this many validation tokens (whole windows from the start of the
+    /// validation set); 0: all of it.
+    pub max_tokens: u64,
 }
 
 impl Default for EvalConfig {
@@ -119,6 +122,7 @@ impl Default for EvalConfig {
             eval_at: vec![],
             eval_every: 0,
             batch_size: 16,
+            max_tokens: 0,
         }
     }
 }
@@ -435,6 +439,12 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
     if !(0.0..=1.0).contains(&o.decay_fraction) {
         return err("decay_fraction must be in [0, 1]");
     }
+    if cfg.eval.max_tokens > 0 && cfg.eval.max_tokens < t.seq_len as u64 {
+        return err(format!(
+            "eval.max_tokens {} is less than one window of train.seq_len {}; raise it, or set 0 to score the whole validation set",
+            cfg.eval.max_tokens, t.seq_len
+        ));
+    }
     if !matches!(cfg.dtype.as_str(), "f32" | "bf16") {
         return err(format!("dtype `{}`: expected f32 or bf16", cfg.dtype));
     }
@@ -469,6 +479,11 @@ impl RunConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// The evaluation windows `eval.max_tokens` allows (None: all of them).
+    pub fn eval_max_windows(&self) -> Option<usize> {
+        (self.eval.max_tokens > 0).then(|| self.eval.max_tokens as usize / self.train.seq_len)
     }
 
     /// Every step that evaluates: the listed ones, every `eval_every`, and the last.

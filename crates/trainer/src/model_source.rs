@@ -179,6 +179,17 @@ fn locate_local(path: &Path, opts: &SourceOptions) -> Result<Located> {
     if run_dir.holds_run() {
         return locate_in_run(&run_dir, opts.step);
     }
+    // A checkpoint folder of a run is that run at that step (scored on the run's data).
+    if let Some((run_dir, step)) = RunDir::containing(path) {
+        if opts.step.is_some_and(|s| s != step) {
+            bail!(
+                "--step {} and {} (step {step}) name different checkpoints; give the run directory with --step, or the checkpoint folder alone",
+                opts.step.unwrap_or_default(),
+                path.display()
+            );
+        }
+        return locate_in_run(&run_dir, Some(step));
+    }
     if path.join(CONFIG_FILE).is_file() || opts.config.is_some() {
         let weights = weight_files(path)?;
         return Ok(Located {

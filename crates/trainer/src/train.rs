@@ -61,6 +61,31 @@ pub struct RunReport {
     pub losses: Vec<(u64, f32)>,
     pub tokens_per_s: f64,
     pub step_time_s: f64,
+    /// The run had already reached its last step when it was resumed: nothing was run.
+    pub already_complete: bool,
+}
+
+impl RunReport {
+    fn new(run_dir: PathBuf, unigram_ppl: f64, last_step: u64) -> Self {
+        RunReport {
+            run_dir,
+            unigram_ppl,
+            last_step,
+            interrupted: false,
+            evals: vec![],
+            losses: vec![],
+            tokens_per_s: 0.0,
+            step_time_s: 0.0,
+            already_complete: false,
+        }
+    }
+
+    fn complete(run_dir: PathBuf, last_step: u64) -> Self {
+        RunReport {
+            already_complete: true,
+            ..RunReport::new(run_dir, f64::NAN, last_step)
+        }
+    }
 }
 
 /// What one optimizer step did.
@@ -90,7 +115,15 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         }
     };
 
-    let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?
+    let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?;
+    if let Some(dir) = &resume_from {
+        let step = TrainerState::read(dir)?.step;
+        if step >= cfg.train.steps {
+            // Nothing to do, and nothing is touched.
+            return Ok(RunReport::complete(run_dir.path.clone(), step));
+        }
+    }
+    let resume_from = resume_from
         .map(|dir| TrainingCheckpoint::load(&dir, &device))
         .transpose()?;
     let dataset = prepare_data(&mut cfg, &opts, &log)?;
@@ -271,16 +304,8 @@ impl Trainer {
     fn train(&mut self, opts: &RunOptions) -> Result<RunReport> {
         let total = self.cfg.train.steps;
         let bar = progress_bar(total, self.state.step, opts.quiet);
-        let mut report = RunReport {
-            unigram_ppl: self.unigram_ppl,
-            run_dir: self.run_dir.path.clone(),
-            last_step: self.state.step,
-            interrupted: false,
-            evals: vec![],
-            losses: vec![],
-            tokens_per_s: 0.0,
-            step_time_s: 0.0,
-        };
+        let mut report =
+            RunReport::new(self.run_dir.path.clone(), self.unigram_ppl, self.state.step);
         let tokens_per_step = self.cfg.tokens_per_step() as u64;
         let run_start = Instant::now();
         let elapsed_before = self.state.elapsed_s;
@@ -497,7 +522,7 @@ impl Trainer {
             &self.dataset.val,
             self.cfg.train.seq_len,
             self.cfg.eval.batch_size,
-            None,
+            self.cfg.eval_max_windows(),
             Some(&lens),
             &self.device,
             |_, _| {},
@@ -564,6 +589,16 @@ fn progress_bar(total: u64, start: u64, quiet: bool) -> ProgressBar {
 
 /// The table printed at the end of a run: every evaluation of this invocation, then speed.
 pub fn print_summary(name: &str, r: &RunReport) {
+    if r.already_complete {
+        println!(
+            "run {name} ({}) is already complete at step {}; nothing to do. To train it further, resume with more steps: train-lm --resume {} --steps {}",
+            r.run_dir.display(),
+            r.last_step,
+            r.run_dir.display(),
+            2 * r.last_step
+        );
+        return;
+    }
     if !r.evals.is_empty() {
         println!("\nrun {name} ({})", r.run_dir.display());
         println!("| step | tokens seen | val_ce | val_ppl | val_bpb |");

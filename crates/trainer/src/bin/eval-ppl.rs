@@ -23,7 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Perplexity of a checkpoint, local or on the Hugging Face Hub.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -41,7 +41,8 @@ struct Args {
     /// Windows per forward pass (default: the run's eval.batch_size, else 8).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Score at most this many tokens (whole windows from the start).
+    /// Score at most this many tokens (whole windows from the start); 0: all. Default for a
+    /// run directory: the run's eval.max_tokens, else all.
     #[arg(long)]
     max_tokens: Option<usize>,
     /// Where tokenized text is cached (default: the run's data.cache_dir, else data/cache).
@@ -83,8 +84,12 @@ fn windows(args: &Args, src: &LoadedModel) -> Result<Windows> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let max_windows = match args.max_tokens {
-        None => None,
+    // A run is scored as train-lm scored it: with its eval.max_tokens, unless told otherwise.
+    let max_tokens = args
+        .max_tokens
+        .or_else(|| src.run.as_ref().map(|r| r.eval.max_tokens as usize));
+    let max_windows = match max_tokens {
+        None | Some(0) => None,
         Some(n) if n < seq_len => {
             bail!("--max-tokens {n} is less than one window of --seq-len {seq_len}")
         }

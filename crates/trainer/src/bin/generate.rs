@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Continue a prompt with a checkpoint, local or on the Hugging Face Hub.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     #[command(flatten)]
     model: ModelArgs,

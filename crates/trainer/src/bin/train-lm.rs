@@ -25,10 +25,9 @@ struct Args {
     /// Run config (TOML); without it, the built-in CPU default (configs/tiny.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Feed-forward block: swiglu or dynactglu; a list (swiglu,dynactglu) runs each.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', help = flag_help("Feed-forward block: swiglu or dynactglu; a list (swiglu,dynactglu) runs each", "model.ffn"))]
     ffn: Option<Vec<String>>,
-    #[arg(long)]
+    #[arg(long, help = flag_help("Seed of the initial weights, the data order and dropout", "seed"))]
     seed: Option<u64>,
     /// Run an experiment grid over these seeds (with every --ffn), then compare the runs.
     #[arg(long, value_delimiter = ',')]
@@ -36,45 +35,57 @@ struct Args {
     /// Grid runs at a time, each with its share of the CPU cores.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    #[arg(long)]
+    #[arg(long, help = flag_help("Optimizer steps to train", "train.steps"))]
     steps: Option<u64>,
-    /// Evaluation steps, comma-separated (e.g. 562,3430).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', help = flag_help("Evaluation steps, comma-separated (e.g. 562,3430)", "eval.eval_at"))]
     eval_at: Option<Vec<u64>>,
-    #[arg(long)]
+    #[arg(long, help = flag_help("Also evaluate every N steps (0: off)", "eval.eval_every"))]
     eval_every: Option<u64>,
-    /// Training data: builtin, a file/folder/glob, hf://datasets/..., or .bin shards.
-    #[arg(long)]
+    #[arg(long, help = flag_help("Training data: builtin, a file/folder/glob, hf://datasets/..., or .bin shards", "data.source"))]
     data: Option<String>,
-    /// Validation data (default: the held-out tail of --data).
-    #[arg(long)]
+    #[arg(long, help = flag_help("Validation data (unset: the held-out tail of --data, data.val_fraction of it)", "data.val_source"))]
     val_data: Option<String>,
-    /// bytes, bpe:VOCAB or a tokenizer.json.
-    #[arg(long)]
+    #[arg(long, help = flag_help("bytes, bpe:VOCAB or a tokenizer.json", "data.tokenizer"))]
     tokenizer: Option<String>,
-    /// cpu, cuda, cuda:N or metal.
-    #[arg(long)]
+    #[arg(long, help = flag_help("cpu, cuda, cuda:N or metal", "device"))]
     device: Option<String>,
-    /// f32 or bf16.
-    #[arg(long)]
+    #[arg(long, help = flag_help("Compute dtype, f32 or bf16 (weights stay f32)", "dtype"))]
     dtype: Option<String>,
-    /// Write the run exactly here (default checkpoints/<name>).
-    #[arg(long)]
+    #[arg(long, help = flag_help("Write the run exactly here (unset: checkpoints/<name>)", "run_dir"))]
     run_dir: Option<PathBuf>,
-    /// Continue the run in DIR from its latest checkpoint.
+    /// Continue the run in DIR from its latest checkpoint (with its own config; --steps may
+    /// extend it).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, help = flag_help("Sequences per micro-batch", "train.batch_size"))]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = flag_help("Micro-batches per optimizer step", "train.grad_accum"))]
     grad_accum: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = flag_help("Peak learning rate", "optim.lr"))]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = flag_help("Tokens per training sequence (and evaluation window)", "train.seq_len"))]
     seq_len: Option<usize>,
     /// Any other config key, e.g. --set optim.weight_decay=0.05 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+}
+
+/// A flag's help: what it does, the config key it sets and that key's value in the built-in
+/// default config (so the help cannot drift from configs/tiny.toml).
+fn flag_help(what: &str, key: &str) -> String {
+    let defaults = ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")
+        .and_then(|b| b.build())
+        .map(|(cfg, _)| serde_json::to_value(cfg).expect("a config is JSON"));
+    let value = defaults
+        .ok()
+        .and_then(|v| dynact_run::config_keys::flatten(&v).remove(key))
+        .map_or("?".to_string(), |v| match v {
+            serde_json::Value::String(s) if s.is_empty() => "unset".to_string(),
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Null => "unset".to_string(),
+            other => other.to_string(),
+        });
+    format!("{what} [sets {key}; without --config: {value}]")
 }
 
 /// The default run when no --config is given: the tiny CPU config, compiled in.
