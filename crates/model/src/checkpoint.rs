@@ -91,6 +91,33 @@ pub fn save_tensors_with_metadata(
     .map_err(write_err(path))
 }
 
+/// transformers' remote code for dynActGLU, written beside every dynActGLU checkpoint:
+/// `config.json`'s `auto_map` names these classes, so
+/// `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` loads it.
+pub const HF_REMOTE_CODE: [(&str, &str); 2] = [
+    (
+        "configuration_dynact_llama.py",
+        include_str!("../hf/configuration_dynact_llama.py"),
+    ),
+    (
+        "modeling_dynact_llama.py",
+        include_str!("../hf/modeling_dynact_llama.py"),
+    ),
+];
+
+/// Writes what transformers needs beside the weights of a checkpoint folder: `config.json`,
+/// and for dynActGLU the remote code its `auto_map` names.
+pub fn save_checkpoint_config(cfg: &ModelConfig, dir: &Path) -> Result<()> {
+    save_config(cfg, &dir.join(CONFIG_FILE))?;
+    if cfg.ffn == crate::FfnKind::Dynactglu {
+        for (name, code) in HF_REMOTE_CODE {
+            let path = dir.join(name);
+            atomic_write_bytes(&path, code.as_bytes()).map_err(write_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn save_config(cfg: &ModelConfig, path: &Path) -> Result<()> {
     let text = serde_json::to_string_pretty(&cfg.to_hf_json()).expect("config serialises");
     atomic_write_bytes(path, text.as_bytes()).map_err(write_err(path))
@@ -324,6 +351,6 @@ impl Checkpoint {
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
         save_weights(&self.varmap, &dir.join(WEIGHTS_FILE))?;
-        save_config(&self.config, &dir.join(CONFIG_FILE))
+        save_checkpoint_config(&self.config, dir)
     }
 }

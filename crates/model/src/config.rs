@@ -220,7 +220,7 @@ impl ModelConfig {
             FfnKind::Swiglu => ("LlamaForCausalLM", "llama"),
             FfnKind::Dynactglu => ("DynActLlamaForCausalLM", "dynact_llama"),
         };
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "architectures": [arch],
             "model_type": model_type,
             "vocab_size": self.vocab_size,
@@ -246,7 +246,15 @@ impl ModelConfig {
             "ffn": self.ffn,
             "dropout": self.dropout,
             "dynact": self.dynact,
-        })
+        });
+        if self.ffn == FfnKind::Dynactglu {
+            // transformers loads dynActGLU through the remote code written beside the weights.
+            json["auto_map"] = serde_json::json!({
+                "AutoConfig": "configuration_dynact_llama.DynActLlamaConfig",
+                "AutoModelForCausalLM": "modeling_dynact_llama.DynActLlamaForCausalLM",
+            });
+        }
+        json
     }
 
     /// Reads a `config.json` written by this project or by `transformers` 4.x / 5.x for a Llama

@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use dynact_data::Tokenizer;
-use dynact_model::checkpoint::{save_config, save_tensors_with_metadata, save_weights};
-use dynact_model::checkpoint::{CONFIG_FILE, WEIGHTS_FILE};
+use dynact_model::checkpoint::WEIGHTS_FILE;
+use dynact_model::checkpoint::{save_checkpoint_config, save_tensors_with_metadata, save_weights};
 use dynact_model::{Checkpoint, ModelConfig};
 
 use crate::layout::{RunDir, OPTIMIZER_FILE, TOKENIZER_FILE};
@@ -38,7 +38,7 @@ impl CheckpointContents<'_> {
     /// Writes every file of the checkpoint into the (temporary) folder `dir`.
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         save_weights(self.varmap, &dir.join(WEIGHTS_FILE))?;
-        save_config(self.model_config, &dir.join(CONFIG_FILE))?;
+        save_checkpoint_config(self.model_config, dir)?;
         self.tokenizer.save(&dir.join(TOKENIZER_FILE))?;
         let version = OPTIMIZER_FORMAT_VERSION.to_string();
         save_tensors_with_metadata(
