@@ -1,19 +1,16 @@
 //! Data throughput: tokenization MB/s of this crate's encoders next to the `tokenizers` crate's
 //! own `encode_batch` on the same text, and the loader's batches/s at seq_len 256, batch 16.
-//! Text: Tiny Shakespeare from ../shared/data (or $DYNACT_SHARED_DATA), else the built-in
+//! Text: Tiny Shakespeare (data/tinyshakespeare in the repository), else the built-in
 //! synthetic corpus. Run: `cargo bench -p dynact-data --bench data_throughput`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use dynact_data::dataset::tokenize_documents;
 use dynact_data::{builtin, BatchLoader, TokenStream, Tokenizer};
 
 fn corpus() -> (String, String) {
-    let dir = std::env::var_os("DYNACT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    let p = dir.join("tinyshakespeare/input.txt");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt");
     match std::fs::read_to_string(&p) {
         Ok(t) => ("tinyshakespeare/input.txt".to_string(), t),
         Err(_) => (

@@ -49,6 +49,8 @@ pub struct DataConfig {
     pub tokenizer: String,
     /// The text field of JSONL records.
     pub text_field: String,
+    /// The text column of parquet files.
+    pub text_column: String,
     /// Replace invalid UTF-8 with U+FFFD instead of failing.
     pub replace_invalid_utf8: bool,
     /// Seed of the built-in corpus.
@@ -67,6 +69,7 @@ impl Default for DataConfig {
             val_fraction: 0.1,
             tokenizer: "bytes".to_string(),
             text_field: "text".to_string(),
+            text_column: "text".to_string(),
             replace_invalid_utf8: false,
             builtin_seed: 0,
             builtin_bytes: builtin::DEFAULT_BYTES,
@@ -111,6 +114,17 @@ fn parse_tokenizer_spec(spec: &str) -> Result<TokSpec, DataError> {
             spec: spec.to_string(),
         });
     }
+    if spec.starts_with("hf://") {
+        // A model repository's tokenizer.json (or the file the URI names), through the cache.
+        let uri = crate::hub::parse_hf_uri(spec)?;
+        let file = match uri.path.as_deref() {
+            Some(p) if p.ends_with(".json") => p.to_string(),
+            Some(folder) => format!("{folder}/tokenizer.json"),
+            None => "tokenizer.json".to_string(),
+        };
+        let path = crate::hub::hf_file(&uri.repo_id, uri.kind, uri.revision.as_deref(), &file)?;
+        return Ok(TokSpec::File(path));
+    }
     Ok(TokSpec::File(PathBuf::from(spec)))
 }
 
@@ -135,7 +149,14 @@ fn text_documents(
             ))
         }
         Resolved::Text(files) => {
-            let docs = source::read_documents(files, &cfg.text_field, cfg.replace_invalid_utf8)?;
+            let docs = source::read_documents(
+                files,
+                source::TextFields {
+                    jsonl_field: &cfg.text_field,
+                    parquet_column: &cfg.text_column,
+                    replace_invalid_utf8: cfg.replace_invalid_utf8,
+                },
+            )?;
             let bytes: usize = docs.iter().map(|d| d.len()).sum();
             Ok((
                 docs.clone(),

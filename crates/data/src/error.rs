@@ -33,6 +33,9 @@ pub enum DataError {
         problem: String,
     },
 
+    #[error("{path}: cannot read it as parquet text: {problem}")]
+    BadParquet { path: PathBuf, problem: String },
+
     #[error("{what} has {tokens} tokens, a window needs {needed} (seq_len {seq_len} + 1); use a longer corpus or a smaller seq_len")]
     TooShort {
         what: String,
@@ -54,7 +57,7 @@ pub enum DataError {
     #[error("{path}: cannot read the tokenizer ({reason}); pass a Hugging Face tokenizer.json, \"bytes\" or \"bpe:VOCAB\"")]
     BadTokenizer { path: PathBuf, reason: String },
 
-    #[error("tokenizer spec {spec:?} is not understood; use \"bytes\", \"bpe:VOCAB\" (e.g. \"bpe:4096\", VOCAB >= 257) or a path to a tokenizer.json")]
+    #[error("tokenizer spec {spec:?} is not understood; use \"bytes\", \"bpe:VOCAB\" (e.g. \"bpe:4096\", VOCAB >= 257), a path to a tokenizer.json or hf://OWNER/NAME (its tokenizer.json)")]
     BadTokenizerSpec { spec: String },
 
     #[error("tokenizer error: {0}; check the tokenizer.json and the input text")]

@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod error;
 pub mod hub;
 pub mod loader;
+pub mod parquet_source;
 pub mod shard;
 pub mod source;
 pub mod stream;

@@ -3,8 +3,8 @@
 //!
 //! A folder is searched recursively in sorted path order, skipping hidden entries (names
 //! starting with '.'); a glob's matches are sorted too. A `.jsonl` file gives one document per
-//! non-blank line (its `text_field`); a `.bin` file is a token shard; any other file is one
-//! document of UTF-8 text.
+//! non-blank line (its `text_field`); a `.parquet` file one per row (its `text_column`); a
+//! `.bin` file is a token shard; any other file is one document of UTF-8 text.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,11 @@ fn is_bin(p: &Path) -> bool {
 fn is_jsonl(p: &Path) -> bool {
     p.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
+}
+
+fn is_parquet(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
 }
 
 fn is_hidden(p: &Path) -> bool {
@@ -135,14 +140,39 @@ pub fn decode_utf8(path: &Path, bytes: Vec<u8>, replace: bool) -> Result<String,
     }
 }
 
-/// Reads text files into documents: one per text file, one per JSONL line.
-pub fn read_documents(
-    files: &[PathBuf],
-    text_field: &str,
-    replace_invalid_utf8: bool,
-) -> Result<Vec<String>, DataError> {
+/// Where the text is in structured files, and what to do with bytes that are not UTF-8.
+#[derive(Clone, Copy, Debug)]
+pub struct TextFields<'a> {
+    /// The text field of JSONL records.
+    pub jsonl_field: &'a str,
+    /// The text column of parquet files.
+    pub parquet_column: &'a str,
+    pub replace_invalid_utf8: bool,
+}
+
+impl Default for TextFields<'_> {
+    fn default() -> Self {
+        TextFields {
+            jsonl_field: "text",
+            parquet_column: "text",
+            replace_invalid_utf8: false,
+        }
+    }
+}
+
+/// Reads text files into documents: one per text file, one per JSONL line, one per parquet row.
+pub fn read_documents(files: &[PathBuf], fields: TextFields) -> Result<Vec<String>, DataError> {
+    let (text_field, replace_invalid_utf8) = (fields.jsonl_field, fields.replace_invalid_utf8);
     let mut docs = Vec::new();
     for path in files {
+        if is_parquet(path) {
+            if crate::parquet_source::read_parquet_column(path, fields.parquet_column, &mut docs)?
+                == 0
+            {
+                return Err(DataError::EmptyFile { path: path.clone() });
+            }
+            continue;
+        }
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "open", e))?;
         if bytes.is_empty() {
             return Err(DataError::EmptyFile { path: path.clone() });
@@ -203,11 +233,13 @@ mod tests {
             .map(|p| p.strip_prefix(d).unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["b/a.txt", "b/c/z.txt", "b/d.jsonl"]);
-        let docs = read_documents(&files, "text", false).unwrap();
+        let docs = read_documents(&files, TextFields::default()).unwrap();
         assert_eq!(docs, ["aa", "zz", "one", "two"]);
-        let e = read_documents(&files, "content", false)
-            .unwrap_err()
-            .to_string();
+        let content = TextFields {
+            jsonl_field: "content",
+            ..TextFields::default()
+        };
+        let e = read_documents(&files, content).unwrap_err().to_string();
         assert!(e.contains("d.jsonl:1") && e.contains("content"), "{e}");
         let g = format!("{}/b/**/*.txt", d.display());
         assert_eq!(resolve(&g).unwrap(), Resolved::Text(files[..2].to_vec()));
@@ -226,14 +258,18 @@ mod tests {
         ));
         std::fs::write(d.join("e.txt"), "").unwrap();
         assert!(matches!(
-            read_documents(&[d.join("e.txt")], "text", false),
+            read_documents(&[d.join("e.txt")], TextFields::default()),
             Err(DataError::EmptyFile { .. })
         ));
         std::fs::write(d.join("u.txt"), b"ok\xffno").unwrap();
-        let e = read_documents(&[d.join("u.txt")], "text", false).unwrap_err();
+        let e = read_documents(&[d.join("u.txt")], TextFields::default()).unwrap_err();
         assert!(matches!(e, DataError::InvalidUtf8 { offset: 2, .. }), "{e}");
         assert!(e.to_string().contains("u.txt") && e.to_string().contains("offset 2"));
-        let ok = read_documents(&[d.join("u.txt")], "text", true).unwrap();
+        let replace = TextFields {
+            replace_invalid_utf8: true,
+            ..TextFields::default()
+        };
+        let ok = read_documents(&[d.join("u.txt")], replace).unwrap();
         assert_eq!(ok, ["ok\u{fffd}no"]);
     }
 }

@@ -1,6 +1,6 @@
 //! Integration tests of the data path: text to shards and back, shards from an independent
 //! writer, the loader's determinism, restore and rank slices, the evaluation windows, bad
-//! input, and the real corpora in ../shared/data.
+//! input, and the real corpus that ships with the repository (data/tinyshakespeare).
 
 use std::path::{Path, PathBuf};
 
@@ -10,17 +10,9 @@ use dynact_data::{
     LoaderState, TokenStream, Tokenizer,
 };
 
-/// The shared corpora: $DYNACT_SHARED_DATA, else ../shared/data from the repository root.
-fn shared_data() -> Option<PathBuf> {
-    let p = std::env::var_os("DYNACT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if p.join("tinyshakespeare/input.txt").is_file() {
-        Some(p)
-    } else {
-        eprintln!("shared data not found at {}; skipping", p.display());
-        None
-    }
+/// Tiny Shakespeare, as shipped in the repository's data/ folder.
+fn tiny_shakespeare() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt")
 }
 
 fn cfg(dir: &Path, source: &str) -> DataConfig {
@@ -338,9 +330,8 @@ fn bad_input_gets_one_clear_error() {
 
 #[test]
 fn real_text_tiny_shakespeare() {
-    let Some(shared) = shared_data() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let path = shared.join("tinyshakespeare/input.txt");
+    let path = tiny_shakespeare();
     let text = std::fs::read_to_string(&path).unwrap();
     let d = prepare_dataset(&cfg(dir.path(), path.to_str().unwrap())).unwrap();
     // nanoGPT's split: the first int(n*0.9) characters train, the rest validate

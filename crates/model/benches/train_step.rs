@@ -1,4 +1,4 @@
-//! Forward and backward time of one training step for the configs of CANDLE_NOTES.md (micro:
+//! Forward and backward time of one training step for the configs of docs/candle-notes.md (micro:
 //! vocab 512, d 128, 4 layers, seq 128, batch 16; small: vocab 4096, d 256, 6 layers, seq 256,
 //! batch 16), both FFNs. `cargo bench -p dynact-model --bench train_step` prints a table.
 

@@ -1,6 +1,6 @@
 //! The small building blocks the decoder is made of: a bias-free linear layer that runs as one
 //! large matrix product, and RMSNorm. Each is built so that gradients reach every parameter:
-//! Candle's fused `rms_norm` has no backward pass (see CANDLE_NOTES.md).
+//! Candle's fused `rms_norm` has no backward pass (see docs/candle-notes.md).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};

@@ -1,5 +1,5 @@
 //! Differentiable tensor operations the decoder needs and Candle provides only without a
-//! backward pass (`candle_nn::ops::rms_norm`, `softmax_last_dim`, see CANDLE_NOTES.md).
+//! backward pass (`candle_nn::ops::rms_norm`, `softmax_last_dim`, see docs/candle-notes.md).
 //!
 //! One file per op. In each, the public function (`rms_norm`, `causal_softmax`, `token_nll`,
 //! `rope`, `swiglu`) dispatches: on CPU with f32 it runs one fused kernel with its own fused
