@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use common::{ids, max_abs_diff, tiny};
-use dynact_model::checkpoint::{save_tensors, CONFIG_FILE, WEIGHTS_FILE};
+use dynact_model::checkpoint::{save_tensors, CONFIG_FILE, HF_REMOTE_CODE, WEIGHTS_FILE};
 use dynact_model::{expected_tensors, init_model, Checkpoint, FfnKind, ForwardCtx, ModelError};
 
 #[test]
@@ -78,16 +78,18 @@ fn save_then_load_gives_the_same_logits() {
             .forward(&x, &ForwardCtx::EVAL)
             .unwrap();
         assert_eq!(max_abs_diff(&a, &c), 0.0);
-        // Nothing temporary is left behind.
+        // Nothing temporary is left behind; dynActGLU carries transformers' remote code.
         let mut files: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into())
             .collect();
         files.sort();
-        assert_eq!(
-            files,
-            vec![CONFIG_FILE.to_string(), WEIGHTS_FILE.to_string()]
-        );
+        let mut expected = vec![CONFIG_FILE.to_string(), WEIGHTS_FILE.to_string()];
+        if ffn == FfnKind::Dynactglu {
+            expected.extend(HF_REMOTE_CODE.iter().map(|(name, _)| name.to_string()));
+        }
+        expected.sort();
+        assert_eq!(files, expected);
     }
 }
 

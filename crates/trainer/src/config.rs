@@ -134,6 +134,9 @@ pub struct RunConfig {
     pub name: String,
     pub run_dir: String,
     pub seed: u64,
+    /// Start from these weights (a run, checkpoint folder, `.safetensors` file or
+    /// `hf://OWNER/NAME[@REV]`) instead of a fresh model; empty: a fresh model.
+    pub init_from: String,
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
     pub device: String,
     /// Compute dtype: `f32` or `bf16` (master weights stay f32).
@@ -151,6 +154,7 @@ impl Default for RunConfig {
             name: "run".into(),
             run_dir: String::new(),
             seed: 0,
+            init_from: String::new(),
             device: "cpu".into(),
             dtype: "f32".into(),
             model: ModelConfig::default(),
@@ -315,6 +319,28 @@ impl ConfigBuilder {
 
     fn has_cli(&self, key: &str) -> bool {
         self.cli_keys.iter().any(|k| k == key)
+    }
+
+    /// Removes `key` (a value or a whole table) if present.
+    pub fn remove(&mut self, key: &str) {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or_default();
+        let mut cur = &mut self.table;
+        for p in parts {
+            match cur.get_mut(p) {
+                Some(toml::Value::Table(t)) => cur = t,
+                _ => return,
+            }
+        }
+        cur.remove(last);
+    }
+
+    /// Every dotted key that has a value so far (config file and overrides).
+    pub fn keys_set(&self) -> Vec<String> {
+        let json = serde_json::to_value(&self.table).expect("a TOML table is JSON");
+        dynact_run::config_keys::flatten(&json)
+            .into_keys()
+            .collect()
     }
 
     pub fn has(&self, key: &str) -> bool {

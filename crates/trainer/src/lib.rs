@@ -15,6 +15,7 @@ pub mod config;
 pub mod eval;
 pub mod eval_data;
 pub mod experiment;
+pub mod init_from;
 pub mod model_source;
 pub mod optim;
 pub mod sample;

@@ -92,13 +92,44 @@ struct Located {
     description: String,
 }
 
-/// Resolves `spec` and loads the model it names onto `device`.
-pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
-    let located = if spec.starts_with("hf://") {
-        locate_hub(spec, opts)?
+/// A source resolved and its weights read (f32 `Var`s), with what came with them.
+pub struct SourceCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// The first tokenizer.json that exists beside the weights (or the run's).
+    pub tokenizer_file: Option<PathBuf>,
+    /// The run's resolved config, when the source is a run directory.
+    pub run: Option<RunConfig>,
+    pub kind: SourceKind,
+    /// The weight files loaded.
+    pub weights: Vec<PathBuf>,
+    /// One line saying what was loaded.
+    pub description: String,
+}
+
+/// The model config of `spec` and its tokenizer.json (when it has one), without reading the
+/// weights.
+pub fn source_config(spec: &str) -> Result<(ModelConfig, Option<PathBuf>)> {
+    let opts = SourceOptions::default();
+    let located = locate(spec, &opts)?;
+    let config = read_config(&located.config)?;
+    Ok((config, located.tokenizers.into_iter().find(|p| p.is_file())))
+}
+
+fn locate(spec: &str, opts: &SourceOptions) -> Result<Located> {
+    if spec.starts_with("hf://") {
+        locate_hub(spec, opts)
     } else {
-        locate_local(Path::new(spec), opts)?
-    };
+        locate_local(Path::new(spec), opts)
+    }
+}
+
+/// Resolves `spec` and reads its config and weights onto `device`.
+pub fn load_checkpoint(
+    spec: &str,
+    opts: &SourceOptions,
+    device: &Device,
+) -> Result<SourceCheckpoint> {
+    let located = locate(spec, opts)?;
     if opts.step.is_some() && !matches!(located.kind, SourceKind::Run { .. }) {
         bail!("--step is for run directories, and {spec} is not one (no {RUN_CONFIG_FILE})");
     }
@@ -115,15 +146,30 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
             bail!("{}: no such file", w.display());
         }
     }
-    let checkpoint = Checkpoint::load(&located.weights, config.clone(), device)?;
+    let checkpoint = Checkpoint::load(&located.weights, config, device)?;
+    Ok(SourceCheckpoint {
+        checkpoint,
+        tokenizer_file: located.tokenizers.into_iter().find(|p| p.is_file()),
+        run: located.run,
+        kind: located.kind,
+        weights: located.weights,
+        description: located.description,
+    })
+}
+
+/// Resolves `spec` and loads the model it names onto `device`, ready to evaluate.
+pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
+    let src = load_checkpoint(spec, opts, device)?;
+    let config = src.checkpoint.config.clone();
     // A run directory computes in the run's dtype unless told otherwise, so that its logged
     // val_ppl is reproduced.
-    let dtype = match (opts.dtype, &located.run) {
+    let dtype = match (opts.dtype, &src.run) {
         (Some(d), _) => d,
         (None, Some(run)) => crate::parse_dtype(&run.dtype)?,
         (None, None) => DType::F32,
     };
-    let model = checkpoint
+    let model = src
+        .checkpoint
         .inference_model(device)?
         .with_compute_dtype(dtype);
 
@@ -131,7 +177,7 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
     if let Some(p) = &opts.tokenizer {
         tokenizer = Some(Tokenizer::from_file(p)?);
         tokenizer_path = Some(p.clone());
-    } else if let Some(p) = located.tokenizers.iter().find(|p| p.is_file()) {
+    } else if let Some(p) = &src.tokenizer_file {
         // A tokenizer that fails to load only matters when text has to be (de)tokenized.
         match Tokenizer::from_file(p) {
             Ok(t) => {
@@ -158,10 +204,10 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
         tokenizer,
         tokenizer_path,
         tokenizer_problem,
-        run: located.run,
-        kind: located.kind,
-        weights: located.weights,
-        description: located.description,
+        run: src.run,
+        kind: src.kind,
+        weights: src.weights,
+        description: src.description,
     })
 }
 

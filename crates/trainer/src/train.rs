@@ -116,6 +116,10 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     };
 
     let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?;
+    let init_from = resume_from.is_none() && !cfg.init_from.is_empty();
+    if init_from {
+        crate::init_from::settle_config(&mut cfg, None)?;
+    }
     if let Some(dir) = &resume_from {
         let step = TrainerState::read(dir)?.step;
         if step >= cfg.train.steps {
@@ -126,7 +130,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     let resume_from = resume_from
         .map(|dir| TrainingCheckpoint::load(&dir, &device))
         .transpose()?;
-    let dataset = prepare_data(&mut cfg, &opts, &log)?;
+    let dataset = prepare_data(&mut cfg, &opts, init_from, &log)?;
     let unigram = crate::eval::unigram_ppl(&dataset.train, &dataset.val, cfg.model.vocab_size);
     log(format!(
         "baseline: unigram perplexity of the validation set {unigram:.3} (train token frequencies)"
@@ -142,6 +146,13 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     }
 
     let (varmap, model, opt, state) = match resume_from {
+        None if init_from => {
+            let (varmap, model) =
+                crate::init_from::initial_weights(&cfg.model, &cfg.init_from, cfg.seed, &device)?;
+            log(format!("starting from the weights of {}", cfg.init_from));
+            let opt = AdamW::new(&varmap, &cfg.optim)?;
+            (varmap, model, opt, TrainerState::start(cfg.seed))
+        }
         None => fresh_start(&cfg, &device)?,
         Some(ckpt) => {
             log(format!(
@@ -249,11 +260,18 @@ fn check_run_dir(
 
 /// Tokenizes (or loads from the cache) the training and validation data, fits the model's
 /// vocabulary to the tokenizer and validates the whole config against the data.
-fn prepare_data(cfg: &mut RunConfig, opts: &RunOptions, log: &impl Fn(String)) -> Result<Dataset> {
+/// The vocabulary follows the tokenizer unless it was given, or comes from the model being
+/// resumed or started from (`model_given`).
+fn prepare_data(
+    cfg: &mut RunConfig,
+    opts: &RunOptions,
+    model_given: bool,
+    log: &impl Fn(String),
+) -> Result<Dataset> {
     let start = Instant::now();
     let dataset = prepare_dataset(&cfg.data)?;
     let tok_vocab = dataset.tokenizer.vocab_size();
-    if !opts.vocab_size_given && !opts.resume {
+    if !opts.vocab_size_given && !opts.resume && !model_given {
         cfg.model.vocab_size = tok_vocab;
     } else if cfg.model.vocab_size < tok_vocab {
         bail!(

@@ -53,6 +53,8 @@ struct Args {
     dtype: Option<String>,
     #[arg(long, help = flag_help("Write the run exactly here (unset: checkpoints/<name>)", "run_dir"))]
     run_dir: Option<PathBuf>,
+    #[arg(long, value_name = "SOURCE", help = flag_help("Start a new run from these weights: a run, a checkpoint folder, a .safetensors file or hf://OWNER/NAME[@REV] (its shape and tokenizer; fresh optimizer and schedule)", "init_from"))]
+    init_from: Option<String>,
     /// Continue the run in DIR from its latest checkpoint (with its own config; --steps may
     /// extend it).
     #[arg(long, value_name = "DIR")]
@@ -99,6 +101,14 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
         (None, None) => ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")?,
     };
     b.resuming = args.resume.is_some();
+    if let (Some(_), Some(_)) = (&args.init_from, &args.resume) {
+        anyhow::bail!("--init-from starts a new run and --resume continues one; give one of them");
+    }
+    if args.init_from.is_some() && args.config.is_none() {
+        // The model's shape and tokenizer come from the source, not from the built-in default.
+        b.remove("model");
+        b.remove("data.tokenizer");
+    }
     let s = |v: &str| toml::Value::String(v.to_string());
     let i = |v: u64| toml::Value::Integer(v as i64);
     let mut set = |k: &str, v: Option<toml::Value>| -> anyhow::Result<()> {
@@ -123,6 +133,7 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
     set("data.val_source", args.val_data.as_deref().map(s))?;
     set("data.tokenizer", args.tokenizer.as_deref().map(s))?;
     set("device", args.device.as_deref().map(s))?;
+    set("init_from", args.init_from.as_deref().map(s))?;
     set("dtype", args.dtype.as_deref().map(s))?;
     if let (Some(run_dir), Some(resume)) = (&args.run_dir, &args.resume) {
         if run_dir != resume {
@@ -143,7 +154,11 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
         b.set(kv)?;
     }
     let vocab_size_given = b.has("model.vocab_size");
-    let (cfg, notices) = b.build()?;
+    let keys_set = b.keys_set();
+    let (mut cfg, notices) = b.build()?;
+    if !cfg.init_from.is_empty() && args.resume.is_none() {
+        dynact_trainer::init_from::settle_config(&mut cfg, Some(&keys_set))?;
+    }
     for n in notices {
         eprintln!("{n}");
     }
