@@ -588,3 +588,45 @@ fn binary_end_to_end_and_errors() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn an_experiment_folder_stands_for_its_runs_and_other_paths_are_skipped() {
+    let exe = env!("CARGO_BIN_EXE_compare-runs");
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("exp");
+    let dirs = two_groups(&exp);
+    // What a grid leaves beside its runs.
+    fs::write(exp.join("swiglu-s1.log"), "log").unwrap();
+    fs::create_dir_all(exp.join("configs")).unwrap();
+    let table = |args: Vec<PathBuf>| {
+        let o = Command::new(exe)
+            .args(&args)
+            .arg("--out")
+            .arg(tmp.path().join("cmp"))
+            .arg("--no-plots")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&o.stdout).into_owned(), stderr)
+    };
+    // The folder's runs are taken in sorted order.
+    let mut dirs = dirs;
+    dirs.sort();
+    let (direct, _) = table(dirs.clone());
+    let (folder, notes) = table(vec![exp.clone()]);
+    assert_eq!(folder, direct);
+    assert!(
+        notes.contains("comparing the 4 run directories inside it"),
+        "{notes}"
+    );
+    // A shell glob like exp/*-s* also matches the log file.
+    let mut globbed = dirs.clone();
+    globbed.push(exp.join("swiglu-s1.log"));
+    let (with_log, notes) = table(globbed);
+    assert_eq!(with_log, direct);
+    assert!(
+        notes.contains("swiglu-s1.log is not a run directory; skipped"),
+        "{notes}"
+    );
+}

@@ -22,6 +22,7 @@ pub mod config;
 pub mod dynact;
 pub mod error;
 pub mod ffn;
+pub mod flops;
 pub mod forward_ctx;
 mod init;
 pub mod layers;

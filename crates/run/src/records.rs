@@ -38,6 +38,13 @@ pub struct MetricsRecord {
     pub tokens_per_s: f64,
     /// Training wall time of the run so far, seconds.
     pub elapsed_s: f64,
+    /// Estimated seconds to the last step, at this invocation's pace (evaluations included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+    /// Model FLOPs utilisation: training FLOP/s (model FLOPs per token x tokens/s) over the
+    /// device's peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,13 +68,18 @@ mod tests {
             grad_norm: 0.75,
             tokens_per_s: 1234.0,
             elapsed_s: 3.0,
+            eta_s: Some(12.0),
+            mfu: None,
             alpha: Some(vec![1.0, 0.9]),
             beta: Some(vec![0.0, -0.1]),
             alpha_std: None,
             beta_std: None,
         };
         let line = serde_json::to_string(&m).unwrap();
-        assert!(!line.contains("alpha_std"), "{line}");
+        assert!(
+            !line.contains("alpha_std") && !line.contains("mfu"),
+            "{line}"
+        );
         assert!(line.contains("\"loss\":2.5"), "{line}");
         assert_eq!(serde_json::from_str::<MetricsRecord>(&line).unwrap(), m);
 

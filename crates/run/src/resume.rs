@@ -15,6 +15,7 @@ pub const RESUMABLE_CHANGES: &[&str] = &[
     "train.log_every",
     "train.keep_last",
     "train.threads",
+    "train.peak_flops",
     "train.on_nonfinite",
     "eval.",
     "data.cache_dir",

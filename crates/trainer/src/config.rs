@@ -46,6 +46,8 @@ pub struct TrainConfig {
     pub on_nonfinite: NonFinitePolicy,
     /// CPU threads (0: one per physical core).
     pub threads: usize,
+    /// Peak FLOP/s of the device for MFU (0: measured on CPU, looked up for known GPUs).
+    pub peak_flops: f64,
 }
 
 impl Default for TrainConfig {
@@ -59,6 +61,7 @@ impl Default for TrainConfig {
             keep_last: 2,
             on_nonfinite: NonFinitePolicy::Stop,
             threads: 0,
+            peak_flops: 0.0,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! dynact-compare into `<experiment>/comparison/`. An interrupted grid, started again with the
 //! same command, skips finished runs and resumes unfinished ones.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +15,7 @@ use dynact_files::atomic_write_bytes;
 use dynact_model::FfnKind;
 
 use crate::config::RunConfig;
-use dynact_run::{RunDir, TrainerState};
+use dynact_run::{EvalRecord, RunDir, TrainerState, EVAL_FILE};
 
 #[derive(Clone, Debug)]
 pub struct Grid {
@@ -65,6 +66,8 @@ pub fn run_grid(
     let base = cfg.run_dir();
     std::fs::create_dir_all(base.join("configs"))
         .with_context(|| format!("cannot create experiment dir {}", base.display()))?;
+    // Whatever would stop a run (missing data, a bad config) stops the grid before any run.
+    crate::train::preflight(cfg, vocab_size_given)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = grid.jobs.max(1);
     let threads = (cores / jobs).max(1);
@@ -144,6 +147,7 @@ fn run_cells(
     let start = Instant::now();
     let mut pending: Vec<&Cell> = cells.iter().rev().collect();
     let mut running: Vec<(&Cell, Child)> = vec![];
+    let mut evals_shown: HashMap<&str, usize> = HashMap::new();
     loop {
         while running.len() < jobs {
             let Some(cell) = pending.pop() else { break };
@@ -181,9 +185,13 @@ fn run_cells(
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
+        for (cell, _) in &running {
+            show_new_evals(cell, &mut evals_shown);
+        }
         let mut i = 0;
         while i < running.len() {
             if let Some(status) = running[i].1.try_wait()? {
+                show_new_evals(running[i].0, &mut evals_shown);
                 let (cell, _) = running.remove(i);
                 if !status.success() {
                     for (_, mut other) in running.drain(..) {
@@ -204,5 +212,28 @@ fn run_cells(
                 i += 1;
             }
         }
+    }
+}
+
+/// Prints the evaluations `cell` logged since the last call: one line each.
+fn show_new_evals<'a>(cell: &'a Cell, shown: &mut HashMap<&'a str, usize>) {
+    let Ok(text) = std::fs::read_to_string(cell.dir.join(EVAL_FILE)) else {
+        return;
+    };
+    let done = shown.entry(cell.name.as_str()).or_insert(0);
+    // Only whole lines: the child may be writing the next one.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    for line in complete.lines().skip(*done) {
+        if let Ok(e) = serde_json::from_str::<EvalRecord>(line) {
+            eprintln!(
+                "  {}: step {}  val_ppl {:.4}  val_ce {:.4}  ({} of training)",
+                cell.name,
+                e.step,
+                e.val_ppl,
+                e.val_ce,
+                crate::peak_flops::format_duration(e.elapsed_s)
+            );
+        }
+        *done += 1;
     }
 }

@@ -18,6 +18,7 @@ pub mod experiment;
 pub mod init_from;
 pub mod model_source;
 pub mod optim;
+pub mod peak_flops;
 pub mod sample;
 pub mod schedule;
 pub mod train;

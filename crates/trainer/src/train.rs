@@ -20,6 +20,7 @@ use candle_nn::VarMap;
 use dynact_data::{prepare_dataset, BatchLoader, Dataset};
 use dynact_files::atomic_write_bytes;
 use dynact_model::checkpoint::{save_config, CONFIG_FILE};
+use dynact_model::flops::training_flops_per_token;
 use dynact_model::{init_model, Checkpoint, ForwardCtx, ParamSummary, Transformer};
 use dynact_run::{
     CheckpointContents, EvalRecord, MetricsRecord, RunDir, TrainerState, TrainingCheckpoint,
@@ -30,6 +31,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{NonFinitePolicy, RunConfig};
 use crate::eval::{evaluate, EvalResult};
 use crate::optim::AdamW;
+use crate::peak_flops::{format_duration, peak_flops, Peak};
 use crate::schedule::lr_at;
 
 /// How the run was asked to start.
@@ -181,7 +183,22 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     )?;
     loader.restore(&state.loader)?;
 
+    let flops_per_token = training_flops_per_token(&cfg.model, cfg.train.seq_len)?;
+    let peak = peak_flops(&device, dtype, cfg.train.peak_flops);
+    match &peak {
+        Some(p) => log(format!(
+            "speed: {:.2} MFLOP per training token; peak {:.1} GFLOP/s ({})",
+            flops_per_token / 1e6,
+            p.flops / 1e9,
+            p.source
+        )),
+        None => log(
+            "speed: no peak FLOP/s known for this device, so no MFU; set train.peak_flops".into(),
+        ),
+    }
     let mut trainer = Trainer {
+        flops_per_token,
+        peak,
         model: model.with_compute_dtype(dtype),
         unigram_ppl: unigram,
         dtype,
@@ -223,6 +240,22 @@ fn restore(
         run_dir.truncate_jsonl(file, ckpt.state.step)?;
     }
     Ok((ckpt.weights.varmap, model, opt, ckpt.state))
+}
+
+/// What a run checks before it trains, without a run directory: the device, and the config
+/// against its data (tokenized into the cache, which the run then reuses). The experiment grid
+/// calls it before it starts any run.
+pub fn preflight(cfg: &RunConfig, vocab_size_given: bool) -> Result<()> {
+    crate::parse_device(&cfg.device)?;
+    let mut cfg = cfg.clone();
+    let opts = RunOptions {
+        vocab_size_given,
+        quiet: true,
+        ..Default::default()
+    };
+    let model_given = !cfg.init_from.is_empty();
+    prepare_data(&mut cfg, &opts, model_given, &|_| {})?;
+    Ok(())
 }
 
 /// Checks the run directory against what was asked: a fresh run needs an empty place, a
@@ -308,6 +341,9 @@ pub struct Trainer {
     opt: AdamW,
     loader: BatchLoader,
     state: TrainerState,
+    /// Model FLOPs of one training token, and the device's peak FLOP/s (for MFU).
+    flops_per_token: f64,
+    peak: Option<Peak>,
 }
 
 /// A distinct dropout seed for every (step, micro-batch) of a run.
@@ -321,7 +357,8 @@ impl Trainer {
     /// Steps until `train.steps` (or an interrupt), evaluating and saving as configured.
     fn train(&mut self, opts: &RunOptions) -> Result<RunReport> {
         let total = self.cfg.train.steps;
-        let bar = progress_bar(total, self.state.step, opts.quiet);
+        let start_step = self.state.step;
+        let bar = progress_bar(total, start_step, opts.quiet);
         let mut report =
             RunReport::new(self.run_dir.path.clone(), self.unigram_ppl, self.state.step);
         let tokens_per_step = self.cfg.tokens_per_step() as u64;
@@ -346,12 +383,23 @@ impl Trainer {
             if step.is_multiple_of(self.cfg.train.log_every) || step == total {
                 let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
                 let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
-                self.log_metrics(&stats, tps, elapsed)?;
-                bar.set_message(format!("loss {:.4}  {tps:.0} tok/s", stats.loss));
+                // At this invocation's pace so far, evaluations and checkpoints included.
+                let done = (step - start_step) as f64;
+                let eta = run_start.elapsed().as_secs_f64() / done * (total - step) as f64;
+                let mfu = self
+                    .peak
+                    .as_ref()
+                    .map(|p| tps * self.flops_per_token / p.flops);
+                self.log_metrics(&stats, tps, elapsed, eta, mfu)?;
+                let mfu_text = mfu.map_or(String::new(), |m| format!("  mfu {:.1}%", 100.0 * m));
+                bar.set_message(format!("loss {:.4}  {tps:.0} tok/s{mfu_text}", stats.loss));
                 if bar.is_hidden() && !opts.quiet {
                     eprintln!(
-                        "step {step:>6}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {tps:.0} tok/s",
-                        stats.loss, stats.lr, stats.grad_norm
+                        "step {step:>6}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {tps:.0} tok/s{mfu_text}  eta {}",
+                        stats.loss,
+                        stats.lr,
+                        stats.grad_norm,
+                        format_duration(eta)
                     );
                 }
                 (window_start, window_tokens) = (Instant::now(), 0);
@@ -479,7 +527,14 @@ impl Trainer {
     }
 
     /// One line of `metrics.jsonl`, with alpha and beta of every layer for dynActGLU.
-    fn log_metrics(&self, stats: &StepStats, tokens_per_s: f64, elapsed_s: f64) -> Result<()> {
+    fn log_metrics(
+        &self,
+        stats: &StepStats,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+        eta_s: f64,
+        mfu: Option<f64>,
+    ) -> Result<()> {
         let mut record = MetricsRecord {
             step: stats.step,
             loss: stats.loss,
@@ -487,6 +542,8 @@ impl Trainer {
             grad_norm: stats.grad_norm,
             tokens_per_s,
             elapsed_s,
+            eta_s: Some(eta_s),
+            mfu,
             alpha: None,
             beta: None,
             alpha_std: None,

@@ -93,6 +93,23 @@ fn resuming_a_complete_run_says_so_and_touches_nothing() {
     );
     assert_eq!(t.code, 0, "{}", t.stderr);
     let run = dir.path().join("run");
+    // Every metrics line carries the ETA and the MFU (CPU: against a measured matmul peak).
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(m["eta_s"].as_f64().is_some_and(|e| e >= 0.0), "{line}");
+        assert!(
+            m["mfu"].as_f64().is_some_and(|u| u > 0.0 && u < 1.0),
+            "{line}"
+        );
+    }
+    assert!(
+        t.stderr.contains(" mfu ") && t.stderr.contains(" eta "),
+        "{}",
+        t.stderr
+    );
     let before = snapshot(&run);
     let r = train(dir.path(), &["--resume", "run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);

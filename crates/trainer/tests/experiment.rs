@@ -29,6 +29,12 @@ fn grid_runs_every_cell_compares_them_and_resumes() {
     let out = grid_command(tmp.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // One line per finished evaluation of each run (two each).
+    assert_eq!(stderr.matches("val_ppl").count(), 8, "{stderr}");
+    assert!(
+        stderr.contains("dynactglu-seed1: step 4  val_ppl"),
+        "{stderr}"
+    );
     let exp = tmp.path().join("exp");
     for run in [
         "swiglu-seed0",
@@ -59,4 +65,20 @@ fn grid_runs_every_cell_compares_them_and_resumes() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
     assert_eq!(stderr.matches("already finished").count(), 4, "{stderr}");
+}
+
+#[test]
+fn a_grid_with_missing_data_stops_before_any_run_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = grid_command(tmp.path())
+        .args(["--data", "no/such/corpus.txt"])
+        .output()
+        .unwrap();
+    let r = common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    common::assert_error(&r, &["no/such/corpus.txt", "no such file"]);
+    assert!(!tmp.path().join("exp").join("swiglu-seed0").exists());
 }

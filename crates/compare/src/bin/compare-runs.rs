@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use dynact_compare::{compare, write_report, write_tables, CompareOptions};
+use dynact_compare::{compare, find_runs, write_report, write_tables, CompareOptions};
 
 /// Compare train-lm runs: perplexity per evaluation step, seeds pooled by FFN, AUC, speed-up.
 #[derive(Debug, Parser)]
 #[command(name = "compare-runs", version)]
 struct Args {
     /// Run directories written by train-lm (each with eval.jsonl; run.toml and metrics.jsonl
-    /// are used when present).
+    /// are used when present), or an experiment folder holding them; other paths are skipped
+    /// with a notice.
     runs: Vec<PathBuf>,
     /// Baseline: a run directory, a run name, an FFN name (e.g. swiglu) or a group label.
     /// Default: the swiglu group if present, else the first run.
@@ -40,7 +41,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         target_ppl: args.target_ppl,
         ema_weight: args.ema,
     };
-    let cmp = compare(&args.runs, &opts)?;
+    let (runs, notices) = find_runs(&args.runs);
+    for notice in &notices {
+        eprintln!("notice: {notice}");
+    }
+    let cmp = compare(&runs, &opts)?;
     for notice in &cmp.notices {
         eprintln!("notice: {notice}");
     }
