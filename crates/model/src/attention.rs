@@ -68,6 +68,8 @@ pub struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     dropout: f64,
+    /// The dtype of the matrix products (scores, weighted values and projections).
+    matmul_dtype: DType,
 }
 
 impl Attention {
@@ -84,7 +86,20 @@ impl Attention {
             num_kv_heads: g,
             head_dim: d,
             dropout: cfg.dropout,
+            matmul_dtype: DType::F32,
         })
+    }
+
+    pub fn set_matmul_dtype(&mut self, dtype: DType) {
+        self.matmul_dtype = dtype;
+        for p in [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+        ] {
+            p.set_matmul_dtype(dtype);
+        }
     }
 
     /// x: (B, T, C) -> (B, T, C). `site` seeds the dropout mask.
@@ -117,14 +132,20 @@ impl Attention {
         let (k, v) = (repeat_kv(&k, h / g)?, repeat_kv(&v, h / g)?); // (B, H, S, D)
 
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?; // (B, H, T, S)
-                                         // Softmax in f32 whatever the compute dtype, as transformers does for bf16.
-        let mut probs = crate::ops::causal_softmax(&scores.to_dtype(DType::F32)?, scale)?
-            .to_dtype(x.dtype())?;
+        // Products in the matmul dtype; the softmax, its dropout and the output in f32.
+        let md = self.matmul_dtype;
+        let scores = q
+            .to_dtype(md)?
+            .matmul(&k.to_dtype(md)?.t()?)?
+            .to_dtype(DType::F32)?; // (B, H, T, S)
+        let mut probs = crate::ops::causal_softmax(&scores, scale)?;
         if ctx.train {
             probs = dropout(&probs, self.dropout, ctx.seed_for(site))?;
         }
-        let y = probs.matmul(&v.contiguous()?)?; // (B, H, T, D)
+        let y = probs
+            .to_dtype(md)?
+            .matmul(&v.to_dtype(md)?.contiguous()?)?
+            .to_dtype(x.dtype())?; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }

@@ -42,6 +42,12 @@ impl Mlp {
         })
     }
 
+    pub fn set_matmul_dtype(&mut self, dtype: candle_core::DType) {
+        for p in [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj] {
+            p.set_matmul_dtype(dtype);
+        }
+    }
+
     pub fn dynact(&self) -> Option<&DynAct> {
         match &self.act_fn {
             GateActivation::DynAct(a) => Some(a),

@@ -2,27 +2,37 @@
 //! large matrix product, and RMSNorm. Each is built so that gradients reach every parameter:
 //! Candle's fused `rms_norm` has no backward pass (see docs/candle-notes.md).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-/// `y = x W^T`, weight shape (out, in) as in PyTorch and Hugging Face checkpoints.
+/// `y = x W^T`, weight shape (out, in) as in PyTorch and Hugging Face checkpoints. The product
+/// runs in `matmul_dtype` (bf16 under mixed precision: matmul inputs are the only bf16 in the
+/// model) and the result comes back in the input's dtype.
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
+    matmul_dtype: DType,
 }
 
 impl Linear {
     pub fn new(in_dim: usize, out_dim: usize, init: Init, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-        Ok(Linear { weight })
+        Ok(Self::from_weight(weight))
     }
 
     pub fn from_weight(weight: Tensor) -> Self {
-        Linear { weight }
+        Linear {
+            weight,
+            matmul_dtype: DType::F32,
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    pub fn set_matmul_dtype(&mut self, dtype: DType) {
+        self.matmul_dtype = dtype;
     }
 }
 
@@ -30,11 +40,15 @@ impl Module for Linear {
     /// x: (..., in) -> (..., out). Leading dimensions are flattened so that Candle runs one
     /// multithreaded GEMM instead of one small GEMM per batch element.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.to_dtype(x.dtype())?;
+        let w = self.weight.to_dtype(self.matmul_dtype)?;
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
-        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?;
+        let y = x
+            .to_dtype(self.matmul_dtype)?
+            .reshape((rows, in_dim))?
+            .matmul(&w.t()?)?
+            .to_dtype(x.dtype())?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
         y.reshape(out_dims)

@@ -137,11 +137,23 @@ impl Transformer {
         })
     }
 
-    /// Run the forward pass in `dtype` (bf16 on GPUs); parameters stay f32 master weights and
-    /// receive f32 gradients, since casts are differentiable.
+    /// Run the matrix products in `dtype` (bf16 on GPUs). Everything else stays f32: the
+    /// residual stream, RMSNorm, softmax, dynAct (its alpha, beta and their gradient sums)
+    /// and the loss; parameters stay f32 master weights and receive f32 gradients, since casts
+    /// are differentiable.
     pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
+        for layer in &mut self.layers {
+            layer.self_attn.set_matmul_dtype(dtype);
+            layer.mlp.set_matmul_dtype(dtype);
+        }
+        self.lm_head.set_matmul_dtype(dtype);
         self
+    }
+
+    /// The dtype the matrix products run in.
+    pub fn compute_dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -153,7 +165,7 @@ impl Transformer {
         self.layers.iter().filter_map(|l| l.mlp.dynact()).collect()
     }
 
-    /// ids: (B, T) u32 -> logits (B, T, V) in the compute dtype.
+    /// ids: (B, T) u32 -> logits (B, T, V), f32.
     pub fn forward(&self, ids: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.forward_impl(ids, 0, None, ctx)
     }
@@ -199,8 +211,7 @@ impl Transformer {
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?
-            .to_dtype(self.dtype)?; // (B, T, C)
+            .reshape((b, t, self.cfg.hidden_size))?; // (B, T, C), f32
         let pos = Positions {
             rope: &self.rope,
             offset,
