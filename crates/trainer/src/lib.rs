@@ -59,9 +59,23 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 
 /// Sets the CPU thread count for Candle (gemm and rayon read RAYON_NUM_THREADS) before any
 /// tensor work starts; 0 keeps the default of one per physical core.
+///
+/// Candle 0.11 also runs element-wise ops on a spinning pool of its own (CANDLE_NUM_THREADS)
+/// beside the rayon pool of gemm and this project's fused kernels. On a few cores the two
+/// pools take turns stealing the CPU from each other: on 2 cores, one step of the cpu-repro
+/// model takes 0.071 s with both pools and 0.055 s with the element-wise pool off (the
+/// cpu_train bench). So with at most 4 threads it is off unless CANDLE_NUM_THREADS says
+/// otherwise.
 pub fn set_cpu_threads(threads: usize) {
     if threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let effective = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if effective <= 4 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

@@ -346,6 +346,50 @@ pub struct Trainer {
     peak: Option<Peak>,
 }
 
+impl Trainer {
+    /// A trainer over `dataset` with a fresh model and nothing on disk (no run directory is
+    /// written: [`Trainer::train_step`] is all it is for). What the benchmarks time.
+    pub fn in_memory(cfg: RunConfig, dataset: Dataset) -> Result<Trainer> {
+        let device = crate::parse_device(&cfg.device)?;
+        let dtype = crate::parse_dtype(&cfg.dtype)?;
+        let (varmap, model, opt, state) = fresh_start(&cfg, &device)?;
+        let loader = BatchLoader::new(
+            dataset.train.clone(),
+            cfg.train.seq_len,
+            cfg.train.batch_size,
+            cfg.seed,
+            0,
+            1,
+        )?;
+        Ok(Trainer {
+            flops_per_token: training_flops_per_token(&cfg.model, cfg.train.seq_len)?,
+            peak: None,
+            model: model.with_compute_dtype(dtype),
+            unigram_ppl: f64::NAN,
+            run_dir: RunDir::new(cfg.run_dir()),
+            dtype,
+            cfg,
+            device,
+            dataset,
+            varmap,
+            opt,
+            loader,
+            state,
+        })
+    }
+
+    /// The model with the current weights detached (no autograd graph), for evaluation.
+    pub fn inference_model(&self) -> Result<Transformer> {
+        let checkpoint = Checkpoint {
+            config: self.cfg.model.clone(),
+            varmap: self.varmap.clone(),
+        };
+        Ok(checkpoint
+            .inference_model(&self.device)?
+            .with_compute_dtype(self.dtype))
+    }
+}
+
 /// A distinct dropout seed for every (step, micro-batch) of a run.
 fn micro_seed(seed: u64, step: u64, micro: usize) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
@@ -585,13 +629,7 @@ impl Trainer {
     fn evaluate_and_log(&self, step: u64, print: bool) -> Result<EvalResult> {
         let lens = self.dataset.tokenizer.token_byte_lengths();
         // The same weights, detached: evaluation records no autograd graph.
-        let checkpoint = Checkpoint {
-            config: self.cfg.model.clone(),
-            varmap: self.varmap.clone(),
-        };
-        let model = checkpoint
-            .inference_model(&self.device)?
-            .with_compute_dtype(self.dtype);
+        let model = self.inference_model()?;
         let r = evaluate(
             &model,
             &self.dataset.val,
