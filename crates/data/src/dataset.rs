@@ -319,20 +319,29 @@ fn cached_streams(
             .join(format!(".{key}.{}.tmp", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, "create folder", e))?;
-        let mut counts = Vec::new();
-        for (name, docs) in parts {
-            let tokens = tokenize_documents(tokenizer, docs, &format!("tokenizing {name}"))?;
-            let shards = write_shards(&tmp, name, &tokens, tokenizer.vocab_size())?;
-            counts
-                .push(serde_json::json!({"name": name, "tokens": tokens.len(), "shards": shards}));
+        let filled = (|| {
+            let mut counts = Vec::new();
+            for (name, docs) in parts {
+                let tokens = tokenize_documents(tokenizer, docs, &format!("tokenizing {name}"))?;
+                let shards = write_shards(&tmp, name, &tokens, tokenizer.vocab_size())?;
+                counts.push(
+                    serde_json::json!({"name": name, "tokens": tokens.len(), "shards": shards}),
+                );
+            }
+            tokenizer.save(&tmp.join("tokenizer.json"))?;
+            let meta = serde_json::json!({
+                "version": CACHE_VERSION,
+                "tokenizer": tokenizer.describe(),
+                "parts": counts,
+            });
+            // meta.json is written last: a folder without it is never taken for a cache entry.
+            shard::write_atomic(&tmp.join("meta.json"), meta.to_string().as_bytes())
+        })();
+        if let Err(e) = filled {
+            // A half-written entry (a full disk, say) is removed, not left to fill the disk.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        tokenizer.save(&tmp.join("tokenizer.json"))?;
-        let meta = serde_json::json!({
-            "version": CACHE_VERSION,
-            "tokenizer": tokenizer.describe(),
-            "parts": counts,
-        });
-        shard::write_atomic(&tmp.join("meta.json"), meta.to_string().as_bytes())?;
         if let Err(e) = std::fs::rename(&tmp, &dir) {
             let _ = std::fs::remove_dir_all(&tmp);
             if !meta_path.is_file() {

@@ -163,7 +163,12 @@ fn bad(path: &Path, problem: String) -> DataError {
 /// Writes `bytes` to `path` atomically (see dynact-files): a crash leaves either the old file
 /// or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    dynact_files::atomic_write_bytes(path, bytes).map_err(|e| DataError::io(path, "write", e))
+    dynact_files::atomic_write_bytes(path, bytes).map_err(|e| {
+        match dynact_files::describe_write_error(&e, path, bytes.len() as u64) {
+            Some(disk_full) => DataError::Config(disk_full),
+            None => DataError::io(path, "write", e),
+        }
+    })
 }
 
 #[cfg(test)]

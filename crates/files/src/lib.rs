@@ -1,6 +1,7 @@
 //! dynact-files: files written whole. Checkpoints, configs, token shards and logs rewritten in
 //! place all go through [`atomic_write`]: a reader (or a run resumed after a crash) sees the old
-//! file or the complete new one, never a torn one.
+//! file or the complete new one, never a torn one. [`free_space`] and [`describe_write_error`]
+//! turn a full disk into a sentence that says how much room was missing.
 
 use std::fs::File;
 use std::io;
@@ -44,6 +45,50 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> io::Result<()>) ->
 /// Atomically writes `bytes` to `path`.
 pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
     atomic_write(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// Bytes available to this user on the filesystem holding `path` (or its nearest existing
+/// ancestor); None where it cannot be asked.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let mut probe = path;
+    while !probe.exists() {
+        probe = probe.parent()?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(probe.as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// `12.3 MB`.
+pub fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// For a write that failed because the disk is full: how much it needed and how much is free
+/// where it was going; None for other errors.
+pub fn describe_write_error(err: &io::Error, path: &Path, needed: u64) -> Option<String> {
+    let full = err.kind() == io::ErrorKind::StorageFull || err.raw_os_error() == Some(28);
+    if !full {
+        return None;
+    }
+    let free = free_space(path).map_or("unknown".to_string(), megabytes);
+    Some(format!(
+        "the disk is full: writing {} needs about {}, and {free} is free there; free some space or point the run elsewhere",
+        path.display(),
+        megabytes(needed)
+    ))
 }
 
 #[cfg(test)]

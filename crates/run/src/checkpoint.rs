@@ -35,6 +35,14 @@ pub struct CheckpointContents<'a> {
 }
 
 impl CheckpointContents<'_> {
+    /// About how many bytes the checkpoint takes: f32 weights plus the optimizer's tensors, and
+    /// room for the small files.
+    pub fn estimated_bytes(&self) -> u64 {
+        let weights: usize = self.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+        let optimizer: usize = self.optimizer.iter().map(|(_, t)| t.elem_count()).sum();
+        4 * (weights + optimizer) as u64 + 100_000
+    }
+
     /// Writes every file of the checkpoint into the (temporary) folder `dir`.
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         save_weights(self.varmap, &dir.join(WEIGHTS_FILE))?;
@@ -61,7 +69,12 @@ impl RunDir {
         step: u64,
         contents: &CheckpointContents,
     ) -> Result<PathBuf> {
-        self.save_checkpoint(step, |dir| contents.write_into(dir), || Ok(()))
+        self.save_checkpoint(
+            step,
+            contents.estimated_bytes(),
+            |dir| contents.write_into(dir),
+            || Ok(()),
+        )
     }
 }
 

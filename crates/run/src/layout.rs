@@ -7,8 +7,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use dynact_files::atomic_write_bytes;
+use anyhow::{anyhow, bail, Context, Result};
+use dynact_files::{atomic_write_bytes, describe_write_error};
 use dynact_model::checkpoint::CONFIG_FILE;
 use serde::Serialize;
 
@@ -101,18 +101,25 @@ impl RunDir {
     }
 
     /// Appends one record as a JSON line to `name` (metrics.jsonl or eval.jsonl) and flushes
-    /// it to disk.
+    /// it to disk. A line that cannot be written whole is cut off again, so the file stays a
+    /// list of complete records.
     pub fn append_jsonl(&self, name: &str, record: &impl Serialize) -> Result<()> {
         let path = self.file(name);
-        let line = serde_json::to_string(record)?;
+        let line = format!("{}\n", serde_json::to_string(record)?);
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot append to {}", path.display()))?;
-        writeln!(f, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
-        f.sync_data()
-            .with_context(|| format!("cannot write {}", path.display()))
+        let before = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let written = f.write_all(line.as_bytes()).and_then(|_| f.sync_data());
+        if let Err(e) = written {
+            let _ = f.set_len(before);
+            let why =
+                describe_write_error(&e, &path, line.len() as u64).unwrap_or_else(|| e.to_string());
+            bail!("cannot write {}: {why}", path.display());
+        }
+        Ok(())
     }
 
     /// Keeps only the lines of `name` whose step is at most `max_step` (rewritten atomically).
@@ -141,10 +148,13 @@ impl RunDir {
     }
 
     /// Writes a checkpoint for `step`: `write_files` fills a temporary folder, which is then
-    /// renamed to `step-NNNNNN` and named in `latest`. `before_rename` is a test hook.
+    /// renamed to `step-NNNNNN` and named in `latest`. `needed_bytes` (an estimate of the
+    /// checkpoint's size) goes into the message when the disk is full. `before_rename` is a
+    /// test hook.
     pub fn save_checkpoint(
         &self,
         step: u64,
+        needed_bytes: u64,
         write_files: impl FnOnce(&Path) -> Result<()>,
         before_rename: impl FnOnce() -> Result<()>,
     ) -> Result<PathBuf> {
@@ -159,7 +169,17 @@ impl RunDir {
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         let written = write_files(&tmp).and_then(|_| before_rename());
         if let Err(e) = written {
+            // Measured before the partial files go, to say how much room was missing.
+            let partial = folder_size(&tmp);
             let _ = std::fs::remove_dir_all(&tmp);
+            let disk_full = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .find_map(|io| describe_write_error(io, &tmp, needed_bytes.max(partial)));
+            let e = match disk_full {
+                Some(why) => anyhow!("{why}"),
+                None => e,
+            };
             return Err(e.context(format!(
                 "saving the checkpoint of step {step} failed; the previous checkpoint is intact"
             )));
@@ -188,4 +208,16 @@ impl RunDir {
         }
         Ok(())
     }
+}
+
+/// Bytes of the files directly in `dir` (0 when it cannot be read).
+fn folder_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -10,6 +10,7 @@
 //!   metrics.jsonl    one MetricsRecord per logged training step
 //!   eval.jsonl       one EvalRecord per evaluation
 //!   latest           the name of the newest complete checkpoint folder
+//!   run.lock         pid and host of the train-lm writing the run (while it runs)
 //!   step-000562/     a training checkpoint:
 //!     model.safetensors  config.json  tokenizer.json    an ordinary model checkpoint
 //!     optimizer.safetensors   AdamW moments `m.<param>`, `v.<param>`, format version in metadata
@@ -17,13 +18,14 @@
 //! ```
 //!
 //! Reading order: [`layout`] (paths, `latest`, the whole-folder checkpoint protocol, pruning)
-//! -> [`records`] (the JSON lines) -> [`state`] (TrainerState) -> [`checkpoint`] (saving and
+//! -> [`lock`] (one writer per run) -> [`records`] (the JSON lines) -> [`state`] (TrainerState) -> [`checkpoint`] (saving and
 //! loading a training checkpoint) -> [`resume`] (which config keys a resume may change, over
 //! the dotted keys of [`config_keys`]).
 
 pub mod checkpoint;
 pub mod config_keys;
 pub mod layout;
+pub mod lock;
 pub mod records;
 pub mod resume;
 pub mod state;
@@ -33,5 +35,6 @@ pub use layout::{
     step_dir_name, RunDir, EVAL_FILE, LATEST_FILE, METRICS_FILE, OPTIMIZER_FILE, RUN_CONFIG_FILE,
     TOKENIZER_FILE, TRAINER_STATE_FILE,
 };
+pub use lock::{RunLock, LOCK_FILE};
 pub use records::{EvalRecord, MetricsRecord};
 pub use state::{TrainerState, TRAINER_STATE_VERSION};

@@ -23,8 +23,8 @@ use dynact_model::checkpoint::{save_config, CONFIG_FILE};
 use dynact_model::flops::training_flops_per_token;
 use dynact_model::{init_model, Checkpoint, ForwardCtx, ParamSummary, Transformer};
 use dynact_run::{
-    CheckpointContents, EvalRecord, MetricsRecord, RunDir, TrainerState, TrainingCheckpoint,
-    EVAL_FILE, METRICS_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE,
+    CheckpointContents, EvalRecord, MetricsRecord, RunDir, RunLock, TrainerState,
+    TrainingCheckpoint, EVAL_FILE, METRICS_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -117,6 +117,17 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         }
     };
 
+    if opts.resume && !run_dir.holds_run() {
+        bail!(
+            "--resume {}: no run there (no {RUN_CONFIG_FILE}); start it without --resume",
+            run_dir.path.display()
+        );
+    }
+    // One writer per run directory, from here until this function returns.
+    let lock = run_dir.lock()?;
+    if let Some(notice) = &lock.notice {
+        eprintln!("{notice}");
+    }
     let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?;
     let init_from = resume_from.is_none() && !cfg.init_from.is_empty();
     if init_from {
@@ -197,6 +208,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         ),
     }
     let mut trainer = Trainer {
+        _lock: Some(lock),
         flops_per_token,
         peak,
         model: model.with_compute_dtype(dtype),
@@ -344,6 +356,8 @@ pub struct Trainer {
     /// Model FLOPs of one training token, and the device's peak FLOP/s (for MFU).
     flops_per_token: f64,
     peak: Option<Peak>,
+    /// The run directory's lock, held while the trainer lives (None: nothing on disk).
+    _lock: Option<RunLock>,
 }
 
 impl Trainer {
@@ -362,6 +376,7 @@ impl Trainer {
             1,
         )?;
         Ok(Trainer {
+            _lock: None,
             flops_per_token: training_flops_per_token(&cfg.model, cfg.train.seq_len)?,
             peak: None,
             model: model.with_compute_dtype(dtype),

@@ -179,6 +179,7 @@ fn a_save_that_fails_before_renaming_leaves_the_previous_checkpoint() {
     let err = rd
         .save_checkpoint(
             5,
+            0,
             |dir| {
                 std::fs::write(dir.join("model.safetensors"), b"half-written")?;
                 Ok(())

@@ -1,0 +1,177 @@
+//! A second writer and a full disk: a live run's directory is refused to a second train-lm
+//! (new run or resume) with the owner named, a killed run's stale lock is taken over, and a
+//! checkpoint that does not fit on the disk stops the run with one line saying how much room
+//! was needed, leaving the previous checkpoint, `latest` and the logs valid and resumable.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn run_to_end(mut cmd: Command) -> Run {
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A failure after the run started: exit code 1, no panic, and a last line `error: ...`
+/// containing every needle (progress lines may come before it).
+fn assert_failed_with(r: &Run, needles: &[&str]) {
+    assert_eq!(r.code, 1, "expected exit 1; stderr: {}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap_or("");
+    assert!(last.starts_with("error: "), "{}", r.stderr);
+    for n in needles {
+        assert!(last.contains(n), "`{n}` not in: {last}");
+    }
+}
+
+fn wait_for(path: &Path, child: &mut Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_live_run_has_one_writer_and_a_killed_one_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut first = tiny_train_lm(d)
+        .args(["--steps", "10000000", "--eval-at", "1", "--run-dir", "run"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&d.join("run/latest"), &mut first);
+    let owner = format!("pid {}", first.id());
+
+    let mut second = tiny_train_lm(d);
+    second
+        .args(["--steps", "5", "--run-dir", "run"])
+        .current_dir(d);
+    assert_failed_with(
+        &run_to_end(second),
+        &[&owner, "another train-lm", "run.lock"],
+    );
+    let mut resume = tiny_train_lm(d);
+    resume.args(["--resume", "run"]).current_dir(d);
+    assert_failed_with(&run_to_end(resume), &[&owner]);
+
+    first.kill().unwrap(); // SIGKILL: the lock stays behind
+    first.wait().unwrap();
+    assert!(d.join("run/run.lock").exists());
+    let mut resume = tiny_train_lm(d);
+    resume
+        .args(["--resume", "run", "--steps", "100"])
+        .current_dir(d);
+    let r = run_to_end(resume);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no longer running; taking it over"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !d.join("run/run.lock").exists(),
+        "the lock outlived its run"
+    );
+}
+
+/// A tmpfs of `kb` kilobytes mounted at `path` while this lives.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, kb: usize) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kb}k"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(path.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Room for the run's small files and one checkpoint (about 330 KB), not two.
+    let Some(_disk) = SmallDisk::mount(&d.join("small"), 560) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let mut cmd = tiny_train_lm(d);
+    cmd.args(["--steps", "4", "--eval-at", "2,4", "--run-dir", "small/run"])
+        .current_dir(d);
+    let r = run_to_end(cmd);
+    assert_failed_with(
+        &r,
+        &[
+            "checkpoint of step 4 failed",
+            "previous checkpoint is intact",
+            "the disk is full",
+            "needs about",
+            "free there",
+        ],
+    );
+    let run = d.join("small/run");
+    assert_eq!(
+        std::fs::read_to_string(run.join("latest")).unwrap(),
+        "step-000002"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") || n == "run.lock")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for log in ["metrics.jsonl", "eval.jsonl"] {
+        for line in std::fs::read_to_string(run.join(log)).unwrap().lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+    // The kept checkpoint loads and the run resumes once there is room.
+    let v = json_of(&eval_ppl(&["small/run", "--json"], d, &[]));
+    assert_eq!(v["step"], 2);
+    let roomy = d.join("roomy");
+    assert!(Command::new("cp")
+        .arg("-r")
+        .arg(&run)
+        .arg(&roomy)
+        .status()
+        .unwrap()
+        .success());
+    let mut resume = tiny_train_lm(d);
+    resume.args(["--resume", "roomy"]).current_dir(d);
+    let r = run_to_end(resume);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(roomy.join("latest")).unwrap(),
+        "step-000004"
+    );
+}
