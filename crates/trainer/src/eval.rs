@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use dynact_data::{eval_windows, TokenStream};
-use dynact_model::Transformer;
 use serde::Serialize;
+
+use crate::language_model::ScoresTokens;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct EvalResult {
@@ -30,7 +31,7 @@ pub struct EvalResult {
 /// byte). `on_batch(done, total)` reports progress.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
-    model: &Transformer,
+    mut model: impl ScoresTokens,
     stream: &TokenStream,
     seq_len: usize,
     batch_size: usize,

@@ -46,7 +46,7 @@ pub fn eval_data(
     split: Option<Split>,
     cache_dir: Option<&Path>,
 ) -> Result<EvalData> {
-    let vocab = src.config.vocab_size;
+    let vocab = src.info.vocab_size;
     let mut base = src.run.as_ref().map(|r| r.data.clone()).unwrap_or_default();
     if let Some(dir) = cache_dir {
         base.cache_dir = dir.to_path_buf();

@@ -8,18 +8,20 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
 use dynact_data::hub::{self, HfUri, RepoKind};
 use dynact_data::Tokenizer;
 use dynact_model::checkpoint::{
     index_shard_names, read_config, weight_files, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
-use dynact_model::{Checkpoint, ModelConfig, Transformer};
+use dynact_model::{Checkpoint, FfnKind, ModelConfig};
 
 use dynact_run::{RunDir, RUN_CONFIG_FILE, TOKENIZER_FILE};
 
 use crate::config::RunConfig;
+use crate::language_model::Network;
+use crate::public_models::PublicModel;
 
 /// How to resolve a source beyond its path.
 #[derive(Clone, Debug, Default)]
@@ -48,12 +50,46 @@ pub enum SourceKind {
     Hub { repo_id: String, revision: String },
 }
 
+/// What the tools print and check of a model, whatever its architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    /// `config.json`'s model_type (`llama`, `dynact_llama`, `gpt2`, `qwen2`, ...).
+    pub model_type: String,
+    /// This project's FFN (SwiGLU or dynActGLU) for its own models; None for public ones.
+    pub ffn: Option<FfnKind>,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+}
+
+impl ModelInfo {
+    fn of(cfg: &ModelConfig) -> Self {
+        ModelInfo {
+            model_type: cfg.to_hf_json()["model_type"]
+                .as_str()
+                .unwrap_or("llama")
+                .to_string(),
+            ffn: Some(cfg.ffn),
+            vocab_size: cfg.vocab_size,
+            max_positions: cfg.max_position_embeddings,
+            layers: cfg.num_hidden_layers,
+            hidden_size: cfg.hidden_size,
+        }
+    }
+
+    /// `dynactglu`, `swiglu`, or the public model_type.
+    pub fn kind(&self) -> &str {
+        self.ffn.map_or(self.model_type.as_str(), |f| f.name())
+    }
+}
+
 /// A model ready to evaluate, with what came with it.
 pub struct LoadedModel {
-    pub model: Transformer,
+    pub model: Network,
     /// The compute dtype the model runs in.
     pub dtype: DType,
-    pub config: ModelConfig,
+    pub info: ModelInfo,
     pub tokenizer: Option<Tokenizer>,
     /// The tokenizer.json the tokenizer came from.
     pub tokenizer_path: Option<PathBuf>,
@@ -157,27 +193,98 @@ pub fn load_checkpoint(
     })
 }
 
-/// Resolves `spec` and loads the model it names onto `device`, ready to evaluate.
+/// Resolves `spec` and loads the model it names onto `device`, ready to evaluate: this
+/// project's decoder for Llama-architecture checkpoints, a [`PublicModel`] for the other
+/// supported `model_type`s.
 pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
-    let src = load_checkpoint(spec, opts, device)?;
-    let config = src.checkpoint.config.clone();
-    // A run directory computes in the run's dtype unless told otherwise, so that its logged
-    // val_ppl is reproduced.
-    let dtype = match (opts.dtype, &src.run) {
-        (Some(d), _) => d,
-        (None, Some(run)) => crate::parse_dtype(&run.dtype)?,
-        (None, None) => DType::F32,
+    let located = locate(spec, opts)?;
+    let config_path = opts.config.clone().unwrap_or(located.config.clone());
+    let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
+    if let Some(other) = serde_json::from_str::<serde_json::Value>(&config_text)
+        .ok()
+        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string))
+        .filter(|t| !["llama", "dynact_llama"].contains(&t.as_str()))
+        .filter(|t| !crate::public_models::SUPPORTED.contains(&t.as_str()))
+    {
+        bail!(
+            "{}: model_type `{other}` is not supported; supported: llama and dynact_llama (this project's), {}",
+            config_path.display(),
+            crate::public_models::SUPPORTED.join(", ")
+        );
+    }
+    let (model, info, dtype, files) = match PublicModel::model_type(&config_text) {
+        Some(_) => {
+            if opts.step.is_some() {
+                bail!(
+                    "--step is for run directories, and {spec} is not one (no {RUN_CONFIG_FILE})"
+                );
+            }
+            for w in &located.weights {
+                if !w.is_file() {
+                    bail!("{}: no such file", w.display());
+                }
+            }
+            let (model, info) = PublicModel::load(&config_text, &located.weights, device)
+                .with_context(|| format!("loading {spec}"))?;
+            let info = ModelInfo {
+                model_type: info.model_type.clone(),
+                ffn: None,
+                vocab_size: info.vocab_size,
+                max_positions: info.max_positions,
+                layers: info.layers,
+                hidden_size: info.hidden_size,
+            };
+            let public = Network::Public {
+                model,
+                info: crate::public_models::PublicInfo {
+                    model_type: info.model_type.clone(),
+                    vocab_size: info.vocab_size,
+                    max_positions: info.max_positions,
+                    layers: info.layers,
+                    hidden_size: info.hidden_size,
+                },
+            };
+            let tokenizer_file = located.tokenizers.iter().find(|p| p.is_file()).cloned();
+            let dtype = opts.dtype.unwrap_or(DType::F32);
+            (public, info, dtype, (located, tokenizer_file))
+        }
+        None => {
+            let src = load_checkpoint(spec, opts, device)?;
+            // A run directory computes in the run's dtype unless told otherwise, so that its
+            // logged val_ppl is reproduced.
+            let dtype = match (opts.dtype, &src.run) {
+                (Some(d), _) => d,
+                (None, Some(run)) => crate::parse_dtype(&run.dtype)?,
+                (None, None) => DType::F32,
+            };
+            let info = ModelInfo::of(&src.checkpoint.config);
+            let model = src
+                .checkpoint
+                .inference_model(device)?
+                .with_compute_dtype(dtype);
+            let located = Located {
+                config: config_path.clone(),
+                weights: src.weights,
+                tokenizers: vec![],
+                run: src.run,
+                kind: src.kind,
+                description: src.description,
+            };
+            (
+                Network::Ours(model),
+                info,
+                dtype,
+                (located, src.tokenizer_file),
+            )
+        }
     };
-    let model = src
-        .checkpoint
-        .inference_model(device)?
-        .with_compute_dtype(dtype);
+    let (located, tokenizer_file) = files;
 
     let (mut tokenizer, mut tokenizer_path, mut tokenizer_problem) = (None, None, None);
     if let Some(p) = &opts.tokenizer {
         tokenizer = Some(Tokenizer::from_file(p)?);
         tokenizer_path = Some(p.clone());
-    } else if let Some(p) = &src.tokenizer_file {
+    } else if let Some(p) = &tokenizer_file {
         // A tokenizer that fails to load only matters when text has to be (de)tokenized.
         match Tokenizer::from_file(p) {
             Ok(t) => {
@@ -188,26 +295,26 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
         }
     }
     if let Some(t) = &tokenizer {
-        if t.vocab_size() > config.vocab_size {
+        if t.vocab_size() > info.vocab_size {
             tracing::warn!(
                 "the tokenizer has {} ids but the model only {}; ids at or above {} will be refused",
                 t.vocab_size(),
-                config.vocab_size,
-                config.vocab_size
+                info.vocab_size,
+                info.vocab_size
             );
         }
     }
     Ok(LoadedModel {
         model,
         dtype,
-        config,
+        info,
         tokenizer,
         tokenizer_path,
         tokenizer_problem,
-        run: src.run,
-        kind: src.kind,
-        weights: src.weights,
-        description: src.description,
+        run: located.run,
+        kind: located.kind,
+        weights: located.weights,
+        description: located.description,
     })
 }
 

@@ -6,10 +6,11 @@
 //! lowest id on ties).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, IndexOp, Tensor};
-use dynact_model::{KvCache, Transformer};
+use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::language_model::Decoder;
 
 /// How to pick each next token.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,7 +143,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Continues `prompt` by up to `max_new_tokens` ids, stopping after `stop` (when given) or at
 /// the model's maximum context. `on_token` sees each new id as it is chosen. Returns the new ids.
 pub fn generate(
-    model: &Transformer,
+    model: &mut dyn Decoder,
     prompt: &[u32],
     max_new_tokens: usize,
     sampler: &mut Sampler,
@@ -150,38 +151,35 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
-    let cfg = model.config();
+    let (max_positions, vocab_size) = (model.max_positions(), model.vocab_size());
     if prompt.is_empty() {
         bail!("the prompt has no tokens");
     }
-    if prompt.len() > cfg.max_position_embeddings {
+    if prompt.len() > max_positions {
         bail!(
-            "the prompt has {} tokens, more than the model's max_position_embeddings {}; shorten it",
+            "the prompt has {} tokens, more than the model's max_position_embeddings {max_positions}; shorten it",
             prompt.len(),
-            cfg.max_position_embeddings
         );
     }
-    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
         bail!(
-            "prompt token id {bad} is at or above the model's vocabulary size {}; use the tokenizer the model was trained with",
-            cfg.vocab_size
+            "prompt token id {bad} is at or above the model's vocabulary size {vocab_size}; use the tokenizer the model was trained with"
         );
     }
-    let budget = max_new_tokens.min(cfg.max_position_embeddings - prompt.len() + 1);
-    let mut cache = KvCache::new(cfg.num_hidden_layers);
-    let mut input = Tensor::from_slice(prompt, (1, prompt.len()), device)?;
+    let budget = max_new_tokens.min(max_positions - prompt.len() + 1);
+    model.reset();
+    let mut fed = prompt.len();
+    let mut logits = model.feed(prompt, device)?;
     let mut out = Vec::with_capacity(budget);
     while out.len() < budget {
-        let logits = model.forward_cached(&input, &mut cache)?; // (1, T, V)
-        let t = logits.dim(1)?;
-        let last: Vec<f32> = logits.i((0, t - 1))?.to_dtype(DType::F32)?.to_vec1()?;
-        let next = sampler.sample(&last);
+        let next = sampler.sample(&logits);
         out.push(next);
         on_token(next)?;
-        if Some(next) == stop || cache.len() >= cfg.max_position_embeddings {
+        if Some(next) == stop || fed >= max_positions {
             break;
         }
-        input = Tensor::from_slice(&[next], (1, 1), device)?;
+        logits = model.feed(&[next], device)?;
+        fed += 1;
     }
     Ok(out)
 }

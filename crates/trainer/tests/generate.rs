@@ -7,6 +7,7 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
 use dynact_model::{init_model, FfnKind, ForwardCtx, ModelConfig};
+use dynact_trainer::language_model::TransformerDecoder;
 use dynact_trainer::sample::{argmax, generate, Sampler, SamplingConfig};
 
 fn greedy() -> Sampler {
@@ -27,7 +28,7 @@ fn cached_decoding_equals_full_recomputation() {
         let (_, model) = init_model(&cfg, 4, &Device::Cpu).unwrap();
         let prompt = [10u32, 200, 33, 7, 99];
         let got = generate(
-            &model,
+            &mut TransformerDecoder::new(model.clone()),
             &prompt,
             20,
             &mut greedy(),
@@ -59,7 +60,7 @@ fn generation_stops_at_eos_and_at_the_context_limit() {
     let (_, model) = init_model(&cfg, 4, &Device::Cpu).unwrap();
     let prompt = [10u32, 200, 33];
     let free = generate(
-        &model,
+        &mut TransformerDecoder::new(model.clone()),
         &prompt,
         10,
         &mut greedy(),
@@ -70,7 +71,7 @@ fn generation_stops_at_eos_and_at_the_context_limit() {
     .unwrap();
     let stop = free[3];
     let stopped = generate(
-        &model,
+        &mut TransformerDecoder::new(model.clone()),
         &prompt,
         10,
         &mut greedy(),
@@ -86,7 +87,7 @@ fn generation_stops_at_eos_and_at_the_context_limit() {
     // 64 positions: a prompt of 60 leaves room for 5 new tokens (the last is never fed back)
     let long = vec![1u32; 60];
     let out = generate(
-        &model,
+        &mut TransformerDecoder::new(model.clone()),
         &long,
         100,
         &mut greedy(),
@@ -97,7 +98,7 @@ fn generation_stops_at_eos_and_at_the_context_limit() {
     .unwrap();
     assert_eq!(out.len(), 5);
     assert!(generate(
-        &model,
+        &mut TransformerDecoder::new(model.clone()),
         &[300],
         5,
         &mut greedy(),
@@ -107,7 +108,7 @@ fn generation_stops_at_eos_and_at_the_context_limit() {
     )
     .is_err());
     assert!(generate(
-        &model,
+        &mut TransformerDecoder::new(model.clone()),
         &[1; 65],
         5,
         &mut greedy(),

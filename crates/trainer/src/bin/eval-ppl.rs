@@ -64,18 +64,18 @@ struct Windows {
 /// Window length and batch size from the flags, else the run's settings, else defaults;
 /// checked against the model.
 fn windows(args: &Args, src: &LoadedModel) -> Result<Windows> {
-    let cfg = &src.config;
+    let info = &src.info;
     let seq_len = args.seq_len.unwrap_or_else(|| match &src.run {
         Some(r) => r.train.seq_len,
-        None => cfg.max_position_embeddings.min(1024),
+        None => info.max_positions.min(1024),
     });
     if seq_len == 0 {
         bail!("--seq-len must be at least 1");
     }
-    if seq_len > cfg.max_position_embeddings {
+    if seq_len > info.max_positions {
         bail!(
             "--seq-len {seq_len} is above the model's maximum context (max_position_embeddings {}); lower it",
-            cfg.max_position_embeddings
+            info.max_positions
         );
     }
     let batch_size = args
@@ -103,7 +103,7 @@ fn windows(args: &Args, src: &LoadedModel) -> Result<Windows> {
 }
 
 fn run(args: Args) -> Result<()> {
-    let (device, src) = args.model.load()?;
+    let (device, mut src) = args.model.load()?;
     let w = windows(&args, &src)?;
     let data = eval_data(
         &src,
@@ -113,15 +113,15 @@ fn run(args: Args) -> Result<()> {
     )?;
     // Fail on data too short for one window before printing anything.
     dynact_data::eval_windows(data.stream.len(), w.seq_len)?;
-    let cfg = &src.config;
     if !args.json {
+        let info = &src.info;
         eprintln!(
             "model: {} ({}, {} layers, d_model {}, vocab {})",
             src.description,
-            cfg.ffn.name(),
-            cfg.num_hidden_layers,
-            cfg.hidden_size,
-            cfg.vocab_size
+            info.kind(),
+            info.layers,
+            info.hidden_size,
+            info.vocab_size
         );
         eprintln!("data: {}", data.description);
     }
@@ -138,7 +138,7 @@ fn run(args: Args) -> Result<()> {
         ProgressBar::hidden()
     };
     let r = evaluate(
-        &src.model,
+        &mut src.model,
         &data.stream,
         w.seq_len,
         w.batch_size,
@@ -184,7 +184,8 @@ fn result_json(
         "tokens_per_s": r.tokens as f64 / r.seconds.max(1e-9),
         "source": src.description,
         "step": step,
-        "ffn": src.config.ffn.name(),
+        "ffn": src.info.ffn.map(|f| f.name()),
+        "model_type": src.info.model_type,
         "data": data.description,
         "device": device,
         "dtype": src.dtype.as_str(),

@@ -82,7 +82,9 @@ fn run(args: Args) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     })?;
-    let tokenizer = src.require_tokenizer("generate")?;
+    let tokenizer = &src.require_tokenizer("generate")?.clone();
+    let description = src.description.clone();
+    let mut decoder = src.model.into_decoder();
     let mut prompt = tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
         // An empty prompt starts a new document.
@@ -101,7 +103,7 @@ fn run(args: Args) -> Result<()> {
     };
     let start = Instant::now();
     let new = generate(
-        &src.model,
+        decoder.as_mut(),
         &prompt,
         args.max_new_tokens,
         &mut sampler,
@@ -115,7 +117,7 @@ fn run(args: Args) -> Result<()> {
         "{} new tokens in {secs:.2} s ({:.1} tokens/s) from {}",
         new.len(),
         new.len() as f64 / secs.max(1e-9),
-        src.description
+        description
     );
     Ok(())
 }
