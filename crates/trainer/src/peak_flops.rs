@@ -63,13 +63,17 @@ fn gpu_name() -> Option<String> {
     (out.status.success() && !name.is_empty()).then_some(name)
 }
 
-/// Best FLOP/s of a 512x512x512 f32 matmul over a few repetitions (about 20 ms).
+/// Best FLOP/s of a 512x512x512 f32 matmul over a few repetitions, after warm-up ones that
+/// wake the thread pool (about 50 ms).
 pub fn measured_cpu_matmul() -> Option<f64> {
     let n = 512;
     let a = Tensor::ones((n, n), DType::F32, &Device::Cpu).ok()?;
     let b = Tensor::ones((n, n), DType::F32, &Device::Cpu).ok()?;
+    for _ in 0..3 {
+        a.matmul(&b).ok()?;
+    }
     let mut best = f64::INFINITY;
-    for _ in 0..5 {
+    for _ in 0..8 {
         let start = Instant::now();
         a.matmul(&b).ok()?;
         best = best.min(start.elapsed().as_secs_f64());
