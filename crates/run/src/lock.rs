@@ -102,6 +102,10 @@ impl Drop for RunLock {
             == Some(std::process::id());
         if ours {
             let _ = std::fs::remove_file(&self.path);
+            // A run that stopped before writing anything leaves no empty folder behind.
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }
@@ -123,6 +127,9 @@ mod tests {
         );
         drop(lock);
         assert!(!run.file(LOCK_FILE).exists());
+        // The folder it made for nothing is gone too.
+        assert!(!run.path.exists());
+        std::fs::create_dir_all(&run.path).unwrap();
 
         // A pid that cannot be running (above Linux's pid_max) on this host: stale.
         std::fs::write(run.file(LOCK_FILE), format!("4194305 {}\n", this_host())).unwrap();
@@ -135,6 +142,7 @@ mod tests {
         drop(lock);
 
         // Another host's lock is never taken over.
+        std::fs::create_dir_all(&run.path).unwrap();
         std::fs::write(run.file(LOCK_FILE), "1 some-other-host\n").unwrap();
         let err = run.lock().unwrap_err().to_string();
         assert!(err.contains("pid 1 on some-other-host"), "{err}");

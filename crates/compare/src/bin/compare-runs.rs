@@ -42,6 +42,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         ema_weight: args.ema,
     };
     let (runs, notices) = find_runs(&args.runs);
+    if runs.is_empty() && !args.runs.is_empty() {
+        let given: Vec<String> = args.runs.iter().map(|p| p.display().to_string()).collect();
+        anyhow::bail!(
+            "none of {} is a run directory; pass run directories written by train-lm (with eval.jsonl) or an experiment folder holding them",
+            given.join(", ")
+        );
+    }
     for notice in &notices {
         eprintln!("notice: {notice}");
     }

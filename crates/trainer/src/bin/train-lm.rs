@@ -97,7 +97,17 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
     let mut b = match (&args.config, &args.resume) {
         (Some(path), _) => ConfigBuilder::from_file(path)?,
         // Resuming without --config continues with the run's own resolved config.
-        (None, Some(dir)) => ConfigBuilder::from_file(&dir.join(dynact_run::RUN_CONFIG_FILE))?,
+        (None, Some(dir)) => {
+            let run_toml = dir.join(dynact_run::RUN_CONFIG_FILE);
+            if !run_toml.is_file() {
+                anyhow::bail!(
+                    "--resume {}: no run there (no {}); start it without --resume",
+                    dir.display(),
+                    dynact_run::RUN_CONFIG_FILE
+                );
+            }
+            ConfigBuilder::from_file(&run_toml)?
+        }
         (None, None) => ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")?,
     };
     b.resuming = args.resume.is_some();
