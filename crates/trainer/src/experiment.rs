@@ -47,8 +47,10 @@ fn progress(dir: &Path, steps: u64) -> Result<Progress> {
     match rd.latest_checkpoint()? {
         Some(ckpt) if TrainerState::read(&ckpt)?.step >= steps => Ok(Progress::Done),
         Some(_) => Ok(Progress::Resume),
-        // Started but never checkpointed: start it again from scratch.
+        // Started but never checkpointed: start it again from scratch, unless a live
+        // train-lm is writing it (then the lock says so).
         None => {
+            drop(rd.lock()?);
             std::fs::remove_dir_all(dir)?;
             Ok(Progress::Start)
         }
@@ -147,7 +149,7 @@ fn run_cells(
     let start = Instant::now();
     let mut pending: Vec<&Cell> = cells.iter().rev().collect();
     let mut running: Vec<(&Cell, Child)> = vec![];
-    let mut evals_shown: HashMap<&str, usize> = HashMap::new();
+    let mut evals_shown: HashMap<&str, u64> = HashMap::new();
     loop {
         while running.len() < jobs {
             let Some(cell) = pending.pop() else { break };
@@ -215,25 +217,30 @@ fn run_cells(
     }
 }
 
-/// Prints the evaluations `cell` logged since the last call: one line each.
-fn show_new_evals<'a>(cell: &'a Cell, shown: &mut HashMap<&'a str, usize>) {
+/// Prints the evaluations `cell` logged since the last call, one line each: those past the
+/// last step shown (a resumed run rewrites its log from its checkpoint on).
+fn show_new_evals<'a>(cell: &'a Cell, shown: &mut HashMap<&'a str, u64>) {
     let Ok(text) = std::fs::read_to_string(cell.dir.join(EVAL_FILE)) else {
         return;
     };
-    let done = shown.entry(cell.name.as_str()).or_insert(0);
+    let last = shown.entry(cell.name.as_str()).or_insert(0);
     // Only whole lines: the child may be writing the next one.
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    for line in complete.lines().skip(*done) {
-        if let Ok(e) = serde_json::from_str::<EvalRecord>(line) {
-            eprintln!(
-                "  {}: step {}  val_ppl {:.4}  val_ce {:.4}  ({} of training)",
-                cell.name,
-                e.step,
-                e.val_ppl,
-                e.val_ce,
-                crate::peak_flops::format_duration(e.elapsed_s)
-            );
+    for line in complete.lines() {
+        let Ok(e) = serde_json::from_str::<EvalRecord>(line) else {
+            continue;
+        };
+        if e.step <= *last {
+            continue;
         }
-        *done += 1;
+        eprintln!(
+            "  {}: step {}  val_ppl {:.4}  val_ce {:.4}  ({} of training)",
+            cell.name,
+            e.step,
+            e.val_ppl,
+            e.val_ce,
+            crate::peak_flops::format_duration(e.elapsed_s)
+        );
+        *last = e.step;
     }
 }

@@ -50,11 +50,37 @@ pub fn settle_config(cfg: &mut RunConfig, keys_set: Option<&[String]>) -> Result
     if is_set("model.dropout") {
         settled.dropout = cfg.model.dropout;
     }
-    if ours
-        .keys()
-        .any(|k| k.starts_with("dynact.") && is_set(&format!("model.{k}")))
-    {
-        settled.dynact = cfg.model.dynact;
+    if is_set("model.initializer_range") {
+        settled.initializer_range = cfg.model.initializer_range;
+    }
+    // dynAct settings one by one; a dynActGLU source keeps its base and granularity (its alpha
+    // and beta have that shape and compute that function).
+    let dynact = &cfg.model.dynact;
+    for (key, differs) in [
+        ("base", dynact.base != source.dynact.base),
+        (
+            "granularity",
+            dynact.granularity != source.dynact.granularity,
+        ),
+    ] {
+        if is_set(&format!("model.dynact.{key}")) && differs && source.ffn == FfnKind::Dynactglu {
+            bail!(
+                "model.dynact.{key} differs from the dynActGLU model in --init-from {}, whose alpha and beta were trained for its own; drop model.dynact.{key}",
+                cfg.init_from
+            );
+        }
+    }
+    if is_set("model.dynact.base") {
+        settled.dynact.base = dynact.base;
+    }
+    if is_set("model.dynact.granularity") {
+        settled.dynact.granularity = dynact.granularity;
+    }
+    if is_set("model.dynact.alpha_init") {
+        settled.dynact.alpha_init = dynact.alpha_init;
+    }
+    if is_set("model.dynact.beta_init") {
+        settled.dynact.beta_init = dynact.beta_init;
     }
     if source.ffn == FfnKind::Dynactglu && settled.ffn == FfnKind::Swiglu {
         bail!(

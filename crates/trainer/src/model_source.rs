@@ -245,7 +245,13 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
                 },
             };
             let tokenizer_file = located.tokenizers.iter().find(|p| p.is_file()).cloned();
-            let dtype = opts.dtype.unwrap_or(DType::F32);
+            if opts.dtype.is_some_and(|d| d != DType::F32) {
+                bail!(
+                    "{spec} is a {} model, which computes in f32 here; drop --dtype",
+                    info.model_type
+                );
+            }
+            let dtype = DType::F32;
             (public, info, dtype, (located, tokenizer_file))
         }
         None => {

@@ -14,13 +14,15 @@ pub struct Peak {
     pub source: String,
 }
 
-/// Dense peak FLOP/s of known NVIDIA GPUs: (name fragment, bf16/f16 tensor core, f32).
+/// Dense peak FLOP/s of known NVIDIA GPUs: (name fragment, bf16/f16 tensor core, f32). The
+/// first fragment the name contains wins, so longer names come before their prefixes.
 const GPUS: &[(&str, f64, f64)] = &[
     ("H200", 989.4e12, 66.9e12),
     ("H100 PCIe", 756.0e12, 51.2e12),
     ("H100", 989.4e12, 66.9e12),
     ("A100", 312.0e12, 19.5e12),
     ("L40S", 362.1e12, 91.6e12),
+    ("L40", 181.0e12, 90.5e12),
     ("L4", 121.0e12, 30.3e12),
     ("A10", 125.0e12, 31.2e12),
     ("RTX 4090", 165.2e12, 82.6e12),

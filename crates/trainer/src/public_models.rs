@@ -93,7 +93,8 @@ impl PublicModel {
         let model_type = cfg["model_type"].as_str().unwrap_or_default().to_string();
         // SAFETY: the files are memory-mapped read-only and not changed while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, device)? };
-        let parse = |what: &str| anyhow!("config.json of this {what} model: ");
+        let parse =
+            |what: &str, e: serde_json::Error| anyhow!("config.json of this {what} model: {e}");
         let info = PublicInfo {
             model_type: model_type.clone(),
             vocab_size: usize_of(&cfg, &["vocab_size"])?,
@@ -105,7 +106,7 @@ impl PublicModel {
             "gpt2" => PublicModel::Gpt2(Gpt2::new(&cfg, vb)?),
             "qwen2" => {
                 let c: qwen2::Config = serde_json::from_value(cfg.clone())
-                    .map_err(|e| parse("qwen2").context(e.to_string()))?;
+                    .map_err(|e| parse("qwen2", e))?;
                 let lm_head = if vb.contains_tensor("lm_head.weight") {
                     vb.get((c.vocab_size, c.hidden_size), "lm_head.weight")?
                 } else {
@@ -118,12 +119,12 @@ impl PublicModel {
             }
             "mistral" => {
                 let c: mistral::Config = serde_json::from_value(cfg.clone())
-                    .map_err(|e| parse("mistral").context(e.to_string()))?;
+                    .map_err(|e| parse("mistral", e))?;
                 PublicModel::Mistral(mistral::Model::new(&c, vb)?)
             }
             "phi3" => {
                 let c: phi3::Config = serde_json::from_value(cfg.clone())
-                    .map_err(|e| parse("phi3").context(e.to_string()))?;
+                    .map_err(|e| parse("phi3", e))?;
                 PublicModel::Phi3(phi3::Model::new(&c, vb)?)
             }
             other => bail!(
@@ -231,6 +232,13 @@ impl Gpt2 {
             .get("n_inner")
             .and_then(|v| v.as_u64())
             .map_or(4 * c, |v| v as usize);
+        let activation = cfg
+            .get("activation_function")
+            .and_then(|v| v.as_str())
+            .unwrap_or("gelu_new");
+        if !["gelu_new", "gelu_pytorch_tanh"].contains(&activation) {
+            bail!("GPT-2 with activation_function `{activation}` is not supported (only the tanh GELU, gelu_new)");
+        }
         let eps = cfg
             .get("layer_norm_epsilon")
             .and_then(|v| v.as_f64())
@@ -288,7 +296,7 @@ impl Gpt2 {
             .collect();
         let mask = Tensor::from_vec(mask, (t, t), ids.device())?;
         for blk in &self.blocks {
-            let qkv = conv1d(&self.norm(&blk.ln_1, &x)?, &blk.c_attn)?; // (B, T, 3C)
+            let qkv = conv1d(&blk.ln_1.forward(&x)?, &blk.c_attn)?; // (B, T, 3C)
             let split = |i: usize| -> candle_core::Result<Tensor> {
                 qkv.narrow(D::Minus1, i * c, c)?
                     .reshape((b, t, h, d))?
@@ -300,15 +308,12 @@ impl Gpt2 {
             let att = candle_nn::ops::softmax_last_dim(&att)?;
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
             x = (x + conv1d(&y, &blk.attn_proj)?)?;
-            let m = conv1d(&self.norm(&blk.ln_2, &x)?, &blk.c_fc)?.gelu()?; // tanh GELU
+            let m = conv1d(&blk.ln_2.forward(&x)?, &blk.c_fc)?.gelu()?; // tanh GELU
             x = (x + conv1d(&m, &blk.mlp_proj)?)?;
         }
-        self.norm(&self.ln_f, &x)?
+        self.ln_f
+            .forward(&x)?
             .broadcast_matmul(&self.wte.embeddings().t()?)
-    }
-
-    fn norm(&self, ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
-        ln.forward(x)
     }
 }
 

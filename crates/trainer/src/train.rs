@@ -5,7 +5,8 @@
 //!
 //! A step is a pure function of (weights, optimizer moments, batch, seed, step), and all of
 //! those are in the checkpoint, so a resumed run continues with the very losses the
-//! uninterrupted one would have had.
+//! uninterrupted one would have had. (Resuming with another `train.steps` stretches the
+//! learning-rate schedule over the new length from there on: an extended run, not the same one.)
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -251,6 +252,15 @@ fn restore(
     for file in [METRICS_FILE, EVAL_FILE] {
         run_dir.truncate_jsonl(file, ckpt.state.step)?;
     }
+    // Checkpoints after it (written, but never named in `latest`, when the run stopped) are of
+    // a timeline this run replaces; left, they would outrank its own in pruning.
+    for step in run_dir.checkpoint_steps()? {
+        if step > ckpt.state.step {
+            let dir = run_dir.step_dir(step);
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
     Ok((ckpt.weights.varmap, model, opt, ckpt.state))
 }
 
@@ -284,9 +294,6 @@ fn check_run_dir(
             bail!("{shown} already holds a run; continue it with --resume {shown}, or pick another --run-dir");
         }
         return Ok(None);
-    }
-    if !run_dir.holds_run() {
-        bail!("--resume {shown}: no run there (no {RUN_CONFIG_FILE}); start it without --resume");
     }
     let saved = RunConfig::read(&run_dir.file(RUN_CONFIG_FILE))?;
     if !opts.vocab_size_given {

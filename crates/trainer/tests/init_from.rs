@@ -129,6 +129,24 @@ fn runs_start_from_a_run_or_a_hub_model_and_contradictions_are_refused() {
     let (started, scratch) = (first_loss(&d.join("b")), first_loss(&d.join("c")));
     assert!(started < 0.8 * scratch, "init {started} vs fresh {scratch}");
 
+    // The config key does what the flag does.
+    let by_key = train(
+        d,
+        &[
+            "--set",
+            "init_from=\"src\"",
+            "--steps",
+            "2",
+            "--eval-at",
+            "2",
+            "--run-dir",
+            "b2",
+        ],
+        &[],
+    );
+    assert_eq!(by_key.code, 0, "{}", by_key.stderr);
+    assert!(first_loss(&d.join("b2")) < 0.8 * scratch);
+
     assert_error(
         &train(
             d,

@@ -114,7 +114,11 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
     if let (Some(_), Some(_)) = (&args.init_from, &args.resume) {
         anyhow::bail!("--init-from starts a new run and --resume continues one; give one of them");
     }
-    if args.init_from.is_some() && args.config.is_none() {
+    // Only the built-in default is stripped (a resume's run.toml names init_from too).
+    let from_default = args.config.is_none() && args.resume.is_none();
+    let init_from_given =
+        args.init_from.is_some() || args.set.iter().any(|kv| kv.trim().starts_with("init_from"));
+    if from_default && init_from_given {
         // The model's shape and tokenizer come from the source, not from the built-in default.
         b.remove("model");
         b.remove("data.tokenizer");
