@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 
@@ -107,17 +106,7 @@ fn every_row_of_the_bad_input_page_holds() {
         let mut words = cmd.split_whitespace();
         let program = exe(words.next().unwrap());
         let args: Vec<&str> = words.collect();
-        let out = Command::new(program)
-            .args(&args)
-            .current_dir(dir)
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
-        let r = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let r = run(program.to_str().unwrap(), &args, dir, &[]);
         assert_eq!(r.code, 1, "`{cmd}`: exit {}; stderr: {}", r.code, r.stderr);
         assert!(!r.stderr.contains("panicked"), "`{cmd}`: {}", r.stderr);
         // Notices (a dropped evaluation step, say) may come first; the error is the last line.

@@ -70,15 +70,7 @@ fn grid_runs_every_cell_compares_them_and_resumes() {
 #[test]
 fn a_grid_with_missing_data_stops_before_any_run_starts() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = grid_command(tmp.path())
-        .args(["--data", "no/such/corpus.txt"])
-        .output()
-        .unwrap();
-    let r = common::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let r = common::finish(grid_command(tmp.path()).args(["--data", "no/such/corpus.txt"]));
     common::assert_error(&r, &["no/such/corpus.txt", "no such file"]);
     assert!(!tmp.path().join("exp").join("swiglu-seed0").exists());
 }

@@ -12,17 +12,7 @@ use dynact_model::{Checkpoint, FfnKind, ForwardCtx, ModelConfig};
 use dynact_trainer::init_from::starting_from;
 
 fn train(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
-    let mut cmd = tiny_train_lm(dir);
-    cmd.args(args).current_dir(dir).env("HF_HUB_OFFLINE", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    tiny_train(dir, args, env)
 }
 
 fn first_loss(run: &Path) -> f64 {

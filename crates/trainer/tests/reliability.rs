@@ -12,12 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn run_to_end(mut cmd: Command) -> Run {
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    finish(&mut cmd)
 }
 
 /// A failure after the run started: exit code 1, no panic, and a last line `error: ...`

@@ -73,11 +73,19 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs binary `exe` with `args` in `cwd`, with `env` set (and the Hub variables cleared
-/// unless given).
-pub fn run(exe: &str, args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Run {
-    let mut cmd = Command::new(exe);
-    cmd.args(args).current_dir(cwd);
+/// `cmd` run to the end: its exit code and output.
+pub fn finish(cmd: &mut Command) -> Run {
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Clears the Hugging Face variables of the environment (a test never reaches the network),
+/// then sets `env`.
+fn offline(cmd: &mut Command, env: &[(&str, &Path)]) {
     for k in [
         "HF_HOME",
         "HF_HUB_CACHE",
@@ -87,17 +95,27 @@ pub fn run(exe: &str, args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Run {
     ] {
         cmd.env_remove(k);
     }
-    // Never reach for the network from a test.
     cmd.env("HF_HUB_OFFLINE", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+}
+
+/// Runs binary `exe` with `args` in `cwd`, with `env` set (and the Hub variables cleared
+/// unless given).
+pub fn run(exe: &str, args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Run {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).current_dir(cwd);
+    offline(&mut cmd, env);
+    finish(&mut cmd)
+}
+
+/// `train-lm` as [`tiny_train_lm`] sets it up, with `args`, in `dir`, offline, `env` set.
+pub fn tiny_train(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
+    let mut cmd = tiny_train_lm(dir);
+    cmd.args(args).current_dir(dir);
+    offline(&mut cmd, env);
+    finish(&mut cmd)
 }
 
 pub fn eval_ppl(args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Run {
