@@ -5,9 +5,44 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use dynact_model::{KvCache, Transformer};
+use dynact_model::{FfnKind, KvCache, ModelConfig, Transformer};
 
-use crate::public_models::{PublicInfo, PublicModel};
+use crate::public_models::PublicModel;
+
+/// What the tools print and check of a model, whatever its architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    /// `config.json`'s model_type (`llama`, `dynact_llama`, `gpt2`, `qwen2`, ...).
+    pub model_type: String,
+    /// This project's FFN (SwiGLU or dynActGLU) for its own models; None for public ones.
+    pub ffn: Option<FfnKind>,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+}
+
+impl ModelInfo {
+    /// The info of this project's own model.
+    pub fn of(cfg: &ModelConfig) -> Self {
+        ModelInfo {
+            model_type: cfg.to_hf_json()["model_type"]
+                .as_str()
+                .unwrap_or("llama")
+                .to_string(),
+            ffn: Some(cfg.ffn),
+            vocab_size: cfg.vocab_size,
+            max_positions: cfg.max_position_embeddings,
+            layers: cfg.num_hidden_layers,
+            hidden_size: cfg.hidden_size,
+        }
+    }
+
+    /// `dynactglu`, `swiglu`, or the public model_type.
+    pub fn kind(&self) -> &str {
+        self.ffn.map_or(self.model_type.as_str(), |f| f.name())
+    }
+}
 
 /// Cross-entropy in nats of every target, (B * T,) f32, for ids and targets (B, T).
 pub trait ScoresTokens {
@@ -67,7 +102,7 @@ impl Decoder for TransformerDecoder {
 /// A public model and the sequence fed to it so far.
 pub struct PublicDecoder {
     model: PublicModel,
-    info: PublicInfo,
+    info: ModelInfo,
     history: Vec<u32>,
 }
 
@@ -100,7 +135,7 @@ pub enum Network {
     Ours(Transformer),
     Public {
         model: PublicModel,
-        info: PublicInfo,
+        info: ModelInfo,
     },
 }
 

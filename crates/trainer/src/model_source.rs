@@ -15,12 +15,12 @@ use dynact_data::Tokenizer;
 use dynact_model::checkpoint::{
     index_shard_names, read_config, weight_files, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
-use dynact_model::{Checkpoint, FfnKind, ModelConfig};
+use dynact_model::{Checkpoint, ModelConfig};
 
 use dynact_run::{RunDir, RUN_CONFIG_FILE, TOKENIZER_FILE};
 
 use crate::config::RunConfig;
-use crate::language_model::Network;
+use crate::language_model::{ModelInfo, Network};
 use crate::public_models::PublicModel;
 
 /// How to resolve a source beyond its path.
@@ -48,40 +48,6 @@ pub enum SourceKind {
     Run { step: Option<u64> },
     /// A Hugging Face model repository.
     Hub { repo_id: String, revision: String },
-}
-
-/// What the tools print and check of a model, whatever its architecture.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelInfo {
-    /// `config.json`'s model_type (`llama`, `dynact_llama`, `gpt2`, `qwen2`, ...).
-    pub model_type: String,
-    /// This project's FFN (SwiGLU or dynActGLU) for its own models; None for public ones.
-    pub ffn: Option<FfnKind>,
-    pub vocab_size: usize,
-    pub max_positions: usize,
-    pub layers: usize,
-    pub hidden_size: usize,
-}
-
-impl ModelInfo {
-    fn of(cfg: &ModelConfig) -> Self {
-        ModelInfo {
-            model_type: cfg.to_hf_json()["model_type"]
-                .as_str()
-                .unwrap_or("llama")
-                .to_string(),
-            ffn: Some(cfg.ffn),
-            vocab_size: cfg.vocab_size,
-            max_positions: cfg.max_position_embeddings,
-            layers: cfg.num_hidden_layers,
-            hidden_size: cfg.hidden_size,
-        }
-    }
-
-    /// `dynactglu`, `swiglu`, or the public model_type.
-    pub fn kind(&self) -> &str {
-        self.ffn.map_or(self.model_type.as_str(), |f| f.name())
-    }
 }
 
 /// A model ready to evaluate, with what came with it.
@@ -165,7 +131,16 @@ pub fn load_checkpoint(
     opts: &SourceOptions,
     device: &Device,
 ) -> Result<SourceCheckpoint> {
-    let located = locate(spec, opts)?;
+    read_checkpoint(spec, locate(spec, opts)?, opts, device)
+}
+
+/// The config and weights of a located source, checked.
+fn read_checkpoint(
+    spec: &str,
+    located: Located,
+    opts: &SourceOptions,
+    device: &Device,
+) -> Result<SourceCheckpoint> {
     if opts.step.is_some() && !matches!(located.kind, SourceKind::Run { .. }) {
         bail!("--step is for run directories, and {spec} is not one (no {RUN_CONFIG_FILE})");
     }
@@ -226,23 +201,9 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
             }
             let (model, info) = PublicModel::load(&config_text, &located.weights, device)
                 .with_context(|| format!("loading {spec}"))?;
-            let info = ModelInfo {
-                model_type: info.model_type.clone(),
-                ffn: None,
-                vocab_size: info.vocab_size,
-                max_positions: info.max_positions,
-                layers: info.layers,
-                hidden_size: info.hidden_size,
-            };
             let public = Network::Public {
                 model,
-                info: crate::public_models::PublicInfo {
-                    model_type: info.model_type.clone(),
-                    vocab_size: info.vocab_size,
-                    max_positions: info.max_positions,
-                    layers: info.layers,
-                    hidden_size: info.hidden_size,
-                },
+                info: info.clone(),
             };
             let tokenizer_file = located.tokenizers.iter().find(|p| p.is_file()).cloned();
             if opts.dtype.is_some_and(|d| d != DType::F32) {
@@ -255,7 +216,7 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
             (public, info, dtype, (located, tokenizer_file))
         }
         None => {
-            let src = load_checkpoint(spec, opts, device)?;
+            let src = read_checkpoint(spec, located, opts, device)?;
             // A run directory computes in the run's dtype unless told otherwise, so that its
             // logged val_ppl is reproduced.
             let dtype = match (opts.dtype, &src.run) {

@@ -14,18 +14,10 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::{mistral, phi3, qwen2};
 
+use crate::language_model::ModelInfo;
+
 /// `model_type`s this module loads.
 pub const SUPPORTED: &[&str] = &["gpt2", "qwen2", "mistral", "phi3"];
-
-/// What the tools need to know of a model they did not train.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PublicInfo {
-    pub model_type: String,
-    pub vocab_size: usize,
-    pub max_positions: usize,
-    pub layers: usize,
-    pub hidden_size: usize,
-}
 
 pub enum PublicModel {
     Gpt2(Gpt2),
@@ -88,15 +80,16 @@ impl PublicModel {
         config_text: &str,
         weights: &[PathBuf],
         device: &Device,
-    ) -> Result<(PublicModel, PublicInfo)> {
+    ) -> Result<(PublicModel, ModelInfo)> {
         let cfg = normalized_config(config_text)?;
         let model_type = cfg["model_type"].as_str().unwrap_or_default().to_string();
         // SAFETY: the files are memory-mapped read-only and not changed while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, device)? };
         let parse =
             |what: &str, e: serde_json::Error| anyhow!("config.json of this {what} model: {e}");
-        let info = PublicInfo {
+        let info = ModelInfo {
             model_type: model_type.clone(),
+            ffn: None,
             vocab_size: usize_of(&cfg, &["vocab_size"])?,
             max_positions: usize_of(&cfg, &["max_position_embeddings", "n_positions"])?,
             layers: usize_of(&cfg, &["num_hidden_layers", "n_layer"])?,
