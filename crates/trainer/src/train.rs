@@ -159,15 +159,14 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         dataset.tokenizer.save(&run_dir.file(TOKENIZER_FILE))?;
     }
 
-    let (varmap, model, opt, state) = match resume_from {
+    let start = match resume_from {
         None if init_from => {
-            let (varmap, model) =
-                crate::init_from::initial_weights(&cfg.model, &cfg.init_from, cfg.seed, &device)?;
             log(format!("starting from the weights of {}", cfg.init_from));
-            let opt = AdamW::new(&varmap, &cfg.optim)?;
-            (varmap, model, opt, TrainerState::start(cfg.seed))
+            let weights =
+                crate::init_from::initial_weights(&cfg.model, &cfg.init_from, cfg.seed, &device)?;
+            step_zero(weights, &cfg)?
         }
-        None => fresh_start(&cfg, &device)?,
+        None => step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?,
         Some(ckpt) => {
             log(format!(
                 "resuming {} at step {}",
@@ -185,22 +184,12 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         ParamSummary::of(&cfg.model)?,
     ));
 
-    let mut loader = BatchLoader::new(
-        dataset.train.clone(),
-        cfg.train.seq_len,
-        cfg.train.batch_size,
-        cfg.seed,
-        0,
-        1,
-    )?;
-    loader.restore(&state.loader)?;
-
-    let flops_per_token = training_flops_per_token(&cfg.model, cfg.train.seq_len)?;
     let peak = peak_flops(&device, dtype, cfg.train.peak_flops);
+    let mut trainer = Trainer::assemble(cfg, run_dir, Some(lock), dataset, start, device, dtype)?;
     match &peak {
         Some(p) => log(format!(
             "speed: {:.2} MFLOP per training token; peak {:.1} GFLOP/s ({})",
-            flops_per_token / 1e6,
+            trainer.flops_per_token / 1e6,
             p.flops / 1e9,
             p.source
         )),
@@ -208,31 +197,16 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
             "speed: no peak FLOP/s known for this device, so no MFU; set train.peak_flops".into(),
         ),
     }
-    let mut trainer = Trainer {
-        _lock: Some(lock),
-        flops_per_token,
-        peak,
-        model: model.with_compute_dtype(dtype),
-        unigram_ppl: unigram,
-        dtype,
-        cfg,
-        run_dir,
-        device,
-        dataset,
-        varmap,
-        opt,
-        loader,
-        state,
-    };
+    trainer.peak = peak;
+    trainer.unigram_ppl = unigram;
     trainer.train(&opts)
 }
 
-/// A new model (seeded), a new optimizer and the state of step 0.
-fn fresh_start(
-    cfg: &RunConfig,
-    device: &Device,
-) -> Result<(VarMap, Transformer, AdamW, TrainerState)> {
-    let (varmap, model) = init_model(&cfg.model, cfg.seed, device)?;
+/// Where training starts: the parameters and model, the optimizer and the trainer state.
+type Start = (VarMap, Transformer, AdamW, TrainerState);
+
+/// Step 0 of a run from these weights: a new optimizer and a fresh state.
+fn step_zero((varmap, model): (VarMap, Transformer), cfg: &RunConfig) -> Result<Start> {
     let opt = AdamW::new(&varmap, &cfg.optim)?;
     Ok((varmap, model, opt, TrainerState::start(cfg.seed)))
 }
@@ -244,7 +218,7 @@ fn restore(
     cfg: &RunConfig,
     run_dir: &RunDir,
     device: &Device,
-) -> Result<(VarMap, Transformer, AdamW, TrainerState)> {
+) -> Result<Start> {
     let model = ckpt.weights.model(device)?;
     let mut opt = AdamW::new(&ckpt.weights.varmap, &cfg.optim)?;
     opt.restore(&ckpt.optimizer, ckpt.state.optimizer_steps)
@@ -373,8 +347,23 @@ impl Trainer {
     pub fn in_memory(cfg: RunConfig, dataset: Dataset) -> Result<Trainer> {
         let device = crate::parse_device(&cfg.device)?;
         let dtype = crate::parse_dtype(&cfg.dtype)?;
-        let (varmap, model, opt, state) = fresh_start(&cfg, &device)?;
-        let loader = BatchLoader::new(
+        let start = step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?;
+        let run_dir = RunDir::new(cfg.run_dir());
+        Trainer::assemble(cfg, run_dir, None, dataset, start, device, dtype)
+    }
+
+    /// A trainer at `start`, its loader at the state's position (no peak FLOP/s and no
+    /// baseline yet: `run` sets them).
+    fn assemble(
+        cfg: RunConfig,
+        run_dir: RunDir,
+        lock: Option<RunLock>,
+        dataset: Dataset,
+        (varmap, model, opt, state): Start,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Trainer> {
+        let mut loader = BatchLoader::new(
             dataset.train.clone(),
             cfg.train.seq_len,
             cfg.train.batch_size,
@@ -382,13 +371,14 @@ impl Trainer {
             0,
             1,
         )?;
+        loader.restore(&state.loader)?;
         Ok(Trainer {
-            _lock: None,
+            _lock: lock,
             flops_per_token: training_flops_per_token(&cfg.model, cfg.train.seq_len)?,
             peak: None,
             model: model.with_compute_dtype(dtype),
             unigram_ppl: f64::NAN,
-            run_dir: RunDir::new(cfg.run_dir()),
+            run_dir,
             dtype,
             cfg,
             device,
