@@ -445,14 +445,8 @@ fn dataset_from_shards(
             (all, val, Some(bytes), format!("val = {v}"))
         }
         _ => {
-            let n = all.len();
-            let cut = (n as f64 * (1.0 - cfg.val_fraction)).floor() as usize;
-            (
-                all.slice(0, cut),
-                all.slice(cut, n),
-                None,
-                format!("val = last {pct}% of the tokens"),
-            )
+            let (train, val) = all.split_tail(cfg.val_fraction);
+            (train, val, None, format!("val = last {pct}% of the tokens"))
         }
     };
     let description = format!(

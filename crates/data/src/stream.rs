@@ -181,6 +181,14 @@ impl TokenStream {
         v
     }
 
+    /// (training part, held-out part): the last `val_fraction` of the tokens held out, as
+    /// token shards are split when no validation data is given.
+    pub fn split_tail(&self, val_fraction: f64) -> (TokenStream, TokenStream) {
+        let n = self.len;
+        let cut = (n as f64 * (1.0 - val_fraction)).floor() as usize;
+        (self.slice(0, cut), self.slice(cut, n))
+    }
+
     /// The sub-stream of positions `start .. end` (shares the mappings).
     pub fn slice(&self, start: usize, end: usize) -> TokenStream {
         assert!(start <= end && end <= self.len, "bad slice {start}..{end}");

@@ -77,11 +77,7 @@ pub fn eval_data(
         let all = TokenStream::open(paths)?;
         let stream = match split {
             Split::Test => all,
-            Split::Val => {
-                let n = all.len();
-                let cut = (n as f64 * (1.0 - base.val_fraction)).floor() as usize;
-                all.slice(cut, n)
-            }
+            Split::Val => all.split_tail(base.val_fraction).1,
         };
         let lens = src.tokenizer.as_ref().map(|t| t.token_byte_lengths());
         (stream, lens, "token shards")
