@@ -24,16 +24,18 @@ use sha2::{Digest, Sha256};
 
 use crate::builtin;
 use crate::error::DataError;
-use crate::shard;
+use crate::pretokenize::{self, Chunker, Part, Scan, SplitRouter, StreamTokenizer, TokenSink};
+use crate::shard::{self, ShardWriter};
 use crate::source::{self, Resolved};
 use crate::stream::TokenStream;
+use crate::text_reader::{TextEvent, TextReader};
 use crate::tokenizer::{split_chunks, Tokenizer};
 
 /// Tokens per shard file (as llm.c's scripts).
 pub const SHARD_TOKENS: usize = 100_000_000;
 
 /// Bump when the cached layout or the tokenization of documents changes.
-const CACHE_VERSION: &str = "dynact-data cache v1";
+const CACHE_VERSION: &str = "dynact-data cache v2";
 
 /// The `[data]` table of a run config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,47 +130,198 @@ fn parse_tokenizer_spec(spec: &str) -> Result<TokSpec, DataError> {
     Ok(TokSpec::File(PathBuf::from(spec)))
 }
 
-/// Documents of a text source, with a description.
-fn text_documents(
-    resolved: &Resolved,
-    source: &str,
-    cfg: &DataConfig,
-) -> Result<(Vec<String>, String), DataError> {
-    match resolved {
-        Resolved::Builtin => {
-            let docs = builtin::stories(cfg.builtin_seed, cfg.builtin_bytes);
-            let bytes: usize = docs.iter().map(|d| d.len()).sum();
-            Ok((
-                docs.clone(),
-                format!(
-                    "built-in synthetic stories (seed {}, {} stories, {:.2} MB; synthetic text, not natural language)",
-                    cfg.builtin_seed,
-                    docs.len(),
-                    bytes as f64 / 1e6
-                ),
-            ))
-        }
-        Resolved::Text(files) => {
-            let docs = source::read_documents(
+/// Where a text source's documents come from.
+#[derive(Clone, Debug)]
+enum TextSource {
+    Builtin { seed: u64, bytes: usize },
+    Files(Vec<PathBuf>),
+}
+
+/// A text source after a first streaming pass: what it is, its sizes and digest.
+#[derive(Clone, Debug)]
+struct ScannedSource {
+    source: TextSource,
+    scan: Scan,
+    description: String,
+}
+
+impl ScannedSource {
+    /// Reads the source once (streaming) to count and hash it.
+    fn new(resolved: &Resolved, name: &str, cfg: &DataConfig) -> Result<ScannedSource, DataError> {
+        let source = match resolved {
+            Resolved::Builtin => TextSource::Builtin {
+                seed: cfg.builtin_seed,
+                bytes: cfg.builtin_bytes,
+            },
+            Resolved::Text(files) => TextSource::Files(files.clone()),
+            Resolved::Bin(_) => {
+                return Err(DataError::Config("token shards are not text".to_string()))
+            }
+        };
+        let mut scanned = ScannedSource {
+            source,
+            scan: Scan::default(),
+            description: String::new(),
+        };
+        scanned.scan = pretokenize::scan(scanned.reader(cfg))?;
+        let (docs, mb) = (scanned.scan.documents, scanned.scan.bytes as f64 / 1e6);
+        scanned.description = match &scanned.source {
+            TextSource::Builtin { seed, .. } => format!(
+                "built-in synthetic stories (seed {seed}, {docs} stories, {mb:.2} MB; synthetic text, not natural language)"
+            ),
+            TextSource::Files(files) => {
+                format!("{name} ({} files, {docs} documents, {mb:.2} MB)", files.len())
+            }
+        };
+        Ok(scanned)
+    }
+
+    /// A fresh stream of the source's documents.
+    fn reader(&self, cfg: &DataConfig) -> TextReader {
+        match &self.source {
+            TextSource::Builtin { seed, bytes } => {
+                TextReader::documents(builtin::stories(*seed, *bytes))
+            }
+            TextSource::Files(files) => TextReader::files(
                 files,
                 source::TextFields {
                     jsonl_field: &cfg.text_field,
                     parquet_column: &cfg.text_column,
                     replace_invalid_utf8: cfg.replace_invalid_utf8,
                 },
-            )?;
-            let bytes: usize = docs.iter().map(|d| d.len()).sum();
-            Ok((
-                docs.clone(),
-                format!(
-                    "{source} ({} files, {} documents, {:.2} MB)",
-                    files.len(),
-                    docs.len(),
-                    bytes as f64 / 1e6
-                ),
-            ))
+            ),
         }
-        Resolved::Bin(_) => Err(DataError::Config("token shards are not text".to_string())),
+    }
+}
+
+/// One part of a cache entry, as `meta.json` records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PartMeta {
+    name: String,
+    tokens: u64,
+    shards: usize,
+    /// Bytes of UTF-8 text the part was made from (for bits per byte).
+    bytes: u64,
+}
+
+/// A cache entry's `meta.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CacheMeta {
+    version: String,
+    tokenizer: String,
+    parts: Vec<PartMeta>,
+}
+
+/// How the token streams of a data set are cut from its text sources.
+#[derive(Clone, Copy)]
+enum Plan<'a> {
+    /// "train" and "val": one source cut at a fraction of its characters.
+    Tail(&'a ScannedSource, f64),
+    /// One source, used whole, under the given name.
+    Whole(&'static str, &'a ScannedSource),
+}
+
+impl Plan<'_> {
+    fn names(&self) -> Vec<&'static str> {
+        match self {
+            Plan::Tail(..) => vec!["train", "val"],
+            Plan::Whole(name, _) => vec![name],
+        }
+    }
+
+    /// Hashes what the plan makes (the source's digest and the cut).
+    fn hash_into(&self, h: &mut Sha256) {
+        match self {
+            Plan::Tail(src, fraction) => {
+                h.update(b"tail");
+                h.update(fraction.to_le_bytes());
+                h.update(src.scan.digest);
+            }
+            Plan::Whole(name, src) => {
+                h.update(name.as_bytes());
+                h.update(src.scan.digest);
+            }
+        }
+    }
+
+    /// Streams the plan's text through `tokenizer` into shards in `dir`; returns what it
+    /// wrote per part.
+    fn write_shards(
+        &self,
+        cfg: &DataConfig,
+        tokenizer: &Tokenizer,
+        dir: &Path,
+    ) -> Result<Vec<PartMeta>, DataError> {
+        let (src, fraction) = match self {
+            Plan::Tail(src, f) => (src, Some(*f)),
+            Plan::Whole(_, src) => (src, None),
+        };
+        let pb = progress(
+            src.scan.bytes,
+            &format!("tokenizing {}", self.names().join("+")),
+        );
+        let part = |name: &str| {
+            let w = ShardWriter::new(dir, name, tokenizer.vocab_size(), SHARD_TOKENS);
+            StreamTokenizer::new(tokenizer, TokenSink::Shards(w), pb.clone())
+        };
+        let names = self.names();
+        let mut parts: Vec<StreamTokenizer> = names.iter().map(|n| part(n)).collect();
+        let mut router = fraction.map(|f| SplitRouter::new(src.scan.chars, f));
+        for e in src.reader(cfg) {
+            match &mut router {
+                Some(r) => r.route(e?, &mut |part, e| match part {
+                    Part::Train => parts[0].event(e),
+                    Part::Val => parts[1].event(e),
+                })?,
+                None => parts[0].event(e?)?,
+            }
+        }
+        pb.finish_and_clear();
+        let mut out = Vec::new();
+        for (name, p) in names.into_iter().zip(parts) {
+            let (TokenSink::Shards(w), bytes) = p.finish()? else {
+                unreachable!("parts write shards")
+            };
+            let (shards, tokens) = w.finish()?;
+            out.push(PartMeta {
+                name: name.to_string(),
+                tokens,
+                shards,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The training text, cut as the tokenizers cut it, as a stream for training a BPE.
+    fn train_pieces(
+        &self,
+        cfg: &DataConfig,
+        out: &mut impl FnMut(String) -> Result<(), DataError>,
+    ) -> Result<(), DataError> {
+        let (src, fraction) = match self {
+            Plan::Tail(src, f) => (src, Some(*f)),
+            Plan::Whole(_, src) => (src, None),
+        };
+        let mut chunker = Chunker::new(true);
+        let mut emit = |e: TextEvent, chunker: &mut Chunker| match e {
+            TextEvent::Text(t) => chunker.text(&t, &mut |p, _| out(p)),
+            TextEvent::EndOfDocument => chunker.end_document(&mut |p, _| out(p)),
+        };
+        let mut router = fraction.map(|f| SplitRouter::new(src.scan.chars, f));
+        for e in src.reader(cfg) {
+            match &mut router {
+                Some(r) => r.route(e?, &mut |part, e| match part {
+                    Part::Train => emit(e, &mut chunker),
+                    Part::Val => Ok(()),
+                })?,
+                None => emit(e?, &mut chunker)?,
+            }
+        }
+        if chunker.is_open() {
+            emit(TextEvent::EndOfDocument, &mut chunker)?;
+        }
+        Ok(())
     }
 }
 
@@ -201,15 +354,6 @@ fn check_fraction(f: f64) -> Result<(), DataError> {
         )));
     }
     Ok(())
-}
-
-fn hash_docs(h: &mut Sha256, tag: &str, docs: &[String]) {
-    h.update(tag.as_bytes());
-    h.update((docs.len() as u64).to_le_bytes());
-    for d in docs {
-        h.update((d.len() as u64).to_le_bytes());
-        h.update(d.as_bytes());
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -272,40 +416,20 @@ pub fn tokenize_documents(
     Ok(out)
 }
 
-/// Writes `tokens` as `prefix_NNNNNN.bin` shards in `dir`; returns their count.
-fn write_shards(
-    dir: &Path,
-    prefix: &str,
-    tokens: &[u32],
-    vocab_size: usize,
-) -> Result<usize, DataError> {
-    let mut n = 0;
-    for (i, chunk) in tokens.chunks(SHARD_TOKENS).enumerate() {
-        shard::write_shard(&dir.join(format!("{prefix}_{i:06}.bin")), chunk, vocab_size)?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-fn shard_paths(dir: &Path, prefix: &str, n: usize) -> Vec<PathBuf> {
-    (0..n)
-        .map(|i| dir.join(format!("{prefix}_{i:06}.bin")))
-        .collect()
-}
-
-/// Tokenizes the named document lists into the cache (or finds them there) and opens them.
+/// Tokenizes what the plans name into the cache (or finds it there) and opens the streams, in
+/// the plans' order, each with the bytes of text it was made from.
 fn cached_streams(
     cfg: &DataConfig,
     tokenizer: &Tokenizer,
-    parts: &[(&str, &[String])],
-) -> Result<Vec<TokenStream>, DataError> {
+    plans: &[Plan],
+) -> Result<Vec<(TokenStream, u64)>, DataError> {
     let json = tokenizer.to_json()?;
     let mut h = Sha256::new();
     h.update(CACHE_VERSION.as_bytes());
     h.update((json.len() as u64).to_le_bytes());
     h.update(json.as_bytes());
-    for (name, docs) in parts {
-        hash_docs(&mut h, name, docs);
+    for plan in plans {
+        plan.hash_into(&mut h);
     }
     let key = hex(&h.finalize())[..24].to_string();
     let dir = cfg.cache_dir.join(&key);
@@ -320,22 +444,19 @@ fn cached_streams(
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, "create folder", e))?;
         let filled = (|| {
-            let mut counts = Vec::new();
-            for (name, docs) in parts {
-                let tokens = tokenize_documents(tokenizer, docs, &format!("tokenizing {name}"))?;
-                let shards = write_shards(&tmp, name, &tokens, tokenizer.vocab_size())?;
-                counts.push(
-                    serde_json::json!({"name": name, "tokens": tokens.len(), "shards": shards}),
-                );
+            let mut parts = Vec::new();
+            for plan in plans {
+                parts.extend(plan.write_shards(cfg, tokenizer, &tmp)?);
             }
             tokenizer.save(&tmp.join("tokenizer.json"))?;
-            let meta = serde_json::json!({
-                "version": CACHE_VERSION,
-                "tokenizer": tokenizer.describe(),
-                "parts": counts,
-            });
+            let meta = CacheMeta {
+                version: CACHE_VERSION.to_string(),
+                tokenizer: tokenizer.describe(),
+                parts,
+            };
+            let json = serde_json::to_string(&meta).expect("the cache meta is JSON");
             // meta.json is written last: a folder without it is never taken for a cache entry.
-            shard::write_atomic(&tmp.join("meta.json"), meta.to_string().as_bytes())
+            shard::write_atomic(&tmp.join("meta.json"), json.as_bytes())
         })();
         if let Err(e) = filled {
             // A half-written entry (a full disk, say) is removed, not left to fill the disk.
@@ -351,7 +472,7 @@ fn cached_streams(
     } else {
         tracing::info!("data: reusing token shards in {}", dir.display());
     }
-    let meta: serde_json::Value = std::fs::read(&meta_path)
+    let meta: CacheMeta = std::fs::read(&meta_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(|| {
@@ -362,31 +483,36 @@ fn cached_streams(
             ))
         })?;
     let mut out = Vec::new();
-    for (name, _) in parts {
-        let shards = meta["parts"]
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["name"] == *name))
-            .and_then(|p| p["shards"].as_u64())
-            .unwrap_or(0) as usize;
-        out.push(TokenStream::open(&shard_paths(&dir, name, shards))?);
+    for name in plans.iter().flat_map(|p| p.names()) {
+        let part = meta.parts.iter().find(|p| p.name == name).ok_or_else(|| {
+            DataError::Config(format!(
+                "{} has no part {name:?}; delete the folder {} and run again",
+                meta_path.display(),
+                dir.display()
+            ))
+        })?;
+        let paths: Vec<PathBuf> = (0..part.shards)
+            .map(|i| ShardWriter::shard_path(&dir, name, i))
+            .collect();
+        out.push((TokenStream::open(&paths)?, part.bytes));
     }
     Ok(out)
 }
 
 /// The tokenizer named by `cfg.tokenizer`, training a BPE on `train_docs` if asked (cached).
-fn make_tokenizer(cfg: &DataConfig, train_docs: Option<&[String]>) -> Result<Tokenizer, DataError> {
+fn make_tokenizer(cfg: &DataConfig, train: Option<Plan>) -> Result<Tokenizer, DataError> {
     match parse_tokenizer_spec(&cfg.tokenizer)? {
         TokSpec::Bytes => Ok(Tokenizer::bytes()),
         TokSpec::File(p) => Tokenizer::from_file(&p),
         TokSpec::Bpe(vocab) => {
-            let docs = train_docs.ok_or_else(|| {
+            let train = train.ok_or_else(|| {
                 DataError::Config(format!(
                     "tokenizer \"bpe:{vocab}\" needs text to train on, but the source is token shards; set data.tokenizer to the tokenizer.json that made them"
                 ))
             })?;
             let mut h = Sha256::new();
             h.update(format!("{CACHE_VERSION} bpe {vocab}").as_bytes());
-            hash_docs(&mut h, "train", docs);
+            train.hash_into(&mut h);
             let key = hex(&h.finalize())[..24].to_string();
             let path = cfg
                 .cache_dir
@@ -396,11 +522,40 @@ fn make_tokenizer(cfg: &DataConfig, train_docs: Option<&[String]>) -> Result<Tok
                 return Ok(Tokenizer::from_file(&path)?.into_bpe());
             }
             tracing::info!("data: training a BPE of {vocab} ids on the training split");
-            let t = Tokenizer::train_bpe(docs.iter().map(|d| d.as_str()), vocab)?;
+            let t = train_bpe_streaming(cfg, train, vocab)?;
+            std::fs::create_dir_all(&cfg.cache_dir)
+                .map_err(|e| DataError::io(&cfg.cache_dir, "create folder", e))?;
             t.save(&path)?;
             Ok(t)
         }
     }
+}
+
+/// Trains a BPE on the plan's training text as it is read: a reader thread hands pieces to
+/// the trainer through a bounded channel, so the text is never held whole.
+fn train_bpe_streaming(
+    cfg: &DataConfig,
+    train: Plan,
+    vocab: usize,
+) -> Result<Tokenizer, DataError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(64);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            train.train_pieces(cfg, &mut |piece| {
+                // A closed channel means the trainer stopped; its error is the one to report.
+                tx.send(piece).map_err(|_| DataError::Config(String::new()))
+            })
+        });
+        let trained = Tokenizer::train_bpe_pieces(rx.into_iter(), vocab);
+        let read = reader.join().unwrap_or_else(|_| {
+            Err(DataError::Config(
+                "the BPE reader thread panicked".to_string(),
+            ))
+        });
+        let t = trained?;
+        read?;
+        Ok(t)
+    })
 }
 
 /// Prepares the training and validation streams described by `cfg`.
@@ -438,10 +593,13 @@ fn dataset_from_shards(
             val.check_vocab(tokenizer.vocab_size(), v)?;
             (all, val, None, format!("val = {v}"))
         }
-        (Some(v), Some(_)) => {
-            let val = tokenize_source(v, &tokenizer, cfg)?;
-            let (docs, _) = text_documents(&source::resolve(v)?, v, cfg)?;
-            let bytes = docs.iter().map(|d| d.len() as u64).sum();
+        (Some(v), Some(r)) => {
+            let src = ScannedSource::new(&r, v, cfg)?;
+            let (val, bytes) = one_stream(cached_streams(
+                cfg,
+                &tokenizer,
+                &[Plan::Whole("all", &src)],
+            )?);
             (all, val, Some(bytes), format!("val = {v}"))
         }
         _ => {
@@ -465,7 +623,15 @@ fn dataset_from_shards(
     })
 }
 
-/// Text: documents read, the validation set held out (`val_source`, else the last
+/// The one stream of a single-part plan.
+fn one_stream(mut streams: Vec<(TokenStream, u64)>) -> (TokenStream, u64) {
+    streams
+        .pop()
+        .unwrap_or_else(|| (TokenStream::from_tokens(Vec::new()), 0))
+}
+
+/// Text: the source read as a stream (once to count and hash it, once more to tokenize it
+/// unless the cache has it), the validation set held out (`val_source`, else the last
 /// `val_fraction` of the characters), the tokenizer made, both parts tokenized into the cache.
 fn dataset_from_text(
     cfg: &DataConfig,
@@ -473,47 +639,45 @@ fn dataset_from_text(
     val_resolved: Option<Resolved>,
 ) -> Result<Dataset, DataError> {
     let pct = cfg.val_fraction * 100.0;
-    let (docs, desc) = text_documents(resolved, &cfg.source, cfg)?;
-    let (train_docs, val_part, val_desc) = match (&cfg.val_source, val_resolved) {
-        (Some(v), Some(Resolved::Bin(vp))) => (docs, Err(vp), format!("val = {v}")),
-        (Some(v), Some(r)) => {
-            let (vd, _) = text_documents(&r, v, cfg)?;
-            (docs, Ok(vd), format!("val = {v}"))
+    let src = ScannedSource::new(resolved, &cfg.source, cfg)?;
+    let val_src = match (&cfg.val_source, &val_resolved) {
+        (Some(v), Some(r)) if !matches!(r, Resolved::Bin(_)) => {
+            Some(ScannedSource::new(r, v, cfg)?)
         }
-        _ => {
-            let (t, v) = split_tail(docs, cfg.val_fraction);
-            (t, Ok(v), format!("val = last {pct}% of the characters"))
-        }
+        _ => None,
     };
-    let tokenizer = make_tokenizer(cfg, Some(&train_docs))?;
-    let (train, val, val_bytes) = match val_part {
-        Ok(val_docs) => {
-            let bytes = val_docs.iter().map(|d| d.len() as u64).sum();
-            let mut s = cached_streams(
-                cfg,
-                &tokenizer,
-                &[("train", &train_docs), ("val", &val_docs)],
-            )?;
-            let val = s
-                .pop()
-                .unwrap_or_else(|| TokenStream::from_tokens(Vec::new()));
-            let train = s
-                .pop()
-                .unwrap_or_else(|| TokenStream::from_tokens(Vec::new()));
+    let (train_plan, val_desc) = match &cfg.val_source {
+        Some(v) => (Plan::Whole("train", &src), format!("val = {v}")),
+        None => (
+            Plan::Tail(&src, cfg.val_fraction),
+            format!("val = last {pct}% of the characters"),
+        ),
+    };
+    let tokenizer = make_tokenizer(cfg, Some(train_plan))?;
+    let (train, val, val_bytes) = match (train_plan, &val_src, val_resolved) {
+        (Plan::Tail(..), ..) => {
+            let mut s = cached_streams(cfg, &tokenizer, &[train_plan])?;
+            let (val, bytes) = one_stream(s.split_off(1));
+            let (train, _) = one_stream(s);
             (train, val, Some(bytes))
         }
-        Err(vp) => {
-            let mut s = cached_streams(cfg, &tokenizer, &[("train", &train_docs)])?;
-            let train = s
-                .pop()
-                .unwrap_or_else(|| TokenStream::from_tokens(Vec::new()));
+        (_, Some(vs), _) => {
+            let mut s = cached_streams(cfg, &tokenizer, &[train_plan, Plan::Whole("val", vs)])?;
+            let (val, bytes) = one_stream(s.split_off(1));
+            let (train, _) = one_stream(s);
+            (train, val, Some(bytes))
+        }
+        (_, None, Some(Resolved::Bin(vp))) => {
+            let (train, _) = one_stream(cached_streams(cfg, &tokenizer, &[train_plan])?);
             let val = TokenStream::open(&vp)?;
             val.check_vocab(tokenizer.vocab_size(), "val_source")?;
             (train, val, None)
         }
+        (_, None, _) => unreachable!("a val_source resolves to text or shards"),
     };
     let description = format!(
-        "{desc}; {} train tokens, {} val tokens ({val_desc}); tokenizer {}",
+        "{}; {} train tokens, {} val tokens ({val_desc}); tokenizer {}",
+        src.description,
         train.len(),
         val.len(),
         tokenizer.describe()
@@ -528,8 +692,8 @@ fn dataset_from_text(
 }
 
 /// All of `source` as one token stream with `tokenizer` (for evaluating a model on other
-/// data): text is tokenized (cached); `.bin` shards are opened and checked against the
-/// tokenizer's vocabulary.
+/// data): text is tokenized (cached) as a stream; `.bin` shards are opened and checked against
+/// the tokenizer's vocabulary.
 pub fn tokenize_source(
     source: &str,
     tokenizer: &Tokenizer,
@@ -541,20 +705,8 @@ pub fn tokenize_source(
         s.check_vocab(tokenizer.vocab_size(), source)?;
         return Ok(s);
     }
-    let (docs, _) = text_documents(&resolved, source, cfg)?;
-    let mut s = cached_streams(cfg, tokenizer, &[("all", &docs)])?;
-    Ok(s.pop()
-        .unwrap_or_else(|| TokenStream::from_tokens(Vec::new())))
-}
-
-/// The UTF-8 bytes of the documents of a text `source` (for bits per byte), None for shards.
-pub fn source_bytes(source: &str, cfg: &DataConfig) -> Result<Option<u64>, DataError> {
-    let resolved = source::resolve(source)?;
-    if matches!(resolved, Resolved::Bin(_)) {
-        return Ok(None);
-    }
-    let (docs, _) = text_documents(&resolved, source, cfg)?;
-    Ok(Some(docs.iter().map(|d| d.len() as u64).sum()))
+    let src = ScannedSource::new(&resolved, source, cfg)?;
+    Ok(one_stream(cached_streams(cfg, tokenizer, &[Plan::Whole("all", &src)])?).0)
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! Design note. A `[data]` config ([`DataConfig`]) names a source (the built-in synthetic
 //! corpus, text/JSONL files, folders, globs, `hf://datasets/...` files, or llm.c `.bin` token
 //! shards) and a tokenizer (bytes, a BPE trained on the corpus, or a `tokenizer.json`).
-//! [`prepare_dataset`] reads the documents, holds out validation data, tokenizes on all cores
-//! into llm.c-layout shards in a cache keyed by content, and returns memory-mapped
+//! [`prepare_dataset`] streams the documents (memory stays flat however large the corpus),
+//! holds out validation data, tokenizes on all cores into llm.c-layout shards in a cache keyed
+//! by content, and returns memory-mapped
 //! [`TokenStream`]s. [`BatchLoader`] cuts the training stream into (input, target) windows in
 //! a seeded, resumable order; [`eval_windows`] is the one definition of evaluation windows that
 //! training-time evaluation and `eval-ppl` share. The crate knows nothing of tensors or models.
@@ -15,9 +16,11 @@ pub mod error;
 pub mod hub;
 pub mod loader;
 pub mod parquet_source;
+pub mod pretokenize;
 pub mod shard;
 pub mod source;
 pub mod stream;
+pub mod text_reader;
 pub mod tokenizer;
 pub mod windows;
 

@@ -11,49 +11,72 @@ use parquet::schema::types::Type;
 
 use crate::error::DataError;
 
-/// Appends the non-null values of `column` in `path`, row group by row group, to `docs`;
-/// returns how many it appended.
-pub fn read_parquet_column(
-    path: &Path,
-    column: &str,
-    docs: &mut Vec<String>,
-) -> Result<usize, DataError> {
-    let bad = |problem: String| DataError::BadParquet {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let file = File::open(path).map_err(|e| DataError::io(path, "open", e))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
-    let schema = reader.metadata().file_metadata().schema();
-    let fields = schema.get_fields();
-    let Some(field) = fields.iter().find(|f| f.name() == column) else {
-        let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
-        return Err(bad(format!(
-            "no column {column:?} (columns: {}); set data.text_column to the one holding the text",
-            names.join(", ")
-        )));
-    };
-    let projection = Type::group_type_builder(schema.name())
-        .with_fields(vec![field.clone()])
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
-    let before = docs.len();
-    for group in 0..reader.num_row_groups() {
-        let row_group = reader
+/// The string column of one parquet file, read one row group at a time.
+pub struct ParquetTextColumn {
+    path: std::path::PathBuf,
+    column: String,
+    reader: SerializedFileReader<File>,
+    projection: Type,
+}
+
+impl ParquetTextColumn {
+    /// Opens `path` and checks that it has a column named `column`.
+    pub fn open(path: &Path, column: &str) -> Result<ParquetTextColumn, DataError> {
+        let bad = |problem: String| DataError::BadParquet {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let file = File::open(path).map_err(|e| DataError::io(path, "open", e))?;
+        let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
+        let schema = reader.metadata().file_metadata().schema();
+        let fields = schema.get_fields();
+        let Some(field) = fields.iter().find(|f| f.name() == column) else {
+            let names: Vec<&str> = fields.iter().map(|f| f.name()).collect();
+            return Err(bad(format!(
+                "no column {column:?} (columns: {}); set data.text_column to the one holding the text",
+                names.join(", ")
+            )));
+        };
+        let projection = Type::group_type_builder(schema.name())
+            .with_fields(vec![field.clone()])
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(ParquetTextColumn {
+            path: path.to_path_buf(),
+            column: column.to_string(),
+            reader,
+            projection,
+        })
+    }
+
+    /// Row groups in the file.
+    pub fn row_groups(&self) -> usize {
+        self.reader.num_row_groups()
+    }
+
+    /// Appends the non-null values of row group `group` to `docs`.
+    pub fn read_group(&self, group: usize, docs: &mut Vec<String>) -> Result<(), DataError> {
+        let column = &self.column;
+        let bad = |problem: String| DataError::BadParquet {
+            path: self.path.clone(),
+            problem: format!("row group {group}: {problem}"),
+        };
+        let row_group = self
+            .reader
             .get_row_group(group)
-            .map_err(|e| bad(format!("row group {group}: {e}")))?;
+            .map_err(|e| bad(e.to_string()))?;
         let rows = row_group
-            .get_row_iter(Some(projection.clone()))
-            .map_err(|e| bad(format!("row group {group}: {e}")))?;
+            .get_row_iter(Some(self.projection.clone()))
+            .map_err(|e| bad(e.to_string()))?;
         for row in rows {
-            let row = row.map_err(|e| bad(format!("row group {group}: {e}")))?;
+            let row = row.map_err(|e| bad(e.to_string()))?;
             match row.get_column_iter().next().map(|(_, v)| v) {
                 Some(Field::Str(s)) => docs.push(s.clone()),
                 Some(Field::Bytes(b)) => match std::str::from_utf8(b.data()) {
                     Ok(s) => docs.push(s.to_string()),
                     Err(_) => {
                         return Err(bad(format!(
-                            "row group {group}: a value of column {column:?} is not UTF-8 text"
+                            "a value of column {column:?} is not UTF-8 text"
                         )))
                     }
                 },
@@ -65,6 +88,21 @@ pub fn read_parquet_column(
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// Appends the non-null values of `column` in `path`, row group by row group, to `docs`;
+/// returns how many it appended.
+pub fn read_parquet_column(
+    path: &Path,
+    column: &str,
+    docs: &mut Vec<String>,
+) -> Result<usize, DataError> {
+    let file = ParquetTextColumn::open(path, column)?;
+    let before = docs.len();
+    for group in 0..file.row_groups() {
+        file.read_group(group, docs)?;
     }
     Ok(docs.len() - before)
 }

@@ -88,6 +88,112 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<(),
     write_atomic(path, &buf)
 }
 
+/// Writes a token stream as numbered shards `prefix_NNNNNN.bin` in a folder, `per_shard` tokens
+/// each (the last may be shorter), holding only a write buffer: a shard's header is written
+/// when the shard is full or the stream ends. Nothing is created for an empty stream. The
+/// folder is the caller's temporary one (the cache renames it into place when complete).
+pub struct ShardWriter {
+    dir: std::path::PathBuf,
+    prefix: String,
+    vocab_size: usize,
+    width: usize,
+    per_shard: usize,
+    file: Option<(std::path::PathBuf, std::io::BufWriter<std::fs::File>)>,
+    in_shard: usize,
+    shards: usize,
+    tokens: u64,
+}
+
+impl ShardWriter {
+    pub fn new(dir: &Path, prefix: &str, vocab_size: usize, per_shard: usize) -> ShardWriter {
+        ShardWriter {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_string(),
+            vocab_size,
+            width: width_for_vocab(vocab_size),
+            per_shard: per_shard.clamp(1, i32::MAX as usize),
+            file: None,
+            in_shard: 0,
+            shards: 0,
+            tokens: 0,
+        }
+    }
+
+    /// The path of shard `i` of `prefix` in `dir`.
+    pub fn shard_path(dir: &Path, prefix: &str, i: usize) -> std::path::PathBuf {
+        dir.join(format!("{prefix}_{i:06}.bin"))
+    }
+
+    /// Appends `tokens`; fails, before writing them, when one is at or above the vocabulary.
+    pub fn write(&mut self, mut tokens: &[u32]) -> Result<(), DataError> {
+        use std::io::Write;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(DataError::TokenOutOfRange {
+                what: format!("writing {}", self.dir.join(&self.prefix).display()),
+                id,
+                vocab_size: self.vocab_size,
+            });
+        }
+        let mut bytes = Vec::with_capacity(tokens.len().min(self.per_shard) * self.width);
+        while !tokens.is_empty() {
+            if self.file.is_none() {
+                let path = Self::shard_path(&self.dir, &self.prefix, self.shards);
+                let f = std::fs::File::create(&path).map_err(|e| write_error(&path, e, 0))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                w.write_all(&[0u8; HEADER_BYTES])
+                    .map_err(|e| write_error(&path, e, HEADER_BYTES as u64))?;
+                self.file = Some((path, w));
+                self.shards += 1;
+                self.in_shard = 0;
+            }
+            let n = tokens.len().min(self.per_shard - self.in_shard);
+            bytes.clear();
+            if self.width == 2 {
+                bytes.extend(tokens[..n].iter().flat_map(|&t| (t as u16).to_le_bytes()));
+            } else {
+                bytes.extend(tokens[..n].iter().flat_map(|&t| t.to_le_bytes()));
+            }
+            let (path, w) = self.file.as_mut().expect("opened above");
+            w.write_all(&bytes)
+                .map_err(|e| write_error(path, e, bytes.len() as u64))?;
+            self.in_shard += n;
+            self.tokens += n as u64;
+            tokens = &tokens[n..];
+            if self.in_shard == self.per_shard {
+                self.close_shard()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_shard(&mut self) -> Result<(), DataError> {
+        use std::io::{Seek, Write};
+        let Some((path, w)) = self.file.take() else {
+            return Ok(());
+        };
+        let mut f = w
+            .into_inner()
+            .map_err(|e| write_error(&path, e.into_error(), 0))?;
+        f.seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| f.write_all(&encode_header(self.in_shard, self.width)))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| write_error(&path, e, HEADER_BYTES as u64))
+    }
+
+    /// Closes the last shard; returns (shards written, tokens written).
+    pub fn finish(mut self) -> Result<(usize, u64), DataError> {
+        self.close_shard()?;
+        Ok((self.shards, self.tokens))
+    }
+}
+
+fn write_error(path: &Path, e: std::io::Error, needed: u64) -> DataError {
+    match dynact_files::describe_write_error(&e, path, needed) {
+        Some(disk_full) => DataError::Config(disk_full),
+        None => DataError::io(path, "write", e),
+    }
+}
+
 /// Reads and checks the header of the shard at `path` against the file's size.
 pub fn read_header(path: &Path) -> Result<ShardHeader, DataError> {
     let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, "open", e))?;
@@ -163,12 +269,8 @@ fn bad(path: &Path, problem: String) -> DataError {
 /// Writes `bytes` to `path` atomically (see dynact-files): a crash leaves either the old file
 /// or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    dynact_files::atomic_write_bytes(path, bytes).map_err(|e| {
-        match dynact_files::describe_write_error(&e, path, bytes.len() as u64) {
-            Some(disk_full) => DataError::Config(disk_full),
-            None => DataError::io(path, "write", e),
-        }
-    })
+    dynact_files::atomic_write_bytes(path, bytes)
+        .map_err(|e| write_error(path, e, bytes.len() as u64))
 }
 
 #[cfg(test)]
@@ -195,6 +297,39 @@ mod tests {
         assert!(matches!(
             write_shard(&p, &[5], 5),
             Err(DataError::TokenOutOfRange { id: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn shard_writer_equals_write_shard_per_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens: Vec<u32> = (0..1000u32).map(|i| (i * 7919) % 300).collect();
+        for (vocab, per_shard) in [(300, 64), (300, 1000), (70_000, 333)] {
+            let mut w = ShardWriter::new(dir.path(), "s", vocab, per_shard);
+            // Uneven writes, so that shards fill across calls.
+            for part in tokens.chunks(37) {
+                w.write(part).unwrap();
+            }
+            let (shards, n) = w.finish().unwrap();
+            assert_eq!((shards, n), (tokens.len().div_ceil(per_shard), 1000));
+            for (i, chunk) in tokens.chunks(per_shard).enumerate() {
+                let want = dir.path().join("want.bin");
+                write_shard(&want, chunk, vocab).unwrap();
+                let got = std::fs::read(ShardWriter::shard_path(dir.path(), "s", i)).unwrap();
+                assert_eq!(
+                    got,
+                    std::fs::read(&want).unwrap(),
+                    "vocab {vocab} shard {i}"
+                );
+            }
+        }
+        let w = ShardWriter::new(dir.path(), "empty", 300, 10);
+        assert_eq!(w.finish().unwrap(), (0, 0));
+        assert!(!ShardWriter::shard_path(dir.path(), "empty", 0).exists());
+        let mut w = ShardWriter::new(dir.path(), "bad", 300, 10);
+        assert!(matches!(
+            w.write(&[1, 300]),
+            Err(DataError::TokenOutOfRange { id: 300, .. })
         ));
     }
 }

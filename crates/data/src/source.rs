@@ -26,16 +26,6 @@ fn is_bin(p: &Path) -> bool {
     p.extension().is_some_and(|e| e.eq_ignore_ascii_case("bin"))
 }
 
-fn is_jsonl(p: &Path) -> bool {
-    p.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
-}
-
-fn is_parquet(p: &Path) -> bool {
-    p.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-}
-
 fn is_hidden(p: &Path) -> bool {
     p.file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with('.'))
@@ -127,19 +117,6 @@ pub fn resolve(source: &str) -> Result<Resolved, DataError> {
     }
 }
 
-/// The text of `bytes` read from `path`: an error naming the first bad byte's offset, or,
-/// with `replace`, invalid sequences replaced by U+FFFD.
-pub fn decode_utf8(path: &Path, bytes: Vec<u8>, replace: bool) -> Result<String, DataError> {
-    match String::from_utf8(bytes) {
-        Ok(s) => Ok(s),
-        Err(e) if replace => Ok(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        Err(e) => Err(DataError::InvalidUtf8 {
-            path: path.to_path_buf(),
-            offset: e.utf8_error().valid_up_to() as u64,
-        }),
-    }
-}
-
 /// Where the text is in structured files, and what to do with bytes that are not UTF-8.
 #[derive(Clone, Copy, Debug)]
 pub struct TextFields<'a> {
@@ -160,52 +137,10 @@ impl Default for TextFields<'_> {
     }
 }
 
-/// Reads text files into documents: one per text file, one per JSONL line, one per parquet row.
+/// Reads text files into documents: one per text file, one per JSONL line, one per parquet row
+/// (for small sources; large ones are streamed with [`crate::text_reader::TextReader`]).
 pub fn read_documents(files: &[PathBuf], fields: TextFields) -> Result<Vec<String>, DataError> {
-    let (text_field, replace_invalid_utf8) = (fields.jsonl_field, fields.replace_invalid_utf8);
-    let mut docs = Vec::new();
-    for path in files {
-        if is_parquet(path) {
-            if crate::parquet_source::read_parquet_column(path, fields.parquet_column, &mut docs)?
-                == 0
-            {
-                return Err(DataError::EmptyFile { path: path.clone() });
-            }
-            continue;
-        }
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "open", e))?;
-        if bytes.is_empty() {
-            return Err(DataError::EmptyFile { path: path.clone() });
-        }
-        let text = decode_utf8(path, bytes, replace_invalid_utf8)?;
-        if !is_jsonl(path) {
-            docs.push(text);
-            continue;
-        }
-        let before = docs.len();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let bad = |problem: String| DataError::BadJsonl {
-                path: path.clone(),
-                line: i + 1,
-                field: text_field.to_string(),
-                problem,
-            };
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| bad(format!("not JSON ({e})")))?;
-            match v.get(text_field) {
-                Some(serde_json::Value::String(s)) => docs.push(s.clone()),
-                Some(_) => return Err(bad(format!("field {text_field:?} is not a string"))),
-                None => return Err(bad(format!("no field {text_field:?}"))),
-            }
-        }
-        if docs.len() == before {
-            return Err(DataError::EmptyFile { path: path.clone() });
-        }
-    }
-    Ok(docs)
+    crate::text_reader::collect_documents(crate::text_reader::TextReader::files(files, fields))
 }
 
 #[cfg(test)]

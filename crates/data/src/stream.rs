@@ -12,7 +12,9 @@ use crate::error::DataError;
 use crate::shard::{self, HEADER_BYTES};
 
 enum Backing {
-    Mmap(Mmap),
+    /// A shard, mapped for reading windows, and its file for scans that should not make its
+    /// pages resident in this process (reads go through the page cache instead).
+    Mmap(Mmap, std::fs::File),
     Owned(Vec<u32>),
 }
 
@@ -32,7 +34,7 @@ impl Segment {
         let first = self.start + from;
         match &*self.backing {
             Backing::Owned(v) => out.copy_from_slice(&v[first..first + out.len()]),
-            Backing::Mmap(m) => {
+            Backing::Mmap(m, _) => {
                 let w = self.width;
                 let bytes = &m[HEADER_BYTES + first * w..HEADER_BYTES + (first + out.len()) * w];
                 if w == 2 {
@@ -48,14 +50,37 @@ impl Segment {
         }
     }
 
+    /// The largest id in the segment, read in chunks on all cores (mapped shards through
+    /// file reads, so a scan of a large corpus does not grow the resident memory).
     fn max_token(&self) -> u32 {
-        const CHUNK: usize = 1 << 16;
+        const CHUNK: usize = 1 << 18;
         (0..self.len.div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
                 let from = c * CHUNK;
                 let mut buf = vec![0u32; CHUNK.min(self.len - from)];
-                self.read(from, &mut buf);
+                match &*self.backing {
+                    Backing::Mmap(_, file) => {
+                        use std::os::unix::fs::FileExt;
+                        let w = self.width;
+                        let mut bytes = vec![0u8; buf.len() * w];
+                        let at = (HEADER_BYTES + (self.start + from) * w) as u64;
+                        if file.read_exact_at(&mut bytes, at).is_err() {
+                            // The header matched the size at open; a failed read falls back
+                            // to the mapping rather than hiding a token.
+                            self.read(from, &mut buf);
+                        } else if w == 2 {
+                            for (o, b) in buf.iter_mut().zip(bytes.chunks_exact(2)) {
+                                *o = u16::from_le_bytes([b[0], b[1]]) as u32;
+                            }
+                        } else {
+                            for (o, b) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
+                                *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                            }
+                        }
+                    }
+                    Backing::Owned(_) => self.read(from, &mut buf),
+                }
                 buf.into_iter().max().unwrap_or(0)
             })
             .max()
@@ -237,7 +262,7 @@ fn open_segment(path: &Path) -> Result<Segment, DataError> {
     let map = unsafe { Mmap::map(&f) }.map_err(|e| DataError::io(path, "mmap", e))?;
     let h = shard::parse_header(path, &map[..map.len().min(HEADER_BYTES)], size)?;
     Ok(Segment {
-        backing: Arc::new(Backing::Mmap(map)),
+        backing: Arc::new(Backing::Mmap(map, f)),
         width: h.width,
         start: 0,
         len: h.tokens,

@@ -176,10 +176,24 @@ impl Tokenizer {
             });
         }
         let texts: Vec<S> = texts.into_iter().collect();
-        let pieces: Vec<&str> = texts
+        let pieces: Vec<String> = texts
             .iter()
             .flat_map(|t| split_chunks(t.as_ref(), 1 << 16))
+            .map(str::to_string)
             .collect();
+        Tokenizer::train_bpe_pieces(pieces.into_iter(), vocab_size)
+    }
+
+    /// `train_bpe` on text already cut into pieces (by [`split_chunks`]), taken as they come.
+    pub fn train_bpe_pieces<I>(pieces: I, vocab_size: usize) -> Result<Tokenizer, DataError>
+    where
+        I: Iterator<Item = String> + Send,
+    {
+        if vocab_size < 257 {
+            return Err(DataError::BadTokenizerSpec {
+                spec: format!("bpe:{vocab_size}"),
+            });
+        }
         let mut inner = tokenizers::Tokenizer::new(BPE::default());
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevel::new(false, true, true)));
@@ -191,9 +205,7 @@ impl Tokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        inner
-            .train(&mut trainer, pieces.into_iter())
-            .map_err(tk_err)?;
+        inner.train(&mut trainer, pieces).map_err(tk_err)?;
         let mut t = Tokenizer::wrap(inner, Kind::Bpe)?;
         t.byte_level = true;
         Ok(t)

@@ -93,6 +93,45 @@ fn text_to_shards_and_back_equals_the_tokenizers_output() {
 }
 
 #[test]
+fn a_corpus_of_many_read_blocks_streams_to_the_ids_of_the_whole_text() {
+    // Tiny Shakespeare three times over (3.3 MB): several 1 MiB read blocks and several
+    // encoding batches, the cut into train and val inside the one document.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(tiny_shakespeare())
+        .unwrap()
+        .repeat(3);
+    let path = dir.path().join("three.txt");
+    std::fs::write(&path, &text).unwrap();
+    let chars = text.chars().count();
+    let cut = text
+        .char_indices()
+        .nth((chars as f64 * 0.9).floor() as usize)
+        .unwrap()
+        .0;
+    for tok in ["bytes", "bpe:400"] {
+        let mut c = cfg(dir.path(), path.to_str().unwrap());
+        c.tokenizer = tok.to_string();
+        let d = prepare_dataset(&c).unwrap();
+        assert_eq!(
+            d.train.to_vec(),
+            reference(&d.tokenizer, &[&text[..cut]]),
+            "{tok}"
+        );
+        assert_eq!(
+            d.val.to_vec(),
+            reference(&d.tokenizer, &[&text[cut..]]),
+            "{tok}"
+        );
+        assert_eq!(d.val_bytes, Some((text.len() - cut) as u64));
+        if tok != "bytes" {
+            // The BPE trained on the stream is the one trained on the training text whole.
+            let whole = Tokenizer::train_bpe([&text[..cut]], 400).unwrap();
+            assert_eq!(whole.to_json().unwrap(), d.tokenizer.to_json().unwrap());
+        }
+    }
+}
+
+#[test]
 fn builtin_split_is_a_disjoint_tail_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path(), "builtin");

@@ -68,15 +68,6 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> TokenStream {
     TokenStream::from_tokens(v)
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// One row, measured in this process; printed as one JSON line.
 fn measure(name: &str, ffn: FfnKind, steps: usize) -> serde_json::Value {
     let cfg = config(name, ffn);
@@ -132,7 +123,7 @@ fn measure(name: &str, ffn: FfnKind, steps: usize) -> serde_json::Value {
     serde_json::json!({
         "step_s": median, "tokens_per_s": tokens / median,
         "gflops": tokens * flops / median / 1e9, "peak_gflops": peak / 1e9,
-        "eval_tokens_per_s": eval_tps, "peak_rss_mb": peak_rss_mb(),
+        "eval_tokens_per_s": eval_tps, "peak_rss_mb": dynact_trainer::peak_memory_mb(),
     })
 }
 

@@ -240,8 +240,9 @@ fn restore(
 
 /// What a run checks before it trains, without a run directory: the device, and the config
 /// against its data (tokenized into the cache, which the run then reuses). The experiment grid
-/// calls it before it starts any run.
-pub fn preflight(cfg: &RunConfig, vocab_size_given: bool) -> Result<()> {
+/// calls it before it starts any run, `train-lm --prepare-data` alone. Returns the data's
+/// description.
+pub fn preflight(cfg: &RunConfig, vocab_size_given: bool) -> Result<String> {
     crate::parse_device(&cfg.device)?;
     let mut cfg = cfg.clone();
     let opts = RunOptions {
@@ -250,8 +251,7 @@ pub fn preflight(cfg: &RunConfig, vocab_size_given: bool) -> Result<()> {
         ..Default::default()
     };
     let model_given = !cfg.init_from.is_empty();
-    prepare_data(&mut cfg, &opts, model_given, &|_| {})?;
-    Ok(())
+    Ok(prepare_data(&mut cfg, &opts, model_given, &|_| {})?.description)
 }
 
 /// Checks the run directory against what was asked: a fresh run needs an empty place, a

@@ -1,7 +1,8 @@
 //! A second writer and a full disk: a live run's directory is refused to a second train-lm
 //! (new run or resume) with the owner named, a killed run's stale lock is taken over, and a
 //! checkpoint that does not fit on the disk stops the run with one line saying how much room
-//! was needed, leaving the previous checkpoint, `latest` and the logs valid and resumable.
+//! was needed, leaving the previous checkpoint, `latest` and the logs valid and resumable; and
+//! tokenizing a corpus 20 times larger takes no more memory (the text is streamed).
 
 mod common;
 
@@ -169,4 +170,88 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
         std::fs::read_to_string(roomy.join("latest")).unwrap(),
         "step-000004"
     );
+}
+
+/// Peak memory of `train-lm --prepare-data` on `text` repeated to about `mb` MB.
+fn prepare_peak_mb(dir: &Path, text: &str, mb: usize) -> f64 {
+    let path = dir.join(format!("corpus-{mb}.txt"));
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for _ in 0..(mb * 1_000_000).div_ceil(text.len()) {
+            f.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let cache = dir.join(format!("cache-{mb}"));
+    let r = run(
+        env!("CARGO_BIN_EXE_train-lm"),
+        &[
+            "--prepare-data",
+            "--data",
+            path.to_str().unwrap(),
+            "--set",
+            &format!("data.cache_dir=\"{}\"", cache.display()),
+        ],
+        dir,
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir_all(&cache).unwrap();
+    // "data ready: ... (S s, peak memory N MB)"
+    let line = r.stdout.lines().last().unwrap_or("");
+    assert!(line.starts_with("data ready: "), "{}", r.stdout);
+    line.rsplit_once("peak memory ")
+        .and_then(|(_, v)| v.trim_end_matches(" MB)").parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in {line:?}"))
+}
+
+#[test]
+fn pretokenizing_memory_stays_flat_as_the_corpus_grows() {
+    // Tiny Shakespeare repeated to 10 MB and to 200 MB, tokenized to shards (bytes): the text
+    // and its ids are streamed, so 20 times the corpus costs no more than 1.5 times the memory.
+    let dir = tempfile::tempdir().unwrap();
+    let shakespeare =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt");
+    let text = std::fs::read_to_string(shakespeare).unwrap();
+    let small = prepare_peak_mb(dir.path(), &text, 10);
+    let large = prepare_peak_mb(dir.path(), &text, 200);
+    eprintln!("peak memory: {small:.0} MB for 10 MB, {large:.0} MB for 200 MB");
+    assert!(
+        large <= 1.5 * small,
+        "peak memory {large:.0} MB for 200 MB of text against {small:.0} MB for 10 MB"
+    );
+}
+
+#[test]
+fn a_full_disk_while_tokenizing_leaves_no_cache_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(_disk) = SmallDisk::mount(&d.join("small"), 1024) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    // 1.1 MB of text is 2.2 MB of u16 token shards: more than the 1 MB disk holds.
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt");
+    let data = corpus.to_str().unwrap();
+    let prepare = |cache: &str| {
+        run(
+            env!("CARGO_BIN_EXE_train-lm"),
+            &[
+                "--prepare-data",
+                "--data",
+                data,
+                "--set",
+                &format!("data.cache_dir=\"{cache}\""),
+            ],
+            d,
+            &[],
+        )
+    };
+    let r = prepare("small/cache");
+    assert_error(&r, &["the disk is full", "small/cache"]);
+    let left: Vec<_> = std::fs::read_dir(d.join("small/cache")).unwrap().collect();
+    assert!(left.is_empty(), "a partial cache entry was left: {left:?}");
+    let r = prepare("roomy-cache");
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }

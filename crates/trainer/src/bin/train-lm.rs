@@ -70,6 +70,10 @@ struct Args {
     /// Any other config key, e.g. --set optim.weight_decay=0.05 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Only tokenize the data into the cache and check the config against it, then exit (a
+    /// run then starts at once; e.g. on a login node before a long job).
+    #[arg(long)]
+    prepare_data: bool,
 }
 
 /// A flag's help: what it does, the config key it sets and that key's value in the built-in
@@ -214,6 +218,16 @@ fn main() {
     dynact_trainer::init_logging();
     let args = Args::parse();
     let result = build(&args).and_then(|(cfg, mut opts)| {
+        if args.prepare_data {
+            let start = std::time::Instant::now();
+            let description = dynact_trainer::train::preflight(&cfg, opts.vocab_size_given)?;
+            println!(
+                "data ready: {description} ({:.1} s, peak memory {:.0} MB)",
+                start.elapsed().as_secs_f64(),
+                dynact_trainer::peak_memory_mb()
+            );
+            std::process::exit(0);
+        }
         if let Some(grid) = grid(&args, &cfg)? {
             let exe = std::env::current_exe()?;
             let dir = run_grid(&cfg, opts.vocab_size_given, &grid, &exe)?;
