@@ -123,12 +123,22 @@ impl Tokenizer {
                 })
             }
         };
-        let inner: tokenizers::Tokenizer =
-            text.parse()
-                .map_err(|e: tokenizers::Error| DataError::BadTokenizer {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
+        let bad = |reason: String| DataError::BadTokenizer {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // The tokenizers library panics on some malformed files (found by fuzzing: a JSON
+        // syntax error inside "decoder", a bad "precompiled_charsmap"): check the JSON first,
+        // and turn any panic left into the same error.
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        let inner: tokenizers::Tokenizer = quiet_catch_unwind(|| text.parse())
+            .map_err(|panic| {
+                bad(format!(
+                    "the tokenizers library could not read it ({panic})"
+                ))
+            })?
+            .map_err(|e: tokenizers::Error| bad(e.to_string()))?;
         let bytes = Tokenizer::bytes();
         if bytes.inner.to_string(false).ok() == inner.to_string(false).ok() {
             return Ok(bytes);
@@ -359,6 +369,22 @@ impl Tokenizer {
 }
 
 /// Byte ids of `text`, `<|endoftext|>` as 256, appended to `out`.
+/// Runs `f`, turning a panic into an error holding its message, without the panic being
+/// printed (for libraries that panic on bad input). The panic hook is swapped for the call, so
+/// use it only where no other thread is expected to panic meanwhile (loading files at start).
+fn quiet_catch_unwind<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".to_string())
+    })
+}
+
 fn encode_bytes(text: &str, out: &mut Vec<u32>) {
     let mut rest = text;
     while let Some(i) = rest.find(EOS_TOKEN) {
@@ -460,5 +486,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn fuzz_found_tokenizer_json_panics_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokenizer.json");
+        // A JSON syntax error inside "decoder": tokenizers 0.23 panicked ("Helper").
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fuzz/tokenizer-json-syntax-error-in-decoder.json"
+        );
+        std::fs::copy(fixture, &p).unwrap();
+        let e = Tokenizer::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+        // Valid JSON with a precompiled normalizer that is not one: tokenizers panics
+        // ("Precompiled"); the panic becomes the error, unprinted.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&Tokenizer::bytes().to_json().unwrap()).unwrap();
+        v["normalizer"] =
+            serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "AAAA"});
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = Tokenizer::from_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("could not read it") && e.contains("Precompiled"),
+            "{e}"
+        );
     }
 }
