@@ -16,6 +16,7 @@ pub const RESUMABLE_CHANGES: &[&str] = &[
     "train.keep_last",
     "train.threads",
     "train.peak_flops",
+    "train.rank_timeout_s",
     "train.on_nonfinite",
     "eval.",
     "data.cache_dir",

@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Peak FLOP/s of the device for MFU (0: measured on CPU, looked up for known GPUs).
     pub peak_flops: f64,
+    /// Data parallel: seconds a rank waits for the others in a collective before it stops the
+    /// job (a rank died or hangs).
+    pub rank_timeout_s: f64,
 }
 
 impl Default for TrainConfig {
@@ -62,6 +65,7 @@ impl Default for TrainConfig {
             on_nonfinite: NonFinitePolicy::Stop,
             threads: 0,
             peak_flops: 0.0,
+            rank_timeout_s: 600.0,
         }
     }
 }
@@ -433,6 +437,12 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
     }
     if !(o.lr > 0.0 && o.lr.is_finite()) {
         return err(format!("lr must be positive, got {}", o.lr));
+    }
+    if !(t.rank_timeout_s > 0.0 && t.rank_timeout_s.is_finite()) {
+        return err(format!(
+            "train.rank_timeout_s must be a positive number of seconds, got {}",
+            t.rank_timeout_s
+        ));
     }
     if !(0.0..=o.lr).contains(&o.min_lr) {
         return err(format!("min_lr {} must be in [0, lr {}]", o.min_lr, o.lr));

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use dynact_data::{eval_windows, TokenStream};
+use dynact_dist::Communicator;
 use serde::Serialize;
 
 use crate::language_model::ScoresTokens;
@@ -31,6 +32,35 @@ pub struct EvalResult {
 /// byte). `on_batch(done, total)` reports progress.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
+    model: impl ScoresTokens,
+    stream: &TokenStream,
+    seq_len: usize,
+    batch_size: usize,
+    max_windows: Option<usize>,
+    byte_lengths: Option<&[u32]>,
+    device: &Device,
+    on_batch: impl FnMut(usize, usize),
+) -> anyhow::Result<EvalResult> {
+    let single = Communicator::single();
+    evaluate_on(
+        &single,
+        model,
+        stream,
+        seq_len,
+        batch_size,
+        max_windows,
+        byte_lengths,
+        device,
+        on_batch,
+    )
+}
+
+/// [`evaluate`] shared by the ranks of `comm`: rank r scores the r-th of `comm.size()`
+/// contiguous parts of the windows and the sums are reduced, so every rank gets the result of
+/// scoring all of them (up to the order of an f64 sum).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_on(
+    comm: &Communicator,
     mut model: impl ScoresTokens,
     stream: &TokenStream,
     seq_len: usize,
@@ -43,12 +73,14 @@ pub fn evaluate(
     let start = Instant::now();
     let windows = eval_windows(stream.len(), seq_len)?;
     let count = max_windows.map_or(windows.count, |m| m.min(windows.count));
+    let (rank, size) = (comm.rank(), comm.size());
+    let (first, end) = (count * rank / size, count * (rank + 1) / size);
     let (mut nll_sum, mut bytes) = (0f64, 0u64);
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut done = 0;
-    while done < count {
-        let b = batch_size.min(count - done);
+    let mut done = first;
+    while done < end {
+        let b = batch_size.min(end - done);
         x.clear();
         y.clear();
         for i in done..done + b {
@@ -68,7 +100,12 @@ pub fn evaluate(
         // Summed in f64 so that the mean does not depend on how windows were batched.
         nll_sum += nll.iter().map(|&v| v as f64).sum::<f64>();
         done += b;
-        on_batch(done, count);
+        on_batch(done - first, end - first);
+    }
+    if size > 1 {
+        let mut sums = [nll_sum, bytes as f64];
+        comm.all_reduce_sum_f64(&mut sums);
+        (nll_sum, bytes) = (sums[0], sums[1] as u64);
     }
     let tokens = count * seq_len;
     let ce = nll_sum / tokens as f64;

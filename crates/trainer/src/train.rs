@@ -10,15 +10,17 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use dynact_data::{prepare_dataset, BatchLoader, Dataset};
+use dynact_dist::Communicator;
 use dynact_files::atomic_write_bytes;
 use dynact_model::checkpoint::{save_config, CONFIG_FILE};
 use dynact_model::flops::training_flops_per_token;
@@ -30,7 +32,7 @@ use dynact_run::{
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{NonFinitePolicy, RunConfig};
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::{evaluate_on, EvalResult};
 use crate::optim::AdamW;
 use crate::peak_flops::{format_duration, peak_flops, Peak};
 use crate::schedule::lr_at;
@@ -48,6 +50,9 @@ pub struct RunOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// No progress bar and no per-step lines (tests).
     pub quiet: bool,
+    /// The processes of a data-parallel run (default: this one alone). Rank 0 writes the
+    /// run directory; every rank trains on its share of each step's micro-batches.
+    pub comm: Rc<Communicator>,
 }
 
 /// What a finished (or interrupted) run reports.
@@ -109,14 +114,26 @@ pub struct StepStats {
 /// Runs (or resumes) training as configured.
 pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     crate::set_cpu_threads(cfg.train.threads);
+    let comm = opts.comm.clone();
+    let root = comm.is_root();
     let device = crate::parse_device(&cfg.device)?;
     let dtype = crate::parse_dtype(&cfg.dtype)?;
+    check_world(&cfg, &device, &comm)?;
     let run_dir = RunDir::new(cfg.run_dir());
     let log = |msg: String| {
-        if !opts.quiet {
+        if !opts.quiet && root {
             eprintln!("{msg}");
         }
     };
+    if comm.size() > 1 {
+        log(format!(
+            "data parallel: {} ranks, each running {} of the {} micro-batches of {} sequences per step",
+            comm.size(),
+            cfg.train.grad_accum / comm.size(),
+            cfg.train.grad_accum,
+            cfg.train.batch_size
+        ));
+    }
 
     if opts.resume && !run_dir.holds_run() {
         bail!(
@@ -124,12 +141,17 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
             run_dir.path.display()
         );
     }
-    // One writer per run directory, from here until this function returns.
-    let lock = run_dir.lock()?;
-    if let Some(notice) = &lock.notice {
+    // One writer per run directory (rank 0), from here until this function returns.
+    let lock = match root {
+        true => Some(run_dir.lock()?),
+        false => None,
+    };
+    if let Some(notice) = lock.as_ref().and_then(|l| l.notice.as_ref()) {
         eprintln!("{notice}");
     }
     let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?;
+    // Every rank has looked at the run directory before rank 0 writes to it.
+    comm.barrier();
     let init_from = resume_from.is_none() && !cfg.init_from.is_empty();
     if init_from {
         crate::init_from::settle_config(&mut cfg, None)?;
@@ -144,7 +166,17 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     let resume_from = resume_from
         .map(|dir| TrainingCheckpoint::load(&dir, &device))
         .transpose()?;
-    let dataset = prepare_data(&mut cfg, &opts, init_from, &log)?;
+    // Rank 0 tokenizes into the cache first (untimed: a large corpus takes a while); the others
+    // then find it there.
+    let dataset = if root {
+        let d = prepare_data(&mut cfg, &opts, init_from, &log)?;
+        comm.barrier_untimed();
+        d
+    } else {
+        comm.barrier_untimed();
+        prepare_data(&mut cfg, &opts, init_from, &log)?
+    };
+    same_config_on_every_rank(&cfg, &comm)?;
     let unigram = crate::eval::unigram_ppl(&dataset.train, &dataset.val, cfg.model.vocab_size);
     log(format!(
         "baseline: unigram perplexity of the validation set {unigram:.3} (train token frequencies)"
@@ -152,7 +184,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
 
     std::fs::create_dir_all(&run_dir.path)
         .with_context(|| format!("cannot create run dir {}", run_dir.path.display()))?;
-    if resume_from.is_none() {
+    if resume_from.is_none() && root {
         // Written first, so the run directory says what ran even if training fails.
         atomic_write_bytes(&run_dir.file(RUN_CONFIG_FILE), cfg.to_toml().as_bytes())?;
         save_config(&cfg.model, &run_dir.file(CONFIG_FILE))?;
@@ -173,7 +205,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
                 run_dir.path.display(),
                 ckpt.state.step
             ));
-            restore(ckpt, &cfg, &run_dir, &device)?
+            restore(ckpt, &cfg, &run_dir, root, &device)?
         }
     };
     log(format!(
@@ -185,7 +217,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     ));
 
     let peak = peak_flops(&device, dtype, cfg.train.peak_flops);
-    let mut trainer = Trainer::assemble(cfg, run_dir, Some(lock), dataset, start, device, dtype)?;
+    let mut trainer = Trainer::assemble(cfg, run_dir, lock, dataset, start, device, dtype, comm)?;
     match &peak {
         Some(p) => log(format!(
             "speed: {:.2} MFLOP per training token; peak {:.1} GFLOP/s ({})",
@@ -200,6 +232,54 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     trainer.peak = peak;
     trainer.unigram_ppl = unigram;
     trainer.train(&opts)
+}
+
+/// Checks that the ranks can split the work: every rank runs `grad_accum / world size`
+/// micro-batches, so the world size must divide `train.grad_accum`.
+fn check_world(cfg: &RunConfig, device: &Device, comm: &Communicator) -> Result<()> {
+    let (size, accum) = (comm.size(), cfg.train.grad_accum);
+    if size == 1 {
+        return Ok(());
+    }
+    if !accum.is_multiple_of(size) {
+        bail!(
+            "train.grad_accum {accum} cannot be split over {size} ranks: each rank runs grad_accum / ranks micro-batches of the step's global batch; set train.grad_accum to a multiple of {size} (e.g. {}), or launch a number of ranks that divides {accum} (e.g. {})",
+            accum.div_ceil(size) * size,
+            largest_divisor_at_most(accum, size)
+        );
+    }
+    if !device.is_cpu() {
+        bail!(
+            "data parallel over {size} ranks runs on CPU tensors (MPI); on {} it needs the nccl backend, which is not implemented yet; use --device cpu, or one process per GPU run",
+            cfg.device
+        );
+    }
+    Ok(())
+}
+
+fn largest_divisor_at_most(n: usize, k: usize) -> usize {
+    (1..=k.min(n))
+        .rev()
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
+/// Fails unless every rank resolved the same config (the ranks were started alike).
+fn same_config_on_every_rank(cfg: &RunConfig, comm: &Communicator) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mine = cfg.to_toml();
+    let mut root = mine.clone().into_bytes();
+    comm.broadcast_bytes(&mut root);
+    let root = String::from_utf8_lossy(&root);
+    if let Some((a, b)) = root.lines().zip(mine.lines()).find(|(a, b)| a != b) {
+        bail!(
+            "rank {} resolved another config than rank 0 (`{b}` against `{a}`); start every rank with the same command and files",
+            comm.rank()
+        );
+    }
+    Ok(())
 }
 
 /// Where training starts: the parameters and model, the optimizer and the trainer state.
@@ -217,12 +297,16 @@ fn restore(
     ckpt: TrainingCheckpoint,
     cfg: &RunConfig,
     run_dir: &RunDir,
+    writer: bool,
     device: &Device,
 ) -> Result<Start> {
     let model = ckpt.weights.model(device)?;
     let mut opt = AdamW::new(&ckpt.weights.varmap, &cfg.optim)?;
     opt.restore(&ckpt.optimizer, ckpt.state.optimizer_steps)
         .with_context(|| format!("resuming from {}", ckpt.dir.display()))?;
+    if !writer {
+        return Ok((ckpt.weights.varmap, model, opt, ckpt.state));
+    }
     for file in [METRICS_FILE, EVAL_FILE] {
         run_dir.truncate_jsonl(file, ckpt.state.step)?;
     }
@@ -337,8 +421,11 @@ pub struct Trainer {
     /// Model FLOPs of one training token, and the device's peak FLOP/s (for MFU).
     flops_per_token: f64,
     peak: Option<Peak>,
-    /// The run directory's lock, held while the trainer lives (None: nothing on disk).
+    /// The run directory's lock, held while the trainer lives (None: nothing on disk, or not
+    /// rank 0).
     _lock: Option<RunLock>,
+    /// The ranks of a data-parallel run; rank 0 alone writes the run directory.
+    comm: Rc<Communicator>,
 }
 
 impl Trainer {
@@ -349,11 +436,14 @@ impl Trainer {
         let dtype = crate::parse_dtype(&cfg.dtype)?;
         let start = step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?;
         let run_dir = RunDir::new(cfg.run_dir());
-        Trainer::assemble(cfg, run_dir, None, dataset, start, device, dtype)
+        let comm = Rc::new(Communicator::single());
+        Trainer::assemble(cfg, run_dir, None, dataset, start, device, dtype, comm)
     }
 
     /// A trainer at `start`, its loader at the state's position (no peak FLOP/s and no
-    /// baseline yet: `run` sets them).
+    /// baseline yet: `run` sets them). Every rank's loader walks the same global order of
+    /// micro-batches (and keeps the same state), taking its own share of each step.
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         cfg: RunConfig,
         run_dir: RunDir,
@@ -362,6 +452,7 @@ impl Trainer {
         (varmap, model, opt, state): Start,
         device: Device,
         dtype: DType,
+        comm: Rc<Communicator>,
     ) -> Result<Trainer> {
         let mut loader = BatchLoader::new(
             dataset.train.clone(),
@@ -374,6 +465,7 @@ impl Trainer {
         loader.restore(&state.loader)?;
         Ok(Trainer {
             _lock: lock,
+            comm,
             flops_per_token: training_flops_per_token(&cfg.model, cfg.train.seq_len)?,
             peak: None,
             model: model.with_compute_dtype(dtype),
@@ -414,7 +506,9 @@ impl Trainer {
     fn train(&mut self, opts: &RunOptions) -> Result<RunReport> {
         let total = self.cfg.train.steps;
         let start_step = self.state.step;
-        let bar = progress_bar(total, start_step, opts.quiet);
+        let root = self.comm.is_root();
+        let quiet = opts.quiet || !root;
+        let bar = progress_bar(total, start_step, quiet);
         let mut report =
             RunReport::new(self.run_dir.path.clone(), self.unigram_ppl, self.state.step);
         let tokens_per_step = self.cfg.tokens_per_step() as u64;
@@ -436,7 +530,7 @@ impl Trainer {
             report.losses.push((step, stats.loss));
             window_tokens += tokens_per_step;
 
-            if step.is_multiple_of(self.cfg.train.log_every) || step == total {
+            if root && (step.is_multiple_of(self.cfg.train.log_every) || step == total) {
                 let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
                 let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
                 // At this invocation's pace so far, evaluations and checkpoints included.
@@ -449,7 +543,7 @@ impl Trainer {
                 self.log_metrics(&stats, tps, elapsed, eta, mfu)?;
                 let mfu_text = mfu.map_or(String::new(), |m| format!("  mfu {:.1}%", 100.0 * m));
                 bar.set_message(format!("loss {:.4}  {tps:.0} tok/s{mfu_text}", stats.loss));
-                if bar.is_hidden() && !opts.quiet {
+                if bar.is_hidden() && !quiet {
                     eprintln!(
                         "step {step:>6}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {tps:.0} tok/s{mfu_text}  eta {}",
                         stats.loss,
@@ -462,14 +556,19 @@ impl Trainer {
             }
             bar.set_position(step);
 
-            let interrupted = opts
+            let asked = opts
                 .interrupt
                 .as_ref()
-                .is_some_and(|f| f.load(Ordering::SeqCst))
-                || opts.stop_after == Some(step);
+                .is_some_and(|f| f.load(Ordering::SeqCst));
+            // The ranks stop at the same step: a Ctrl-C seen by any of them stops all.
+            let asked = match self.comm.size() {
+                1 => asked,
+                _ => self.comm.all_reduce_max_u64(asked as u64) == 1,
+            };
+            let interrupted = asked || opts.stop_after == Some(step);
             if self.cfg.is_eval_step(step) {
                 self.state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
-                let result = bar.suspend(|| self.evaluate_and_log(step, !opts.quiet))?;
+                let result = bar.suspend(|| self.evaluate_and_log(step, !quiet))?;
                 report.evals.push((step, self.state.tokens_seen, result));
                 self.save(step)?;
                 window_start = Instant::now();
@@ -543,14 +642,22 @@ impl Trainer {
         })
     }
 
-    /// Forward and backward over `grad_accum` micro-batches; returns the mean loss and the
-    /// summed gradients of the mean loss.
+    /// Forward and backward over this rank's share of the step's `grad_accum` micro-batches
+    /// (all of them in a single process); returns the mean loss and the gradients of the mean
+    /// loss over all of them, summed over the ranks. Micro-batch m of a step has the same
+    /// windows and dropout masks whatever the number of ranks.
     fn accumulate(&mut self, step: u64) -> Result<(f32, GradStore)> {
         let accum = self.cfg.train.grad_accum;
+        let per_rank = accum / self.comm.size();
+        let mine = self.comm.rank() * per_rank..(self.comm.rank() + 1) * per_rank;
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
         for micro in 0..accum {
+            // Every rank draws every batch, so the loader's state is the same on all of them.
             let batch = self.loader.next_batch();
+            if !mine.contains(&micro) {
+                continue;
+            }
             let (b, t) = (batch.batch_size, batch.seq_len);
             let x = Tensor::from_vec(batch.inputs, (b, t), &self.device)?;
             let y = Tensor::from_vec(batch.targets, (b, t), &self.device)?;
@@ -579,7 +686,43 @@ impl Trainer {
                 }
             });
         }
-        Ok((loss_sum / accum as f32, total.expect("grad_accum >= 1")))
+        let mut grads = total.expect("grad_accum >= 1");
+        if self.comm.size() > 1 {
+            let mut loss = [loss_sum];
+            self.comm.all_reduce_sum_f32(&mut loss);
+            loss_sum = loss[0];
+            self.all_reduce_grads(&mut grads)?;
+        }
+        Ok((loss_sum / accum as f32, grads))
+    }
+
+    /// Sums the gradients over the ranks, as one flat f32 buffer in parameter-name order.
+    fn all_reduce_grads(&self, grads: &mut GradStore) -> Result<()> {
+        let mut vars: Vec<(String, Var)> = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow!("the parameter map's lock is poisoned"))?
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut flat = Vec::new();
+        for (_, var) in &vars {
+            match grads.get(var) {
+                Some(g) => flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+                None => flat.resize(flat.len() + var.elem_count(), 0.0),
+            }
+        }
+        self.comm.all_reduce_sum_f32(&mut flat);
+        let mut at = 0;
+        for (_, var) in &vars {
+            let n = var.elem_count();
+            let g = Tensor::from_slice(&flat[at..at + n], var.shape(), var.device())?;
+            grads.insert(var, g.to_dtype(var.dtype())?);
+            at += n;
+        }
+        Ok(())
     }
 
     /// One line of `metrics.jsonl`, with alpha and beta of every layer for dynActGLU.
@@ -642,7 +785,8 @@ impl Trainer {
         let lens = self.dataset.tokenizer.token_byte_lengths();
         // The same weights, detached: evaluation records no autograd graph.
         let model = self.inference_model()?;
-        let r = evaluate(
+        let r = evaluate_on(
+            &self.comm,
             &model,
             &self.dataset.val,
             self.cfg.train.seq_len,
@@ -661,6 +805,9 @@ impl Trainer {
             elapsed_s: self.state.elapsed_s,
             val_tokens: Some(r.tokens as u64),
         };
+        if !self.comm.is_root() {
+            return Ok(r);
+        }
         self.run_dir.append_jsonl(EVAL_FILE, &record)?;
         if print {
             eprintln!(
@@ -676,6 +823,10 @@ impl Trainer {
     }
 
     fn save(&self, step: u64) -> Result<()> {
+        // Every rank holds the same weights, optimizer and loader state; rank 0 writes them.
+        if !self.comm.is_root() {
+            return Ok(());
+        }
         let contents = CheckpointContents {
             model_config: &self.cfg.model,
             varmap: &self.varmap,

@@ -2,10 +2,12 @@
 //! overrides; `train-lm` alone runs the built-in CPU default (configs/tiny.toml's settings).
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
+use dynact_dist::Communicator;
 use dynact_model::FfnKind;
 use dynact_trainer::config::{ConfigBuilder, RunConfig};
 use dynact_trainer::experiment::{run_grid, Grid};
@@ -97,7 +99,8 @@ fn flag_help(what: &str, key: &str) -> String {
 /// The default run when no --config is given: the tiny CPU config, compiled in.
 const DEFAULT_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
 
-fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
+/// The run's config and options from the flags, and the notices about the config to print.
+fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
     let mut b = match (&args.config, &args.resume) {
         (Some(path), _) => ConfigBuilder::from_file(path)?,
         // Resuming without --config continues with the run's own resolved config.
@@ -177,15 +180,12 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions)> {
     if !cfg.init_from.is_empty() && args.resume.is_none() {
         dynact_trainer::init_from::settle_config(&mut cfg, Some(&keys_set))?;
     }
-    for n in notices {
-        eprintln!("{n}");
-    }
     let opts = RunOptions {
         resume: args.resume.is_some(),
         vocab_size_given,
         ..Default::default()
     };
-    Ok((cfg, opts))
+    Ok((cfg, opts, notices))
 }
 
 /// The grid asked for by `--ffn a,b` and/or `--seeds`, if any.
@@ -217,7 +217,23 @@ fn grid(args: &Args, cfg: &RunConfig) -> anyhow::Result<Option<Grid>> {
 fn main() {
     dynact_trainer::init_logging();
     let args = Args::parse();
-    let result = build(&args).and_then(|(cfg, mut opts)| {
+    let mut rank = 0;
+    let result = build(&args).and_then(|(cfg, mut opts, notices)| {
+        // Under mpirun/srun: this rank of a data-parallel run.
+        let timeout = std::time::Duration::from_secs_f64(cfg.train.rank_timeout_s);
+        let comm = Rc::new(Communicator::from_env(timeout)?);
+        rank = comm.rank();
+        if comm.is_root() {
+            for n in notices {
+                eprintln!("{n}");
+            }
+        }
+        if comm.size() > 1 && (args.prepare_data || grid(&args, &cfg)?.is_some()) {
+            anyhow::bail!(
+                "--prepare-data and experiment grids run as one process; start them without mpirun/srun"
+            );
+        }
+        opts.comm = comm;
         if args.prepare_data {
             let start = std::time::Instant::now();
             let description = dynact_trainer::train::preflight(&cfg, opts.vocab_size_given)?;
@@ -248,6 +264,8 @@ fn main() {
         run(cfg, opts).map(|r| (name, r))
     });
     match result {
+        // The other ranks of a data-parallel run leave the reporting to rank 0.
+        Ok(_) if rank > 0 => {}
         Ok((name, report)) => {
             dynact_trainer::train::print_summary(&name, &report);
             if report.interrupted {
@@ -260,6 +278,11 @@ fn main() {
             }
         }
         Err(e) => {
+            let e = if rank > 0 {
+                e.context(format!("rank {rank}"))
+            } else {
+                e
+            };
             dynact_trainer::report_error(&e);
             std::process::exit(1);
         }
