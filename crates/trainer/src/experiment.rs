@@ -71,17 +71,30 @@ pub fn run_grid(
     // Whatever would stop a run (missing data, a bad config) stops the grid before any run.
     crate::train::preflight(cfg, vocab_size_given)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = grid.jobs.max(1);
+    // On a machine with several GPUs, one run per GPU (unless --jobs says otherwise).
+    let gpus = match cfg.device.trim() {
+        "cuda" | "cuda:0" => visible_gpus(),
+        _ => vec![],
+    };
+    let jobs = match (grid.jobs, gpus.len()) {
+        (1, n) if n > 1 => n,
+        (j, _) => j.max(1),
+    };
     let threads = (cores / jobs).max(1);
     let cells = write_cell_configs(cfg, vocab_size_given, grid, threads)?;
 
+    let place = if gpus.len() > 1 {
+        format!("spread over GPUs {}", gpus.join(", "))
+    } else {
+        format!("with {threads} thread(s) each")
+    };
     eprintln!(
-        "experiment {}: {} runs, {jobs} at a time with {threads} thread(s) each",
+        "experiment {}: {} runs, {jobs} at a time {place}",
         base.display(),
         cells.len()
     );
     let start = Instant::now();
-    run_cells(&cells, cfg.train.steps, jobs, threads, &base, exe)?;
+    run_cells(&cells, cfg.train.steps, jobs, threads, &gpus, &base, exe)?;
     eprintln!(
         "experiment finished in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
@@ -135,20 +148,58 @@ fn write_cell_configs(
     Ok(cells)
 }
 
+/// The GPUs a child process may use: `CUDA_VISIBLE_DEVICES` when set, else one per line of
+/// `nvidia-smi -L`, else none known.
+fn visible_gpus() -> Vec<String> {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return parse_gpu_list(&v);
+    }
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            let n = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count();
+            (0..n).map(|i| i.to_string()).collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_gpu_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The GPU (index into `gpus`) with the fewest of the `busy` runs on it.
+fn least_busy(gpus: usize, busy: &[usize]) -> usize {
+    (0..gpus)
+        .min_by_key(|g| busy.iter().filter(|b| *b == g).count())
+        .unwrap_or(0)
+}
+
 /// Runs the cells as child train-lm processes, `jobs` at a time, each logging to
 /// `<experiment>/<cell>.log`; finished cells are skipped, unfinished ones resumed. The first
-/// failure stops the others.
+/// failure stops the others. With several `gpus`, each child sees only the least busy one
+/// (`CUDA_VISIBLE_DEVICES`), as its `cuda:0`.
 fn run_cells(
     cells: &[Cell],
     steps: u64,
     jobs: usize,
     threads: usize,
+    gpus: &[String],
     base: &Path,
     exe: &Path,
 ) -> Result<()> {
     let start = Instant::now();
     let mut pending: Vec<&Cell> = cells.iter().rev().collect();
-    let mut running: Vec<(&Cell, Child)> = vec![];
+    let mut running: Vec<(&Cell, Child, usize)> = vec![];
     let mut evals_shown: HashMap<&str, u64> = HashMap::new();
     loop {
         while running.len() < jobs {
@@ -174,6 +225,11 @@ fn run_cells(
                 .append(true)
                 .open(&log_path)
                 .with_context(|| format!("cannot open {}", log_path.display()))?;
+            let busy: Vec<usize> = running.iter().map(|r| r.2).collect();
+            let gpu = least_busy(gpus.len(), &busy);
+            if gpus.len() > 1 {
+                cmd.env("CUDA_VISIBLE_DEVICES", &gpus[gpu]);
+            }
             let child = cmd
                 .env("RAYON_NUM_THREADS", threads.to_string())
                 .stdin(Stdio::null())
@@ -181,22 +237,22 @@ fn run_cells(
                 .stderr(log)
                 .spawn()
                 .with_context(|| format!("cannot start {}", exe.display()))?;
-            running.push((cell, child));
+            running.push((cell, child, gpu));
         }
         if running.is_empty() {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
-        for (cell, _) in &running {
+        for (cell, ..) in &running {
             show_new_evals(cell, &mut evals_shown);
         }
         let mut i = 0;
         while i < running.len() {
             if let Some(status) = running[i].1.try_wait()? {
                 show_new_evals(running[i].0, &mut evals_shown);
-                let (cell, _) = running.remove(i);
+                let (cell, ..) = running.remove(i);
                 if !status.success() {
-                    for (_, mut other) in running.drain(..) {
+                    for (_, mut other, _) in running.drain(..) {
                         let _ = other.kill();
                     }
                     bail!(
@@ -242,5 +298,23 @@ fn show_new_evals<'a>(cell: &'a Cell, shown: &mut HashMap<&'a str, u64>) {
             crate::peak_flops::format_duration(e.elapsed_s)
         );
         *last = e.step;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_go_to_the_least_busy_visible_gpu() {
+        assert_eq!(parse_gpu_list(" 2, 5,,7 "), ["2", "5", "7"]);
+        assert!(parse_gpu_list("").is_empty());
+        // Three GPUs: the first three runs take one each, the fourth the first freed one.
+        assert_eq!(least_busy(3, &[]), 0);
+        assert_eq!(least_busy(3, &[0]), 1);
+        assert_eq!(least_busy(3, &[0, 1]), 2);
+        assert_eq!(least_busy(3, &[0, 2]), 1);
+        assert_eq!(least_busy(3, &[0, 1, 2, 1]), 0);
+        assert_eq!(least_busy(0, &[]), 0);
     }
 }
