@@ -1,25 +1,52 @@
-//! What a forward pass needs to know beyond its input: whether it trains, and the seed its
-//! dropout masks are drawn from. [`ForwardCtx`] and the seeded [`dropout`] live here, below
-//! attention and the decoder that both use them, so neither layer imports the other for them.
+//! What a forward pass needs to know beyond its input: whether it trains, and the seed and
+//! generator its dropout masks are drawn from. [`ForwardCtx`] and the seeded [`dropout`] live
+//! here, below attention and the decoder that both use them, so neither layer imports the other
+//! for them.
 
 use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// The generator of dropout masks. Runs record theirs (`train.dropout_rng`), so a run resumes
+/// with the masks it started with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropoutRng {
+    /// Counter-based Philox4x32-10 ([`crate::philox`]): element i of a mask is a pure function
+    /// of (seed, i), drawn in parallel, and the same function a GPU kernel computes.
+    #[default]
+    Philox4x32,
+    /// A sequential ChaCha8 stream per mask, one f64 per element: runs written before the
+    /// counter-based generator (their run.toml has no `train.dropout_rng`).
+    Chacha8,
+}
 
 /// Whether a forward pass trains (dropout on, seeded by `seed`) or evaluates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ForwardCtx {
     pub train: bool,
     pub seed: u64,
+    pub rng: DropoutRng,
 }
 
 impl ForwardCtx {
     pub const EVAL: ForwardCtx = ForwardCtx {
         train: false,
         seed: 0,
+        rng: DropoutRng::Philox4x32,
     };
 
     pub fn train(seed: u64) -> Self {
-        ForwardCtx { train: true, seed }
+        ForwardCtx {
+            train: true,
+            seed,
+            rng: DropoutRng::default(),
+        }
+    }
+
+    /// The same pass drawing its masks from `rng`.
+    pub fn with_rng(self, rng: DropoutRng) -> Self {
+        ForwardCtx { rng, ..self }
     }
 
     /// A distinct, reproducible seed for each dropout site of the pass.
@@ -33,22 +60,27 @@ impl ForwardCtx {
 /// Inverted dropout with a mask drawn from a seeded generator, so that a training step is a
 /// pure function of (weights, batch, seed): resumed runs replay exactly. Candle's own dropout
 /// draws from an unseedable CPU generator.
-pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f64, seed: u64, rng: DropoutRng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| {
-            if rng.random::<f64>() < keep {
-                scale
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let mask: Vec<f32> = match rng {
+        DropoutRng::Philox4x32 => crate::philox::dropout_mask(seed, x.elem_count(), keep, scale),
+        DropoutRng::Chacha8 => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            (0..x.elem_count())
+                .map(|_| {
+                    if rng.random::<f64>() < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        }
+    };
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
 }

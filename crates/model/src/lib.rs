@@ -28,6 +28,7 @@ mod init;
 pub mod layers;
 pub mod ops;
 pub mod param_kind;
+pub mod philox;
 pub mod summary;
 pub mod transformer;
 
@@ -35,7 +36,7 @@ pub use checkpoint::{expected_tensors, Checkpoint};
 pub use config::{BaseAct, DynActConfig, FfnKind, Granularity, ModelConfig};
 pub use dynact::DynAct;
 pub use error::{ModelError, Result};
-pub use forward_ctx::ForwardCtx;
+pub use forward_ctx::{DropoutRng, ForwardCtx};
 pub use init::seeded_var_builder;
 pub use param_kind::ParamKind;
 pub use summary::ParamSummary;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use dynact_data::DataConfig;
-use dynact_model::ModelConfig;
+use dynact_model::{DropoutRng, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 /// What to do when a loss or gradient is not finite.
@@ -51,6 +51,9 @@ pub struct TrainConfig {
     /// Data parallel: seconds a rank waits for the others in a collective before it stops the
     /// job (a rank died or hangs).
     pub rank_timeout_s: f64,
+    /// The dropout mask generator: "philox4x32" (counter-based, the default) or "chacha8"
+    /// (runs written before it; a resumed run keeps its own).
+    pub dropout_rng: DropoutRng,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +69,7 @@ impl Default for TrainConfig {
             threads: 0,
             peak_flops: 0.0,
             rank_timeout_s: 600.0,
+            dropout_rng: DropoutRng::default(),
         }
     }
 }
@@ -498,13 +502,22 @@ impl RunConfig {
     pub fn read(path: &Path) -> anyhow::Result<RunConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
+        let invalid = |e: toml::de::Error| {
             anyhow::anyhow!(
                 "{} is not a valid run config: {}",
                 path.display(),
                 e.message()
             )
-        })
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(invalid)?;
+        // Every key is written out, so a run.toml without the dropout generator predates it:
+        // that run drew its masks from ChaCha8.
+        if let Some(toml::Value::Table(train)) = table.get_mut("train") {
+            train
+                .entry("dropout_rng")
+                .or_insert_with(|| toml::Value::String("chacha8".to_string()));
+        }
+        toml::Value::Table(table).try_into().map_err(invalid)
     }
 
     /// The run directory: `run_dir` when set, else `checkpoints/<name>`.
@@ -606,5 +619,30 @@ mod tests {
         let (cfg, _) = ConfigBuilder::new().build().unwrap();
         let back: RunConfig = toml::from_str(&cfg.to_toml()).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn new_runs_draw_dropout_from_philox_and_older_run_tomls_read_as_chacha() {
+        let (cfg, _) = ConfigBuilder::new().build().unwrap();
+        assert_eq!(cfg.train.dropout_rng, DropoutRng::Philox4x32);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, cfg.to_toml()).unwrap();
+        assert_eq!(
+            RunConfig::read(&path).unwrap().train.dropout_rng,
+            DropoutRng::Philox4x32
+        );
+        // A run.toml written before the key existed.
+        let old: String = cfg
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("dropout_rng"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(
+            RunConfig::read(&path).unwrap().train.dropout_rng,
+            DropoutRng::Chacha8
+        );
     }
 }

@@ -357,6 +357,8 @@ fn check_run_dir(
     if !opts.vocab_size_given {
         cfg.model.vocab_size = saved.model.vocab_size;
     }
+    // A run keeps the dropout generator it started with (older runs: ChaCha8).
+    cfg.train.dropout_rng = saved.train.dropout_rng;
     if let Some(diff) = dynact_run::resume::forbidden_change(&saved, cfg) {
         bail!("cannot resume {shown}: {diff}; resume with the run's own config (drop --config and the flags that change it)");
     }
@@ -661,7 +663,8 @@ impl Trainer {
             let (b, t) = (batch.batch_size, batch.seq_len);
             let x = Tensor::from_vec(batch.inputs, (b, t), &self.device)?;
             let y = Tensor::from_vec(batch.targets, (b, t), &self.device)?;
-            let ctx = ForwardCtx::train(micro_seed(self.cfg.seed, step, micro));
+            let ctx = ForwardCtx::train(micro_seed(self.cfg.seed, step, micro))
+                .with_rng(self.cfg.train.dropout_rng);
             let loss = self.model.loss(&x, &y, &ctx)?;
             loss_sum += loss.to_scalar::<f32>()?;
             let loss = if accum > 1 {

@@ -49,10 +49,18 @@ fn a_version_0_run_resumes_exactly_as_an_uninterrupted_run() {
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert!(resumed.stderr.contains("resuming"), "{}", resumed.stderr);
 
-    // The same config from step 0, never interrupted.
+    // The same config from step 0, never interrupted. A version-0 run drew its dropout masks
+    // from ChaCha8 and its resume keeps doing so; a new run must ask for that generator.
     let fresh = train_lm(
         tmp.path(),
-        &["--config", "run-v0/run.toml", "--run-dir", "fresh"],
+        &[
+            "--config",
+            "run-v0/run.toml",
+            "--run-dir",
+            "fresh",
+            "--set",
+            "train.dropout_rng=\"chacha8\"",
+        ],
     );
     assert_eq!(fresh.code, 0, "{}", fresh.stderr);
     let fresh_dir = tmp.path().join("fresh");
