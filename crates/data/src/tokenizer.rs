@@ -139,6 +139,17 @@ impl Tokenizer {
                 ))
             })?
             .map_err(|e: tokenizers::Error| bad(e.to_string()))?;
+        // Ids must be (nearly) contiguous: the model has an embedding row for every id up to
+        // the largest, and the tokenizers library writes a vocabulary out in time proportional
+        // to it (found by fuzzing: 300 tokens with ids up to 232,555,555 took minutes).
+        let tokens = inner.get_vocab(true);
+        let max_id = tokens.values().max().map_or(0, |&m| m as usize);
+        if max_id >= 2 * tokens.len() + 1024 {
+            return Err(bad(format!(
+                "its token ids go up to {max_id} for only {} tokens; a tokenizer's ids must be (nearly) contiguous, since the model has a row for every id",
+                tokens.len()
+            )));
+        }
         let bytes = Tokenizer::bytes();
         if bytes.inner.to_string(false).ok() == inner.to_string(false).ok() {
             return Ok(bytes);
@@ -158,7 +169,13 @@ impl Tokenizer {
             .keys()
             .max()
             .map_or(0, |&m| m as usize + 1);
-        let vocab = inner.get_vocab_size(true).max(max_added);
+        // Every id needs a row of the model, holes included.
+        let max_id = inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| m as usize + 1);
+        let vocab = inner.get_vocab_size(true).max(max_added).max(max_id);
         let byte_level = inner
             .get_decoder()
             .and_then(|d| serde_json::to_string(d).ok())
@@ -489,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn fuzz_found_tokenizer_json_panics_are_errors() {
+    fn fuzz_found_tokenizer_json_inputs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tokenizer.json");
         // A JSON syntax error inside "decoder": tokenizers 0.23 panicked ("Helper").
@@ -510,6 +527,18 @@ mod tests {
         let e = Tokenizer::from_file(&p).unwrap_err().to_string();
         assert!(
             e.contains("could not read it") && e.contains("Precompiled"),
+            "{e}"
+        );
+        // Token ids up to 232,555,555 for 300 tokens: writing the vocabulary out took minutes
+        // (a timeout); such a file is refused at once.
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fuzz/tokenizer-json-sparse-token-ids.json"
+        );
+        std::fs::copy(fixture, &p).unwrap();
+        let e = Tokenizer::from_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("ids go up to 232555555 for only 300 tokens"),
             "{e}"
         );
     }
