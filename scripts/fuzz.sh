@@ -59,13 +59,13 @@ run_one() {
     -rss_limit_mb=2048 -malloc_limit_mb=2048 -max_len=262144 -print_final_stats=1) \
     > "fuzz/logs/$t.log" 2>&1
   local rc=$?
-  local runs cov done crashes
+  local runs cov ran crashes
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/logs/$t.log" | grep -o '[0-9]*$' || echo "?")
   cov=$(grep -o 'cov: [0-9]*' "fuzz/logs/$t.log" | tail -1 | grep -o '[0-9]*' || echo "?")
   # libFuzzer's last line of a run that reached the time limit: "Done N runs in S second(s)".
-  done=$(grep -o 'Done [0-9]* runs in [0-9]* second' "fuzz/logs/$t.log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' || echo "")
+  ran=$(grep -o 'Done [0-9]* runs in [0-9]* second' "fuzz/logs/$t.log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' || echo "")
   crashes=$(ls "fuzz/artifacts/$t" 2>/dev/null | wc -l)
-  echo "$t: exit $rc, $runs executions in ${done:-?} s (asked $secs), coverage $cov edges, $crashes crash/slow/timeout files in fuzz/artifacts/$t (log: fuzz/logs/$t.log)"
+  echo "$t: exit $rc, $runs executions in ${ran:-?} s (asked $secs), coverage $cov edges, $crashes crash/slow/timeout files in fuzz/artifacts/$t (log: fuzz/logs/$t.log)"
 }
 export -f run_one
 export secs
