@@ -385,7 +385,6 @@ impl Tokenizer {
     }
 }
 
-/// Byte ids of `text`, `<|endoftext|>` as 256, appended to `out`.
 /// Runs `f`, turning a panic into an error holding its message, without the panic being
 /// printed (for libraries that panic on bad input). The panic hook is swapped for the call, so
 /// use it only where no other thread is expected to panic meanwhile (loading files at start).
@@ -402,6 +401,7 @@ fn quiet_catch_unwind<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Byte ids of `text`, `<|endoftext|>` as 256, appended to `out`.
 fn encode_bytes(text: &str, out: &mut Vec<u32>) {
     let mut rest = text;
     while let Some(i) = rest.find(EOS_TOKEN) {

@@ -54,15 +54,19 @@ pub fn launch_from_env() -> Option<Launch> {
         .find_map(|v| env_usize(v))
         .unwrap_or(0)
     };
-    for (size_var, rank_var) in [
-        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
-        ("PMI_SIZE", "PMI_RANK"),
-        ("PMIX_SIZE", "PMIX_RANK"),
+    for (size_vars, rank_var) in [
+        (&["OMPI_COMM_WORLD_SIZE"][..], "OMPI_COMM_WORLD_RANK"),
+        (&["PMI_SIZE"][..], "PMI_RANK"),
+        // PMIx (srun --mpi=pmix) does not export the size; Slurm does.
+        (
+            &["PMIX_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"][..],
+            "PMIX_RANK",
+        ),
     ] {
         if let Some(rank) = env_usize(rank_var) {
             return Some(Launch {
                 rank,
-                size: env_usize(size_var),
+                size: size_vars.iter().find_map(|v| env_usize(v)),
                 local_rank: local(),
                 var: rank_var,
             });
@@ -122,7 +126,12 @@ impl Communicator {
     /// every collective (see the crate's documentation).
     pub fn from_env(timeout: Duration) -> Result<Communicator, DistError> {
         let launch = match launch_from_env() {
-            Some(l) if l.size != Some(1) => l,
+            // More than one process, or MPI available to say how many.
+            Some(l)
+                if l.size.is_some_and(|n| n > 1) || (cfg!(feature = "mpi") && l.size.is_none()) =>
+            {
+                l
+            }
             _ => return Ok(Communicator::single()),
         };
         let comm = Self::mpi(launch)?;
@@ -261,6 +270,19 @@ impl Communicator {
                 bytes.resize(len as usize, 0);
                 root.broadcast_into(&mut bytes[..]);
             }),
+        }
+    }
+
+    /// Stops every rank of the job with exit code `code` (after an error on this one, so that
+    /// the others do not wait for it forever); a single process just exits.
+    pub fn abort(&self, code: i32) -> ! {
+        match &self.backend {
+            Backend::Single => std::process::exit(code),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi { world, .. } => {
+                use mpi::topology::Communicator as _;
+                world.abort(code)
+            }
         }
     }
 

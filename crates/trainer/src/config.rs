@@ -442,9 +442,9 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
     if !(o.lr > 0.0 && o.lr.is_finite()) {
         return err(format!("lr must be positive, got {}", o.lr));
     }
-    if !(t.rank_timeout_s > 0.0 && t.rank_timeout_s.is_finite()) {
+    if !(t.rank_timeout_s > 0.0 && t.rank_timeout_s <= 1e9) {
         return err(format!(
-            "train.rank_timeout_s must be a positive number of seconds, got {}",
+            "train.rank_timeout_s must be a positive number of seconds (at most 1e9), got {}",
             t.rank_timeout_s
         ));
     }

@@ -21,8 +21,8 @@ use dynact_run::{EvalRecord, RunDir, TrainerState, EVAL_FILE};
 pub struct Grid {
     pub ffns: Vec<FfnKind>,
     pub seeds: Vec<u64>,
-    /// Runs at a time.
-    pub jobs: usize,
+    /// Runs at a time (None: one, or one per GPU when several are visible).
+    pub jobs: Option<usize>,
 }
 
 /// One run of the grid.
@@ -77,8 +77,8 @@ pub fn run_grid(
         _ => vec![],
     };
     let jobs = match (grid.jobs, gpus.len()) {
-        (1, n) if n > 1 => n,
-        (j, _) => j.max(1),
+        (Some(j), _) => j.max(1),
+        (None, n) => n.max(1),
     };
     let threads = (cores / jobs).max(1);
     let cells = write_cell_configs(cfg, vocab_size_given, grid, threads)?;

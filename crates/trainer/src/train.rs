@@ -176,6 +176,8 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         comm.barrier_untimed();
         prepare_data(&mut cfg, &opts, init_from, &log)?
     };
+    // The others read and check the cached data too (untimed: proportional to the corpus).
+    comm.barrier_untimed();
     same_config_on_every_rank(&cfg, &comm)?;
     let unigram = crate::eval::unigram_ppl(&dataset.train, &dataset.val, cfg.model.vocab_size);
     log(format!(
@@ -273,10 +275,19 @@ fn same_config_on_every_rank(cfg: &RunConfig, comm: &Communicator) -> Result<()>
     let mut root = mine.clone().into_bytes();
     comm.broadcast_bytes(&mut root);
     let root = String::from_utf8_lossy(&root);
-    if let Some((a, b)) = root.lines().zip(mine.lines()).find(|(a, b)| a != b) {
+    if root != mine {
+        let (a, b) = root
+            .lines()
+            .map(Some)
+            .chain(std::iter::repeat(None))
+            .zip(mine.lines().map(Some).chain(std::iter::repeat(None)))
+            .find(|(a, b)| a != b)
+            .unwrap_or((None, None));
         bail!(
-            "rank {} resolved another config than rank 0 (`{b}` against `{a}`); start every rank with the same command and files",
-            comm.rank()
+            "rank {} resolved another config than rank 0 (`{}` against `{}`); start every rank with the same command and files",
+            comm.rank(),
+            b.unwrap_or("(end)"),
+            a.unwrap_or("(end)")
         );
     }
     Ok(())
@@ -721,8 +732,12 @@ impl Trainer {
         let mut at = 0;
         for (_, var) in &vars {
             let n = var.elem_count();
-            let g = Tensor::from_slice(&flat[at..at + n], var.shape(), var.device())?;
-            grads.insert(var, g.to_dtype(var.dtype())?);
+            // A parameter without a gradient stays without one, as in a single process (the
+            // ranks run the same graph, so they agree on which those are).
+            if grads.get(var).is_some() {
+                let g = Tensor::from_slice(&flat[at..at + n], var.shape(), var.device())?;
+                grads.insert(var, g.to_dtype(var.dtype())?);
+            }
             at += n;
         }
         Ok(())
@@ -826,10 +841,18 @@ impl Trainer {
     }
 
     fn save(&self, step: u64) -> Result<()> {
-        // Every rank holds the same weights, optimizer and loader state; rank 0 writes them.
+        // Every rank holds the same weights, optimizer and loader state; rank 0 writes them
+        // while the others wait (untimed: a large checkpoint on a slow disk takes a while).
         if !self.comm.is_root() {
+            self.comm.barrier_untimed();
             return Ok(());
         }
+        self.write_checkpoint(step)?;
+        self.comm.barrier_untimed();
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, step: u64) -> Result<()> {
         let contents = CheckpointContents {
             model_config: &self.cfg.model,
             varmap: &self.varmap,

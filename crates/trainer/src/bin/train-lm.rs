@@ -34,9 +34,10 @@ struct Args {
     /// Run an experiment grid over these seeds (with every --ffn), then compare the runs.
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
-    /// Grid runs at a time, each with its share of the CPU cores.
-    #[arg(long, default_value_t = 1)]
-    jobs: usize,
+    /// Grid runs at a time, each with its share of the CPU cores (default: 1, or one per GPU
+    /// with device = "cuda" and several GPUs visible).
+    #[arg(long)]
+    jobs: Option<usize>,
     #[arg(long, help = flag_help("Optimizer steps to train", "train.steps"))]
     steps: Option<u64>,
     #[arg(long, value_delimiter = ',', help = flag_help("Evaluation steps, comma-separated (e.g. 562,3430)", "eval.eval_at"))]
@@ -218,11 +219,15 @@ fn main() {
     dynact_trainer::init_logging();
     let args = Args::parse();
     let mut rank = 0;
+    // Kept past the run so that an error can stop the other ranks (MPI_Abort) instead of
+    // finalizing MPI, which would wait for them.
+    let mut ranks: Option<Rc<Communicator>> = None;
     let result = build(&args).and_then(|(cfg, mut opts, notices)| {
         // Under mpirun/srun: this rank of a data-parallel run.
         let timeout = std::time::Duration::from_secs_f64(cfg.train.rank_timeout_s);
         let comm = Rc::new(Communicator::from_env(timeout)?);
         rank = comm.rank();
+        ranks = Some(comm.clone());
         if comm.is_root() {
             for n in notices {
                 eprintln!("{n}");
@@ -284,6 +289,9 @@ fn main() {
                 e
             };
             dynact_trainer::report_error(&e);
+            if let Some(comm) = ranks.filter(|c| c.size() > 1) {
+                comm.abort(1);
+            }
             std::process::exit(1);
         }
     }
