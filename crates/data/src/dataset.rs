@@ -18,7 +18,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -29,7 +28,7 @@ use crate::shard::{self, ShardWriter};
 use crate::source::{self, Resolved};
 use crate::stream::TokenStream;
 use crate::text_reader::{TextEvent, TextReader};
-use crate::tokenizer::{split_chunks, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// Tokens per shard file (as llm.c's scripts).
 pub const SHARD_TOKENS: usize = 100_000_000;
@@ -374,46 +373,27 @@ fn progress(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// Token ids of `docs`, an end-of-text id between documents, on all cores.
+/// Token ids of `docs`, an end-of-text id between documents, on all cores: the streaming
+/// tokenizer of the cache, with the documents in memory and the ids kept there.
 pub fn tokenize_documents(
     tokenizer: &Tokenizer,
     docs: &[String],
     what: &str,
 ) -> Result<Vec<u32>, DataError> {
-    let total: u64 = docs.iter().map(|d| d.len() as u64).sum();
-    let pb = progress(total, what);
-    // Pieces that encode independently: (document, piece).
-    let pieces: Vec<(usize, &str)> = docs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, d)| {
-            let parts = if tokenizer.chunkable() {
-                split_chunks(d, 1 << 16)
-            } else {
-                vec![d.as_str()]
-            };
-            parts.into_iter().map(move |p| (i, p))
-        })
-        .collect();
-    let encoded: Result<Vec<Vec<u32>>, DataError> = pieces
-        .par_iter()
-        .map(|(_, p)| {
-            let ids = tokenizer.encode(p);
-            pb.inc(p.len() as u64);
-            ids
-        })
-        .collect();
-    let encoded = encoded?;
-    pb.finish_and_clear();
-    let n: usize = encoded.iter().map(|v| v.len()).sum::<usize>() + docs.len();
-    let mut out = Vec::with_capacity(n);
-    for (k, ((doc, _), ids)) in pieces.iter().zip(encoded).enumerate() {
-        if k > 0 && pieces[k - 1].0 != *doc {
-            out.push(tokenizer.eos_id());
+    let pb = progress(docs.iter().map(|d| d.len() as u64).sum(), what);
+    let mut stream = StreamTokenizer::new(tokenizer, TokenSink::Memory(Vec::new()), pb.clone());
+    for d in docs {
+        if !d.is_empty() {
+            stream.event(TextEvent::Text(d.clone()))?;
         }
-        out.extend_from_slice(&ids);
+        stream.event(TextEvent::EndOfDocument)?;
     }
-    Ok(out)
+    let (sink, _) = stream.finish()?;
+    pb.finish_and_clear();
+    match sink {
+        TokenSink::Memory(ids) => Ok(ids),
+        TokenSink::Shards(_) => unreachable!("the sink given above is in memory"),
+    }
 }
 
 /// Tokenizes what the plans name into the cache (or finds it there) and opens the streams, in

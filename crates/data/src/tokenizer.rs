@@ -139,22 +139,16 @@ impl Tokenizer {
                 ))
             })?
             .map_err(|e: tokenizers::Error| bad(e.to_string()))?;
-        // Ids must be (nearly) contiguous: the model has an embedding row for every id up to
-        // the largest, and the tokenizers library writes a vocabulary out in time proportional
-        // to it (found by fuzzing: 300 tokens with ids up to 232,555,555 took minutes).
-        let tokens = inner.get_vocab(true);
-        let max_id = tokens.values().max().map_or(0, |&m| m as usize);
-        if max_id >= 2 * tokens.len() + 1024 {
-            return Err(bad(format!(
-                "its token ids go up to {max_id} for only {} tokens; a tokenizer's ids must be (nearly) contiguous, since the model has a row for every id",
-                tokens.len()
-            )));
-        }
+        let t = Tokenizer::wrap(inner, Kind::File(path.to_path_buf()))?;
+        // The byte tokenizer written out is recognised (and then encoded natively); only a
+        // tokenizer of its size can be it, so larger ones are not serialised to compare.
         let bytes = Tokenizer::bytes();
-        if bytes.inner.to_string(false).ok() == inner.to_string(false).ok() {
+        if t.vocab == bytes.vocab
+            && bytes.inner.to_string(false).ok() == t.inner.to_string(false).ok()
+        {
             return Ok(bytes);
         }
-        Tokenizer::wrap(inner, Kind::File(path.to_path_buf()))
+        Ok(t)
     }
 
     fn wrap(inner: tokenizers::Tokenizer, kind: Kind) -> Result<Tokenizer, DataError> {
@@ -164,18 +158,25 @@ impl Tokenizer {
             .ok_or_else(|| DataError::NoEos {
                 looked_for: EOS_CANDIDATES.join(", "),
             })?;
-        let max_added = inner
-            .get_added_tokens_decoder()
-            .keys()
-            .max()
-            .map_or(0, |&m| m as usize + 1);
-        // Every id needs a row of the model, holes included.
-        let max_id = inner
-            .get_vocab(true)
-            .values()
-            .max()
-            .map_or(0, |&m| m as usize + 1);
-        let vocab = inner.get_vocab_size(true).max(max_added).max(max_id);
+        // Ids must be (nearly) contiguous: the model has an embedding row for every id up to
+        // the largest, and the tokenizers library writes a vocabulary out in time proportional
+        // to it (found by fuzzing: 300 tokens with ids up to 232,555,555 took minutes).
+        let tokens = inner.get_vocab(true);
+        let max_id = tokens.values().max().map_or(0, |&m| m as usize);
+        if max_id >= 2 * tokens.len() + 1024 {
+            return Err(DataError::BadTokenizer {
+                path: match &kind {
+                    Kind::File(p) => p.clone(),
+                    _ => PathBuf::from("the trained BPE"),
+                },
+                reason: format!(
+                    "its token ids go up to {max_id} for only {} tokens; a tokenizer's ids must be (nearly) contiguous, since the model has a row for every id",
+                    tokens.len()
+                ),
+            });
+        }
+        // Every id needs a row of the model, holes included (added tokens are in `tokens`).
+        let vocab = inner.get_vocab_size(true).max(max_id + 1);
         let byte_level = inner
             .get_decoder()
             .and_then(|d| serde_json::to_string(d).ok())

@@ -439,6 +439,8 @@ pub struct Trainer {
     _lock: Option<RunLock>,
     /// The ranks of a data-parallel run; rank 0 alone writes the run directory.
     comm: Rc<Communicator>,
+    /// The parameters sorted by name: the same order on every rank, for the gradient buffer.
+    params_by_name: Vec<Var>,
 }
 
 impl Trainer {
@@ -476,7 +478,16 @@ impl Trainer {
             1,
         )?;
         loader.restore(&state.loader)?;
+        let mut named: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow!("the parameter map's lock is poisoned"))?
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Trainer {
+            params_by_name: named.into_iter().map(|(_, v)| v).collect(),
             _lock: lock,
             comm,
             flops_per_token: training_flops_per_token(&cfg.model, cfg.train.seq_len)?,
@@ -712,17 +723,9 @@ impl Trainer {
 
     /// Sums the gradients over the ranks, as one flat f32 buffer in parameter-name order.
     fn all_reduce_grads(&self, grads: &mut GradStore) -> Result<()> {
-        let mut vars: Vec<(String, Var)> = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow!("the parameter map's lock is poisoned"))?
-            .iter()
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars = &self.params_by_name;
         let mut flat = Vec::new();
-        for (_, var) in &vars {
+        for var in vars {
             match grads.get(var) {
                 Some(g) => flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
                 None => flat.resize(flat.len() + var.elem_count(), 0.0),
@@ -730,7 +733,7 @@ impl Trainer {
         }
         self.comm.all_reduce_sum_f32(&mut flat);
         let mut at = 0;
-        for (_, var) in &vars {
+        for var in vars {
             let n = var.elem_count();
             // A parameter without a gradient stays without one, as in a single process (the
             // ranks run the same graph, so they agree on which those are).

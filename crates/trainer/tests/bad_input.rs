@@ -64,16 +64,12 @@ fn matches(pattern: &str, line: &str) -> bool {
 }
 
 fn set_up(dir: &Path) {
-    let out = tiny_train_lm(dir)
-        .args(["--steps", "2", "--eval-at", "2", "--run-dir", "run"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let trained = finish(
+        tiny_train_lm(dir)
+            .args(["--steps", "2", "--eval-at", "2", "--run-dir", "run"])
+            .current_dir(dir),
     );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
     let ckpt = dir.join("ckpt");
     std::fs::create_dir_all(&ckpt).unwrap();
     std::fs::copy(

@@ -41,27 +41,23 @@ fn dynactglu_checkpoints_round_trip_through_transformers() {
 
     for granularity in ["per_layer", "per_channel"] {
         let run = format!("run-{granularity}");
-        let out = tiny_train_lm(dir.path())
-            .args(["--steps", "6", "--eval-at", "6", "--run-dir", &run])
-            .args(["--ffn", "dynactglu", "--set", "optim.lr=0.01"])
-            .args([
-                "--set",
-                "model.dynact.alpha_init=0.7",
-                "--set",
-                "model.dynact.beta_init=0.2",
-            ])
-            .args([
-                "--set",
-                &format!("model.dynact.granularity=\"{granularity}\""),
-            ])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let trained = finish(
+            tiny_train_lm(dir.path())
+                .args(["--steps", "6", "--eval-at", "6", "--run-dir", &run])
+                .args(["--ffn", "dynactglu", "--set", "optim.lr=0.01"])
+                .args([
+                    "--set",
+                    "model.dynact.alpha_init=0.7",
+                    "--set",
+                    "model.dynact.beta_init=0.2",
+                ])
+                .args([
+                    "--set",
+                    &format!("model.dynact.granularity=\"{granularity}\""),
+                ])
+                .current_dir(dir.path()),
         );
+        assert_eq!(trained.code, 0, "{}", trained.stderr);
         let folder = dir.path().join(&run).join("step-000006");
         for file in ["configuration_dynact_llama.py", "modeling_dynact_llama.py"] {
             assert!(folder.join(file).is_file(), "{file} missing");
@@ -79,20 +75,15 @@ fn dynactglu_checkpoints_round_trip_through_transformers() {
             dir.path(),
             &[],
         ));
-        let hf = Command::new(python())
-            .arg(&script)
-            .arg(&folder)
-            .arg(&shard)
-            .arg("32")
-            .output()
-            .unwrap();
-        assert!(
-            hf.status.success(),
-            "{}",
-            String::from_utf8_lossy(&hf.stderr)
+        let hf = finish(
+            Command::new(python())
+                .arg(&script)
+                .arg(&folder)
+                .arg(&shard)
+                .arg("32"),
         );
-        let hf: serde_json::Value =
-            serde_json::from_str(String::from_utf8_lossy(&hf.stdout).trim()).unwrap();
+        assert_eq!(hf.code, 0, "{}", hf.stderr);
+        let hf: serde_json::Value = serde_json::from_str(hf.stdout.trim()).unwrap();
         assert_eq!(hf["class"], "DynActLlamaForCausalLM");
         assert_eq!(hf["tokens"], ours["tokens"]);
         let (a, b) = (ours["ppl"].as_f64().unwrap(), hf["ppl"].as_f64().unwrap());
