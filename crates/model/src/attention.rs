@@ -140,7 +140,13 @@ impl Attention {
             .to_dtype(DType::F32)?; // (B, H, T, S)
         let mut probs = crate::ops::causal_softmax(&scores, scale)?;
         if ctx.train {
-            probs = dropout(&probs, self.dropout, ctx.seed_for(site), ctx.rng)?;
+            probs = dropout(
+                &probs,
+                self.dropout,
+                ctx.seed_for(site),
+                ctx.rng,
+                ctx.first_row,
+            )?;
         }
         let y = probs
             .to_dtype(md)?

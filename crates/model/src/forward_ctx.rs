@@ -21,12 +21,16 @@ pub enum DropoutRng {
     Chacha8,
 }
 
-/// Whether a forward pass trains (dropout on, seeded by `seed`) or evaluates.
+/// Whether a forward pass trains (dropout on, seeded by `seed`) or evaluates, and which rows
+/// of the batch it runs: a batch split by rows across threads draws, shard by shard, the same
+/// masks as the whole batch in one pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ForwardCtx {
     pub train: bool,
     pub seed: u64,
     pub rng: DropoutRng,
+    /// The row of the whole batch that row 0 of this pass's input is.
+    pub first_row: usize,
 }
 
 impl ForwardCtx {
@@ -34,6 +38,7 @@ impl ForwardCtx {
         train: false,
         seed: 0,
         rng: DropoutRng::Philox4x32,
+        first_row: 0,
     };
 
     pub fn train(seed: u64) -> Self {
@@ -41,12 +46,18 @@ impl ForwardCtx {
             train: true,
             seed,
             rng: DropoutRng::default(),
+            first_row: 0,
         }
     }
 
     /// The same pass drawing its masks from `rng`.
     pub fn with_rng(self, rng: DropoutRng) -> Self {
         ForwardCtx { rng, ..self }
+    }
+
+    /// The same pass over the rows of the batch from `first_row` on.
+    pub fn from_row(self, first_row: usize) -> Self {
+        ForwardCtx { first_row, ..self }
     }
 
     /// A distinct, reproducible seed for each dropout site of the pass.
@@ -59,18 +70,23 @@ impl ForwardCtx {
 
 /// Inverted dropout with a mask drawn from a seeded generator, so that a training step is a
 /// pure function of (weights, batch, seed): resumed runs replay exactly. Candle's own dropout
-/// draws from an unseedable CPU generator.
-pub fn dropout(x: &Tensor, p: f64, seed: u64, rng: DropoutRng) -> Result<Tensor> {
+/// draws from an unseedable CPU generator. `x`'s leading dimension is the batch; its rows are
+/// rows `first_row..` of the whole batch, whose mask this draws the matching part of.
+pub fn dropout(x: &Tensor, p: f64, seed: u64, rng: DropoutRng, first_row: usize) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
+    let n = x.elem_count();
+    let first = (first_row * (n / x.dim(0)?.max(1))) as u64;
     let mask: Vec<f32> = match rng {
-        DropoutRng::Philox4x32 => crate::philox::dropout_mask(seed, x.elem_count(), keep, scale),
+        DropoutRng::Philox4x32 => crate::philox::dropout_mask_from(seed, first, n, keep, scale),
         DropoutRng::Chacha8 => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            (0..x.elem_count())
+            // One f64 (two 32-bit words) per element.
+            rng.set_word_pos(2 * first as u128);
+            (0..n)
                 .map(|_| {
                     if rng.random::<f64>() < keep {
                         scale

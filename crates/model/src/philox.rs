@@ -40,19 +40,32 @@ pub fn keep_threshold(keep: f64) -> u64 {
 
 /// The inverted-dropout mask of `n` elements for `seed`: `scale` where kept, 0 elsewhere.
 pub fn dropout_mask(seed: u64, n: usize, keep: f64, scale: f32) -> Vec<f32> {
+    dropout_mask_from(seed, 0, n, keep, scale)
+}
+
+/// Elements `first..first + n` of the mask [`dropout_mask`] draws for `seed`: what one shard of
+/// a batch split by rows uses, so that the split draws the masks of the whole batch.
+pub fn dropout_mask_from(seed: u64, first: u64, n: usize, keep: f64, scale: f32) -> Vec<f32> {
+    const CHUNK: usize = 4 * 1024;
     let key = [seed as u32, (seed >> 32) as u32];
     let threshold = keep_threshold(keep);
     let mut mask = vec![0f32; n];
-    mask.par_chunks_mut(4 * 1024)
+    mask.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(chunk, out)| {
-            let first_block = chunk as u64 * 1024;
-            for (j, lanes) in out.chunks_mut(4).enumerate() {
-                let block = first_block + j as u64;
-                let words = philox4x32_10([block as u32, (block >> 32) as u32, 0, 0], key);
-                for (o, w) in lanes.iter_mut().zip(words) {
-                    *o = if (w as u64) < threshold { scale } else { 0.0 };
+            let start = first + (chunk * CHUNK) as u64;
+            let (mut block, mut words) = (u64::MAX, [0u32; 4]);
+            for (i, o) in out.iter_mut().enumerate() {
+                let element = start + i as u64;
+                if element / 4 != block {
+                    block = element / 4;
+                    words = philox4x32_10([block as u32, (block >> 32) as u32, 0, 0], key);
                 }
+                *o = if (words[(element % 4) as usize] as u64) < threshold {
+                    scale
+                } else {
+                    0.0
+                };
             }
         });
     mask
@@ -102,6 +115,17 @@ mod tests {
         let long = dropout_mask(7, 20_003, 0.9, 1.0 / 0.9);
         let short = dropout_mask(7, 5_001, 0.9, 1.0 / 0.9);
         assert_eq!(long[..5_001], short[..]);
+        // Any slice drawn on its own equals that slice of the whole mask, at any alignment.
+        for (first, n) in [
+            (0, 20_003),
+            (1, 7),
+            (3, 4_097),
+            (4_095, 9_000),
+            (13_331, 6_672),
+        ] {
+            let part = dropout_mask_from(7, first as u64, n, 0.9, 1.0 / 0.9);
+            assert_eq!(part[..], long[first..first + n], "slice {first}+{n}");
+        }
         // The keep rate and the scale.
         let n = 1_000_000;
         for keep in [0.5, 0.8, 0.9] {

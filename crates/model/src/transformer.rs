@@ -49,7 +49,13 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let residual_dropout = |y: Tensor, k: u64| -> Result<Tensor> {
             if ctx.train {
-                dropout(&y, self.dropout, ctx.seed_for(site + k), ctx.rng)
+                dropout(
+                    &y,
+                    self.dropout,
+                    ctx.seed_for(site + k),
+                    ctx.rng,
+                    ctx.first_row,
+                )
             } else {
                 Ok(y)
             }

@@ -7,7 +7,9 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::Optimizer;
 use common::{ids, max_abs_diff, tiny};
-use dynact_model::{init_model, FfnKind, ForwardCtx, Granularity, KvCache, ParamSummary};
+use dynact_model::{
+    init_model, DropoutRng, FfnKind, ForwardCtx, Granularity, KvCache, ParamSummary,
+};
 
 #[test]
 fn dynactglu_at_init_equals_swiglu() {
@@ -171,6 +173,33 @@ fn dropout_is_seeded_and_off_at_eval() {
     assert_eq!(max_abs_diff(&a, &b), 0.0);
     assert!(max_abs_diff(&a, &c) > 1e-4);
     assert!(max_abs_diff(&a, &e1) > 1e-4);
+}
+
+#[test]
+fn a_batch_split_by_rows_draws_the_masks_of_the_whole_batch() {
+    // Training splits a batch into row shards run on separate threads; each shard must see
+    // the dropout masks its rows get in the whole batch, for both generators.
+    let dev = Device::Cpu;
+    let mut cfg = tiny(FfnKind::Dynactglu);
+    cfg.dropout = 0.3;
+    let (_vm, model) = init_model(&cfg, 2, &dev).unwrap();
+    let x = ids(5, 8, 48, 11);
+    for rng in [DropoutRng::Philox4x32, DropoutRng::Chacha8] {
+        let ctx = ForwardCtx::train(9).with_rng(rng);
+        let whole = model.forward(&x, &ctx).unwrap();
+        let parts: Vec<Tensor> = [(0, 2), (2, 1), (3, 2)]
+            .iter()
+            .map(|&(first, rows)| {
+                let shard = x.narrow(0, first, rows).unwrap();
+                model.forward(&shard, &ctx.from_row(first)).unwrap()
+            })
+            .collect();
+        let split = Tensor::cat(&parts, 0).unwrap();
+        assert!(max_abs_diff(&whole, &split) < 1e-5, "{rng:?}");
+        // And the masks differ from row to row: a shard that started at row 0 would not match.
+        let wrong = model.forward(&x.narrow(0, 2, 1).unwrap(), &ctx).unwrap();
+        assert!(max_abs_diff(&whole.narrow(0, 2, 1).unwrap(), &wrong) > 1e-3);
+    }
 }
 
 #[test]

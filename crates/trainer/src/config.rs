@@ -54,6 +54,11 @@ pub struct TrainConfig {
     /// The dropout mask generator: "philox4x32" (counter-based, the default) or "chacha8"
     /// (runs written before it; a resumed run keeps its own).
     pub dropout_rng: DropoutRng,
+    /// Row shards a micro-batch is split into on a CPU, run at once, one per thread
+    /// ([`crate::row_shards`]). 0: one per thread, fixed when the run starts and written to
+    /// run.toml, so a resumed run sums its gradients in the same order on any machine. Runs
+    /// written before it ran 1.
+    pub row_shards: usize,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +75,7 @@ impl Default for TrainConfig {
             peak_flops: 0.0,
             rank_timeout_s: 600.0,
             dropout_rng: DropoutRng::default(),
+            row_shards: 0,
         }
     }
 }
@@ -442,6 +448,12 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
     if !(o.lr > 0.0 && o.lr.is_finite()) {
         return err(format!("lr must be positive, got {}", o.lr));
     }
+    if t.row_shards > t.batch_size {
+        return err(format!(
+            "train.row_shards {} is more than the {} rows of a micro-batch (train.batch_size); set it to at most that, or 0 for one per thread",
+            t.row_shards, t.batch_size
+        ));
+    }
     if !(t.rank_timeout_s > 0.0 && t.rank_timeout_s <= 1e9) {
         return err(format!(
             "train.rank_timeout_s must be a positive number of seconds (at most 1e9), got {}",
@@ -511,11 +523,12 @@ impl RunConfig {
         };
         let mut table: toml::Table = toml::from_str(&text).map_err(invalid)?;
         // Every key is written out, so a run.toml without the dropout generator predates it:
-        // that run drew its masks from ChaCha8.
+        // that run drew its masks from ChaCha8; one without row shards ran its batches whole.
         if let Some(toml::Value::Table(train)) = table.get_mut("train") {
             train
                 .entry("dropout_rng")
                 .or_insert_with(|| toml::Value::String("chacha8".to_string()));
+            train.entry("row_shards").or_insert(toml::Value::Integer(1));
         }
         toml::Value::Table(table).try_into().map_err(invalid)
     }
@@ -607,6 +620,7 @@ mod tests {
             ("optim.lr", "0"),
             ("train.batch_size", "0"),
             ("train.seq_len", "100000"),
+            ("train.row_shards", "17"),
         ] {
             let mut b = ConfigBuilder::new();
             b.set(&format!("{k}={v}")).unwrap();
@@ -644,5 +658,24 @@ mod tests {
             RunConfig::read(&path).unwrap().train.dropout_rng,
             DropoutRng::Chacha8
         );
+    }
+    #[test]
+    fn older_run_tomls_read_as_one_row_shard() {
+        let (cfg, _) = ConfigBuilder::new().build().unwrap();
+        assert_eq!(cfg.train.row_shards, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        let mut resolved = cfg.clone();
+        resolved.train.row_shards = 3;
+        std::fs::write(&path, resolved.to_toml()).unwrap();
+        assert_eq!(RunConfig::read(&path).unwrap().train.row_shards, 3);
+        let old: String = cfg
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("row_shards"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(RunConfig::read(&path).unwrap().train.row_shards, 1);
     }
 }

@@ -51,7 +51,7 @@ pub trait ScoresTokens {
 
 impl ScoresTokens for &Transformer {
     fn token_nll(&mut self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        Ok(Transformer::token_nll(self, ids, targets)?)
+        crate::row_shards::token_nll(self, ids, targets)
     }
 }
 
@@ -156,7 +156,7 @@ impl Network {
 impl ScoresTokens for &mut Network {
     fn token_nll(&mut self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
         match &mut **self {
-            Network::Ours(model) => Ok(model.token_nll(ids, targets)?),
+            Network::Ours(model) => crate::row_shards::token_nll(model, ids, targets),
             Network::Public { model, .. } => {
                 let logits = model.all_logits(ids)?;
                 let (b, t, v) = logits.dims3()?;

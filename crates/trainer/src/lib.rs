@@ -21,6 +21,7 @@ pub mod model_source;
 pub mod optim;
 pub mod peak_flops;
 pub mod public_models;
+pub mod row_shards;
 pub mod sample;
 pub mod schedule;
 pub mod train;
@@ -60,23 +61,26 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 }
 
 /// Sets the CPU thread count for Candle (gemm and rayon read RAYON_NUM_THREADS) before any
-/// tensor work starts; 0 keeps the default of one per physical core.
+/// tensor work starts; 0 keeps Candle's default of one per physical core.
+///
+/// The variable is set either way: Candle looks the default up again (parsing
+/// /proc/cpuinfo) on every matrix product, which cost 6-8% of a micro step on 2 cores.
 ///
 /// Candle 0.11 also runs element-wise ops on a spinning pool of its own (CANDLE_NUM_THREADS)
-/// beside the rayon pool of gemm and this project's fused kernels. On a few cores the two
-/// pools take turns stealing the CPU from each other: on 2 cores, one step of the cpu-repro
-/// model takes 0.071 s with both pools and 0.055 s with the element-wise pool off (the
-/// cpu_train bench). So with at most 4 threads it is off unless CANDLE_NUM_THREADS says
-/// otherwise.
+/// beside the rayon pool of gemm and this project's fused kernels. Training and evaluation
+/// split each batch into one row shard per thread ([`row_shards`]), which keeps every core
+/// busy; that pool would only serialize the shards' element-wise ops behind its lock. So it
+/// is off unless CANDLE_NUM_THREADS says otherwise.
 pub fn set_cpu_threads(threads: usize) {
-    if threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = if threads > 0 {
+            threads
+        } else {
+            candle_core::utils::get_num_threads()
+        };
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
-    let effective = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if effective <= 4 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }

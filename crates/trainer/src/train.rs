@@ -35,6 +35,7 @@ use crate::config::{NonFinitePolicy, RunConfig};
 use crate::eval::{evaluate_on, EvalResult};
 use crate::optim::AdamW;
 use crate::peak_flops::{format_duration, peak_flops, Peak};
+use crate::row_shards;
 use crate::schedule::lr_at;
 
 /// How the run was asked to start.
@@ -150,6 +151,11 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         eprintln!("{notice}");
     }
     let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?;
+    // Rank 0's thread count decides, so the ranks agree even on unlike machines.
+    cfg.train.row_shards = resolve_row_shards(cfg.train.row_shards, &device, cfg.train.batch_size);
+    let mut shards = cfg.train.row_shards.to_le_bytes().to_vec();
+    comm.broadcast_bytes(&mut shards);
+    cfg.train.row_shards = usize::from_le_bytes(shards.try_into().expect("one usize"));
     // Every rank has looked at the run directory before rank 0 writes to it.
     comm.barrier();
     let init_from = resume_from.is_none() && !cfg.init_from.is_empty();
@@ -257,6 +263,14 @@ fn check_world(cfg: &RunConfig, device: &Device, comm: &Communicator) -> Result<
         );
     }
     Ok(())
+}
+
+/// `train.row_shards` with 0 resolved to one per thread on a CPU (see [`row_shards`]).
+fn resolve_row_shards(given: usize, device: &Device, batch_size: usize) -> usize {
+    match given {
+        0 => row_shards::shard_count(device, batch_size),
+        n => n,
+    }
 }
 
 fn largest_divisor_at_most(n: usize, k: usize) -> usize {
@@ -368,8 +382,10 @@ fn check_run_dir(
     if !opts.vocab_size_given {
         cfg.model.vocab_size = saved.model.vocab_size;
     }
-    // A run keeps the dropout generator it started with (older runs: ChaCha8).
+    // A run keeps the dropout generator (older runs: ChaCha8) and the row shards (older runs:
+    // 1) it started with, so it continues bit for bit.
     cfg.train.dropout_rng = saved.train.dropout_rng;
+    cfg.train.row_shards = saved.train.row_shards;
     if let Some(diff) = dynact_run::resume::forbidden_change(&saved, cfg) {
         bail!("cannot resume {shown}: {diff}; resume with the run's own config (drop --config and the flags that change it)");
     }
@@ -460,7 +476,7 @@ impl Trainer {
     /// micro-batches (and keeps the same state), taking its own share of each step.
     #[allow(clippy::too_many_arguments)]
     fn assemble(
-        cfg: RunConfig,
+        mut cfg: RunConfig,
         run_dir: RunDir,
         lock: Option<RunLock>,
         dataset: Dataset,
@@ -469,6 +485,8 @@ impl Trainer {
         dtype: DType,
         comm: Rc<Communicator>,
     ) -> Result<Trainer> {
+        cfg.train.row_shards =
+            resolve_row_shards(cfg.train.row_shards, &device, cfg.train.batch_size);
         let mut loader = BatchLoader::new(
             dataset.train.clone(),
             cfg.train.seq_len,
@@ -687,29 +705,20 @@ impl Trainer {
             let y = Tensor::from_vec(batch.targets, (b, t), &self.device)?;
             let ctx = ForwardCtx::train(micro_seed(self.cfg.seed, step, micro))
                 .with_rng(self.cfg.train.dropout_rng);
-            let loss = self.model.loss(&x, &y, &ctx)?;
-            loss_sum += loss.to_scalar::<f32>()?;
-            let loss = if accum > 1 {
-                (loss / accum as f64)?
-            } else {
-                loss
-            };
-            let grads = loss.backward()?;
-            total = Some(match total {
-                None => grads,
-                Some(mut acc) => {
-                    for var in self.varmap.all_vars() {
-                        if let Some(g) = grads.get(&var) {
-                            let sum = match acc.get(&var) {
-                                Some(a) => (a + g)?,
-                                None => g.clone(),
-                            };
-                            acc.insert(&var, sum);
-                        }
-                    }
-                    acc
-                }
-            });
+            let (loss, grads) = row_shards::loss_and_grads(
+                &self.model,
+                &x,
+                &y,
+                ctx,
+                1.0 / accum as f64,
+                self.cfg.train.row_shards.clamp(1, b),
+                &self.params_by_name,
+            )?;
+            loss_sum += loss;
+            match total.as_mut() {
+                None => total = Some(grads),
+                Some(acc) => row_shards::add_grads(acc, grads, &self.params_by_name)?,
+            }
         }
         let mut grads = total.expect("grad_accum >= 1");
         if self.comm.size() > 1 {

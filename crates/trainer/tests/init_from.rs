@@ -41,16 +41,7 @@ fn a_swiglu_source_trained_as_dynactglu_starts_as_the_same_function() {
         .forward(&ids, &ctx)
         .unwrap();
     let b = converted.forward(&ids, &ctx).unwrap();
-    let diff: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = common::max_abs(&(a - b).unwrap());
     assert!(diff < 1e-5, "logits differ by {diff}");
 }
 

@@ -50,7 +50,8 @@ fn a_version_0_run_resumes_exactly_as_an_uninterrupted_run() {
     assert!(resumed.stderr.contains("resuming"), "{}", resumed.stderr);
 
     // The same config from step 0, never interrupted. A version-0 run drew its dropout masks
-    // from ChaCha8 and its resume keeps doing so; a new run must ask for that generator.
+    // from ChaCha8 and ran its batches whole, and its resume keeps doing so; a new run must ask
+    // for that generator and one row shard.
     let fresh = train_lm(
         tmp.path(),
         &[
@@ -60,6 +61,8 @@ fn a_version_0_run_resumes_exactly_as_an_uninterrupted_run() {
             "fresh",
             "--set",
             "train.dropout_rng=\"chacha8\"",
+            "--set",
+            "train.row_shards=1",
         ],
     );
     assert_eq!(fresh.code, 0, "{}", fresh.stderr);
