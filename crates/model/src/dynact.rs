@@ -64,19 +64,21 @@ impl DynAct {
     pub fn beta(&self) -> &Tensor {
         &self.beta
     }
-}
 
-impl Module for DynAct {
-    /// x: (..., C) -> (..., C)
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fusable = matches!(self.base, BaseAct::Silu | BaseAct::Relu);
-        if fusable && x.device().is_cpu() && x.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op3(
-                &self.alpha.to_dtype(DType::F32)?,
-                &self.beta.to_dtype(DType::F32)?,
-                FusedDynAct { base: self.base },
-            );
-        }
+    pub fn base(&self) -> BaseAct {
+        self.base
+    }
+
+    /// Whether `x` takes a fused CPU kernel: f32 on a CPU, with a base that has one.
+    pub(crate) fn fuses(&self, x: &Tensor) -> bool {
+        matches!(self.base, BaseAct::Silu | BaseAct::Relu)
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+    }
+
+    /// [`DynAct`]'s forward as a composition of differentiable Candle ops: what runs off the
+    /// CPU, and what the fused kernels are tested against.
+    pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let alpha = self.alpha.to_dtype(x.dtype())?;
         let beta = self.beta.to_dtype(x.dtype())?;
         let scale = (&alpha - &beta)?;
@@ -85,12 +87,26 @@ impl Module for DynAct {
     }
 }
 
+impl Module for DynAct {
+    /// x: (..., C) -> (..., C)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fuses(x) {
+            return x.contiguous()?.apply_op3(
+                &self.alpha.to_dtype(DType::F32)?,
+                &self.beta.to_dtype(DType::F32)?,
+                FusedDynAct { base: self.base },
+            );
+        }
+        self.forward_reference(x)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fused CPU kernels: one pass forward, one pass for dx and one for (dalpha, dbeta), instead of
 // the dozen passes of the composition above and its backward.
 
 /// base(x) and base'(x) for the bases with a fused kernel.
-fn base_and_slope(x: f32, base: BaseAct) -> (f32, f32) {
+pub(crate) fn base_and_slope(x: f32, base: BaseAct) -> (f32, f32) {
     match base {
         BaseAct::Silu => {
             let s = 1.0 / (1.0 + (-x).exp());
@@ -108,7 +124,7 @@ fn base_and_slope(x: f32, base: BaseAct) -> (f32, f32) {
 }
 
 /// The parameter of channel `c` from a vector of length 1 (per layer) or C (per channel).
-fn param(p: &[f32], c: usize) -> f32 {
+pub(crate) fn param(p: &[f32], c: usize) -> f32 {
     if p.len() == 1 {
         p[0]
     } else {

@@ -63,7 +63,7 @@ impl Module for Mlp {
         let up = self.up_proj.forward(x)?;
         let hidden = match &self.act_fn {
             GateActivation::Silu => crate::ops::swiglu(&gate, &up)?,
-            GateActivation::DynAct(act) => (act.forward(&gate)? * up)?,
+            GateActivation::DynAct(act) => crate::dynact_glu::dynact_glu(act, &gate, &up)?,
         };
         self.down_proj.forward(&hidden)
     }

@@ -1,7 +1,8 @@
 //! dynact-model: a Llama-style decoder whose feed-forward block is SwiGLU or dynActGLU(Swish),
 //! and its checkpoint format.
 //!
-//! Reading order: [`dynact`] (the trainable activation) -> [`ops`] (RMSNorm, softmax with its
+//! Reading order: [`dynact`] (the trainable activation) and [`dynact_glu`] (its gate product,
+//! fused) -> [`ops`] (RMSNorm, softmax with its
 //! causal mask, the cross-entropy losses, RoPE and the SwiGLU gate, one file each: a fused CPU
 //! kernel beside its `_reference` composition of Candle ops) -> [`layers`] (linear, RMSNorm)
 //! and [`forward_ctx`] (train or eval, seeded dropout) -> [`attention`] -> [`ffn`] ->
@@ -9,7 +10,7 @@
 //! the [`summary`]) -> [`checkpoint`].
 //!
 //! The modules form layers without cycles: `ops`, `forward_ctx`, `param_kind` and `config` use
-//! no other module of the crate (but `error`); `dynact`, `layers`, `attention` and `ffn` build
+//! no other module of the crate (but `error`); `dynact`, `dynact_glu`, `layers`, `attention` and `ffn` build
 //! on them; `transformer` on those; `checkpoint` and `summary` on top. Every module is built by
 //! one `new(cfg, vb)` constructor that names its tensors as Hugging Face Llama does, so the
 //! same code creates a fresh model ([`seeded_var_builder`]) and loads a saved one
@@ -20,6 +21,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod dynact;
+pub mod dynact_glu;
 pub mod error;
 pub mod ffn;
 pub mod flops;

@@ -91,9 +91,10 @@ fn compare(
 
 #[test]
 fn fused_rms_norm_matches_its_reference() {
-    let x = randn(&[3, 5, 16], 1);
+    // 135 rows: more than one block of the kernel's d weight partial sums.
+    let x = randn(&[3, 45, 16], 1);
     let weight = randn(&[16], 2);
-    let w = randn(&[3, 5, 16], 3);
+    let w = randn(&[3, 45, 16], 3);
     compare(
         &[&x, &weight],
         &w,
@@ -190,6 +191,68 @@ fn fused_dynact_matches_composition_for_every_parameter() {
             assert_close(&a.1, &b.1, 1e-5, &format!("{what} dx"));
             assert_close(&a.2, &b.2, 1e-3, &format!("{what} dalpha"));
             assert_close(&a.3, &b.3, 1e-3, &format!("{what} dbeta"));
+        }
+    }
+}
+
+#[test]
+fn fused_dynact_glu_matches_its_reference_for_every_input_and_parameter() {
+    use candle_nn::{VarBuilder, VarMap};
+    use dynact_model::dynact_glu::{dynact_glu, dynact_glu_reference};
+    use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
+    // 70 rows: more than one block of the kernel's parameter-gradient partial sums.
+    let (gate, up, w) = (
+        randn(&[2, 35, 12], 15),
+        randn(&[2, 35, 12], 16),
+        randn(&[2, 35, 12], 17),
+    );
+    for base in [BaseAct::Silu, BaseAct::Relu] {
+        for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
+            let cfg = DynActConfig {
+                base,
+                granularity,
+                alpha_init: 1.3,
+                beta_init: 0.2,
+            };
+            let run = |dtype: DType, fused: bool| {
+                let vm = VarMap::new();
+                let act = DynAct::new(&cfg, 12, VarBuilder::from_varmap(&vm, dtype, &Device::Cpu))
+                    .unwrap();
+                let g = Var::from_tensor(&gate.to_dtype(dtype).unwrap()).unwrap();
+                let u = Var::from_tensor(&up.to_dtype(dtype).unwrap()).unwrap();
+                let y = if fused {
+                    dynact_glu(&act, g.as_tensor(), u.as_tensor()).unwrap()
+                } else {
+                    dynact_glu_reference(&act, g.as_tensor(), u.as_tensor()).unwrap()
+                };
+                let loss = (&y * w.to_dtype(dtype).unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let grads = loss.backward().unwrap();
+                let data = vm.data().lock().unwrap();
+                let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                vec![
+                    f(&y),
+                    f(grads.get(&g).unwrap()),
+                    f(grads.get(&u).unwrap()),
+                    f(grads.get(&data["alpha"]).unwrap()),
+                    f(grads.get(&data["beta"]).unwrap()),
+                ]
+            };
+            let fused = run(DType::F32, true);
+            for (dtype, name) in [(DType::F32, "f32"), (DType::F64, "f64")] {
+                let plain = run(dtype, false);
+                for (i, part) in ["value", "d gate", "d up", "d alpha", "d beta"]
+                    .iter()
+                    .enumerate()
+                {
+                    // alpha and beta sum 840 products.
+                    let tol = if i >= 3 { 1e-3 } else { 1e-5 };
+                    let what = format!("{base:?} {granularity:?} {part} vs {name} reference");
+                    assert_close(&fused[i], &plain[i], tol, &what);
+                }
+            }
         }
     }
 }

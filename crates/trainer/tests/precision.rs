@@ -118,13 +118,22 @@ fn sixty_bf16_steps_keep_alpha_and_beta_with_the_f32_run() {
         last.push((m.alpha.unwrap(), m.beta.unwrap()));
     }
     let ((a32, b32), (a16, b16)) = (&last[0], &last[1]);
+    // Differences are measured against the largest movement of any layer: the layer that moved
+    // least (alpha - 1 = -0.005 where layer 0 reached 0.024) lands 1-22% off its own value in
+    // bf16 depending only on the order of float sums (1 or 2 row shards), while dynAct run in
+    // bf16 put every layer 30-46% off.
+    let moved = a32
+        .iter()
+        .map(|a| (a - 1.0).abs())
+        .chain(b32.iter().map(|b| b.abs()))
+        .fold(0.0, f64::max);
     for layer in 0..a32.len() {
         let (da, db) = (
-            rel(a16[layer] - 1.0, a32[layer] - 1.0),
-            rel(b16[layer], b32[layer]),
+            (a16[layer] - a32[layer]).abs() / moved,
+            (b16[layer] - b32[layer]).abs() / moved,
         );
         eprintln!(
-            "layer {layer}: alpha-1 {:.5} / {:.5} ({:.1}%), beta {:.5} / {:.5} ({:.1}%)",
+            "layer {layer}: alpha-1 {:.5} / {:.5} (off {:.1}% of the largest move), beta {:.5} / {:.5} ({:.1}%)",
             a32[layer] - 1.0,
             a16[layer] - 1.0,
             100.0 * da,

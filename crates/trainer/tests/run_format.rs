@@ -1,11 +1,13 @@
 //! Run directories written by earlier versions of train-lm: a version-0 run (the committed
-//! fixture, from before the format carried versions) resumes and continues exactly as an
-//! uninterrupted run of today's code; a run from a newer format is refused, naming both
+//! fixture, from before the format carried versions) resumes and continues as an uninterrupted
+//! run of today's code does, to float rounding; a run from a newer format is refused, naming both
 //! versions.
 
 mod common;
 
 use std::path::Path;
+
+use candle_core::Device;
 
 use dynact_run::{EvalRecord, MetricsRecord};
 
@@ -42,7 +44,7 @@ fn records<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
 }
 
 #[test]
-fn a_version_0_run_resumes_exactly_as_an_uninterrupted_run() {
+fn a_version_0_run_resumes_as_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let run = fixture_copy(tmp.path());
     let resumed = train_lm(tmp.path(), &["--resume", "run-v0"]);
@@ -68,26 +70,52 @@ fn a_version_0_run_resumes_exactly_as_an_uninterrupted_run() {
     assert_eq!(fresh.code, 0, "{}", fresh.stderr);
     let fresh_dir = tmp.path().join("fresh");
 
+    // Steps 1-3 of the fixture were computed by the code of its day; the fused kernels have
+    // since changed the order of some float sums, so its steps agree with today's to rounding,
+    // not to the bit (a run of today resumes bit for bit: tests/train.rs). A misread file (the
+    // optimizer's moments, the loader's position, the dropout generator) is off by far more.
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * y.abs().max(1e-3);
     let a: Vec<MetricsRecord> = records(&run.join("metrics.jsonl"));
     let b: Vec<MetricsRecord> = records(&fresh_dir.join("metrics.jsonl"));
     assert_eq!(a.len(), 6);
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.step, y.step);
-        assert_eq!(
-            x.loss.to_bits(),
-            y.loss.to_bits(),
-            "loss at step {}",
-            x.step
+        let at = x.step;
+        assert!(
+            close(x.loss as f64, y.loss as f64),
+            "loss at step {at}: {} against {}",
+            x.loss,
+            y.loss
         );
-        assert_eq!(x.grad_norm.to_bits(), y.grad_norm.to_bits());
-        assert_eq!((&x.alpha, &x.beta), (&y.alpha, &y.beta));
+        assert!(
+            close(x.grad_norm, y.grad_norm),
+            "gradient norm at step {at}"
+        );
+        for (p, q) in [(&x.alpha, &y.alpha), (&x.beta, &y.beta)] {
+            let (p, q) = (p.as_ref().unwrap(), q.as_ref().unwrap());
+            assert!(
+                p.iter().zip(q).all(|(p, q)| (p - q).abs() < 1e-5),
+                "alpha or beta at step {at}"
+            );
+        }
     }
     let ea: Vec<EvalRecord> = records(&run.join("eval.jsonl"));
     let eb: Vec<EvalRecord> = records(&fresh_dir.join("eval.jsonl"));
     assert_eq!(ea.last().unwrap().step, 6);
-    assert_eq!(ea.last().unwrap().val_ppl, eb.last().unwrap().val_ppl);
-    let weights = |dir: &Path| std::fs::read(dir.join("step-000006/model.safetensors")).unwrap();
-    assert!(weights(&run) == weights(&fresh_dir), "final weights differ");
+    assert!(close(
+        ea.last().unwrap().val_ppl,
+        eb.last().unwrap().val_ppl
+    ));
+    let weights = |dir: &Path| {
+        candle_core::safetensors::load(dir.join("step-000006/model.safetensors"), &Device::Cpu)
+            .unwrap()
+    };
+    let (wa, wb) = (weights(&run), weights(&fresh_dir));
+    assert_eq!(wa.len(), wb.len());
+    for (name, t) in &wa {
+        let diff = common::max_abs(&(t - &wb[name]).unwrap());
+        assert!(diff < 1e-5, "{name} differs by {diff}");
+    }
 
     // The resumed run writes today's versions.
     let state: serde_json::Value = serde_json::from_str(

@@ -1,8 +1,8 @@
-//! RMSNorm over the last dimension, computed in f32: the fused CPU kernel (normalisation and its
-//! backward; the weight is applied outside so Candle differentiates it) beside
-//! [`rms_norm_reference`], the Candle composition every other device runs.
+//! RMSNorm over the last dimension, computed in f32: the fused CPU kernel (the weight applied
+//! in the same pass; one backward pass yields d x and d weight) beside [`rms_norm_reference`],
+//! the Candle composition every other device runs.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::{f32_slice, fused, last_dim, rows_per_task};
@@ -12,10 +12,11 @@ use super::{f32_slice, fused, last_dim, rows_per_task};
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
-    let y = if fused(&x) {
-        x.contiguous()?
-            .apply_op1(RmsNormalize { eps: eps as f32 })?
-            .broadcast_mul(&weight.to_dtype(DType::F32)?)?
+    let y = if fused(&x) && weight.elem_count() == last_dim(x.layout()) {
+        x.contiguous()?.apply_op2(
+            &weight.to_dtype(DType::F32)?.contiguous()?,
+            RmsNorm { eps: eps as f32 },
+        )?
     } else {
         rms_norm_reference(&x, weight, eps)?
     };
@@ -33,9 +34,8 @@ pub fn rms_norm_reference(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tenso
         .to_dtype(dtype)
 }
 
-/// x -> x / sqrt(mean(x^2) + eps) per row; the weight is applied outside, so Candle
-/// differentiates it on its own.
-struct RmsNormalize {
+/// x -> x / sqrt(mean(x^2) + eps) * weight per row.
+struct RmsNorm {
     eps: f32,
 }
 
@@ -44,42 +44,9 @@ fn inv_rms(row: &[f32], eps: f32) -> f32 {
     1.0 / (ms + eps).sqrt()
 }
 
-impl CustomOp1 for RmsNormalize {
+impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
-        "rms-normalize"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
-        let n = last_dim(l);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .with_min_len(rows_per_task(n))
-            .for_each(|(o, row)| {
-                let r = inv_rms(row, self.eps);
-                o.iter_mut().zip(row).for_each(|(o, v)| *o = v * r);
-            });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(x.apply_op2_no_bwd(
-            &grad,
-            &RmsNormalizeBackward { eps: self.eps },
-        )?))
-    }
-}
-
-/// dx = r (g - x_hat mean(g x_hat)), x_hat = x r, r = 1/rms(x).
-struct RmsNormalizeBackward {
-    eps: f32,
-}
-
-impl CustomOp2 for RmsNormalizeBackward {
-    fn name(&self) -> &'static str {
-        "rms-normalize-backward"
+        "rms-norm"
     }
 
     fn cpu_fwd(
@@ -90,19 +57,96 @@ impl CustomOp2 for RmsNormalizeBackward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
         let n = last_dim(l1);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
-            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+            .zip(x.par_chunks(n))
             .with_min_len(rows_per_task(n))
-            .for_each(|(o, (xr, gr))| {
-                let r = inv_rms(xr, self.eps);
-                let dot = xr.iter().zip(gr).map(|(x, g)| x * r * g).sum::<f32>() / n as f32;
-                for ((o, x), g) in o.iter_mut().zip(xr).zip(gr) {
-                    *o = r * (g - x * r * dot);
+            .for_each(|(o, row)| {
+                let r = inv_rms(row, self.eps);
+                for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
+                    *o = v * r * w;
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // One flat tensor: [d x; d weight].
+        let flat = x.apply_op3_no_bwd(weight, &grad, &RmsNormBackward { eps: self.eps })?;
+        let n = x.elem_count();
+        Ok((
+            Some(flat.narrow(0, 0, n)?.reshape(x.shape())?),
+            Some(flat.narrow(0, n, weight.elem_count())?),
+        ))
+    }
+}
+
+/// Rows whose d weight partial sums one task accumulates in f32 before they join the f64
+/// total in a fixed order: the result does not depend on thread timing.
+const ROWS_PER_BLOCK: usize = 64;
+
+/// With x_hat = x r, r = 1/rms(x) and gw = g weight:
+/// d x = r (gw - x_hat mean(gw x_hat)), d weight = sum over rows of g x_hat.
+struct RmsNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "rms-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
+        let c = last_dim(l1);
+        let mut out = vec![0f32; x.len() + c];
+        let (dx, dw) = out.split_at_mut(x.len());
+        let block = c * ROWS_PER_BLOCK;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+            .map(|(db, (xb, gb))| {
+                let mut acc = vec![0f32; c];
+                for (o, (xr, gr)) in db.chunks_mut(c).zip(xb.chunks(c).zip(gb.chunks(c))) {
+                    let r = inv_rms(xr, self.eps);
+                    let mut dot = 0f32;
+                    for j in 0..c {
+                        let x_hat = xr[j] * r;
+                        dot += gr[j] * w[j] * x_hat;
+                        acc[j] += gr[j] * x_hat;
+                    }
+                    let dot = dot / c as f32;
+                    for j in 0..c {
+                        o[j] = r * (gr[j] * w[j] - xr[j] * r * dot);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut sums = vec![0f64; c];
+        for p in partials {
+            sums.iter_mut().zip(p).for_each(|(s, v)| *s += v as f64);
+        }
+        dw.iter_mut().zip(&sums).for_each(|(d, s)| *d = *s as f32);
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + c)))
     }
 }

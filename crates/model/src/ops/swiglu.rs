@@ -62,17 +62,19 @@ impl CustomOp2 for SwiGlu {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let d_gate = gate.apply_op3_no_bwd(up, &grad, &SwiGluBackward { wrt_gate: true })?;
-        let d_up = gate.apply_op3_no_bwd(up, &grad, &SwiGluBackward { wrt_gate: false })?;
-        Ok((Some(d_gate), Some(d_up)))
+        // One pass, one flat tensor: [d gate; d up].
+        let flat = gate.apply_op3_no_bwd(up, &grad, &SwiGluBackward)?;
+        let n = gate.elem_count();
+        Ok((
+            Some(flat.narrow(0, 0, n)?.reshape(gate.shape())?),
+            Some(flat.narrow(0, n, n)?.reshape(up.shape())?),
+        ))
     }
 }
 
 /// d/dgate = (g_out * up) * (sigmoid * (1 - silu) + silu), as Candle's silu backward computes
 /// it; d/dup = g_out * silu(gate).
-struct SwiGluBackward {
-    wrt_gate: bool,
-}
+struct SwiGluBackward;
 
 impl CustomOp3 for SwiGluBackward {
     fn name(&self) -> &'static str {
@@ -93,22 +95,25 @@ impl CustomOp3 for SwiGluBackward {
             f32_slice(s2, l2, self.name())?,
             f32_slice(s3, l3, self.name())?,
         );
-        let wrt_gate = self.wrt_gate;
-        let out: Vec<f32> = g
-            .par_iter()
-            .zip(u.par_iter().zip(grad.par_iter()))
-            .with_min_len(rows_per_task(1))
-            .map(|(&g, (&u, &dy))| {
-                let node = silu(g);
-                if wrt_gate {
+        let n = g.len();
+        let mut out = vec![0f32; 2 * n];
+        let (d_gate, d_up) = out.split_at_mut(n);
+        let chunk = rows_per_task(1);
+        d_gate
+            .par_chunks_mut(chunk)
+            .zip(d_up.par_chunks_mut(chunk))
+            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
+            .zip(grad.par_chunks(chunk))
+            .for_each(|(((dg, du), (gc, uc)), yc)| {
+                for i in 0..gc.len() {
+                    let (g, u, dy) = (gc[i], uc[i], yc[i]);
+                    let node = silu(g);
                     let sigmoid = 1.0 / ((-g).exp() * 1.0 + 1.0);
                     let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
-                    (dy * u) * silu_grad
-                } else {
-                    dy * node
+                    dg[i] = (dy * u) * silu_grad;
+                    du[i] = dy * node;
                 }
-            })
-            .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+            });
+        Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }
 }

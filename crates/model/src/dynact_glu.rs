@@ -1,0 +1,197 @@
+//! dynActGLU's gate product `dynact(gate) * up`: one fused CPU kernel forward and one backward
+//! pass that yields d(gate), d(up), d(alpha) and d(beta) together, beside
+//! [`dynact_glu_reference`], the composition every other device runs. Fused, the gate costs
+//! what SwiGLU's costs (`ops::swiglu`); composed, it took an extra pass over the (B, T, F)
+//! hidden activations each way and a reduction for alpha and beta.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::config::BaseAct;
+use crate::dynact::{base_and_slope, param, DynAct};
+use crate::ops::f32_slice;
+
+/// `act(gate) * up`, gate and up of one shape (..., F).
+pub fn dynact_glu(act: &DynAct, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if act.fuses(gate) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
+        let params = Tensor::cat(
+            &[
+                act.alpha().to_dtype(DType::F32)?,
+                act.beta().to_dtype(DType::F32)?,
+            ],
+            0,
+        )?;
+        return gate.contiguous()?.apply_op3(
+            &up.contiguous()?,
+            &params,
+            FusedDynActGlu { base: act.base() },
+        );
+    }
+    dynact_glu_reference(act, gate, up)
+}
+
+/// [`dynact_glu`] as Candle ops ([`DynAct::forward_reference`] times `up`).
+pub fn dynact_glu_reference(act: &DynAct, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    act.forward_reference(gate)? * up
+}
+
+/// alpha and beta of every channel of a row of `c`: `params` is [alpha; beta], each of length
+/// 1 (per layer) or `c` (per channel).
+fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (alpha, beta) = params.split_at(params.len() / 2);
+    if !params.len().is_multiple_of(2) || !(alpha.len() == 1 || alpha.len() == c) {
+        candle_core::bail!(
+            "{op}: alpha and beta have {} values, the input has {c} channels",
+            params.len() / 2
+        );
+    }
+    Ok((
+        (0..c).map(|j| param(alpha, j)).collect(),
+        (0..c).map(|j| param(beta, j)).collect(),
+    ))
+}
+
+/// Rows whose parameter-gradient partial sums one task accumulates in f32 before they join the
+/// f64 total in a fixed order: the result does not depend on thread timing.
+const ROWS_PER_BLOCK: usize = 64;
+
+struct FusedDynActGlu {
+    base: BaseAct,
+}
+
+impl CustomOp3 for FusedDynActGlu {
+    fn name(&self) -> &'static str {
+        "dynact-glu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gate, up, params) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let c = *l1.dims().last().unwrap_or(&1);
+        let (alpha, beta) = channel_params(params, c, self.name())?;
+        let mut out = vec![0f32; gate.len()];
+        out.par_chunks_mut(c)
+            .zip(gate.par_chunks(c).zip(up.par_chunks(c)))
+            .with_min_len(crate::ops::rows_per_task(c))
+            .for_each(|(o, (gr, ur))| {
+                for j in 0..c {
+                    let (a, b, g) = (alpha[j], beta[j], gr[j]);
+                    o[j] = (base_and_slope(g, self.base).0 * (a - b) + b * g) * ur[j];
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let backward = DynActGluBackward {
+            base: self.base,
+            params: params.to_vec1()?,
+        };
+        // One flat tensor: [d gate; d up; d alpha; d beta].
+        let flat = gate.apply_op3_no_bwd(up, &grad, &backward)?;
+        let n = gate.elem_count();
+        Ok((
+            Some(flat.narrow(0, 0, n)?.reshape(gate.shape())?),
+            Some(flat.narrow(0, n, n)?.reshape(up.shape())?),
+            Some(flat.narrow(0, 2 * n, params.elem_count())?),
+        ))
+    }
+}
+
+/// d gate = g up f'(gate), d up = g f(gate), d alpha = sum g up base(gate),
+/// d beta = sum g up (gate - base(gate)), with f'(x) = base'(x)(alpha - beta) + beta.
+struct DynActGluBackward {
+    base: BaseAct,
+    /// [alpha; beta] as the forward pass saw them.
+    params: Vec<f32>,
+}
+
+impl CustomOp3 for DynActGluBackward {
+    fn name(&self) -> &'static str {
+        "dynact-glu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gate, up, grad) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let c = *l1.dims().last().unwrap_or(&1);
+        let (alpha, beta) = channel_params(&self.params, c, self.name())?;
+        let n = gate.len();
+        let per_param = self.params.len() / 2;
+        let mut out = vec![0f32; 2 * n + 2 * per_param];
+        let (d_gate, rest) = out.split_at_mut(n);
+        let (d_up, d_params) = rest.split_at_mut(n);
+        let block = c * ROWS_PER_BLOCK;
+        let partials: Vec<Vec<f32>> = d_gate
+            .par_chunks_mut(block)
+            .zip(d_up.par_chunks_mut(block))
+            .zip(gate.par_chunks(block).zip(up.par_chunks(block)))
+            .zip(grad.par_chunks(block))
+            .map(|(((dg, du), (gb, ub)), yb)| {
+                // [sum g up base(gate); sum g up (gate - base(gate))] per channel.
+                let mut acc = vec![0f32; 2 * c];
+                let rows = dg
+                    .chunks_mut(c)
+                    .zip(du.chunks_mut(c))
+                    .zip(gb.chunks(c).zip(ub.chunks(c)))
+                    .zip(yb.chunks(c));
+                for (((dg, du), (gr, ur)), yr) in rows {
+                    for j in 0..c {
+                        let (a, b, g) = (alpha[j], beta[j], gr[j]);
+                        let (base, slope) = base_and_slope(g, self.base);
+                        let gu = yr[j] * ur[j];
+                        dg[j] = gu * (slope * (a - b) + b);
+                        du[j] = yr[j] * (base * (a - b) + b * g);
+                        acc[j] += gu * base;
+                        acc[c + j] += gu * (g - base);
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut sums = vec![0f64; 2 * c];
+        for p in partials {
+            sums.iter_mut().zip(p).for_each(|(s, v)| *s += v as f64);
+        }
+        if per_param == 1 {
+            d_params[0] = sums[..c].iter().sum::<f64>() as f32;
+            d_params[1] = sums[c..].iter().sum::<f64>() as f32;
+        } else {
+            d_params
+                .iter_mut()
+                .zip(&sums)
+                .for_each(|(d, s)| *d = *s as f32);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(2 * n + 2 * per_param)))
+    }
+}
