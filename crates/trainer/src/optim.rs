@@ -9,6 +9,7 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
 use dynact_model::ParamKind;
 
+use crate::adamw_cpu::{self, UpdateScalars};
 use crate::config::OptimConfig;
 
 struct Slot {
@@ -18,6 +19,23 @@ struct Slot {
     v: Tensor,
     decay: bool,
     lr_mult: f64,
+}
+
+impl Slot {
+    /// The update as a composition of Candle ops.
+    fn update_reference(&mut self, g: &Tensor, s: UpdateScalars) -> Result<()> {
+        let g = if s.grad_scale != 1.0 {
+            g.affine(s.grad_scale, 0.0)?
+        } else {
+            g.clone()
+        };
+        self.m = ((&self.m * s.beta1)? + (&g * (1.0 - s.beta1))?)?;
+        self.v = ((&self.v * s.beta2)? + (g.sqr()? * (1.0 - s.beta2))?)?;
+        let denom = ((&self.v / s.bias2)?.sqrt()? + s.eps)?;
+        let update = ((&self.m / s.bias1)? / denom)?;
+        let theta = self.var.as_tensor().affine(s.decay, 0.0)?;
+        self.var.set(&(theta - (update * s.lr)?)?)
+    }
 }
 
 pub struct AdamW {
@@ -91,38 +109,54 @@ impl AdamW {
     }
 
     /// One update at learning rate `lr`; gradients are first scaled by `grad_scale` (clipping).
+    /// On a CPU each parameter takes the fused in-place kernel of [`crate::adamw_cpu`].
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step_with(grads, lr, grad_scale, true)
+    }
+
+    /// [`AdamW::step`] with `fused` choosing between the CPU kernel and the reference
+    /// composition of Candle ops (what other devices run, and what the kernel is tested
+    /// against).
+    pub fn step_with(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+        fused: bool,
+    ) -> Result<()> {
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let bias1 = 1.0 - b1.powi(self.step as i32);
-        let bias2 = 1.0 - b2.powi(self.step as i32);
         for s in &mut self.slots {
             let Some(g) = grads.get(&s.var) else {
                 continue;
             };
-            let g = if grad_scale != 1.0 {
-                g.affine(grad_scale, 0.0)?
-            } else {
-                g.clone()
-            };
-            s.m = ((&s.m * b1)? + (&g * (1.0 - b1))?)?;
-            s.v = ((&s.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let lr = lr * s.lr_mult;
-            let denom = ((&s.v / bias2)?.sqrt()? + self.cfg.eps)?;
-            let update = ((&s.m / bias1)? / denom)?;
-            let decay = if s.decay {
-                1.0 - lr * self.cfg.weight_decay
-            } else {
-                1.0
+            let scalars = UpdateScalars {
+                grad_scale,
+                beta1: b1,
+                beta2: b2,
+                bias1: 1.0 - b1.powi(self.step as i32),
+                bias2: 1.0 - b2.powi(self.step as i32),
+                eps: self.cfg.eps,
+                lr,
+                decay: match s.decay {
+                    true => 1.0 - lr * self.cfg.weight_decay,
+                    false => 1.0,
+                },
             };
-            let theta = s.var.as_tensor().affine(decay, 0.0)?;
-            s.var.set(&(theta - (update * lr)?)?)?;
+            let theta = s.var.as_tensor();
+            if fused && adamw_cpu::applies(&[theta, &s.m, &s.v, g]) {
+                adamw_cpu::update(theta, &s.m, &s.v, g, scalars)?;
+            } else {
+                s.update_reference(g, scalars)?;
+            }
         }
         Ok(())
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`), as a training checkpoint
-    /// stores them.
+    /// stores them. They share storage with the moments the next step updates in place: write
+    /// them out before stepping again.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut tensors = Vec::with_capacity(2 * self.slots.len());
         for s in &self.slots {
@@ -147,7 +181,8 @@ impl AdamW {
                         slot.dims()
                     );
                 }
-                *slot = t.clone();
+                // A copy: the fused update writes the moments in place.
+                *slot = t.copy()?;
             }
         }
         self.step = step;
@@ -202,5 +237,88 @@ mod tests {
         for (g, e) in got.iter().zip(expect) {
             assert!((g - e).abs() < 1e-6, "{got:?} vs {expect:?}");
         }
+    }
+
+    /// A decayed matrix and an undecayed dynAct scalar with its own learning rate, trained on
+    /// a loss with a gradient that changes from step to step.
+    fn adamw_fixture() -> (Vec<Var>, AdamW) {
+        let varmap = VarMap::new();
+        let matrix: Vec<f32> = (0..40_000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0)
+            .collect();
+        let params = [
+            (
+                "model.layers.0.mlp.up_proj.weight",
+                Var::from_vec(matrix, (200, 200), &Device::Cpu),
+            ),
+            (
+                "model.layers.0.mlp.act_fn.alpha",
+                Var::from_vec(vec![1.0f32], 1, &Device::Cpu),
+            ),
+        ];
+        let mut vars = vec![];
+        for (name, var) in params {
+            let var = var.unwrap();
+            varmap
+                .data()
+                .lock()
+                .unwrap()
+                .insert(name.into(), var.clone());
+            vars.push(var);
+        }
+        let cfg = OptimConfig {
+            weight_decay: 0.1,
+            dynact_lr_mult: 3.0,
+            ..OptimConfig::default()
+        };
+        (vars, AdamW::new(&varmap, &cfg).unwrap())
+    }
+
+    fn loss_grads(vars: &[Var]) -> GradStore {
+        // sum(w^3)/3 + alpha^2 w.sum(): gradients that depend on the weights.
+        let w = vars[0].as_tensor();
+        let cubes = (w.powf(3.0).unwrap().sum_all().unwrap() / 3.0).unwrap();
+        let coupled =
+            (vars[1].as_tensor().sqr().unwrap().sum_all().unwrap() * w.sum_all().unwrap()).unwrap();
+        (cubes + coupled).unwrap().backward().unwrap()
+    }
+
+    #[test]
+    fn the_fused_cpu_update_matches_the_reference_composition() {
+        let (fused_vars, mut fused) = adamw_fixture();
+        let (plain_vars, mut plain) = adamw_fixture();
+        for step in 0..6 {
+            let clip = if step % 2 == 0 { 1.0 } else { 0.37 };
+            let lr = 1e-2 / (1 + step) as f64;
+            fused
+                .step_with(&loss_grads(&fused_vars), lr, clip, true)
+                .unwrap();
+            plain
+                .step_with(&loss_grads(&plain_vars), lr, clip, false)
+                .unwrap();
+        }
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pairs = fused_vars
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .zip(plain_vars.iter().map(|v| v.as_tensor().clone()))
+            .chain(
+                fused
+                    .state_tensors()
+                    .into_iter()
+                    .zip(plain.state_tensors())
+                    .map(|(a, b)| (a.1, b.1)),
+            );
+        for (a, b) in pairs {
+            let (a, b) = (flat(&a), flat(&b));
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(worst <= 1e-5 * scale, "off by {worst} of {scale}");
+        }
+        // And the update really moved the parameters.
+        assert!((flat(fused_vars[1].as_tensor())[0] - 1.0).abs() > 0.02);
     }
 }
