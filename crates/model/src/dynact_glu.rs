@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::config::BaseAct;
-use crate::dynact::{base_and_slope, param, DynAct};
+use crate::dynact::{param, DynAct};
 use crate::ops::f32_slice;
 
 /// `act(gate) * up`, gate and up of one shape (..., F).
@@ -51,6 +51,25 @@ fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f
     ))
 }
 
+/// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
+/// sigmoid for SiLU, the step for ReLU. Its own loop (the one with the `exp`), so that the
+/// arithmetic after it vectorizes.
+fn gate_weights(row: &[f32], base: BaseAct, out: &mut [f32]) {
+    match base {
+        BaseAct::Silu => {
+            for (w, &x) in out.iter_mut().zip(row) {
+                *w = 1.0 / (1.0 + (-x).exp());
+            }
+        }
+        BaseAct::Relu => {
+            for (w, &x) in out.iter_mut().zip(row) {
+                *w = if x > 0.0 { 1.0 } else { 0.0 };
+            }
+        }
+        BaseAct::Gelu | BaseAct::Mish => unreachable!("no fused kernel for {base:?}"),
+    }
+}
+
 /// Rows whose parameter-gradient partial sums one task accumulates in f32 before they join the
 /// f64 total in a fixed order: the result does not depend on thread timing.
 const ROWS_PER_BLOCK: usize = 64;
@@ -80,14 +99,19 @@ impl CustomOp3 for FusedDynActGlu {
         );
         let c = *l1.dims().last().unwrap_or(&1);
         let (alpha, beta) = channel_params(params, c, self.name())?;
+        let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
+        let (scale, beta) = (&scale[..c], &beta[..c]);
         let mut out = vec![0f32; gate.len()];
         out.par_chunks_mut(c)
             .zip(gate.par_chunks(c).zip(up.par_chunks(c)))
             .with_min_len(crate::ops::rows_per_task(c))
             .for_each(|(o, (gr, ur))| {
+                // Every slice has length c: the loop runs without bounds checks.
+                let (o, gr, ur) = (&mut o[..c], &gr[..c], &ur[..c]);
+                gate_weights(gr, self.base, o);
                 for j in 0..c {
-                    let (a, b, g) = (alpha[j], beta[j], gr[j]);
-                    o[j] = (base_and_slope(g, self.base).0 * (a - b) + b * g) * ur[j];
+                    let g = gr[j];
+                    o[j] = (g * o[j] * scale[j] + beta[j] * g) * ur[j];
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -146,6 +170,8 @@ impl CustomOp3 for DynActGluBackward {
         );
         let c = *l1.dims().last().unwrap_or(&1);
         let (alpha, beta) = channel_params(&self.params, c, self.name())?;
+        let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
+        let (scale, beta) = (&scale[..c], &beta[..c]);
         let n = gate.len();
         let per_param = self.params.len() / 2;
         let mut out = vec![0f32; 2 * n + 2 * per_param];
@@ -160,20 +186,26 @@ impl CustomOp3 for DynActGluBackward {
             .map(|(((dg, du), (gb, ub)), yb)| {
                 // [sum g up base(gate); sum g up (gate - base(gate))] per channel.
                 let mut acc = vec![0f32; 2 * c];
+                let (acc_base, acc_linear) = acc.split_at_mut(c);
+                let mut weights = vec![0f32; c];
                 let rows = dg
                     .chunks_mut(c)
                     .zip(du.chunks_mut(c))
                     .zip(gb.chunks(c).zip(ub.chunks(c)))
                     .zip(yb.chunks(c));
                 for (((dg, du), (gr, ur)), yr) in rows {
+                    // Every slice has length c: the loop runs without bounds checks.
+                    let (dg, du, gr, ur, yr) =
+                        (&mut dg[..c], &mut du[..c], &gr[..c], &ur[..c], &yr[..c]);
+                    gate_weights(gr, self.base, &mut weights);
                     for j in 0..c {
-                        let (a, b, g) = (alpha[j], beta[j], gr[j]);
-                        let (base, slope) = base_and_slope(g, self.base);
+                        let (g, b, w) = (gr[j], beta[j], weights[j]);
+                        let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
                         let gu = yr[j] * ur[j];
-                        dg[j] = gu * (slope * (a - b) + b);
-                        du[j] = yr[j] * (base * (a - b) + b * g);
-                        acc[j] += gu * base;
-                        acc[c + j] += gu * (g - base);
+                        dg[j] = gu * (slope * scale[j] + b);
+                        du[j] = yr[j] * (base * scale[j] + b * g);
+                        acc_base[j] += gu * base;
+                        acc_linear[j] += gu * (g - base);
                     }
                 }
                 acc

@@ -22,9 +22,11 @@ pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
-/// Candle's f32 silu.
-fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
+/// exp(-x) of every element; Candle's f32 silu is x / (1 + exp(-x)).
+fn exp_neg(x: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = (-x).exp();
+    }
 }
 
 struct SwiGlu;
@@ -45,12 +47,17 @@ impl CustomOp2 for SwiGlu {
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        let out: Vec<f32> = g
-            .par_iter()
-            .zip(u.par_iter())
-            .with_min_len(rows_per_task(1))
-            .map(|(&g, &u)| silu(g) * u)
-            .collect();
+        let mut out = vec![0f32; g.len()];
+        let chunk = rows_per_task(1);
+        out.par_chunks_mut(chunk)
+            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
+            .for_each(|(o, (gc, uc))| {
+                // exp(-g) in a loop of its own, so that the arithmetic after it vectorizes.
+                exp_neg(gc, o);
+                for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
+                    *o = g / (1.0 + *o) * u;
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -105,10 +112,12 @@ impl CustomOp3 for SwiGluBackward {
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
             .zip(grad.par_chunks(chunk))
             .for_each(|(((dg, du), (gc, uc)), yc)| {
+                // exp(-g) once per element, in a loop of its own (in d up until it is used).
+                exp_neg(gc, du);
                 for i in 0..gc.len() {
-                    let (g, u, dy) = (gc[i], uc[i], yc[i]);
-                    let node = silu(g);
-                    let sigmoid = 1.0 / ((-g).exp() * 1.0 + 1.0);
+                    let (g, u, dy, e) = (gc[i], uc[i], yc[i], du[i]);
+                    let node = g / (1.0 + e);
+                    let sigmoid = 1.0 / (e * 1.0 + 1.0);
                     let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
                     dg[i] = (dy * u) * silu_grad;
                     du[i] = dy * node;
