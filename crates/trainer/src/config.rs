@@ -46,7 +46,8 @@ pub struct TrainConfig {
     pub on_nonfinite: NonFinitePolicy,
     /// CPU threads (0: one per physical core).
     pub threads: usize,
-    /// Peak FLOP/s of the device for MFU (0: measured on CPU, looked up for known GPUs).
+    /// Peak FLOP/s of one device (one rank) for MFU (0: measured on CPU, looked up for known
+    /// GPUs); a data-parallel job counts it once per rank.
     pub peak_flops: f64,
     /// Data parallel: seconds a rank waits for the others in a collective before it stops the
     /// job (a rank died or hangs).

@@ -224,7 +224,15 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
         ParamSummary::of(&cfg.model)?,
     ));
 
-    let peak = peak_flops(&device, dtype, cfg.train.peak_flops);
+    // The job's peak: every rank's device alike (tokens/s counts the tokens of all ranks).
+    let ranks = comm.size();
+    let peak = peak_flops(&device, dtype, cfg.train.peak_flops).map(|p| match ranks {
+        1 => p,
+        w => Peak {
+            flops: p.flops * w as f64,
+            source: format!("{} x {w} ranks", p.source),
+        },
+    });
     let mut trainer = Trainer::assemble(cfg, run_dir, lock, dataset, start, device, dtype, comm)?;
     match &peak {
         Some(p) => log(format!(
