@@ -3,7 +3,7 @@
 //! here, below attention and the decoder that both use them, so neither layer imports the other
 //! for them.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +80,17 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64, rng: DropoutRng, first_row: usize)
     let scale = (1.0 / keep) as f32;
     let n = x.elem_count();
     let first = (first_row * (n / x.dim(0)?.max(1))) as u64;
+    let device_draws = x.device().is_cpu() || x.device().is_cuda();
+    if rng == DropoutRng::Philox4x32 && x.dtype() == DType::F32 && device_draws {
+        let op = crate::philox_dropout::PhiloxDropout {
+            seed,
+            first,
+            keep,
+            scale,
+        };
+        return op.apply(x);
+    }
+    // Elsewhere the mask is drawn on the host.
     let mask: Vec<f32> = match rng {
         DropoutRng::Philox4x32 => crate::philox::dropout_mask_from(seed, first, n, keep, scale),
         DropoutRng::Chacha8 => {

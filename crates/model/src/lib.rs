@@ -31,6 +31,7 @@ pub mod layers;
 pub mod ops;
 pub mod param_kind;
 pub mod philox;
+pub mod philox_dropout;
 pub mod summary;
 pub mod transformer;
 

@@ -46,29 +46,59 @@ pub fn dropout_mask(seed: u64, n: usize, keep: f64, scale: f32) -> Vec<f32> {
 /// Elements `first..first + n` of the mask [`dropout_mask`] draws for `seed`: what one shard of
 /// a batch split by rows uses, so that the split draws the masks of the whole batch.
 pub fn dropout_mask_from(seed: u64, first: u64, n: usize, keep: f64, scale: f32) -> Vec<f32> {
+    let mut mask = vec![0f32; n];
+    for_each_element(seed, first, keep, &mut mask, |_, kept| match kept {
+        true => scale,
+        false => 0.0,
+    });
+    mask
+}
+
+/// `out[i] = x[i] * scale` where element `first + i` of the mask for `seed` is kept, else 0:
+/// inverted dropout in one pass, the CPU twin of `kernels/philox_dropout.cu`.
+pub fn apply_dropout_from(
+    seed: u64,
+    first: u64,
+    keep: f64,
+    scale: f32,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), out.len(), "dropout: input and output lengths");
+    for_each_element(seed, first, keep, out, |i, kept| match kept {
+        true => x[i] * scale,
+        false => 0.0,
+    });
+}
+
+/// `out[i] = value(i, kept)` for the elements `first..` of the mask for `seed`, in parallel.
+fn for_each_element(
+    seed: u64,
+    first: u64,
+    keep: f64,
+    out: &mut [f32],
+    value: impl Fn(usize, bool) -> f32 + Sync,
+) {
     const CHUNK: usize = 4 * 1024;
     let key = [seed as u32, (seed >> 32) as u32];
     let threshold = keep_threshold(keep);
-    let mut mask = vec![0f32; n];
-    mask.par_chunks_mut(CHUNK)
+    out.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(chunk, out)| {
-            let start = first + (chunk * CHUNK) as u64;
+            let start = chunk * CHUNK;
             let (mut block, mut words) = (u64::MAX, [0u32; 4]);
             for (i, o) in out.iter_mut().enumerate() {
-                let element = start + i as u64;
+                let element = first + (start + i) as u64;
                 if element / 4 != block {
                     block = element / 4;
                     words = philox4x32_10([block as u32, (block >> 32) as u32, 0, 0], key);
                 }
-                *o = if (words[(element % 4) as usize] as u64) < threshold {
-                    scale
-                } else {
-                    0.0
-                };
+                *o = value(
+                    start + i,
+                    (words[(element % 4) as usize] as u64) < threshold,
+                );
             }
         });
-    mask
 }
 
 #[cfg(test)]

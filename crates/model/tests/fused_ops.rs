@@ -258,6 +258,40 @@ fn fused_dynact_glu_matches_its_reference_for_every_input_and_parameter() {
 }
 
 #[test]
+fn philox_dropout_op_is_the_product_with_the_host_drawn_mask() {
+    use dynact_model::philox::dropout_mask_from;
+    use dynact_model::philox_dropout::PhiloxDropout;
+    let x = randn(&[3, 7, 11], 20);
+    let w = randn(&[3, 7, 11], 21);
+    // An unaligned first element (a row shard's) and one that is aligned.
+    for first in [0u64, 5, 4_099] {
+        let op = PhiloxDropout {
+            seed: 0xDEAD_BEEF_1234,
+            first,
+            keep: 0.8,
+            scale: 1.25,
+        };
+        let mask = Tensor::from_vec(
+            dropout_mask_from(op.seed, first, x.elem_count(), op.keep, op.scale),
+            x.shape(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        compare(
+            &[&x],
+            &w,
+            |t| op.apply(&t[0]).unwrap(),
+            |t| (&t[0] * mask.to_dtype(t[0].dtype()).unwrap()).unwrap(),
+            &format!("philox dropout from element {first}"),
+        );
+        // The same bits, not just close values.
+        let y = op.apply(&x).unwrap();
+        let plain = (&x * &mask).unwrap();
+        assert_close(&y, &plain, 0.0 + f32::MIN_POSITIVE, "bitwise");
+    }
+}
+
+#[test]
 fn dynact_refuses_an_input_of_the_wrong_width() {
     use candle_nn::{VarBuilder, VarMap};
     use dynact_model::{DynAct, DynActConfig, Granularity};
@@ -346,4 +380,65 @@ fn fused_swiglu_is_bit_identical_to_its_reference() {
         "d gate"
     );
     assert_eq!(bits(gf.get(&u).unwrap()), bits(gp.get(&u).unwrap()), "d up");
+}
+
+extern "C" {
+    /// kernels/philox_dropout.cu compiled as C and run on the host over a launch's grid
+    /// (kernels/host/philox_dropout_host.c).
+    fn dynact_philox_dropout_f32_on_host(
+        x: *const f32,
+        y: *mut f32,
+        n: u64,
+        first: u64,
+        key0: u32,
+        key1: u32,
+        threshold: u64,
+        scale: f32,
+        grid: u32,
+        block: u32,
+    );
+}
+
+#[test]
+fn the_cuda_dropout_kernel_source_draws_the_masks_of_its_cpu_twin() {
+    use dynact_model::philox::{apply_dropout_from, keep_threshold};
+    let x: Vec<f32> = randn(&[5_003], 22).to_vec1().unwrap();
+    let seed = 0x0123_4567_89AB_CDEFu64;
+    for (first, keep) in [
+        (0u64, 0.9),
+        (1, 0.5),
+        (6, 0.8),
+        (4_097, 0.1),
+        (u32::MAX as u64 + 3, 0.7),
+    ] {
+        let scale = (1.0 / keep) as f32;
+        let mut twin = vec![0f32; x.len()];
+        apply_dropout_from(seed, first, keep, scale, &x, &mut twin);
+        // The launch the op makes: one thread per 4-element block, 1024 threads per block
+        // (cudarc's LaunchConfig::for_num_elems), and also a grid too small for one pass.
+        let blocks = ((first + x.len() as u64 - 1) / 4 - first / 4 + 1) as u32;
+        for (grid, block) in [(blocks.div_ceil(1024), 1024), (2, 64)] {
+            let mut kernel = vec![f32::NAN; x.len()];
+            // SAFETY: x and kernel hold x.len() elements each.
+            unsafe {
+                dynact_philox_dropout_f32_on_host(
+                    x.as_ptr(),
+                    kernel.as_mut_ptr(),
+                    x.len() as u64,
+                    first,
+                    seed as u32,
+                    (seed >> 32) as u32,
+                    keep_threshold(keep),
+                    scale,
+                    grid,
+                    block,
+                )
+            };
+            let same = kernel
+                .iter()
+                .zip(&twin)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "first {first}, keep {keep}, grid {grid}x{block}");
+        }
+    }
 }

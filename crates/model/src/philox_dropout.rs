@@ -1,0 +1,92 @@
+//! Inverted dropout with Philox4x32-10 masks as one op: `y = x * mask` drawn where it is
+//! applied, in one pass on the CPU ([`crate::philox::apply_dropout_from`]) and by
+//! `kernels/philox_dropout.cu` on a CUDA GPU, so no mask is built on the host or copied to the
+//! device. The backward pass applies the same mask to the gradient, drawn again, so no mask is
+//! stored either. [`crate::forward_ctx::dropout`] runs it for f32 activations on CPUs and GPUs;
+//! the tests compare it with the plain product of the input and the host-drawn mask.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+use crate::philox::apply_dropout_from;
+
+/// Drops element `first + i` of the mask for `seed` (kept with probability `keep`, scaled by
+/// `scale`).
+#[derive(Clone, Copy, Debug)]
+pub struct PhiloxDropout {
+    pub seed: u64,
+    /// The element of the whole batch's mask that element 0 of the input is.
+    pub first: u64,
+    pub keep: f64,
+    pub scale: f32,
+}
+
+impl PhiloxDropout {
+    /// `x` (f32, any shape) with the mask applied.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(*self)
+    }
+}
+
+impl CustomOp1 for PhiloxDropout {
+    fn name(&self) -> &'static str {
+        "philox-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = crate::ops::f32_slice(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        apply_dropout_from(self.seed, self.first, self.keep, self.scale, x, &mut out);
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::WrapErr;
+
+        let dev = s.device();
+        let x = match l.contiguous_offsets() {
+            Some((start, end)) => s.as_cuda_slice::<f32>()?.slice(start..end),
+            None => candle_core::bail!("philox-dropout: the input must be contiguous"),
+        };
+        let n = l.shape().elem_count();
+        // SAFETY: every element is written by the kernel below.
+        let y = unsafe { dev.alloc::<f32>(n)? };
+        if n > 0 {
+            let blocks = ((self.first + n as u64 - 1) / 4 - self.first / 4 + 1) as u32;
+            let func = dev.get_or_load_custom_func("philox_dropout_f32", "philox_dropout", PTX)?;
+            let (key0, key1) = (self.seed as u32, (self.seed >> 32) as u32);
+            let threshold = crate::philox::keep_threshold(self.keep);
+            let n = n as u64;
+            let mut builder = func.builder();
+            builder.arg(&x);
+            builder.arg(&y);
+            builder.arg(&n);
+            builder.arg(&self.first);
+            builder.arg(&key0);
+            builder.arg(&key1);
+            builder.arg(&threshold);
+            builder.arg(&self.scale);
+            // SAFETY: the argument list matches the kernel's signature.
+            unsafe { builder.launch(LaunchConfig::for_num_elems(blocks)) }.w()?;
+        }
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            l.shape().clone(),
+        ))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // d x = g * mask: the same mask, drawn again.
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+/// The kernel compiled to PTX by build.rs.
+#[cfg(feature = "cuda")]
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/philox_dropout.ptx"));
