@@ -47,12 +47,14 @@ impl RotaryTables {
     }
 }
 
-/// Where the queries of one forward pass sit: the rotary tables and the number of positions
-/// already cached before them.
+/// Where the queries of one forward pass sit: the rotary tables, the number of positions
+/// already cached before them, and the pass's (T, S) causal mask where the model keeps one on
+/// its device (see [`crate::Transformer`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Positions<'a> {
     pub rope: &'a RotaryTables,
     pub offset: usize,
+    pub mask: Option<&'a Tensor>,
 }
 
 /// Keys and values of earlier positions, for generation.
@@ -138,7 +140,7 @@ impl Attention {
             .to_dtype(md)?
             .matmul(&k.to_dtype(md)?.t()?)?
             .to_dtype(DType::F32)?; // (B, H, T, S)
-        let mut probs = crate::ops::causal_softmax(&scores, scale)?;
+        let mut probs = crate::ops::causal_softmax(&scores, scale, pos.mask)?;
         if ctx.train {
             probs = dropout(
                 &probs,

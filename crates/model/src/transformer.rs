@@ -103,6 +103,9 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Linear,
     rope: RotaryTables,
+    /// The causal mask of all positions, (P, P), kept on a GPU so that no pass builds one on
+    /// the host and copies it over (CPU passes mask inside the fused softmax).
+    causal_mask: Option<Tensor>,
     cfg: ModelConfig,
     dtype: DType,
 }
@@ -138,6 +141,13 @@ impl Transformer {
             norm,
             lm_head,
             rope: RotaryTables::new(cfg, vb.device())?,
+            causal_mask: match vb.device().is_cpu() {
+                true => None,
+                false => {
+                    let p = cfg.max_position_embeddings;
+                    crate::ops::causal_mask(p, 0, DType::F32, vb.device())?
+                }
+            },
             cfg: cfg.clone(),
             dtype: DType::F32,
         })
@@ -218,9 +228,16 @@ impl Transformer {
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.cfg.hidden_size))?; // (B, T, C), f32
+                                                     // Rows offset..offset+t and columns 0..offset+t of the full mask; a single query sees
+                                                     // every key and needs none.
+        let mask = match &self.causal_mask {
+            Some(full) if t > 1 => Some(full.narrow(0, offset, t)?.narrow(1, 0, offset + t)?),
+            _ => None,
+        };
         let pos = Positions {
             rope: &self.rope,
             offset,
+            mask: mask.as_ref(),
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);

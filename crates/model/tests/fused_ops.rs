@@ -112,17 +112,30 @@ fn fused_causal_softmax_matches_its_reference_and_masked_softmax() {
     compare(
         &[&scores],
         &w,
-        |s| ops::causal_softmax(&s[0], 0.35).unwrap(),
-        |s| ops::causal_softmax_reference(&s[0], 0.35).unwrap(),
+        |s| ops::causal_softmax(&s[0], 0.35, None).unwrap(),
+        |s| ops::causal_softmax_reference(&s[0], 0.35, None).unwrap(),
         "causal_softmax",
     );
     // And against an explicit mask + plain softmax.
-    let fused = ops::causal_softmax(&scores, 0.35).unwrap();
+    let fused = ops::causal_softmax(&scores, 0.35, None).unwrap();
     let mask = causal_mask(6, 3, DType::F32, &Device::Cpu)
         .unwrap()
         .unwrap();
     let plain = ops::softmax(&(&scores * 0.35).unwrap().broadcast_add(&mask).unwrap()).unwrap();
     assert_close(&fused, &plain, 1e-6, "causal_softmax vs mask");
+    // The reference path with a view into the full mask a model keeps on a GPU: rows 3..9 and
+    // columns 0..9 of all 16 positions' mask.
+    let full = causal_mask(16, 0, DType::F32, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let view = full.narrow(0, 3, 6).unwrap().narrow(1, 0, 9).unwrap();
+    let from_view = ops::causal_softmax_reference(&scores, 0.35, Some(&view)).unwrap();
+    assert_close(
+        &fused,
+        &from_view,
+        1e-6,
+        "reference with a view of the full mask",
+    );
     let row_sums = fused.sum(D::Minus1).unwrap();
     assert_close(
         &row_sums,

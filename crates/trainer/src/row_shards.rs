@@ -34,8 +34,9 @@ fn shard_rows(rows: usize, shards: usize, s: usize) -> (usize, usize) {
     (first, rows * (s + 1) / shards - first)
 }
 
-/// The mean next-token loss of `inputs` -> `targets` (B, T) and the gradients of
-/// `weight` times it, computed as `shards` row shards at once.
+/// The mean next-token loss of `inputs` -> `targets` (B, T), as a scalar tensor left on the
+/// device (reading it would wait for the device), and the gradients of `weight` times it,
+/// computed as `shards` row shards at once.
 pub fn loss_and_grads(
     model: &Transformer,
     inputs: &Tensor,
@@ -44,9 +45,9 @@ pub fn loss_and_grads(
     weight: f64,
     shards: usize,
     params: &[Var],
-) -> Result<(f32, GradStore)> {
+) -> Result<(Tensor, GradStore)> {
     let rows = inputs.dim(0)?;
-    let shard = |s: usize| -> Result<(f32, GradStore)> {
+    let shard = |s: usize| -> Result<(Tensor, GradStore)> {
         let (first, len) = shard_rows(rows, shards, s);
         let loss = model.loss(
             &inputs.narrow(0, first, len)?,
@@ -56,9 +57,9 @@ pub fn loss_and_grads(
         // This shard's share of the mean over all rows (every row has T targets).
         let share = len as f64 / rows as f64;
         let grads = (&loss * (weight * share))?.backward()?;
-        Ok((loss.to_scalar::<f32>()? * share as f32, grads))
+        Ok(((loss * share)?, grads))
     };
-    let mut results: Vec<(f32, GradStore)> = if shards <= 1 {
+    let mut results: Vec<(Tensor, GradStore)> = if shards <= 1 {
         vec![shard(0)?]
     } else {
         (0..shards)
@@ -68,7 +69,7 @@ pub fn loss_and_grads(
     };
     let (mut loss, mut total) = results.remove(0);
     for (l, grads) in results {
-        loss += l;
+        loss = (loss + l)?;
         add_grads(&mut total, grads, params)?;
     }
     Ok((loss, total))

@@ -701,7 +701,7 @@ impl Trainer {
         let per_rank = accum / self.comm.size();
         let mine = self.comm.rank() * per_rank..(self.comm.rank() + 1) * per_rank;
         let mut total: Option<GradStore> = None;
-        let mut loss_sum = 0f32;
+        let mut loss_sum: Option<Tensor> = None;
         for micro in 0..accum {
             // Every rank draws every batch, so the loader's state is the same on all of them.
             let batch = self.loader.next_batch();
@@ -722,13 +722,21 @@ impl Trainer {
                 self.cfg.train.row_shards.clamp(1, b),
                 &self.params_by_name,
             )?;
-            loss_sum += loss;
+            // Summed on the device, read once per step.
+            loss_sum = Some(match loss_sum {
+                None => loss,
+                Some(sum) => (sum + loss)?,
+            });
             match total.as_mut() {
                 None => total = Some(grads),
                 Some(acc) => row_shards::add_grads(acc, grads, &self.params_by_name)?,
             }
         }
         let mut grads = total.expect("grad_accum >= 1");
+        let mut loss_sum = match loss_sum {
+            Some(sum) => sum.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            None => 0.0,
+        };
         if self.comm.size() > 1 {
             let mut loss = [loss_sum];
             self.comm.all_reduce_sum_f32(&mut loss);

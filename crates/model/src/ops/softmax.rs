@@ -45,24 +45,38 @@ pub fn causal_mask(
 }
 
 /// softmax(scale * scores) over the last dimension under a causal mask: scores (..., T, S)
-/// hold T queries at positions S-T .. S-1, and query i sees keys 0 ..= S-T+i.
-pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+/// hold T queries at positions S-T .. S-1, and query i sees keys 0 ..= S-T+i. `mask` is that
+/// (T, S) [`causal_mask`] when the caller keeps one on the device (the reference path needs
+/// it; the fused CPU kernel masks as it goes); None builds it here.
+pub fn causal_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
     if fused(scores) {
         return scores.contiguous()?.apply_op1(CausalSoftmax {
             scale: scale as f32,
         });
     }
-    causal_softmax_reference(scores, scale)
+    causal_softmax_reference(scores, scale, mask)
 }
 
 /// [`causal_softmax`] as a composition of differentiable Candle ops (scale, add the
-/// [`causal_mask`], [`softmax`]): what runs off the CPU, and what the fused kernel is tested
-/// against.
-pub fn causal_softmax_reference(scores: &Tensor, scale: f64) -> Result<Tensor> {
+/// [`causal_mask`] given or built here, [`softmax`]): what runs off the CPU, and what the fused
+/// kernel is tested against.
+pub fn causal_softmax_reference(
+    scores: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let (t, s) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
     let scores = (scores * scale)?;
-    let scores = match causal_mask(t, s - t, scores.dtype(), scores.device())? {
-        Some(mask) => scores.broadcast_add(&mask)?,
+    let built;
+    let mask = match mask {
+        Some(m) => Some(m),
+        None => {
+            built = causal_mask(t, s - t, DType::F32, scores.device())?;
+            built.as_ref()
+        }
+    };
+    let scores = match mask {
+        Some(mask) => scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?,
         None => scores,
     };
     softmax(&scores)
