@@ -20,6 +20,8 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
 pub mod dynact;
 pub mod dynact_glu;
 pub mod error;

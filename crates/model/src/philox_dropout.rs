@@ -45,21 +45,20 @@ impl CustomOp1 for PhiloxDropout {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, one_thread_each, output, PHILOX_DROPOUT};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
 
         let dev = s.device();
-        let x = match l.contiguous_offsets() {
-            Some((start, end)) => s.as_cuda_slice::<f32>()?.slice(start..end),
-            None => candle_core::bail!("philox-dropout: the input must be contiguous"),
-        };
+        let x = f32_view(s, l, self.name())?;
         let n = l.shape().elem_count();
-        // SAFETY: every element is written by the kernel below.
-        let y = unsafe { dev.alloc::<f32>(n)? };
+        let y = output(dev, n)?;
         if n > 0 {
-            let blocks = ((self.first + n as u64 - 1) / 4 - self.first / 4 + 1) as u32;
-            let func = dev.get_or_load_custom_func("philox_dropout_f32", "philox_dropout", PTX)?;
+            // One thread per 4-element Philox block the elements touch.
+            let blocks = ((self.first + n as u64 - 1) / 4 - self.first / 4 + 1) as usize;
+            let func =
+                dev.get_or_load_custom_func("philox_dropout_f32", "philox_dropout", PHILOX_DROPOUT)?;
             let (key0, key1) = (self.seed as u32, (self.seed >> 32) as u32);
             let threshold = crate::philox::keep_threshold(self.keep);
             let n = n as u64;
@@ -73,7 +72,7 @@ impl CustomOp1 for PhiloxDropout {
             builder.arg(&threshold);
             builder.arg(&self.scale);
             // SAFETY: the argument list matches the kernel's signature.
-            unsafe { builder.launch(LaunchConfig::for_num_elems(blocks)) }.w()?;
+            unsafe { builder.launch(one_thread_each(blocks)) }.w()?;
         }
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
@@ -86,7 +85,3 @@ impl CustomOp1 for PhiloxDropout {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
-
-/// The kernel compiled to PTX by build.rs.
-#[cfg(feature = "cuda")]
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/philox_dropout.ptx"));

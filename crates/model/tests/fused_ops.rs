@@ -397,7 +397,7 @@ fn fused_swiglu_is_bit_identical_to_its_reference() {
 
 extern "C" {
     /// kernels/philox_dropout.cu compiled as C and run on the host over a launch's grid
-    /// (kernels/host/philox_dropout_host.c).
+    /// (kernels/host/kernels_on_host.c).
     fn dynact_philox_dropout_f32_on_host(
         x: *const f32,
         y: *mut f32,
@@ -453,5 +453,71 @@ fn the_cuda_dropout_kernel_source_draws_the_masks_of_its_cpu_twin() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "first {first}, keep {keep}, grid {grid}x{block}");
         }
+    }
+}
+
+extern "C" {
+    fn dynact_causal_softmax_f32_on_host(
+        x: *const f32,
+        y: *mut f32,
+        rows: u64,
+        t: u32,
+        s: u32,
+        scale: f32,
+        grid: u32,
+        block: u32,
+    );
+    fn dynact_softmax_backward_f32_on_host(
+        y: *const f32,
+        g: *const f32,
+        dx: *mut f32,
+        rows: u64,
+        n: u32,
+        scale: f32,
+        grid: u32,
+        block: u32,
+    );
+}
+
+#[test]
+fn the_cuda_causal_softmax_kernel_source_computes_what_the_cpu_kernel_does() {
+    // 5 queries after 4 cached positions, (B, H, T, S) = (2, 3, 5, 9): 30 rows.
+    let (rows, t, s, scale) = (30usize, 5usize, 9usize, 0.35f32);
+    let scores = Var::from_tensor(&randn(&[2, 3, t, s], 23)).unwrap();
+    let w = randn(&[2, 3, t, s], 24);
+    let y = ops::causal_softmax(scores.as_tensor(), scale as f64, None).unwrap();
+    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (x, y_cpu) = (flat(scores.as_tensor()), flat(&y));
+    let (g, dx_cpu) = (flat(&w), flat(grads.get(&scores).unwrap()));
+    // One launch with a thread per row, and a grid smaller than the rows.
+    for (grid, block) in [(1u32, 1024u32), (2, 8)] {
+        let (mut y_k, mut dx_k) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
+        // SAFETY: every buffer holds rows * s elements.
+        unsafe {
+            dynact_causal_softmax_f32_on_host(
+                x.as_ptr(),
+                y_k.as_mut_ptr(),
+                rows as u64,
+                t as u32,
+                s as u32,
+                scale,
+                grid,
+                block,
+            );
+            dynact_softmax_backward_f32_on_host(
+                y_k.as_ptr(),
+                g.as_ptr(),
+                dx_k.as_mut_ptr(),
+                rows as u64,
+                s as u32,
+                scale,
+                grid,
+                block,
+            );
+        }
+        // Equal as numbers (Candle's gradient sums turn the kernel's -0 into 0).
+        assert_eq!(y_k, y_cpu, "softmax, grid {grid}x{block}");
+        assert_eq!(dx_k, dx_cpu, "backward, grid {grid}x{block}");
     }
 }

@@ -30,6 +30,11 @@ pub(crate) fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
+/// Whether `x` takes an op's CUDA kernel: an f32 tensor on a CUDA GPU, in a build with them.
+pub(crate) fn fused_on_cuda(x: &Tensor) -> bool {
+    cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == DType::F32
+}
+
 /// The contiguous f32 data of a CPU tensor.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let (start, end) = l

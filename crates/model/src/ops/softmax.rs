@@ -45,11 +45,12 @@ pub fn causal_mask(
 }
 
 /// softmax(scale * scores) over the last dimension under a causal mask: scores (..., T, S)
-/// hold T queries at positions S-T .. S-1, and query i sees keys 0 ..= S-T+i. `mask` is that
-/// (T, S) [`causal_mask`] when the caller keeps one on the device (the reference path needs
-/// it; the fused CPU kernel masks as it goes); None builds it here.
+/// hold T queries at positions S-T .. S-1, and query i sees keys 0 ..= S-T+i. f32 scores take
+/// the fused kernel on a CPU and on a CUDA GPU (`kernels/causal_softmax.cu`), which mask as
+/// they go; elsewhere `mask` is the (T, S) [`causal_mask`] the caller keeps on the device, or
+/// None to build it here.
 pub fn causal_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    if fused(scores) {
+    if fused(scores) || super::fused_on_cuda(scores) {
         return scores.contiguous()?.apply_op1(CausalSoftmax {
             scale: scale as f32,
         });
@@ -117,6 +118,41 @@ impl CustomOp1 for CausalSoftmax {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, one_thread_each, output, CAUSAL_SOFTMAX};
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::WrapErr;
+
+        let dev = s.device();
+        let x = f32_view(s, l, self.name())?;
+        let dims = l.dims();
+        let (t, n) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let rows = l.shape().elem_count() / n.max(1);
+        let y = output(dev, rows * n)?;
+        let func =
+            dev.get_or_load_custom_func("causal_softmax_f32", "causal_softmax", CAUSAL_SOFTMAX)?;
+        let (rows_arg, t, n) = (rows as u64, t as u32, n as u32);
+        let mut builder = func.builder();
+        builder.arg(&x);
+        builder.arg(&y);
+        builder.arg(&rows_arg);
+        builder.arg(&t);
+        builder.arg(&n);
+        builder.arg(&self.scale);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { builder.launch(one_thread_each(rows)) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            l.shape().clone(),
+        ))
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         Ok(Some(res.apply_op2_no_bwd(
@@ -157,5 +193,41 @@ impl CustomOp2 for SoftmaxBackward {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, one_thread_each, output, CAUSAL_SOFTMAX};
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::WrapErr;
+
+        let dev = s1.device();
+        let (y, g) = (f32_view(s1, l1, self.name())?, f32_view(s2, l2, self.name())?);
+        let n = last_dim(l1);
+        let rows = l1.shape().elem_count() / n.max(1);
+        let dx = output(dev, rows * n)?;
+        let func =
+            dev.get_or_load_custom_func("softmax_backward_f32", "causal_softmax", CAUSAL_SOFTMAX)?;
+        let (rows_arg, n) = (rows as u64, n as u32);
+        let mut builder = func.builder();
+        builder.arg(&y);
+        builder.arg(&g);
+        builder.arg(&dx);
+        builder.arg(&rows_arg);
+        builder.arg(&n);
+        builder.arg(&self.scale);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { builder.launch(one_thread_each(rows)) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+            l1.shape().clone(),
+        ))
     }
 }

@@ -1,0 +1,62 @@
+// Causal softmax over the last dimension and its backward, the GPU twins of the CPU kernels in
+// crates/model/src/ops/softmax.rs (same arithmetic, same order). Scores (rows, S) hold T
+// queries per (batch, head) at positions S-T .. S-1: row r is query r % T, which sees keys
+// 0 ..= S-T + r % T; the mask is computed here, never stored.
+//
+// One thread per row (S is a sequence length: 64-1024): no shared memory or warp shuffles, so
+// kernels/host/ can run the same source on the CPU for the tests.
+
+#include <stdint.h>
+#include <math.h>
+
+#ifndef DYNACT_KERNEL
+#define DYNACT_KERNEL extern "C" __global__
+#endif
+
+// y = softmax(scale * x) over the visible keys of each row, 0 elsewhere (scale > 0).
+DYNACT_KERNEL void causal_softmax_f32(const float* x, float* y, uint64_t rows, uint32_t t,
+                                      uint32_t s, float scale) {
+    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t row = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
+         row += stride) {
+        const float* xr = x + row * s;
+        float* yr = y + row * s;
+        const uint32_t visible = (s - t) + (uint32_t)(row % t) + 1;
+        float max = -INFINITY;
+        for (uint32_t j = 0; j < visible; j++) {
+            max = fmaxf(max, xr[j]);
+        }
+        float sum = 0.0f;
+        for (uint32_t j = 0; j < visible; j++) {
+            const float e = expf((xr[j] - max) * scale);
+            yr[j] = e;
+            sum += e;
+        }
+        const float inv = 1.0f / sum;
+        for (uint32_t j = 0; j < visible; j++) {
+            yr[j] *= inv;
+        }
+        for (uint32_t j = visible; j < s; j++) {
+            yr[j] = 0.0f;
+        }
+    }
+}
+
+// dx = scale * y * (g - sum(g * y)) per row of n; masked entries have y = 0 and get 0.
+DYNACT_KERNEL void softmax_backward_f32(const float* y, const float* g, float* dx, uint64_t rows,
+                                        uint32_t n, float scale) {
+    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t row = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
+         row += stride) {
+        const float* yr = y + row * n;
+        const float* gr = g + row * n;
+        float* dr = dx + row * n;
+        float dot = 0.0f;
+        for (uint32_t j = 0; j < n; j++) {
+            dot += yr[j] * gr[j];
+        }
+        for (uint32_t j = 0; j < n; j++) {
+            dr[j] = scale * yr[j] * (gr[j] - dot);
+        }
+    }
+}

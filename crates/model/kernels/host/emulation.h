@@ -1,0 +1,28 @@
+// What a CUDA kernel of kernels/ needs to compile as C on the host: the launch coordinates as
+// globals that a launcher loop sets, one thread at a time (kernels may not use shared memory,
+// warp shuffles or barriers), and the CUDA qualifiers defined away.
+
+#include <stdint.h>
+
+struct dim3_host {
+    unsigned x;
+};
+static struct dim3_host blockIdx, threadIdx, blockDim, gridDim;
+
+#define __device__
+#define __forceinline__ static inline
+#define DYNACT_KERNEL static
+
+// Runs `call` once per thread of a grid x block launch.
+#define RUN_GRID(grid, block, call)                 \
+    do {                                            \
+        gridDim.x = (grid);                         \
+        blockDim.x = (block);                       \
+        for (unsigned b_ = 0; b_ < (grid); b_++) {  \
+            for (unsigned t_ = 0; t_ < (block); t_++) { \
+                blockIdx.x = b_;                    \
+                threadIdx.x = t_;                   \
+                call;                               \
+            }                                       \
+        }                                           \
+    } while (0)

@@ -1,0 +1,25 @@
+// The CUDA kernels of kernels/ compiled as C and run on the host, one thread at a time, over the
+// grid a launch would use: what the tests run to check the kernels' own source without a GPU.
+// Not part of the library's API (no Rust code outside the tests declares these symbols).
+
+#include "emulation.h"
+
+#include "../causal_softmax.cu"
+#include "../philox_dropout.cu"
+
+void dynact_philox_dropout_f32_on_host(const float* x, float* y, uint64_t n, uint64_t first,
+                                       uint32_t key0, uint32_t key1, uint64_t threshold,
+                                       float scale, unsigned grid, unsigned block) {
+    RUN_GRID(grid, block, philox_dropout_f32(x, y, n, first, key0, key1, threshold, scale));
+}
+
+void dynact_causal_softmax_f32_on_host(const float* x, float* y, uint64_t rows, uint32_t t,
+                                       uint32_t s, float scale, unsigned grid, unsigned block) {
+    RUN_GRID(grid, block, causal_softmax_f32(x, y, rows, t, s, scale));
+}
+
+void dynact_softmax_backward_f32_on_host(const float* y, const float* g, float* dx,
+                                         uint64_t rows, uint32_t n, float scale, unsigned grid,
+                                         unsigned block) {
+    RUN_GRID(grid, block, softmax_backward_f32(y, g, dx, rows, n, scale));
+}
