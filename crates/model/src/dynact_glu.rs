@@ -11,9 +11,12 @@ use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::f32_slice;
 
-/// `act(gate) * up`, gate and up of one shape (..., F).
+/// `act(gate) * up`, gate and up of one shape (..., F). f32 inputs with a SiLU or ReLU base take
+/// the fused kernel on a CPU and on a CUDA GPU (`kernels/dynact_glu.cu`).
 pub fn dynact_glu(act: &DynAct, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if act.fuses(gate) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
+    let on_gpu =
+        crate::ops::fused_on_cuda(gate) && matches!(act.base(), BaseAct::Silu | BaseAct::Relu);
+    if (act.fuses(gate) || on_gpu) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
         let params = Tensor::cat(
             &[
                 act.alpha().to_dtype(DType::F32)?,
@@ -70,6 +73,16 @@ fn gate_weights(row: &[f32], base: BaseAct, out: &mut [f32]) {
     }
 }
 
+/// The parameters per half of [alpha; beta] (1 or `c`), checked.
+#[cfg(feature = "cuda")]
+fn check_param_count(count: usize, c: usize, op: &str) -> Result<u32> {
+    let per = count / 2;
+    if !count.is_multiple_of(2) || !(per == 1 || per == c) {
+        candle_core::bail!("{op}: alpha and beta have {per} values, the input has {c} channels");
+    }
+    Ok(per as u32)
+}
+
 /// Rows whose parameter-gradient partial sums one task accumulates in f32 before they join the
 /// f64 total in a fixed order: the result does not depend on thread timing.
 const ROWS_PER_BLOCK: usize = 64;
@@ -117,6 +130,50 @@ impl CustomOp3 for FusedDynActGlu {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, one_thread_each, output, DYNACT_GLU};
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::WrapErr;
+
+        let dev = s1.device();
+        let (gate, up) = (
+            f32_view(s1, l1, self.name())?,
+            f32_view(s2, l2, self.name())?,
+        );
+        let params = f32_view(s3, l3, self.name())?;
+        let c = *l1.dims().last().unwrap_or(&1);
+        let per = check_param_count(l3.shape().elem_count(), c, self.name())?;
+        let n = l1.shape().elem_count();
+        let y = output(dev, n)?;
+        let func = dev.get_or_load_custom_func("dynact_glu_f32", "dynact_glu", DYNACT_GLU)?;
+        let (n_arg, c, relu) = (n as u64, c as u32, (self.base == BaseAct::Relu) as i32);
+        let mut builder = func.builder();
+        builder.arg(&gate);
+        builder.arg(&up);
+        builder.arg(&params);
+        builder.arg(&y);
+        builder.arg(&n_arg);
+        builder.arg(&c);
+        builder.arg(&per);
+        builder.arg(&relu);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { builder.launch(one_thread_each(n)) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            l1.shape().clone(),
+        ))
+    }
+
     fn bwd(
         &self,
         gate: &Tensor,
@@ -128,7 +185,7 @@ impl CustomOp3 for FusedDynActGlu {
         let grad = grad.contiguous()?;
         let backward = DynActGluBackward {
             base: self.base,
-            params: params.to_vec1()?,
+            params: params.contiguous()?,
         };
         // One flat tensor: [d gate; d up; d alpha; d beta].
         let flat = gate.apply_op3_no_bwd(up, &grad, &backward)?;
@@ -145,8 +202,9 @@ impl CustomOp3 for FusedDynActGlu {
 /// d beta = sum g up (gate - base(gate)), with f'(x) = base'(x)(alpha - beta) + beta.
 struct DynActGluBackward {
     base: BaseAct,
-    /// [alpha; beta] as the forward pass saw them.
-    params: Vec<f32>,
+    /// [alpha; beta] as the forward pass saw them, on the op's device (read there, so a GPU
+    /// pass never waits for a copy to the host).
+    params: Tensor,
 }
 
 impl CustomOp3 for DynActGluBackward {
@@ -169,11 +227,18 @@ impl CustomOp3 for DynActGluBackward {
             f32_slice(s3, l3, self.name())?,
         );
         let c = *l1.dims().last().unwrap_or(&1);
-        let (alpha, beta) = channel_params(&self.params, c, self.name())?;
+        let params: Vec<f32> = {
+            let (storage, layout) = self.params.storage_and_layout();
+            match &*storage {
+                candle_core::Storage::Cpu(s) => f32_slice(s, layout, self.name())?.to_vec(),
+                _ => candle_core::bail!("dynact-glu-backward: parameters off the CPU"),
+            }
+        };
+        let (alpha, beta) = channel_params(&params, c, self.name())?;
         let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
         let (scale, beta) = (&scale[..c], &beta[..c]);
         let n = gate.len();
-        let per_param = self.params.len() / 2;
+        let per_param = params.len() / 2;
         let mut out = vec![0f32; 2 * n + 2 * per_param];
         let (d_gate, rest) = out.split_at_mut(n);
         let (d_up, d_params) = rest.split_at_mut(n);
@@ -225,5 +290,72 @@ impl CustomOp3 for DynActGluBackward {
                 .for_each(|(d, s)| *d = *s as f32);
         }
         Ok((CpuStorage::F32(out), Shape::from(2 * n + 2 * per_param)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, one_thread_each, output, DYNACT_GLU};
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::WrapErr;
+
+        let dev = s1.device();
+        let (gate, up) = (
+            f32_view(s1, l1, self.name())?,
+            f32_view(s2, l2, self.name())?,
+        );
+        let grad = f32_view(s3, l3, self.name())?;
+        let (storage, params_layout) = self.params.storage_and_layout();
+        let candle_core::Storage::Cuda(params_storage) = &*storage else {
+            candle_core::bail!("dynact-glu-backward: parameters off the GPU");
+        };
+        let params = f32_view(params_storage, params_layout, self.name())?;
+        let c = *l1.dims().last().unwrap_or(&1);
+        let per = check_param_count(params_layout.shape().elem_count(), c, self.name())?;
+        let n = l1.shape().elem_count();
+        let rows = n / c.max(1);
+        let blocks = rows.div_ceil(ROWS_PER_BLOCK);
+        let out = output(dev, 2 * n + 2 * per as usize)?;
+        let partials = output(dev, blocks * 2 * c)?;
+        let (rows_arg, blocks_arg, n_arg) = (rows as u64, blocks as u64, n as u64);
+        let (c, relu) = (c as u32, (self.base == BaseAct::Relu) as i32);
+        let func =
+            dev.get_or_load_custom_func("dynact_glu_backward_f32", "dynact_glu", DYNACT_GLU)?;
+        let mut builder = func.builder();
+        builder.arg(&gate);
+        builder.arg(&up);
+        builder.arg(&grad);
+        builder.arg(&params);
+        builder.arg(&out);
+        builder.arg(&partials);
+        builder.arg(&rows_arg);
+        builder.arg(&c);
+        builder.arg(&per);
+        builder.arg(&relu);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { builder.launch(one_thread_each(blocks * c as usize)) }.w()?;
+        let func =
+            dev.get_or_load_custom_func("dynact_glu_param_grads_f32", "dynact_glu", DYNACT_GLU)?;
+        let mut builder = func.builder();
+        builder.arg(&partials);
+        builder.arg(&out);
+        builder.arg(&n_arg);
+        builder.arg(&blocks_arg);
+        builder.arg(&c);
+        builder.arg(&per);
+        // SAFETY: as above; this launch follows the first on the same stream.
+        unsafe { builder.launch(one_thread_each(2 * per as usize)) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from(2 * n + 2 * per as usize),
+        ))
     }
 }

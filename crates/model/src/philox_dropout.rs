@@ -57,8 +57,11 @@ impl CustomOp1 for PhiloxDropout {
         if n > 0 {
             // One thread per 4-element Philox block the elements touch.
             let blocks = ((self.first + n as u64 - 1) / 4 - self.first / 4 + 1) as usize;
-            let func =
-                dev.get_or_load_custom_func("philox_dropout_f32", "philox_dropout", PHILOX_DROPOUT)?;
+            let func = dev.get_or_load_custom_func(
+                "philox_dropout_f32",
+                "philox_dropout",
+                PHILOX_DROPOUT,
+            )?;
             let (key0, key1) = (self.seed as u32, (self.seed >> 32) as u32);
             let threshold = crate::philox::keep_threshold(self.keep);
             let n = n as u64;

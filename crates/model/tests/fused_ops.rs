@@ -521,3 +521,113 @@ fn the_cuda_causal_softmax_kernel_source_computes_what_the_cpu_kernel_does() {
         assert_eq!(dx_k, dx_cpu, "backward, grid {grid}x{block}");
     }
 }
+
+extern "C" {
+    fn dynact_glu_f32_on_host(
+        gate: *const f32,
+        up: *const f32,
+        params: *const f32,
+        y: *mut f32,
+        n: u64,
+        c: u32,
+        per: u32,
+        relu: i32,
+        grid: u32,
+        block: u32,
+    );
+    fn dynact_glu_backward_f32_on_host(
+        gate: *const f32,
+        up: *const f32,
+        grad: *const f32,
+        params: *const f32,
+        out: *mut f32,
+        partials: *mut f32,
+        rows: u64,
+        c: u32,
+        per: u32,
+        relu: i32,
+        grid: u32,
+        block: u32,
+    );
+}
+
+#[test]
+fn the_cuda_dynact_glu_kernel_source_computes_what_the_cpu_kernel_does() {
+    use candle_nn::{VarBuilder, VarMap};
+    use dynact_model::dynact_glu::dynact_glu;
+    use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
+    // 150 rows of 12 channels: two whole blocks of 64 rows and a partial one.
+    let (rows, c) = (150usize, 12usize);
+    let n = rows * c;
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for base in [BaseAct::Silu, BaseAct::Relu] {
+        for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
+            let cfg = DynActConfig {
+                base,
+                granularity,
+                alpha_init: 1.3,
+                beta_init: 0.2,
+            };
+            let vm = VarMap::new();
+            let act = DynAct::new(
+                &cfg,
+                c,
+                VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+            )
+            .unwrap();
+            let gate = Var::from_tensor(&randn(&[3, 50, c], 25)).unwrap();
+            let up = Var::from_tensor(&randn(&[3, 50, c], 26)).unwrap();
+            let w = randn(&[3, 50, c], 27);
+            let y = dynact_glu(&act, gate.as_tensor(), up.as_tensor()).unwrap();
+            let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let data = vm.data().lock().unwrap();
+            let (alpha, beta) = (&data["alpha"], &data["beta"]);
+            let mut cpu_grads = flat(grads.get(&gate).unwrap());
+            cpu_grads.extend(flat(grads.get(&up).unwrap()));
+            cpu_grads.extend(flat(grads.get(alpha).unwrap()));
+            cpu_grads.extend(flat(grads.get(beta).unwrap()));
+            let mut params = flat(alpha);
+            params.extend(flat(beta));
+            let per = (params.len() / 2) as u32;
+            let (g, u, dy) = (flat(gate.as_tensor()), flat(up.as_tensor()), flat(&w));
+            let relu = (base == BaseAct::Relu) as i32;
+            for (grid, block) in [(2u32, 1024u32), (3, 5)] {
+                let mut y_k = vec![f32::NAN; n];
+                let mut out = vec![f32::NAN; 2 * n + params.len()];
+                let mut partials = vec![f32::NAN; 3 * 2 * c];
+                // SAFETY: every buffer has the length the kernels index up to.
+                unsafe {
+                    dynact_glu_f32_on_host(
+                        g.as_ptr(),
+                        u.as_ptr(),
+                        params.as_ptr(),
+                        y_k.as_mut_ptr(),
+                        n as u64,
+                        c as u32,
+                        per,
+                        relu,
+                        grid,
+                        block,
+                    );
+                    dynact_glu_backward_f32_on_host(
+                        g.as_ptr(),
+                        u.as_ptr(),
+                        dy.as_ptr(),
+                        params.as_ptr(),
+                        out.as_mut_ptr(),
+                        partials.as_mut_ptr(),
+                        rows as u64,
+                        c as u32,
+                        per,
+                        relu,
+                        grid,
+                        block,
+                    );
+                }
+                let what = format!("{base:?} {granularity:?}, grid {grid}x{block}");
+                assert_eq!(y_k, flat(&y), "forward, {what}");
+                assert_eq!(out, cpu_grads, "backward, {what}");
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 #include "emulation.h"
 
 #include "../causal_softmax.cu"
+#include "../dynact_glu.cu"
 #include "../philox_dropout.cu"
 
 void dynact_philox_dropout_f32_on_host(const float* x, float* y, uint64_t n, uint64_t first,
@@ -22,4 +23,20 @@ void dynact_softmax_backward_f32_on_host(const float* y, const float* g, float* 
                                          uint64_t rows, uint32_t n, float scale, unsigned grid,
                                          unsigned block) {
     RUN_GRID(grid, block, softmax_backward_f32(y, g, dx, rows, n, scale));
+}
+
+void dynact_glu_f32_on_host(const float* gate, const float* up, const float* params, float* y,
+                            uint64_t n, uint32_t c, uint32_t per, int relu, unsigned grid,
+                            unsigned block) {
+    RUN_GRID(grid, block, dynact_glu_f32(gate, up, params, y, n, c, per, relu));
+}
+
+void dynact_glu_backward_f32_on_host(const float* gate, const float* up, const float* grad,
+                                     const float* params, float* out, float* partials,
+                                     uint64_t rows, uint32_t c, uint32_t per, int relu,
+                                     unsigned grid, unsigned block) {
+    RUN_GRID(grid, block,
+             dynact_glu_backward_f32(gate, up, grad, params, out, partials, rows, c, per, relu));
+    uint64_t blocks = (rows + DYNACT_GLU_ROWS_PER_BLOCK - 1) / DYNACT_GLU_ROWS_PER_BLOCK;
+    RUN_GRID(grid, block, dynact_glu_param_grads_f32(partials, out, rows * c, blocks, c, per));
 }

@@ -209,7 +209,10 @@ impl CustomOp2 for SoftmaxBackward {
         use candle_core::cuda_backend::WrapErr;
 
         let dev = s1.device();
-        let (y, g) = (f32_view(s1, l1, self.name())?, f32_view(s2, l2, self.name())?);
+        let (y, g) = (
+            f32_view(s1, l1, self.name())?,
+            f32_view(s2, l2, self.name())?,
+        );
         let n = last_dim(l1);
         let rows = l1.shape().elem_count() / n.max(1);
         let dx = output(dev, rows * n)?;

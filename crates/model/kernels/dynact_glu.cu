@@ -1,0 +1,100 @@
+// dynActGLU's gate product and its backward, the GPU twins of the CPU kernels in
+// crates/model/src/dynact_glu.rs (same arithmetic, same order of every sum):
+//   y = (base(g)(alpha - beta) + beta g) u,   base(g) = g w(g), w = sigmoid (SiLU) or step (ReLU)
+// `params` is [alpha; beta], each of length 1 (per layer) or C (per channel); rows have C
+// channels. The parameter gradients are reduced in two deterministic stages: f32 partial sums
+// over blocks of 64 rows (one thread per block and channel, rows in order), then f64 sums over
+// the blocks in order.
+
+#include <stdint.h>
+#include <math.h>
+
+#ifndef DYNACT_KERNEL
+#define DYNACT_KERNEL extern "C" __global__
+#endif
+
+#define DYNACT_GLU_ROWS_PER_BLOCK 64
+
+__device__ __forceinline__ float gate_weight(float x, int relu) {
+    if (relu) {
+        return x > 0.0f ? 1.0f : 0.0f;
+    }
+    return 1.0f / (1.0f + expf(-x));
+}
+
+__device__ __forceinline__ float param_of(const float* p, uint32_t per, uint32_t channel) {
+    return per == 1 ? p[0] : p[channel];
+}
+
+// One thread per element.
+DYNACT_KERNEL void dynact_glu_f32(const float* gate, const float* up, const float* params,
+                                  float* y, uint64_t n, uint32_t c, uint32_t per, int relu) {
+    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const uint32_t j = (uint32_t)(i % c);
+        const float a = param_of(params, per, j), b = param_of(params + per, per, j);
+        const float scale = a - b;
+        const float g = gate[i];
+        const float w = gate_weight(g, relu);
+        y[i] = (g * w * scale + b * g) * up[i];
+    }
+}
+
+// One thread per (block of 64 rows, channel): writes d gate (out[0..n]) and d up (out[n..2n])
+// for its column of the block, and its partial sums of g up base(gate) and
+// g up (gate - base(gate)) to partials[block * 2c + j] and partials[block * 2c + c + j].
+DYNACT_KERNEL void dynact_glu_backward_f32(const float* gate, const float* up, const float* grad,
+                                           const float* params, float* out, float* partials,
+                                           uint64_t rows, uint32_t c, uint32_t per, int relu) {
+    const uint64_t n = rows * c;
+    const uint64_t blocks = (rows + DYNACT_GLU_ROWS_PER_BLOCK - 1) / DYNACT_GLU_ROWS_PER_BLOCK;
+    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t item = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; item < blocks * c;
+         item += stride) {
+        const uint64_t block = item / c;
+        const uint32_t j = (uint32_t)(item % c);
+        const float a = param_of(params, per, j), b = param_of(params + per, per, j);
+        const float scale = a - b;
+        float acc_base = 0.0f, acc_linear = 0.0f;
+        const uint64_t first = block * DYNACT_GLU_ROWS_PER_BLOCK;
+        const uint64_t last = first + DYNACT_GLU_ROWS_PER_BLOCK < rows
+                                  ? first + DYNACT_GLU_ROWS_PER_BLOCK
+                                  : rows;
+        for (uint64_t r = first; r < last; r++) {
+            const uint64_t i = r * c + j;
+            const float g = gate[i];
+            const float w = gate_weight(g, relu);
+            const float base = g * w, slope = w * (1.0f + g * (1.0f - w));
+            const float gu = grad[i] * up[i];
+            out[i] = gu * (slope * scale + b);
+            out[n + i] = grad[i] * (base * scale + b * g);
+            acc_base += gu * base;
+            acc_linear += gu * (g - base);
+        }
+        partials[block * 2 * c + j] = acc_base;
+        partials[block * 2 * c + c + j] = acc_linear;
+    }
+}
+
+// One thread per output parameter k (2 per layer, 2c per channel): d alpha then d beta, after
+// the n + n values of d gate and d up. Per channel: the f64 sum over blocks in order. Per
+// layer: those sums added over the channels in order.
+DYNACT_KERNEL void dynact_glu_param_grads_f32(const float* partials, float* out, uint64_t n,
+                                              uint64_t blocks, uint32_t c, uint32_t per) {
+    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; k < 2 * (uint64_t)per;
+         k += stride) {
+        const uint64_t which = k / per;  // 0: alpha, 1: beta
+        double total = 0.0;
+        const uint32_t first = per == 1 ? 0 : (uint32_t)(k % per);
+        const uint32_t last = per == 1 ? c : first + 1;
+        for (uint32_t j = first; j < last; j++) {
+            double sum = 0.0;
+            for (uint64_t block = 0; block < blocks; block++) {
+                sum += (double)partials[block * 2 * c + which * c + j];
+            }
+            total += sum;
+        }
+        out[2 * n + k] = (float)total;
+    }
+}
