@@ -1,0 +1,211 @@
+//! Every op with a CUDA kernel run on an NVIDIA GPU against the same op on the CPU (values and
+//! the gradient of every input), and a whole model's loss and gradients on both. Built with
+//! `--features cuda` only; it needs a GPU and fails without one (scripts/gpu-check.sh runs it).
+//! Without a GPU, the kernels' own source is checked on the host by tests/fused_ops.rs.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use dynact_model::dynact_glu::dynact_glu;
+use dynact_model::philox_dropout::PhiloxDropout;
+use dynact_model::{
+    init_model, ops, BaseAct, DynAct, DynActConfig, FfnKind, ForwardCtx, Granularity, ModelConfig,
+};
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("these tests need an NVIDIA GPU (cuda:0)")
+}
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = ((i as u64 + 1)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(seed * 1442695040888963407)
+                >> 33) as f32;
+            (x / (1u64 << 31) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// `f` on `inputs` on `device`: the value and the gradient of every input under sum(f * w).
+fn run(
+    inputs: &[&Tensor],
+    w: &Tensor,
+    device: &Device,
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|x| Var::from_tensor(&x.to_device(device).unwrap()).unwrap())
+        .collect();
+    let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&xs);
+    let w = w.to_device(device).unwrap();
+    let grads = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = vars.iter().map(|v| grads.get(v).unwrap().clone()).collect();
+    (y, dx)
+}
+
+fn compare_on_both(
+    inputs: &[&Tensor],
+    w: &Tensor,
+    tol: f32,
+    what: &str,
+    f: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let (y_cpu, dx_cpu) = run(inputs, w, &Device::Cpu, &f);
+    let (y_gpu, dx_gpu) = run(inputs, w, &gpu(), &f);
+    assert!(y_gpu.device().is_cuda(), "{what}: ran off the GPU");
+    let d = max_diff(&y_cpu, &y_gpu);
+    assert!(d <= tol, "{what}: values differ by {d}");
+    for (i, (a, b)) in dx_cpu.iter().zip(&dx_gpu).enumerate() {
+        let d = max_diff(a, b);
+        assert!(d <= tol, "{what}: gradient {i} differs by {d}");
+    }
+}
+
+#[test]
+fn philox_dropout_draws_the_same_masks_on_the_gpu() {
+    let x = randn(&[123, 37], 1);
+    let op = PhiloxDropout {
+        seed: 0xFEED_5EED_0000_0042,
+        first: 5,
+        keep: 0.8,
+        scale: 1.25,
+    };
+    // x * scale or 0 is exact in f32 on both devices: the same bits.
+    compare_on_both(&[&x], &randn(&[123, 37], 2), 0.0, "dropout", |t| {
+        op.apply(&t[0]).unwrap()
+    });
+}
+
+#[test]
+fn causal_softmax_matches_the_cpu_kernel() {
+    let (x, w) = (randn(&[2, 3, 7, 11], 3), randn(&[2, 3, 7, 11], 4));
+    compare_on_both(&[&x], &w, 1e-5, "causal softmax", |t| {
+        ops::causal_softmax(&t[0], 0.4, None).unwrap()
+    });
+}
+
+#[test]
+fn dynact_glu_matches_the_cpu_kernel_for_every_parameter() {
+    for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
+        let cfg = DynActConfig {
+            base: BaseAct::Silu,
+            granularity,
+            alpha_init: 1.3,
+            beta_init: 0.2,
+        };
+        let (gate, up, w) = (
+            randn(&[4, 70, 24], 5),
+            randn(&[4, 70, 24], 6),
+            randn(&[4, 70, 24], 7),
+        );
+        let grads_on = |device: &Device| {
+            let vm = VarMap::new();
+            let act =
+                DynAct::new(&cfg, 24, VarBuilder::from_varmap(&vm, DType::F32, device)).unwrap();
+            let (y, dx) = run(&[&gate, &up], &w, device, &|t| {
+                dynact_glu(&act, &t[0], &t[1]).unwrap()
+            });
+            // The same loss again for the parameters' gradients.
+            let g = gate.to_device(device).unwrap();
+            let u = up.to_device(device).unwrap();
+            let loss = (dynact_glu(&act, &g, &u).unwrap() * w.to_device(device).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let data = vm.data().lock().unwrap();
+            let params = ["alpha", "beta"].map(|p| grads.get(&data[p]).unwrap().clone());
+            (y, dx, params)
+        };
+        let (cpu, gpu_run) = (grads_on(&Device::Cpu), grads_on(&gpu()));
+        let what = format!("dynact glu {granularity:?}");
+        assert!(max_diff(&cpu.0, &gpu_run.0) <= 1e-5, "{what}: values");
+        for (a, b) in cpu.1.iter().zip(&gpu_run.1) {
+            assert!(max_diff(a, b) <= 1e-5, "{what}: d gate or d up");
+        }
+        for (a, b) in cpu.2.iter().zip(&gpu_run.2) {
+            let scale = max_diff(a, &a.zeros_like().unwrap()).max(1.0);
+            assert!(max_diff(a, b) <= 1e-4 * scale, "{what}: d alpha or d beta");
+        }
+    }
+}
+
+#[test]
+fn a_model_trains_to_the_same_loss_and_gradients_on_the_gpu() {
+    let cfg = ModelConfig {
+        ffn: FfnKind::Dynactglu,
+        vocab_size: 97,
+        hidden_size: 64,
+        intermediate_size: 160,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 32,
+        dropout: 0.2,
+        ..ModelConfig::default()
+    };
+    let ids: Vec<u32> = (0..4 * 32u32).map(|i| (i * 37 + 11) % 97).collect();
+    let targets: Vec<u32> = (0..4 * 32u32).map(|i| (i * 53 + 5) % 97).collect();
+    let loss_and_grads = |device: &Device, dtype: DType| {
+        let (varmap, model) = init_model(&cfg, 9, device).unwrap();
+        let model = model.with_compute_dtype(dtype);
+        let x = Tensor::from_vec(ids.clone(), (4, 32), device).unwrap();
+        let y = Tensor::from_vec(targets.clone(), (4, 32), device).unwrap();
+        let loss = model.loss(&x, &y, &ForwardCtx::train(3)).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let grads: Vec<Tensor> = names
+            .iter()
+            .map(|n| grads.get(&data[*n]).unwrap().clone())
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (cpu_loss, cpu_grads) = loss_and_grads(&Device::Cpu, DType::F32);
+    // (dtype, relative tolerance of the loss, of each gradient against its largest entry)
+    for (dtype, tol, grad_tol) in [(DType::F32, 1e-4f32, 1e-3f32), (DType::BF16, 2e-2, 1e-1)] {
+        let (gpu_loss, gpu_grads) = loss_and_grads(&gpu(), dtype);
+        assert!(
+            (gpu_loss - cpu_loss).abs() <= tol * cpu_loss,
+            "{dtype:?}: loss {gpu_loss} on the GPU, {cpu_loss} on the CPU"
+        );
+        for (a, b) in cpu_grads.iter().zip(&gpu_grads) {
+            let scale = max_diff(a, &a.zeros_like().unwrap()).max(1e-3);
+            let d = max_diff(a, b);
+            assert!(
+                d <= grad_tol * scale,
+                "{dtype:?}: a gradient differs by {d} of {scale}"
+            );
+        }
+    }
+}
