@@ -140,10 +140,8 @@ impl CustomOp3 for FusedDynActGlu {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda_kernels::{f32_view, one_thread_each, output, DYNACT_GLU};
+        use crate::cuda_kernels::{f32_view, launch, output, storage, DYNACT_GLU};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
 
         let dev = s1.device();
         let (gate, up) = (
@@ -155,23 +153,11 @@ impl CustomOp3 for FusedDynActGlu {
         let per = check_param_count(l3.shape().elem_count(), c, self.name())?;
         let n = l1.shape().elem_count();
         let y = output(dev, n)?;
-        let func = dev.get_or_load_custom_func("dynact_glu_f32", "dynact_glu", DYNACT_GLU)?;
-        let (n_arg, c, relu) = (n as u64, c as u32, (self.base == BaseAct::Relu) as i32);
-        let mut builder = func.builder();
-        builder.arg(&gate);
-        builder.arg(&up);
-        builder.arg(&params);
-        builder.arg(&y);
-        builder.arg(&n_arg);
-        builder.arg(&c);
-        builder.arg(&per);
-        builder.arg(&relu);
-        // SAFETY: the argument list matches the kernel's signature.
-        unsafe { builder.launch(one_thread_each(n)) }.w()?;
-        Ok((
-            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l1.shape().clone(),
-        ))
+        let (n_arg, c_arg) = (n as u64, c as u32);
+        let relu = (self.base == BaseAct::Relu) as i32;
+        launch!(dev, "dynact_glu", DYNACT_GLU, "dynact_glu_f32", n;
+            &gate, &up, &params, &y, &n_arg, &c_arg, &per, &relu);
+        Ok((storage(y, dev), l1.shape().clone()))
     }
 
     fn bwd(
@@ -302,10 +288,8 @@ impl CustomOp3 for DynActGluBackward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda_kernels::{f32_view, one_thread_each, output, DYNACT_GLU};
+        use crate::cuda_kernels::{f32_view, launch, output, storage, DYNACT_GLU};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
 
         let dev = s1.device();
         let (gate, up) = (
@@ -313,8 +297,8 @@ impl CustomOp3 for DynActGluBackward {
             f32_view(s2, l2, self.name())?,
         );
         let grad = f32_view(s3, l3, self.name())?;
-        let (storage, params_layout) = self.params.storage_and_layout();
-        let candle_core::Storage::Cuda(params_storage) = &*storage else {
+        let (stored, params_layout) = self.params.storage_and_layout();
+        let candle_core::Storage::Cuda(params_storage) = &*stored else {
             candle_core::bail!("dynact-glu-backward: parameters off the GPU");
         };
         let params = f32_view(params_storage, params_layout, self.name())?;
@@ -323,39 +307,15 @@ impl CustomOp3 for DynActGluBackward {
         let n = l1.shape().elem_count();
         let rows = n / c.max(1);
         let blocks = rows.div_ceil(ROWS_PER_BLOCK);
+        // [d gate; d up; d alpha; d beta], and the blocks' partial sums for alpha and beta.
         let out = output(dev, 2 * n + 2 * per as usize)?;
         let partials = output(dev, blocks * 2 * c)?;
-        let (rows_arg, blocks_arg, n_arg) = (rows as u64, blocks as u64, n as u64);
-        let (c, relu) = (c as u32, (self.base == BaseAct::Relu) as i32);
-        let func =
-            dev.get_or_load_custom_func("dynact_glu_backward_f32", "dynact_glu", DYNACT_GLU)?;
-        let mut builder = func.builder();
-        builder.arg(&gate);
-        builder.arg(&up);
-        builder.arg(&grad);
-        builder.arg(&params);
-        builder.arg(&out);
-        builder.arg(&partials);
-        builder.arg(&rows_arg);
-        builder.arg(&c);
-        builder.arg(&per);
-        builder.arg(&relu);
-        // SAFETY: the argument list matches the kernel's signature.
-        unsafe { builder.launch(one_thread_each(blocks * c as usize)) }.w()?;
-        let func =
-            dev.get_or_load_custom_func("dynact_glu_param_grads_f32", "dynact_glu", DYNACT_GLU)?;
-        let mut builder = func.builder();
-        builder.arg(&partials);
-        builder.arg(&out);
-        builder.arg(&n_arg);
-        builder.arg(&blocks_arg);
-        builder.arg(&c);
-        builder.arg(&per);
-        // SAFETY: as above; this launch follows the first on the same stream.
-        unsafe { builder.launch(one_thread_each(2 * per as usize)) }.w()?;
-        Ok((
-            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from(2 * n + 2 * per as usize),
-        ))
+        let (rows_arg, n_arg, blocks_arg) = (rows as u64, n as u64, blocks as u64);
+        let (c_arg, relu) = (c as u32, (self.base == BaseAct::Relu) as i32);
+        launch!(dev, "dynact_glu", DYNACT_GLU, "dynact_glu_backward_f32", blocks * c;
+            &gate, &up, &grad, &params, &out, &partials, &rows_arg, &c_arg, &per, &relu);
+        launch!(dev, "dynact_glu", DYNACT_GLU, "dynact_glu_param_grads_f32", 2 * per as usize;
+            &partials, &out, &n_arg, &blocks_arg, &c_arg, &per);
+        Ok((storage(out, dev), Shape::from(2 * n + 2 * per as usize)))
     }
 }

@@ -45,10 +45,8 @@ impl CustomOp1 for PhiloxDropout {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda_kernels::{f32_view, one_thread_each, output, PHILOX_DROPOUT};
+        use crate::cuda_kernels::{f32_view, launch, output, storage, PHILOX_DROPOUT};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
 
         let dev = s.device();
         let x = f32_view(s, l, self.name())?;
@@ -57,30 +55,12 @@ impl CustomOp1 for PhiloxDropout {
         if n > 0 {
             // One thread per 4-element Philox block the elements touch.
             let blocks = ((self.first + n as u64 - 1) / 4 - self.first / 4 + 1) as usize;
-            let func = dev.get_or_load_custom_func(
-                "philox_dropout_f32",
-                "philox_dropout",
-                PHILOX_DROPOUT,
-            )?;
             let (key0, key1) = (self.seed as u32, (self.seed >> 32) as u32);
-            let threshold = crate::philox::keep_threshold(self.keep);
-            let n = n as u64;
-            let mut builder = func.builder();
-            builder.arg(&x);
-            builder.arg(&y);
-            builder.arg(&n);
-            builder.arg(&self.first);
-            builder.arg(&key0);
-            builder.arg(&key1);
-            builder.arg(&threshold);
-            builder.arg(&self.scale);
-            // SAFETY: the argument list matches the kernel's signature.
-            unsafe { builder.launch(one_thread_each(blocks)) }.w()?;
+            let (threshold, n) = (crate::philox::keep_threshold(self.keep), n as u64);
+            launch!(dev, "philox_dropout", PHILOX_DROPOUT, "philox_dropout_f32", blocks;
+                &x, &y, &n, &self.first, &key0, &key1, &threshold, &self.scale);
         }
-        Ok((
-            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l.shape().clone(),
-        ))
+        Ok((storage(y, dev), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

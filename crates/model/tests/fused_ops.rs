@@ -631,3 +631,77 @@ fn the_cuda_dynact_glu_kernel_source_computes_what_the_cpu_kernel_does() {
         }
     }
 }
+
+extern "C" {
+    fn dynact_rms_norm_f32_on_host(
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        rows: u64,
+        c: u32,
+        eps: f32,
+        grid: u32,
+        block: u32,
+    );
+    fn dynact_rms_norm_backward_f32_on_host(
+        x: *const f32,
+        w: *const f32,
+        g: *const f32,
+        out: *mut f32,
+        inv: *mut f32,
+        partials: *mut f32,
+        rows: u64,
+        c: u32,
+        eps: f32,
+        grid: u32,
+        block: u32,
+    );
+}
+
+#[test]
+fn the_cuda_rms_norm_kernel_source_computes_what_the_cpu_kernel_does() {
+    // 135 rows of 16: two whole blocks of 64 rows and a partial one.
+    let (rows, c, eps) = (135usize, 16usize, 1e-5f32);
+    let x = Var::from_tensor(&randn(&[3, 45, c], 28)).unwrap();
+    let weight = Var::from_tensor(&randn(&[c], 29)).unwrap();
+    let w = randn(&[3, 45, c], 30);
+    let y = ops::rms_norm(x.as_tensor(), weight.as_tensor(), eps as f64).unwrap();
+    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut cpu_grads = flat(grads.get(&x).unwrap());
+    cpu_grads.extend(flat(grads.get(&weight).unwrap()));
+    let (xs, ws, g) = (flat(x.as_tensor()), flat(weight.as_tensor()), flat(&w));
+    for (grid, block) in [(1u32, 1024u32), (3, 7)] {
+        let mut y_k = vec![f32::NAN; rows * c];
+        let mut out = vec![f32::NAN; rows * c + c];
+        let (mut inv, mut partials) = (vec![f32::NAN; rows], vec![f32::NAN; 3 * c]);
+        // SAFETY: every buffer has the length the kernels index up to.
+        unsafe {
+            dynact_rms_norm_f32_on_host(
+                xs.as_ptr(),
+                ws.as_ptr(),
+                y_k.as_mut_ptr(),
+                rows as u64,
+                c as u32,
+                eps,
+                grid,
+                block,
+            );
+            dynact_rms_norm_backward_f32_on_host(
+                xs.as_ptr(),
+                ws.as_ptr(),
+                g.as_ptr(),
+                out.as_mut_ptr(),
+                inv.as_mut_ptr(),
+                partials.as_mut_ptr(),
+                rows as u64,
+                c as u32,
+                eps,
+                grid,
+                block,
+            );
+        }
+        assert_eq!(y_k, flat(&y), "forward, grid {grid}x{block}");
+        assert_eq!(out, cpu_grads, "backward, grid {grid}x{block}");
+    }
+}

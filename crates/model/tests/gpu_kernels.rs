@@ -114,6 +114,18 @@ fn causal_softmax_matches_the_cpu_kernel() {
 }
 
 #[test]
+fn rms_norm_matches_the_cpu_kernel() {
+    let (x, weight, w) = (
+        randn(&[4, 70, 48], 8),
+        randn(&[48], 9),
+        randn(&[4, 70, 48], 10),
+    );
+    compare_on_both(&[&x, &weight], &w, 1e-4, "rms norm", |t| {
+        ops::rms_norm(&t[0], &t[1], 1e-5).unwrap()
+    });
+}
+
+#[test]
 fn dynact_glu_matches_the_cpu_kernel_for_every_parameter() {
     for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
         let cfg = DynActConfig {

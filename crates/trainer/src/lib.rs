@@ -102,11 +102,18 @@ pub fn init_logging() {
 /// Prints an error as one line, `error: <message: cause: cause>`, and returns exit code 1.
 pub fn report_error(e: &anyhow::Error) -> std::process::ExitCode {
     let msg = format!("{e:#}");
-    eprintln!(
+    eprint_line(&format!(
         "error: {}",
         msg.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
+    ));
     std::process::ExitCode::FAILURE
+}
+
+/// Prints `line` and a newline to stderr in one write, so that the lines of ranks sharing a
+/// terminal or pipe (`mpirun`) never interleave mid-line, as `eprintln!`'s pieces can.
+pub fn eprint_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// The peak resident memory of this process so far, in MB (VmHWM; NaN where /proc is absent).

@@ -123,7 +123,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     let run_dir = RunDir::new(cfg.run_dir());
     let log = |msg: String| {
         if !opts.quiet && root {
-            eprintln!("{msg}");
+            crate::eprint_line(&msg);
         }
     };
     if comm.size() > 1 {

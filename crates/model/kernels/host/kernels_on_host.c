@@ -7,6 +7,7 @@
 #include "../causal_softmax.cu"
 #include "../dynact_glu.cu"
 #include "../philox_dropout.cu"
+#include "../rms_norm.cu"
 
 void dynact_philox_dropout_f32_on_host(const float* x, float* y, uint64_t n, uint64_t first,
                                        uint32_t key0, uint32_t key1, uint64_t threshold,
@@ -39,4 +40,18 @@ void dynact_glu_backward_f32_on_host(const float* gate, const float* up, const f
              dynact_glu_backward_f32(gate, up, grad, params, out, partials, rows, c, per, relu));
     uint64_t blocks = (rows + DYNACT_GLU_ROWS_PER_BLOCK - 1) / DYNACT_GLU_ROWS_PER_BLOCK;
     RUN_GRID(grid, block, dynact_glu_param_grads_f32(partials, out, rows * c, blocks, c, per));
+}
+
+void dynact_rms_norm_f32_on_host(const float* x, const float* w, float* y, uint64_t rows,
+                                 uint32_t c, float eps, unsigned grid, unsigned block) {
+    RUN_GRID(grid, block, rms_norm_f32(x, w, y, rows, c, eps));
+}
+
+void dynact_rms_norm_backward_f32_on_host(const float* x, const float* w, const float* g,
+                                          float* out, float* inv, float* partials,
+                                          uint64_t rows, uint32_t c, float eps, unsigned grid,
+                                          unsigned block) {
+    RUN_GRID(grid, block, rms_norm_backward_x_f32(x, w, g, out, inv, rows, c, eps));
+    RUN_GRID(grid, block, rms_norm_backward_w_partials_f32(x, g, inv, partials, rows, c));
+    RUN_GRID(grid, block, rms_norm_backward_w_f32(partials, out, rows, c));
 }

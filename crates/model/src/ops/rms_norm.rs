@@ -1,6 +1,7 @@
-//! RMSNorm over the last dimension, computed in f32: the fused CPU kernel (the weight applied
-//! in the same pass; one backward pass yields d x and d weight) beside [`rms_norm_reference`],
-//! the Candle composition every other device runs.
+//! RMSNorm over the last dimension, computed in f32: the fused kernel (the weight applied in the
+//! same pass; the backward yields d x and d weight, d weight summed in two deterministic stages)
+//! on a CPU and on a CUDA GPU (`kernels/rms_norm.cu`), beside [`rms_norm_reference`], the
+//! Candle composition every other device runs.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -12,7 +13,8 @@ use super::{f32_slice, fused, last_dim, rows_per_task};
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
-    let y = if fused(&x) && weight.elem_count() == last_dim(x.layout()) {
+    let on_device = fused(&x) || super::fused_on_cuda(&x);
+    let y = if on_device && weight.elem_count() == last_dim(x.layout()) {
         x.contiguous()?.apply_op2(
             &weight.to_dtype(DType::F32)?.contiguous()?,
             RmsNorm { eps: eps as f32 },
@@ -70,6 +72,31 @@ impl CustomOp2 for RmsNorm {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, launch, output, storage, RMS_NORM};
+        use candle_core::backend::BackendStorage;
+
+        let dev = s1.device();
+        let (x, w) = (
+            f32_view(s1, l1, self.name())?,
+            f32_view(s2, l2, self.name())?,
+        );
+        let c = last_dim(l1);
+        let rows = l1.shape().elem_count() / c.max(1);
+        let y = output(dev, rows * c)?;
+        let (rows_arg, c_arg) = (rows as u64, c as u32);
+        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_f32", rows;
+            &x, &w, &y, &rows_arg, &c_arg, &self.eps);
+        Ok((storage(y, dev), l1.shape().clone()))
     }
 
     fn bwd(
@@ -148,5 +175,41 @@ impl CustomOp3 for RmsNormBackward {
         }
         dw.iter_mut().zip(&sums).for_each(|(d, s)| *d = *s as f32);
         Ok((CpuStorage::F32(out), Shape::from(x.len() + c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, launch, output, storage, RMS_NORM};
+        use candle_core::backend::BackendStorage;
+
+        let dev = s1.device();
+        let (x, w) = (
+            f32_view(s1, l1, self.name())?,
+            f32_view(s2, l2, self.name())?,
+        );
+        let g = f32_view(s3, l3, self.name())?;
+        let c = last_dim(l1);
+        let rows = l1.shape().elem_count() / c.max(1);
+        let blocks = rows.div_ceil(ROWS_PER_BLOCK);
+        // [d x; d weight], each row's 1/rms, and the blocks' d weight partial sums.
+        let out = output(dev, rows * c + c)?;
+        let inv = output(dev, rows)?;
+        let partials = output(dev, blocks * c)?;
+        let (rows_arg, c_arg) = (rows as u64, c as u32);
+        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_backward_x_f32", rows;
+            &x, &w, &g, &out, &inv, &rows_arg, &c_arg, &self.eps);
+        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_backward_w_partials_f32", blocks * c;
+            &x, &g, &inv, &partials, &rows_arg, &c_arg);
+        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_backward_w_f32", c;
+            &partials, &out, &rows_arg, &c_arg);
+        Ok((storage(out, dev), Shape::from(rows * c + c)))
     }
 }

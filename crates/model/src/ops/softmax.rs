@@ -124,10 +124,8 @@ impl CustomOp1 for CausalSoftmax {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda_kernels::{f32_view, one_thread_each, output, CAUSAL_SOFTMAX};
+        use crate::cuda_kernels::{f32_view, launch, output, storage, CAUSAL_SOFTMAX};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
 
         let dev = s.device();
         let x = f32_view(s, l, self.name())?;
@@ -135,22 +133,10 @@ impl CustomOp1 for CausalSoftmax {
         let (t, n) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         let rows = l.shape().elem_count() / n.max(1);
         let y = output(dev, rows * n)?;
-        let func =
-            dev.get_or_load_custom_func("causal_softmax_f32", "causal_softmax", CAUSAL_SOFTMAX)?;
         let (rows_arg, t, n) = (rows as u64, t as u32, n as u32);
-        let mut builder = func.builder();
-        builder.arg(&x);
-        builder.arg(&y);
-        builder.arg(&rows_arg);
-        builder.arg(&t);
-        builder.arg(&n);
-        builder.arg(&self.scale);
-        // SAFETY: the argument list matches the kernel's signature.
-        unsafe { builder.launch(one_thread_each(rows)) }.w()?;
-        Ok((
-            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l.shape().clone(),
-        ))
+        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, "causal_softmax_f32", rows;
+            &x, &y, &rows_arg, &t, &n, &self.scale);
+        Ok((storage(y, dev), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -203,10 +189,8 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda_kernels::{f32_view, one_thread_each, output, CAUSAL_SOFTMAX};
+        use crate::cuda_kernels::{f32_view, launch, output, storage, CAUSAL_SOFTMAX};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::WrapErr;
 
         let dev = s1.device();
         let (y, g) = (
@@ -216,21 +200,9 @@ impl CustomOp2 for SoftmaxBackward {
         let n = last_dim(l1);
         let rows = l1.shape().elem_count() / n.max(1);
         let dx = output(dev, rows * n)?;
-        let func =
-            dev.get_or_load_custom_func("softmax_backward_f32", "causal_softmax", CAUSAL_SOFTMAX)?;
-        let (rows_arg, n) = (rows as u64, n as u32);
-        let mut builder = func.builder();
-        builder.arg(&y);
-        builder.arg(&g);
-        builder.arg(&dx);
-        builder.arg(&rows_arg);
-        builder.arg(&n);
-        builder.arg(&self.scale);
-        // SAFETY: the argument list matches the kernel's signature.
-        unsafe { builder.launch(one_thread_each(rows)) }.w()?;
-        Ok((
-            candle_core::CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-            l1.shape().clone(),
-        ))
+        let (rows_arg, n_arg) = (rows as u64, n as u32);
+        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, "softmax_backward_f32", rows;
+            &y, &g, &dx, &rows_arg, &n_arg, &self.scale);
+        Ok((storage(dx, dev), l1.shape().clone()))
     }
 }

@@ -230,7 +230,7 @@ fn main() {
         ranks = Some(comm.clone());
         if comm.is_root() {
             for n in notices {
-                eprintln!("{n}");
+                dynact_trainer::eprint_line(&n);
             }
         }
         if comm.size() > 1 && (args.prepare_data || grid(&args, &cfg)?.is_some()) {
