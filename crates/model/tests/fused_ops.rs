@@ -705,3 +705,59 @@ fn the_cuda_rms_norm_kernel_source_computes_what_the_cpu_kernel_does() {
         assert_eq!(out, cpu_grads, "backward, grid {grid}x{block}");
     }
 }
+
+extern "C" {
+    fn dynact_rope_f32_on_host(
+        x: *const f32,
+        cos: *const f32,
+        sin: *const f32,
+        y: *mut f32,
+        rows: u64,
+        t: u32,
+        d: u32,
+        inverse: i32,
+        grid: u32,
+        block: u32,
+    );
+}
+
+#[test]
+fn the_cuda_rope_kernel_source_computes_what_the_cpu_kernel_does() {
+    // (B, H, T, D) = (2, 3, 5, 8): 30 rows of 4 pairs.
+    let (rows, t, d) = (30usize, 5usize, 8usize);
+    let x = Var::from_tensor(&randn(&[2, 3, t, d], 31)).unwrap();
+    let w = randn(&[2, 3, t, d], 32);
+    let angles = randn(&[t, d], 33);
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    let y = ops::rope(x.as_tensor(), &cos, &sin).unwrap();
+    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (xs, g) = (flat(x.as_tensor()), flat(&w));
+    let (c, s) = (flat(&cos), flat(&sin));
+    for (grid, block) in [(1u32, 1024u32), (2, 9)] {
+        let (mut y_k, mut dx_k) = (vec![f32::NAN; xs.len()], vec![f32::NAN; xs.len()]);
+        for (input, out, inverse) in [(&xs, &mut y_k, 0), (&g, &mut dx_k, 1)] {
+            // SAFETY: every buffer holds rows * d elements, cos and sin t * d.
+            unsafe {
+                dynact_rope_f32_on_host(
+                    input.as_ptr(),
+                    c.as_ptr(),
+                    s.as_ptr(),
+                    out.as_mut_ptr(),
+                    rows as u64,
+                    t as u32,
+                    d as u32,
+                    inverse,
+                    grid,
+                    block,
+                )
+            };
+        }
+        assert_eq!(y_k, flat(&y), "forward, grid {grid}x{block}");
+        assert_eq!(
+            dx_k,
+            flat(grads.get(&x).unwrap()),
+            "backward, grid {grid}x{block}"
+        );
+    }
+}

@@ -114,6 +114,21 @@ fn causal_softmax_matches_the_cpu_kernel() {
 }
 
 #[test]
+fn rope_matches_the_cpu_kernel() {
+    let (x, w) = (randn(&[2, 4, 9, 16], 11), randn(&[2, 4, 9, 16], 12));
+    let angles = randn(&[9, 16], 13);
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    compare_on_both(&[&x], &w, 1e-5, "rope", |t| {
+        let device = t[0].device();
+        let (c, s) = (
+            cos.to_device(device).unwrap(),
+            sin.to_device(device).unwrap(),
+        );
+        ops::rope(&t[0], &c, &s).unwrap()
+    });
+}
+
+#[test]
 fn rms_norm_matches_the_cpu_kernel() {
     let (x, weight, w) = (
         randn(&[4, 70, 48], 8),

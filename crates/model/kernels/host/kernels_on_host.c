@@ -8,6 +8,7 @@
 #include "../dynact_glu.cu"
 #include "../philox_dropout.cu"
 #include "../rms_norm.cu"
+#include "../rope.cu"
 
 void dynact_philox_dropout_f32_on_host(const float* x, float* y, uint64_t n, uint64_t first,
                                        uint32_t key0, uint32_t key1, uint64_t threshold,
@@ -54,4 +55,10 @@ void dynact_rms_norm_backward_f32_on_host(const float* x, const float* w, const 
     RUN_GRID(grid, block, rms_norm_backward_x_f32(x, w, g, out, inv, rows, c, eps));
     RUN_GRID(grid, block, rms_norm_backward_w_partials_f32(x, g, inv, partials, rows, c));
     RUN_GRID(grid, block, rms_norm_backward_w_f32(partials, out, rows, c));
+}
+
+void dynact_rope_f32_on_host(const float* x, const float* cos, const float* sin, float* y,
+                             uint64_t rows, uint32_t t, uint32_t d, int inverse, unsigned grid,
+                             unsigned block) {
+    RUN_GRID(grid, block, rope_f32(x, cos, sin, y, rows, t, d, inverse));
 }

@@ -1,6 +1,6 @@
-//! Rotary position embedding in the Hugging Face convention: the fused CPU kernel (the rotation
-//! forward, its transpose backward) beside [`rope_reference`], the `rotate_half` composition
-//! every other device runs.
+//! Rotary position embedding in the Hugging Face convention: the fused kernel (the rotation
+//! forward, its transpose backward) on a CPU and on a CUDA GPU (`kernels/rope.cu`), beside
+//! [`rope_reference`], the `rotate_half` composition every other device runs.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -10,7 +10,7 @@ use super::{f32_slice, fused, rows_per_task};
 /// Rotary position embedding in the Hugging Face convention (`x cos + rotate_half(x) sin`, with
 /// `rotate_half([x1, x2]) = [-x2, x1]`). x: (B, heads, T, D); cos, sin: (T, D).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if fused(x) && cos.dtype() == DType::F32 {
+    if (fused(x) || super::fused_on_cuda(x)) && cos.dtype() == DType::F32 {
         return x
             .contiguous()?
             .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope);
@@ -79,6 +79,18 @@ impl CustomOp3 for Rope {
         let out = rotate(x, cos, sin, l1.dims(), false);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda_rotate(s1, l1, s2, l2, s3, l3, false)
+    }
 
     fn bwd(
         &self,
@@ -119,4 +131,48 @@ impl CustomOp3 for RopeBackward {
         let out = rotate(g, cos, sin, l1.dims(), true);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda_rotate(s1, l1, s2, l2, s3, l3, true)
+    }
+}
+
+/// `rotate` on a CUDA GPU: one thread per (row, pair) of `kernels/rope.cu`.
+#[cfg(feature = "cuda")]
+fn cuda_rotate(
+    s1: &candle_core::CudaStorage,
+    l1: &Layout,
+    s2: &candle_core::CudaStorage,
+    l2: &Layout,
+    s3: &candle_core::CudaStorage,
+    l3: &Layout,
+    inverse: bool,
+) -> Result<(candle_core::CudaStorage, Shape)> {
+    use crate::cuda_kernels::{f32_view, launch, output, storage, ROPE};
+    use candle_core::backend::BackendStorage;
+
+    let dev = s1.device();
+    let op = "rope";
+    let (x, cos, sin) = (
+        f32_view(s1, l1, op)?,
+        f32_view(s2, l2, op)?,
+        f32_view(s3, l3, op)?,
+    );
+    let dims = l1.dims();
+    let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let n = l1.shape().elem_count();
+    let rows = n / d.max(1);
+    let y = output(dev, n)?;
+    let (rows_arg, t_arg, d_arg, inverse) = (rows as u64, t as u32, d as u32, inverse as i32);
+    launch!(dev, "rope", ROPE, "rope_f32", rows * (d / 2);
+        &x, &cos, &sin, &y, &rows_arg, &t_arg, &d_arg, &inverse);
+    Ok((storage(y, dev), l1.shape().clone()))
 }
