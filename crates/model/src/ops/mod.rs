@@ -3,13 +3,15 @@
 //!
 //! One file per op. In each, the public function (`rms_norm`, `causal_softmax`, `token_nll`,
 //! `rope`, `swiglu`) dispatches: on CPU with f32 it runs one fused kernel with its own fused
-//! backward (`CustomOp`s, one pass over the data each way, rows in parallel); elsewhere (CUDA,
-//! Metal, other dtypes) it runs `<op>_reference`, the plain composition of differentiable
-//! Candle ops that sits beside it. Tests compare each fused kernel with its reference (values
-//! and gradients) and with finite differences.
+//! backward (`CustomOp`s, one pass over the data each way, rows in parallel); `rms_norm`,
+//! `causal_softmax` and `rope` also run their CUDA kernels (`kernels/`, see
+//! `crate::cuda_kernels` in a CUDA build) on f32 GPU tensors; everything else runs
+//! `<op>_reference`, the plain composition of differentiable Candle ops that sits beside it.
+//! Tests compare each fused kernel with its reference (values and gradients) and with finite
+//! differences.
 //!
-//! This module holds the helpers the CPU kernels share; it depends on no other module of the
-//! crate, so every layer may use it.
+//! This module holds the helpers the kernels share; it depends on no other module of the crate
+//! (but `cuda_kernels`, in a CUDA build), so every layer may use it.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
