@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
-use crate::ops::f32_slice;
+use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
 
 /// `act(gate) * up`, gate and up of one shape (..., F). f32 inputs with a SiLU or ReLU base take
 /// the fused kernel on a CPU and on a CUDA GPU (`kernels/dynact_glu.cu`).
@@ -42,13 +42,8 @@ pub fn dynact_glu_reference(act: &DynAct, gate: &Tensor, up: &Tensor) -> Result<
 /// alpha and beta of every channel of a row of `c`: `params` is [alpha; beta], each of length
 /// 1 (per layer) or `c` (per channel).
 fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    param_count(params.len(), c, op)?;
     let (alpha, beta) = params.split_at(params.len() / 2);
-    if !params.len().is_multiple_of(2) || !(alpha.len() == 1 || alpha.len() == c) {
-        candle_core::bail!(
-            "{op}: alpha and beta have {} values, the input has {c} channels",
-            params.len() / 2
-        );
-    }
     Ok((
         (0..c).map(|j| param(alpha, j)).collect(),
         (0..c).map(|j| param(beta, j)).collect(),
@@ -74,19 +69,14 @@ fn gate_weights(row: &[f32], base: BaseAct, out: &mut [f32]) {
     }
 }
 
-/// The parameters per half of [alpha; beta] (1 or `c`), checked.
-#[cfg(feature = "cuda")]
-fn check_param_count(count: usize, c: usize, op: &str) -> Result<u32> {
+/// The values per half of [alpha; beta] (`count` in all), which must be 1 or `c`.
+fn param_count(count: usize, c: usize, op: &str) -> Result<usize> {
     let per = count / 2;
     if !count.is_multiple_of(2) || !(per == 1 || per == c) {
         candle_core::bail!("{op}: alpha and beta have {per} values, the input has {c} channels");
     }
-    Ok(per as u32)
+    Ok(per)
 }
-
-/// Rows whose parameter-gradient partial sums one task accumulates in f32 before they join the
-/// f64 total in a fixed order: the result does not depend on thread timing.
-const ROWS_PER_BLOCK: usize = 64;
 
 struct FusedDynActGlu {
     base: BaseAct,
@@ -151,7 +141,7 @@ impl CustomOp3 for FusedDynActGlu {
         );
         let params = f32_view(s3, l3, self.name())?;
         let c = *l1.dims().last().unwrap_or(&1);
-        let per = check_param_count(l3.shape().elem_count(), c, self.name())?;
+        let per = param_count(l3.shape().elem_count(), c, self.name())? as u32;
         let n = l1.shape().elem_count();
         let y = output(dev, n)?;
         let (n_arg, c_arg) = (n as u64, c as u32);
@@ -263,10 +253,7 @@ impl CustomOp3 for DynActGluBackward {
                 acc
             })
             .collect();
-        let mut sums = vec![0f64; 2 * c];
-        for p in partials {
-            sums.iter_mut().zip(p).for_each(|(s, v)| *s += v as f64);
-        }
+        let sums = sum_block_partials(partials, 2 * c);
         if per_param == 1 {
             d_params[0] = sums[..c].iter().sum::<f64>() as f32;
             d_params[1] = sums[c..].iter().sum::<f64>() as f32;
@@ -304,7 +291,7 @@ impl CustomOp3 for DynActGluBackward {
         };
         let params = f32_view(params_storage, params_layout, self.name())?;
         let c = *l1.dims().last().unwrap_or(&1);
-        let per = check_param_count(params_layout.shape().elem_count(), c, self.name())?;
+        let per = param_count(params_layout.shape().elem_count(), c, self.name())? as u32;
         let n = l1.shape().elem_count();
         let rows = n / c.max(1);
         let blocks = rows.div_ceil(ROWS_PER_BLOCK);

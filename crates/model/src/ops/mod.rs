@@ -65,6 +65,20 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
 }
 
+/// Rows whose per-channel partial sums (a weight's or dynAct's gradient) one task accumulates
+/// in f32 before [`sum_block_partials`] adds them up; the CUDA kernels block the same way.
+pub(crate) const ROWS_PER_BLOCK: usize = 64;
+
+/// The per-channel partial sums of consecutive row blocks, added in f64 in block order: the
+/// result does not depend on thread timing, and the CUDA kernels sum in the same order.
+pub(crate) fn sum_block_partials(partials: Vec<Vec<f32>>, width: usize) -> Vec<f64> {
+    let mut sums = vec![0f64; width];
+    for p in partials {
+        sums.iter_mut().zip(p).for_each(|(s, v)| *s += v as f64);
+    }
+    sums
+}
+
 /// The size of the last dimension (the row length the kernels work on).
 pub(crate) fn last_dim(l: &Layout) -> usize {
     *l.dims().last().unwrap_or(&1)

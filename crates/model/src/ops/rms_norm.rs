@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, last_dim, rows_per_task};
+use super::{f32_slice, fused, last_dim, rows_per_task, sum_block_partials, ROWS_PER_BLOCK};
 
 /// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * weight.
 /// The input is cast to f32 first, so on CPU every input dtype takes the fused kernel.
@@ -117,10 +117,6 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
-/// Rows whose d weight partial sums one task accumulates in f32 before they join the f64
-/// total in a fixed order: the result does not depend on thread timing.
-const ROWS_PER_BLOCK: usize = 64;
-
 /// With x_hat = x r, r = 1/rms(x) and gw = g weight:
 /// d x = r (gw - x_hat mean(gw x_hat)), d weight = sum over rows of g x_hat.
 struct RmsNormBackward {
@@ -169,10 +165,7 @@ impl CustomOp3 for RmsNormBackward {
                 acc
             })
             .collect();
-        let mut sums = vec![0f64; c];
-        for p in partials {
-            sums.iter_mut().zip(p).for_each(|(s, v)| *s += v as f64);
-        }
+        let sums = sum_block_partials(partials, c);
         dw.iter_mut().zip(&sums).for_each(|(d, s)| *d = *s as f32);
         Ok((CpuStorage::F32(out), Shape::from(x.len() + c)))
     }
