@@ -9,13 +9,21 @@ use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
-pub use ptx::{CAUSAL_SOFTMAX, DYNACT_GLU, PHILOX_DROPOUT, RMS_NORM, ROPE};
+pub use ptx::{CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, PHILOX_DROPOUT, RMS_NORM, ROPE, SWIGLU};
 
 /// The contiguous f32 elements of a CUDA tensor.
 pub fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(s.as_cuda_slice::<f32>()?.slice(start..end)),
         None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// The contiguous u32 elements (token ids) of a CUDA tensor.
+pub fn u32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, u32>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(s.as_cuda_slice::<u32>()?.slice(start..end)),
+        None => candle_core::bail!("{op}: the targets must be contiguous"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Each fused CPU kernel (RMSNorm, causal softmax, cross-entropy, RoPE, SwiGLU, dynAct)
 //! against the plain Candle composition it replaces, its `<op>_reference` in `ops`: same values,
-//! same gradients, on the same f32 CPU input and against the composition run in f64.
+//! same gradients, on the same f32 CPU input and against the composition run in f64; and the
+//! source of each CUDA kernel, compiled for the host, against its CPU twin.
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use dynact_model::ops;
@@ -760,4 +761,132 @@ fn the_cuda_rope_kernel_source_computes_what_the_cpu_kernel_does() {
             "backward, grid {grid}x{block}"
         );
     }
+}
+
+extern "C" {
+    fn dynact_swiglu_f32_on_host(
+        gate: *const f32,
+        up: *const f32,
+        grad: *const f32,
+        y: *mut f32,
+        out: *mut f32,
+        n: u64,
+        grid: u32,
+        block: u32,
+    );
+    fn dynact_cross_entropy_f32_on_host(
+        logits: *const f32,
+        targets: *const u32,
+        grad: *const f32,
+        loss: *mut f32,
+        out: *mut f32,
+        rows: u64,
+        v: u32,
+        grid: u32,
+        block: u32,
+    );
+}
+
+/// The value and the gradients of every input of `sum(f(inputs) * w)`, flattened, in order.
+fn value_and_grads(
+    inputs: &[&Var],
+    w: &Tensor,
+    f: impl Fn(&[&Tensor]) -> Tensor,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let xs: Vec<&Tensor> = inputs.iter().map(|v| v.as_tensor()).collect();
+    let y = f(&xs);
+    let grads = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = inputs.iter().map(|v| flat(grads.get(v).unwrap())).collect();
+    (flat(&y), grads)
+}
+
+#[test]
+fn the_cuda_swiglu_kernel_source_computes_what_the_cpu_kernel_does() {
+    let (g, u) = (
+        Var::from_tensor(&(randn(&[9, 70], 40) * 4.0).unwrap()).unwrap(),
+        Var::from_tensor(&randn(&[9, 70], 41)).unwrap(),
+    );
+    let w = randn(&[9, 70], 42);
+    let (y, grads) = value_and_grads(&[&g, &u], &w, |x| ops::swiglu(x[0], x[1]).unwrap());
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (gv, uv, dy) = (flat(g.as_tensor()), flat(u.as_tensor()), flat(&w));
+    let n = gv.len();
+    for (grid, block) in [(1u32, 1024u32), (4, 7)] {
+        let (mut y_k, mut out) = (vec![f32::NAN; n], vec![f32::NAN; 2 * n]);
+        // SAFETY: every buffer has the length the kernels index up to.
+        unsafe {
+            dynact_swiglu_f32_on_host(
+                gv.as_ptr(),
+                uv.as_ptr(),
+                dy.as_ptr(),
+                y_k.as_mut_ptr(),
+                out.as_mut_ptr(),
+                n as u64,
+                grid,
+                block,
+            );
+        }
+        assert_eq!(y_k, y, "forward, grid {grid}x{block}");
+        assert_eq!(out[..n], grads[0][..], "d gate, grid {grid}x{block}");
+        assert_eq!(out[n..], grads[1][..], "d up, grid {grid}x{block}");
+    }
+}
+
+#[test]
+fn the_cuda_cross_entropy_kernel_source_computes_what_the_cpu_kernel_does() {
+    // 37 rows of 300 logits, large enough that an unshifted exp would overflow.
+    let (rows, v) = (37usize, 300usize);
+    let logits = Var::from_tensor(&(randn(&[rows, v], 50) * 40.0).unwrap()).unwrap();
+    let targets: Vec<u32> = (0..rows as u32).map(|r| r * 97 % v as u32).collect();
+    let t = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+    let w = randn(&[rows], 51);
+    let (loss, grads) = value_and_grads(&[&logits], &w, |x| ops::token_nll(x[0], &t).unwrap());
+    let x = logits
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let dy = w.to_vec1::<f32>().unwrap();
+    for (grid, block) in [(1u32, 1024u32), (3, 5)] {
+        let (mut loss_k, mut out) = (vec![f32::NAN; rows], vec![f32::NAN; rows * v]);
+        // SAFETY: every buffer has the length the kernels index up to.
+        unsafe {
+            dynact_cross_entropy_f32_on_host(
+                x.as_ptr(),
+                targets.as_ptr(),
+                dy.as_ptr(),
+                loss_k.as_mut_ptr(),
+                out.as_mut_ptr(),
+                rows as u64,
+                v as u32,
+                grid,
+                block,
+            );
+        }
+        assert_eq!(loss_k, loss, "loss, grid {grid}x{block}");
+        assert_eq!(out, grads[0], "d logits, grid {grid}x{block}");
+    }
+    // A target id past the vocabulary: NaN for its row only, the others as before.
+    let mut bad = targets.clone();
+    bad[2] = v as u32;
+    let (mut loss_k, mut out) = (vec![0f32; rows], vec![0f32; rows * v]);
+    // SAFETY: as above.
+    unsafe {
+        dynact_cross_entropy_f32_on_host(
+            x.as_ptr(),
+            bad.as_ptr(),
+            dy.as_ptr(),
+            loss_k.as_mut_ptr(),
+            out.as_mut_ptr(),
+            rows as u64,
+            v as u32,
+            2,
+            8,
+        );
+    }
+    assert!(loss_k[2].is_nan());
+    assert_eq!(loss_k[..2], loss[..2]);
+    assert_eq!(loss_k[3..], loss[3..]);
 }

@@ -141,6 +141,30 @@ fn rms_norm_matches_the_cpu_kernel() {
 }
 
 #[test]
+fn swiglu_matches_the_cpu_kernel() {
+    let (g, u, w) = (
+        randn(&[3, 40, 96], 14),
+        randn(&[3, 40, 96], 15),
+        randn(&[3, 40, 96], 16),
+    );
+    compare_on_both(&[&g, &u], &w, 1e-5, "swiglu", |t| {
+        ops::swiglu(&t[0], &t[1]).unwrap()
+    });
+}
+
+#[test]
+fn cross_entropy_matches_the_cpu_kernel() {
+    // 300 rows over a vocabulary of 257 (paper.toml's), logits large enough to need the shift.
+    let logits = (randn(&[300, 257], 17) * 20.0).unwrap();
+    let ids: Vec<u32> = (0..300u32).map(|r| r * 31 % 257).collect();
+    let targets = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap();
+    compare_on_both(&[&logits], &randn(&[300], 18), 1e-4, "cross-entropy", |t| {
+        let targets = targets.to_device(t[0].device()).unwrap();
+        ops::token_nll(&t[0], &targets).unwrap()
+    });
+}
+
+#[test]
 fn dynact_glu_matches_the_cpu_kernel_for_every_parameter() {
     for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
         let cfg = DynActConfig {

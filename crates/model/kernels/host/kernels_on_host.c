@@ -5,10 +5,12 @@
 #include "emulation.h"
 
 #include "../causal_softmax.cu"
+#include "../cross_entropy.cu"
 #include "../dynact_glu.cu"
 #include "../philox_dropout.cu"
 #include "../rms_norm.cu"
 #include "../rope.cu"
+#include "../swiglu.cu"
 
 void dynact_philox_dropout_f32_on_host(const float* x, float* y, uint64_t n, uint64_t first,
                                        uint32_t key0, uint32_t key1, uint64_t threshold,
@@ -61,4 +63,17 @@ void dynact_rope_f32_on_host(const float* x, const float* cos, const float* sin,
                              uint64_t rows, uint32_t t, uint32_t d, int inverse, unsigned grid,
                              unsigned block) {
     RUN_GRID(grid, block, rope_f32(x, cos, sin, y, rows, t, d, inverse));
+}
+
+void dynact_swiglu_f32_on_host(const float* gate, const float* up, const float* grad, float* y,
+                               float* out, uint64_t n, unsigned grid, unsigned block) {
+    RUN_GRID(grid, block, swiglu_f32(gate, up, y, n));
+    RUN_GRID(grid, block, swiglu_backward_f32(gate, up, grad, out, n));
+}
+
+void dynact_cross_entropy_f32_on_host(const float* logits, const uint32_t* targets,
+                                      const float* grad, float* loss, float* out, uint64_t rows,
+                                      uint32_t v, unsigned grid, unsigned block) {
+    RUN_GRID(grid, block, cross_entropy_f32(logits, targets, loss, rows, v));
+    RUN_GRID(grid, block, cross_entropy_backward_f32(logits, targets, grad, out, rows, v));
 }

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, last_dim, rows_per_task, u32_slice};
+use super::{f32_slice, fused, fused_on_cuda, last_dim, rows_per_task, u32_slice};
 
 /// log(softmax(x)) over the last dimension, stable for large logits.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
@@ -20,7 +20,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 /// logits: (N, V) in any float dtype, cast to f32 first; targets: (N,) u32 -> (N,) f32.
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
-    if fused(&logits) && targets.dtype() == DType::U32 {
+    if (fused(&logits) || fused_on_cuda(&logits)) && targets.dtype() == DType::U32 {
         return logits
             .contiguous()?
             .apply_op2(&targets.contiguous()?, CrossEntropy)?
@@ -77,6 +77,31 @@ impl CustomOp2 for CrossEntropy {
         Ok((CpuStorage::F32(out), Shape::from((t.len(), 1))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, launch, output, storage, u32_view, CROSS_ENTROPY};
+        use candle_core::backend::BackendStorage;
+
+        let dev = s1.device();
+        let (x, t) = (
+            f32_view(s1, l1, self.name())?,
+            u32_view(s2, l2, self.name())?,
+        );
+        let v = last_dim(l1);
+        let rows = l2.shape().elem_count();
+        let loss = output(dev, rows)?;
+        let (rows_arg, v_arg) = (rows as u64, v as u32);
+        launch!(dev, "cross_entropy", CROSS_ENTROPY, "cross_entropy_f32", rows;
+            &x, &t, &loss, &rows_arg, &v_arg);
+        Ok((storage(loss, dev), Shape::from((rows, 1))))
+    }
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -124,5 +149,33 @@ impl CustomOp3 for CrossEntropyBackward {
                 o[t as usize] -= g;
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, launch, output, storage, u32_view, CROSS_ENTROPY};
+        use candle_core::backend::BackendStorage;
+
+        let dev = s1.device();
+        let (x, t, g) = (
+            f32_view(s1, l1, self.name())?,
+            u32_view(s2, l2, self.name())?,
+            f32_view(s3, l3, self.name())?,
+        );
+        let v = last_dim(l1);
+        let rows = l2.shape().elem_count();
+        let out = output(dev, rows * v)?;
+        let (rows_arg, v_arg) = (rows as u64, v as u32);
+        launch!(dev, "cross_entropy", CROSS_ENTROPY, "cross_entropy_backward_f32", rows;
+            &x, &t, &g, &out, &rows_arg, &v_arg);
+        Ok((storage(out, dev), l1.shape().clone()))
     }
 }

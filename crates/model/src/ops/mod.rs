@@ -3,9 +3,9 @@
 //!
 //! One file per op. In each, the public function (`rms_norm`, `causal_softmax`, `token_nll`,
 //! `rope`, `swiglu`) dispatches: on CPU with f32 it runs one fused kernel with its own fused
-//! backward (`CustomOp`s, one pass over the data each way, rows in parallel); `rms_norm`,
-//! `causal_softmax` and `rope` also run their CUDA kernels (`kernels/`, see
-//! `crate::cuda_kernels` in a CUDA build) on f32 GPU tensors; everything else runs
+//! backward (`CustomOp`s, one pass over the data each way, rows in parallel), and on f32 GPU
+//! tensors its CUDA twin (`kernels/`, see `crate::cuda_kernels` in a CUDA build); everything
+//! else (bf16, other devices) runs
 //! `<op>_reference`, the plain composition of differentiable Candle ops that sits beside it.
 //! Tests compare each fused kernel with its reference (values and gradients) and with finite
 //! differences.

@@ -1,23 +1,27 @@
 //! The SwiGLU gate product silu(gate) * up: the fused CPU kernel, written with the arithmetic of
 //! Candle's own `silu` and `mul` (forward and backward) so that it is bit-identical to them,
-//! beside [`swiglu_reference`], the two Candle ops every other device runs.
+//! its CUDA twin (`kernels/swiglu.cu`) for f32 on a GPU, and [`swiglu_reference`], the two
+//! Candle ops every other case runs.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, rows_per_task};
+use super::{f32_slice, fused, fused_on_cuda, rows_per_task};
 
 /// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
 /// Candle's own `silu` and `mul` (forward and backward) so results are bit-identical to them.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused(gate) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
+    if (fused(gate) || fused_on_cuda(gate))
+        && up.dtype() == DType::F32
+        && gate.shape() == up.shape()
+    {
         return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
     }
     swiglu_reference(gate, up)
 }
 
-/// [`swiglu`] as Candle's `silu` and `mul`: what runs off the CPU, and what the fused kernel
-/// is tested against (bit for bit).
+/// [`swiglu`] as Candle's `silu` and `mul`: what runs without a kernel (bf16, other devices),
+/// and what the fused kernels are tested against (the CPU's bit for bit).
 pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
@@ -59,6 +63,29 @@ impl CustomOp2 for SwiGlu {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, launch, output, storage, SWIGLU};
+        use candle_core::backend::BackendStorage;
+
+        let dev = s1.device();
+        let (g, u) = (
+            f32_view(s1, l1, self.name())?,
+            f32_view(s2, l2, self.name())?,
+        );
+        let n = l1.shape().elem_count();
+        let y = output(dev, n)?;
+        let n_arg = n as u64;
+        launch!(dev, "swiglu", SWIGLU, "swiglu_f32", n; &g, &u, &y, &n_arg);
+        Ok((storage(y, dev), l1.shape().clone()))
     }
 
     fn bwd(
@@ -124,5 +151,31 @@ impl CustomOp3 for SwiGluBackward {
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda_kernels::{f32_view, launch, output, storage, SWIGLU};
+        use candle_core::backend::BackendStorage;
+
+        let dev = s1.device();
+        let (g, u, dy) = (
+            f32_view(s1, l1, self.name())?,
+            f32_view(s2, l2, self.name())?,
+            f32_view(s3, l3, self.name())?,
+        );
+        let n = l1.shape().elem_count();
+        let out = output(dev, 2 * n)?;
+        let n_arg = n as u64;
+        launch!(dev, "swiglu", SWIGLU, "swiglu_backward_f32", n; &g, &u, &dy, &out, &n_arg);
+        Ok((storage(out, dev), Shape::from(2 * n)))
     }
 }
