@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, the CUDA binaries scripts/gpu-check.sh runs on one, into
 # gpu-bundle/ (git-ignored; carry it to the GPU machine beside a checkout):
-#   train-lm      the trainer (--features cuda)
+#   train-lm      the trainer (--features nccl: CUDA, and NCCL for data parallel)
 #   gpu_kernels   the GPU tests (crates/model/tests/gpu_kernels.rs)
 # stripped and xz-compressed (gpu-check.sh unpacks them).
 #
 # Linking needs the libraries the CUDA build names (-lcuda, -lcublas, -lcublasLt, -lcurand,
-# -lnvrtc, -lcudart). Only libcudart comes with scripts/cuda-toolchain.sh; for the others this
+# -lnvrtc, -lnccl, -lcudart). Only libcudart comes with scripts/cuda-toolchain.sh; for the others this
 # script writes stub libraries into the toolchain folder: each exports the symbols the build
 # leaves undefined and carries the real library's soname, so the binaries load the GPU
 # machine's driver (libcuda.so.1) and CUDA 13 libraries (torch's, found by gpu-check.sh).
@@ -16,7 +16,7 @@ eval "$(scripts/cuda-toolchain.sh)"
 lib=$CUDA_ROOT/lib
 out=gpu-bundle
 build() {
-  cargo build --release -p dynact-trainer --features cuda --bin train-lm
+  cargo build --release -p dynact-trainer --features nccl --bin train-lm
   cargo test --release -p dynact-model --features cuda --test gpu_kernels --no-run
 }
 stubs() {
@@ -37,10 +37,11 @@ cublas libcublas.so.13 ^cublas[^L]
 cublasLt libcublasLt.so.13 ^cublasLt
 curand libcurand.so.10 ^curand
 nvrtc libnvrtc.so.13 ^nvrtc
+nccl libnccl.so.2 ^nccl
 LIBS
   ln -sf libcudart.so.13 "$lib/libcudart.so"
 }
-if [ ! -e "$lib/libcuda.so" ]; then
+if [ ! -e "$lib/libnccl.so" ]; then
   build >/dev/null 2>&1 || true   # compiles everything; the first link fails without stubs
   stubs
 fi

@@ -9,7 +9,9 @@
 #    a whole model's loss and gradients in f32 and bf16;
 # 2. trains configs/paper.toml for 300 steps with each FFN (train-lm prints s/step, tokens/s
 #    and MFU against the GPU's datasheet peak);
-# 3. times the PyTorch reference of the same model and batch, eager and torch.compile.
+# 3. times the PyTorch reference of the same model and batch, eager and torch.compile;
+# 4. trains 30 steps as one NCCL rank (a torchrun-style launch) and as one process: the same
+#    losses (the data-parallel path on a GPU).
 # Every step is bounded (about 8 minutes in all); a failing step is reported and the rest run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +54,14 @@ done
 step "3. PyTorch reference, same model and batch (bf16 autocast)"
 timeout 90 python scripts/pytorch_reference.py --device cuda --dtype bf16 --configs paper --steps 50 || status=1
 timeout 150 python scripts/pytorch_reference.py --device cuda --dtype bf16 --configs paper --steps 50 --compile || status=1
+
+step "4. one NCCL rank (RANK=0 WORLD_SIZE=1) against one process, 30 steps of paper.toml"
+for mode in process nccl; do
+  if [ $mode = nccl ]; then launch="env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0"; else launch=env; fi
+  timeout 90 $launch "$work/train-lm" --config configs/paper.toml --steps 30 --eval-at 30 \
+    --set eval.max_tokens=16384 --set train.log_every=10 --run-dir "$work/dp-$mode" >/dev/null 2>&1 || status=1
+  echo "$mode: $(grep -o '"loss":[^,]*' "$work/dp-$mode/metrics.jsonl" | tr '\n' ' ')"
+done
 
 rm -rf "$work"
 exit $status

@@ -1,20 +1,34 @@
 //! dynact-dist: the processes of a data-parallel run and the collectives between them.
 //!
-//! A [`Communicator`] is either the one process of an ordinary run or a rank of an MPI job
-//! (`mpirun -np N train-lm ...`, or `srun` with PMI/PMIx), behind the `mpi` feature: MPI
-//! launches the ranks, on one node or several, and is the collective backend for CPU tensors,
-//! as in llm.c. Only flat f32/f64/u64 buffers cross it; the trainer decides what to reduce.
+//! A [`Communicator`] is the one process of an ordinary run, a rank of an MPI job
+//! (`mpirun -np N train-lm ...`, or `srun` with PMI/PMIx; the `mpi` feature), or, on GPUs, a
+//! rank of an NCCL job (the `nccl` feature), as in llm.c: MPI launches the ranks, on one node or
+//! several, and is the collective backend for CPU tensors; NCCL sums GPU tensors on the
+//! device. NCCL ranks are launched by MPI (which passes NCCL's id) or torchrun-style, with
+//! `RANK`, `WORLD_SIZE` and `LOCAL_RANK` set and the id passed through a file
+//! ([`rendezvous`]). Only flat f32/f64/u64 buffers (and, with NCCL, f32 tensors) cross it; the
+//! trainer decides what to reduce.
 //!
 //! A collective that waits longer than the communicator's timeout (a rank died or hangs) stops
 //! this process with one error line, so that the launcher stops the whole job instead of
 //! hanging.
 
-// Without MPI the collectives have nothing to do with their buffers.
-#![cfg_attr(not(feature = "mpi"), allow(unused_variables, dead_code))]
+// Without MPI or NCCL the collectives have nothing to do with their buffers.
+#![cfg_attr(
+    not(any(feature = "mpi", feature = "nccl")),
+    allow(unused_variables, dead_code)
+)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod launch;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod rendezvous;
+mod watchdog;
+
+use std::time::Duration;
+
+pub use launch::{launch_from_env, Launch, Launcher};
+use watchdog::Watchdog;
 
 /// What can go wrong setting up the processes.
 #[derive(Debug, thiserror::Error)]
@@ -23,65 +37,56 @@ pub enum DistError {
     NoMpiSupport { rank: usize, var: &'static str },
     #[error("MPI could not be initialized (is this process under mpirun or srun with PMI?)")]
     MpiInit,
+    #[error("this process is rank {rank} of a torchrun-style launch (RANK and WORLD_SIZE are set), which runs NCCL ranks on GPUs, but its device is a CPU; launch CPU ranks with mpirun (a build with --features mpi), or unset RANK and WORLD_SIZE")]
+    TorchrunOnCpu { rank: usize },
+    #[error("this process is rank {rank} of {size} on GPUs, but this train-lm was built without NCCL; build it with `cargo build --release --features nccl`")]
+    NoNcclSupport { rank: usize, size: usize },
+    #[error("a torchrun-style launch (RANK and WORLD_SIZE are set) passes NCCL's id through a file: set {} to a path all ranks see that no earlier job used (e.g. /tmp/nccl-id-$JOB_ID), or launch with mpirun", rendezvous::ID_FILE_VAR)]
+    NoRendezvousFile,
+    #[error("the rendezvous file {path} already exists (left by an earlier job?); remove it, or set {var} to a new path", var = rendezvous::ID_FILE_VAR)]
+    RendezvousExists { path: std::path::PathBuf },
+    #[error("no rendezvous file appeared at {path} within {seconds:.0} s; is rank 0 running, and does it see the same path? (train.rank_timeout_s bounds the wait)")]
+    RendezvousTimeout {
+        path: std::path::PathBuf,
+        seconds: f64,
+    },
+    #[error("the rendezvous file {path}: {why}")]
+    Rendezvous {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("NCCL failed: {0}")]
+    Nccl(String),
 }
 
-/// Where the launcher said this process is (before MPI is initialized).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Launch {
-    pub rank: usize,
-    /// Processes in the job (None: the launcher does not say; MPI will).
-    pub size: Option<usize>,
-    pub local_rank: usize,
-    /// The variable that told of the launch.
-    pub var: &'static str,
+/// An MPI job's world, and the handle that finalizes MPI when dropped (a clean exit).
+#[cfg(feature = "mpi")]
+struct MpiWorld {
+    world: mpi::topology::SimpleCommunicator,
+    _universe: mpi::environment::Universe,
 }
 
-fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name).ok()?.trim().parse().ok()
-}
-
-/// The rank, size and local rank an MPI launcher set in the environment: Open MPI's `mpirun`,
-/// MPICH/Hydra (PMI), or PMIx (`srun --mpi=pmix`). None for a process started alone.
-pub fn launch_from_env() -> Option<Launch> {
-    let local = || {
-        [
-            "OMPI_COMM_WORLD_LOCAL_RANK",
-            "MPI_LOCALRANKID",
-            "PMI_LOCAL_RANK",
-            "SLURM_LOCALID",
-        ]
-        .iter()
-        .find_map(|v| env_usize(v))
-        .unwrap_or(0)
-    };
-    for (size_vars, rank_var) in [
-        (&["OMPI_COMM_WORLD_SIZE"][..], "OMPI_COMM_WORLD_RANK"),
-        (&["PMI_SIZE"][..], "PMI_RANK"),
-        // PMIx (srun --mpi=pmix) does not export the size; Slurm does.
-        (
-            &["PMIX_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"][..],
-            "PMIX_RANK",
-        ),
-    ] {
-        if let Some(rank) = env_usize(rank_var) {
-            return Some(Launch {
-                rank,
-                size: size_vars.iter().find_map(|v| env_usize(v)),
-                local_rank: local(),
-                var: rank_var,
-            });
-        }
+#[cfg(feature = "mpi")]
+impl MpiWorld {
+    fn initialize() -> Result<MpiWorld, DistError> {
+        let universe = mpi::initialize().ok_or(DistError::MpiInit)?;
+        Ok(MpiWorld {
+            world: universe.world(),
+            _universe: universe,
+        })
     }
-    None
 }
 
 enum Backend {
     Single,
     #[cfg(feature = "mpi")]
-    Mpi {
-        world: mpi::topology::SimpleCommunicator,
-        // Finalizes MPI when the communicator is dropped (a clean exit).
-        _universe: mpi::environment::Universe,
+    Mpi(MpiWorld),
+    /// GPU ranks; `mpi` is the MPI job that launched them (None: a torchrun-style launch).
+    #[cfg(feature = "nccl")]
+    Nccl {
+        nccl: nccl::Nccl,
+        #[cfg(feature = "mpi")]
+        mpi: Option<MpiWorld>,
     },
 }
 
@@ -91,9 +96,7 @@ pub struct Communicator {
     size: usize,
     local_rank: usize,
     backend: Backend,
-    /// Milliseconds since `epoch` at which the collective in progress started (0: none).
-    waiting_since: Arc<AtomicU64>,
-    epoch: Instant,
+    watchdog: Watchdog,
 }
 
 impl Default for Communicator {
@@ -116,44 +119,51 @@ impl Communicator {
             size: 1,
             local_rank: 0,
             backend: Backend::Single,
-            waiting_since: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
+            watchdog: Watchdog::new(),
         }
     }
 
-    /// The communicator the launcher set up: an MPI rank when started by mpirun or srun with
-    /// more than one process (needs the `mpi` feature), else a single process. `timeout` bounds
-    /// every collective (see the crate's documentation).
-    pub fn from_env(timeout: Duration) -> Result<Communicator, DistError> {
-        let launch = match launch_from_env() {
-            // More than one process, or MPI available to say how many.
-            Some(l)
-                if l.size.is_some_and(|n| n > 1) || (cfg!(feature = "mpi") && l.size.is_none()) =>
-            {
-                l
+    /// The communicator the launcher set up, for a run whose tensors are on a GPU (`gpu`) or
+    /// a CPU:
+    /// - started by mpirun or srun with more than one process: an MPI rank on CPUs (the `mpi`
+    ///   feature), an NCCL rank on GPUs (`nccl`, and `mpi` to pass NCCL's id);
+    /// - started torchrun-style (`RANK`, `WORLD_SIZE`): an NCCL rank on GPU `LOCAL_RANK`, even
+    ///   a world of one (a check of the path); refused on CPUs;
+    /// - else a single process.
+    ///
+    /// `timeout` bounds every collective (see the crate's documentation).
+    pub fn from_env(timeout: Duration, gpu: bool) -> Result<Communicator, DistError> {
+        let Some(launch) = launch_from_env() else {
+            return Ok(Communicator::single());
+        };
+        let several = launch.size.is_some_and(|n| n > 1);
+        // MPI knows the size when the launcher does not say it.
+        let mpi_job = several || (cfg!(feature = "mpi") && launch.size.is_none());
+        let comm = match launch.launcher {
+            Launcher::Torchrun if !gpu && several => {
+                return Err(DistError::TorchrunOnCpu { rank: launch.rank })
             }
+            Launcher::Torchrun if gpu => Self::nccl(launch, timeout)?,
+            Launcher::Mpi if mpi_job && gpu && cfg!(feature = "nccl") => {
+                Self::nccl(launch, timeout)?
+            }
+            Launcher::Mpi if mpi_job => Self::mpi(launch)?,
             _ => return Ok(Communicator::single()),
         };
-        let comm = Self::mpi(launch)?;
-        comm.start_watchdog(timeout);
+        comm.watchdog.start(comm.rank, timeout);
         Ok(comm)
     }
 
     #[cfg(feature = "mpi")]
     fn mpi(launch: Launch) -> Result<Communicator, DistError> {
         use mpi::traits::Communicator as _;
-        let universe = mpi::initialize().ok_or(DistError::MpiInit)?;
-        let world = universe.world();
+        let mpi = MpiWorld::initialize()?;
         Ok(Communicator {
-            rank: world.rank() as usize,
-            size: world.size() as usize,
+            rank: mpi.world.rank() as usize,
+            size: mpi.world.size() as usize,
             local_rank: launch.local_rank,
-            backend: Backend::Mpi {
-                world,
-                _universe: universe,
-            },
-            waiting_since: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
+            backend: Backend::Mpi(mpi),
+            watchdog: Watchdog::new(),
         })
     }
 
@@ -165,35 +175,122 @@ impl Communicator {
         })
     }
 
-    /// A thread that stops the process when a collective has waited longer than `timeout`.
-    fn start_watchdog(&self, timeout: Duration) {
-        let since = self.waiting_since.clone();
-        let (epoch, rank) = (self.epoch, self.rank);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let started = since.load(Ordering::SeqCst);
-            if started == 0 {
-                continue;
+    /// An NCCL rank on GPU `local_rank`. Rank 0 makes NCCL's id and passes it on through MPI,
+    /// or through the rendezvous file of a torchrun-style launch.
+    #[cfg(feature = "nccl")]
+    fn nccl(launch: Launch, timeout: Duration) -> Result<Communicator, DistError> {
+        let watchdog = Watchdog::new();
+        watchdog.start(launch.rank, timeout);
+        let (rank, size, id, file);
+        #[cfg(feature = "mpi")]
+        let mut mpi = None;
+        match launch.launcher {
+            Launcher::Torchrun => {
+                (rank, size) = (launch.rank, launch.size.unwrap_or(1));
+                let path = std::env::var_os(rendezvous::ID_FILE_VAR).map(std::path::PathBuf::from);
+                id = match (&path, rank) {
+                    _ if size == 1 => nccl::unique_id()?,
+                    (None, _) => return Err(DistError::NoRendezvousFile),
+                    (Some(path), 0) => {
+                        let id = nccl::unique_id()?;
+                        rendezvous::publish(path, &id)?;
+                        id
+                    }
+                    (Some(path), _) => rendezvous::await_published(path, timeout)?,
+                };
+                file = path.filter(|_| rank == 0 && size > 1);
             }
-            let waited = (epoch.elapsed().as_millis() as u64).saturating_sub(started);
-            if waited > timeout.as_millis() as u64 {
-                eprintln!(
-                    "error: rank {rank} waited {:.0} s for the other ranks (train.rank_timeout_s is {:.0}); a rank died or hangs, so this job stops; resume it from its last checkpoint",
-                    waited as f64 / 1e3,
-                    timeout.as_secs_f64()
-                );
-                std::process::exit(1);
+            #[cfg(feature = "mpi")]
+            Launcher::Mpi => {
+                use mpi::collective::Root;
+                use mpi::traits::Communicator as _;
+                let world = MpiWorld::initialize()?;
+                (rank, size) = (world.world.rank() as usize, world.world.size() as usize);
+                let mut bytes = match rank {
+                    0 => nccl::unique_id()?,
+                    _ => vec![0u8; 128],
+                };
+                watchdog.waiting(|| {
+                    world
+                        .world
+                        .process_at_rank(0)
+                        .broadcast_into(&mut bytes[..])
+                });
+                (id, file) = (bytes, None);
+                mpi = Some(world);
             }
-        });
+            #[cfg(not(feature = "mpi"))]
+            Launcher::Mpi => {
+                return Err(DistError::NoMpiSupport {
+                    rank: launch.rank,
+                    var: launch.var,
+                })
+            }
+        }
+        // Returns once every rank has joined, so the id file has been read by all.
+        let nccl = watchdog.waiting(|| nccl::Nccl::join(launch.local_rank, rank, size, &id))?;
+        if let Some(path) = file {
+            rendezvous::retire(&path);
+        }
+        Ok(Communicator {
+            rank,
+            size,
+            local_rank: launch.local_rank,
+            backend: Backend::Nccl {
+                nccl,
+                #[cfg(feature = "mpi")]
+                mpi,
+            },
+            watchdog,
+        })
     }
 
-    /// Runs the collective `f`, marked as waiting for the watchdog.
-    fn waiting<T>(&self, f: impl FnOnce() -> T) -> T {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.waiting_since.store(now.max(1), Ordering::SeqCst);
-        let r = f();
-        self.waiting_since.store(0, Ordering::SeqCst);
-        r
+    #[cfg(not(feature = "nccl"))]
+    fn nccl(launch: Launch, _timeout: Duration) -> Result<Communicator, DistError> {
+        match launch.size.unwrap_or(1) {
+            1 => Ok(Communicator::single()),
+            size => Err(DistError::NoNcclSupport {
+                rank: launch.rank,
+                size,
+            }),
+        }
+    }
+
+    /// The GPU whose tensors the collectives reduce on the device: an NCCL rank's (the trainer
+    /// must put its tensors there).
+    #[cfg(feature = "nccl")]
+    pub fn nccl_device(&self) -> Option<&candle_core::Device> {
+        match &self.backend {
+            Backend::Nccl { nccl, .. } => Some(nccl.device()),
+            _ => None,
+        }
+    }
+
+    /// Sums `t`, an f32 tensor on [`Communicator::nccl_device`], over the ranks on the device
+    /// (None: not an NCCL rank; reduce on the host instead).
+    #[cfg(feature = "nccl")]
+    pub fn all_reduce_sum_on_device(
+        &self,
+        t: &candle_core::Tensor,
+    ) -> Option<candle_core::Result<candle_core::Tensor>> {
+        match &self.backend {
+            // Waits for the sum so that a rank that died is noticed here, by the watchdog.
+            Backend::Nccl { nccl, .. } => Some(self.watchdog.waiting(|| {
+                let sum = nccl.all_reduce_sum(t)?;
+                sum.device().synchronize()?;
+                Ok(sum)
+            })),
+            _ => None,
+        }
+    }
+
+    /// Whether this rank's collectives run on a GPU (NCCL).
+    pub fn on_gpu(&self) -> bool {
+        #[cfg(feature = "nccl")]
+        if let Backend::Nccl { .. } = self.backend {
+            return true;
+        }
+        false
     }
 
     pub fn rank(&self) -> usize {
@@ -219,7 +316,9 @@ impl Communicator {
         match &self.backend {
             Backend::Single => {}
             #[cfg(feature = "mpi")]
-            Backend::Mpi { world, .. } => self.waiting(|| mpi_sum(world, buf)),
+            Backend::Mpi(mpi) => self.watchdog.waiting(|| mpi_sum(&mpi.world, buf)),
+            #[cfg(feature = "nccl")]
+            Backend::Nccl { nccl, .. } => self.on_nccl(|| nccl.host_all_reduce(buf, Sum)),
         }
     }
 
@@ -228,7 +327,9 @@ impl Communicator {
         match &self.backend {
             Backend::Single => {}
             #[cfg(feature = "mpi")]
-            Backend::Mpi { world, .. } => self.waiting(|| mpi_sum(world, buf)),
+            Backend::Mpi(mpi) => self.watchdog.waiting(|| mpi_sum(&mpi.world, buf)),
+            #[cfg(feature = "nccl")]
+            Backend::Nccl { nccl, .. } => self.on_nccl(|| nccl.host_all_reduce(buf, Sum)),
         }
     }
 
@@ -246,43 +347,58 @@ impl Communicator {
         match &self.backend {
             Backend::Single => value,
             #[cfg(feature = "mpi")]
-            Backend::Mpi { world, .. } => self.waiting(|| {
+            Backend::Mpi(mpi) => self.watchdog.waiting(|| {
                 use mpi::collective::{CommunicatorCollectives, SystemOperation};
                 let mut out = 0u64;
-                world.all_reduce_into(&value, &mut out, SystemOperation::max());
+                mpi.world
+                    .all_reduce_into(&value, &mut out, SystemOperation::max());
                 out
             }),
+            #[cfg(feature = "nccl")]
+            Backend::Nccl { nccl, .. } => {
+                let mut v = [value];
+                self.on_nccl(|| nccl.host_all_reduce(&mut v, Max));
+                v[0]
+            }
         }
     }
 
     /// Rank 0's `bytes` on every rank.
-    #[allow(clippy::ptr_arg)] // resized to rank 0's length under MPI
+    #[allow(clippy::ptr_arg)] // resized to rank 0's length
     pub fn broadcast_bytes(&self, bytes: &mut Vec<u8>) {
         match &self.backend {
             Backend::Single => {}
             #[cfg(feature = "mpi")]
-            Backend::Mpi { world, .. } => self.waiting(|| {
+            Backend::Mpi(mpi) => self.watchdog.waiting(|| {
                 use mpi::collective::Root;
                 use mpi::topology::Communicator as _;
-                let root = world.process_at_rank(0);
+                let root = mpi.world.process_at_rank(0);
                 let mut len = bytes.len() as u64;
                 root.broadcast_into(&mut len);
                 bytes.resize(len as usize, 0);
                 root.broadcast_into(&mut bytes[..]);
             }),
+            #[cfg(feature = "nccl")]
+            Backend::Nccl { nccl, .. } => self.on_nccl(|| nccl.broadcast_bytes(bytes)),
         }
     }
 
     /// Stops every rank of the job with exit code `code` (after an error on this one, so that
-    /// the others do not wait for it forever); a single process just exits.
+    /// the others do not wait for it forever); a single process just exits. Ranks that no MPI
+    /// job holds together exit, and their launcher (torchrun) stops the others.
     pub fn abort(&self, code: i32) -> ! {
         match &self.backend {
-            Backend::Single => std::process::exit(code),
             #[cfg(feature = "mpi")]
-            Backend::Mpi { world, .. } => {
+            Backend::Mpi(mpi) => {
                 use mpi::topology::Communicator as _;
-                world.abort(code)
+                mpi.world.abort(code)
             }
+            #[cfg(all(feature = "nccl", feature = "mpi"))]
+            Backend::Nccl { mpi: Some(mpi), .. } => {
+                use mpi::topology::Communicator as _;
+                mpi.world.abort(code)
+            }
+            _ => std::process::exit(code),
         }
     }
 
@@ -292,25 +408,44 @@ impl Communicator {
         match &self.backend {
             Backend::Single => {}
             #[cfg(feature = "mpi")]
-            Backend::Mpi { world, .. } => {
+            Backend::Mpi(mpi) => {
                 use mpi::collective::CommunicatorCollectives;
-                world.barrier()
+                mpi.world.barrier()
+            }
+            #[cfg(feature = "nccl")]
+            Backend::Nccl { nccl, .. } => {
+                if let Err(e) = nccl.host_all_reduce(&mut [0u32], Sum) {
+                    self.fail(e)
+                }
             }
         }
     }
 
     /// Waits until every rank is here.
     pub fn barrier(&self) {
-        match &self.backend {
-            Backend::Single => {}
-            #[cfg(feature = "mpi")]
-            Backend::Mpi { world, .. } => self.waiting(|| {
-                use mpi::collective::CommunicatorCollectives;
-                world.barrier()
-            }),
+        if self.size > 1 {
+            self.watchdog.waiting(|| self.barrier_untimed())
         }
     }
+
+    /// Runs an NCCL host collective under the watchdog; a failure stops the job.
+    #[cfg(feature = "nccl")]
+    fn on_nccl(&self, f: impl FnOnce() -> Result<(), DistError>) {
+        if let Err(e) = self.watchdog.waiting(f) {
+            self.fail(e)
+        }
+    }
+
+    /// One error line, then the whole job stops.
+    #[cfg(feature = "nccl")]
+    fn fail(&self, e: DistError) -> ! {
+        eprintln!("error: rank {}: {e}; this job stops", self.rank);
+        self.abort(1)
+    }
 }
+
+#[cfg(feature = "nccl")]
+use candle_core::cuda_backend::cudarc::nccl::safe::ReduceOp::{Max, Sum};
 
 /// In-place MPI sum, in pieces of at most 16M elements (bounded extra memory, and counts that
 /// fit MPI's `int`).

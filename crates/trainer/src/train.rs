@@ -117,7 +117,7 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     crate::set_cpu_threads(cfg.train.threads);
     let comm = opts.comm.clone();
     let root = comm.is_root();
-    let device = crate::parse_device(&cfg.device)?;
+    let device = rank_device(&cfg.device, &comm)?;
     let dtype = crate::parse_dtype(&cfg.dtype)?;
     check_world(&cfg, &device, &comm)?;
     let run_dir = RunDir::new(cfg.run_dir());
@@ -264,13 +264,24 @@ fn check_world(cfg: &RunConfig, device: &Device, comm: &Communicator) -> Result<
             largest_divisor_at_most(accum, size)
         );
     }
-    if !device.is_cpu() {
+    if !device.is_cpu() && !comm.on_gpu() {
         bail!(
-            "data parallel over {size} ranks runs on CPU tensors (MPI); on {} it needs the nccl backend, which is not implemented yet; use --device cpu, or one process per GPU run",
+            "data parallel over {size} ranks on {} sums gradients with NCCL, which this train-lm was built without; build it with `cargo build --release --features nccl,mpi`, or use --device cpu",
             cfg.device
         );
     }
     Ok(())
+}
+
+/// The device this process trains on: an NCCL rank's GPU (`cuda:LOCAL_RANK`, on the stream
+/// NCCL uses), else the configured one.
+fn rank_device(spec: &str, comm: &Communicator) -> Result<Device> {
+    #[cfg(feature = "nccl")]
+    if let Some(device) = comm.nccl_device() {
+        return Ok(device.clone());
+    }
+    let _ = comm;
+    crate::parse_device(spec)
 }
 
 /// `train.row_shards` with 0 resolved to one per thread on a CPU (see [`row_shards`]).
@@ -733,17 +744,58 @@ impl Trainer {
             }
         }
         let mut grads = total.expect("grad_accum >= 1");
-        let mut loss_sum = match loss_sum {
-            Some(sum) => sum.to_dtype(DType::F32)?.to_scalar::<f32>()?,
-            None => 0.0,
+        let loss_sum = match loss_sum {
+            Some(sum) => sum.to_dtype(DType::F32)?,
+            None => Tensor::zeros((), DType::F32, &self.device)?,
         };
-        if self.comm.size() > 1 {
-            let mut loss = [loss_sum];
-            self.comm.all_reduce_sum_f32(&mut loss);
-            loss_sum = loss[0];
-            self.all_reduce_grads(&mut grads)?;
-        }
+        let loss_sum = if self.comm.on_gpu() {
+            self.all_reduce_on_device(&mut grads, &loss_sum)?
+        } else {
+            let mut loss_sum = loss_sum.to_scalar::<f32>()?;
+            if self.comm.size() > 1 {
+                let mut loss = [loss_sum];
+                self.comm.all_reduce_sum_f32(&mut loss);
+                loss_sum = loss[0];
+                self.all_reduce_grads(&mut grads)?;
+            }
+            loss_sum
+        };
         Ok((loss_sum / accum as f32, grads))
+    }
+
+    /// Sums the gradients and `loss_sum` over NCCL ranks on the GPU, as one flat f32 tensor
+    /// in parameter-name order with the loss last (one all-reduce); returns the summed loss.
+    #[cfg(feature = "nccl")]
+    fn all_reduce_on_device(&self, grads: &mut GradStore, loss_sum: &Tensor) -> Result<f32> {
+        let vars = &self.params_by_name;
+        let mut parts = Vec::with_capacity(vars.len() + 1);
+        for var in vars {
+            parts.push(match grads.get(var) {
+                Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+                None => Tensor::zeros(var.elem_count(), DType::F32, var.device())?,
+            });
+        }
+        parts.push(loss_sum.reshape(1)?);
+        let flat = Tensor::cat(&parts, 0)?;
+        let sum = self
+            .comm
+            .all_reduce_sum_on_device(&flat)
+            .expect("an NCCL rank reduces on the device")?;
+        let mut at = 0;
+        for var in vars {
+            let n = var.elem_count();
+            if grads.get(var).is_some() {
+                let g = sum.narrow(0, at, n)?.reshape(var.shape())?;
+                grads.insert(var, g.to_dtype(var.dtype())?);
+            }
+            at += n;
+        }
+        Ok(sum.narrow(0, at, 1)?.squeeze(0)?.to_scalar::<f32>()?)
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    fn all_reduce_on_device(&self, _: &mut GradStore, _: &Tensor) -> Result<f32> {
+        unreachable!("only a build with NCCL has GPU ranks")
     }
 
     /// Sums the gradients over the ranks, as one flat f32 buffer in parameter-name order.

@@ -1,7 +1,8 @@
 //! Data-parallel training over MPI ranks (`--features mpi`, `mpirun` on the PATH): two ranks
 //! train as one process with the same global batch (losses, final weights, evaluation), a
 //! two-rank run killed mid-way resumes bit for bit, and a run continues on another number of
-//! ranks. Without the feature, a process started by an MPI launcher is refused with one line.
+//! ranks. Without the feature, a process started by an MPI launcher is refused with one line, as
+//! is a torchrun-style launch on CPUs (or on GPUs without NCCL).
 
 mod common;
 
@@ -268,6 +269,25 @@ fn a_two_rank_run_killed_mid_way_resumes_bit_for_bit_and_on_other_world_sizes() 
 fn bad_launches_get_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // A torchrun-style launch (no MPI) is for NCCL ranks on GPUs: refused on CPUs, and on GPUs
+    // by a build without NCCL.
+    let torchrun = |device: &str| {
+        let mut args = tiny_args(d, "swiglu", 2, "2", "run");
+        args.extend(["--device".into(), device.into()]);
+        let mut cmd = single(&args, d);
+        cmd.env("RANK", "1")
+            .env("WORLD_SIZE", "2")
+            .env("LOCAL_RANK", "1");
+        finish(&mut cmd)
+    };
+    assert_error(&torchrun("cpu"), &["torchrun-style", "mpirun"]);
+    if !cfg!(feature = "nccl") {
+        assert_error(
+            &torchrun("cuda"),
+            &["built without NCCL", "--features nccl"],
+        );
+    }
+    assert!(!d.join("run").exists(), "nothing is written");
     if !cfg!(feature = "mpi") {
         // An MPI launcher's environment, and a train-lm without MPI.
         let r = finish(

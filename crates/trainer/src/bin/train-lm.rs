@@ -225,7 +225,8 @@ fn main() {
     let result = build(&args).and_then(|(cfg, mut opts, notices)| {
         // Under mpirun/srun: this rank of a data-parallel run.
         let timeout = std::time::Duration::from_secs_f64(cfg.train.rank_timeout_s);
-        let comm = Rc::new(Communicator::from_env(timeout)?);
+        let gpu = cfg.device.trim().starts_with("cuda");
+        let comm = Rc::new(Communicator::from_env(timeout, gpu)?);
         rank = comm.rank();
         ranks = Some(comm.clone());
         if comm.is_root() {
