@@ -3,6 +3,7 @@
 # gpu-bundle/ (git-ignored; carry it to the GPU machine beside a checkout):
 #   train-lm      the trainer (--features nccl: CUDA, and NCCL for data parallel)
 #   gpu_kernels   the GPU tests (crates/model/tests/gpu_kernels.rs)
+#   trainer_unit  the trainer's unit tests, whose `cuda_` tests need a GPU (AdamW's kernels)
 # stripped and xz-compressed (gpu-check.sh unpacks them).
 #
 # Linking needs the libraries the CUDA build names (-lcuda, -lcublas, -lcublasLt, -lcurand,
@@ -18,6 +19,7 @@ out=gpu-bundle
 build() {
   cargo build --release -p dynact-trainer --features nccl --bin train-lm
   cargo test --release -p dynact-model --features cuda --test gpu_kernels --no-run
+  cargo test --release -p dynact-trainer --features nccl --lib --no-run
 }
 stubs() {
   # The symbols the CUDA crates leave undefined, by the library that defines them.
@@ -48,7 +50,9 @@ fi
 build
 rm -rf "$out" && mkdir -p "$out"
 cp target/release/train-lm "$out/"
-cp "$(ls -t target/release/deps/gpu_kernels-* | grep -v '\.d$' | head -1)" "$out/gpu_kernels"
+newest() { find target/release/deps -maxdepth 1 -type f -executable -name "$1-*" -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2; }
+cp "$(newest gpu_kernels)" "$out/gpu_kernels"
+cp "$(newest dynact_trainer)" "$out/trainer_unit"
 strip "$out"/*
 xz -T0 -6 "$out"/*
 du -ch "$out"/* | tail -1

@@ -5,8 +5,8 @@
 #
 #   scripts/gpu-check.sh [BUNDLE]
 #
-# 1. runs the GPU tests: every op with a CUDA kernel against the CPU, values and gradients, and
-#    a whole model's loss and gradients in f32 and bf16;
+# 1. runs the GPU tests: every op with a CUDA kernel against the CPU, values and gradients, a
+#    whole model's loss and gradients in f32 and bf16, and AdamW's update;
 # 2. trains configs/paper.toml for 300 steps with each FFN (train-lm prints s/step, tokens/s
 #    and MFU against the GPU's datasheet peak);
 # 3. times the PyTorch reference of the same model and batch, eager and torch.compile;
@@ -40,8 +40,9 @@ if ldd "$work/train-lm" | grep "not found"; then
   exit 1
 fi
 
-step "1. GPU kernel tests (crates/model/tests/gpu_kernels.rs)"
+step "1. GPU kernel tests (crates/model/tests/gpu_kernels.rs, and AdamW's in the trainer)"
 timeout 120 "$work/gpu_kernels" --test-threads=1 || status=1
+timeout 60 "$work/trainer_unit" cuda_ --test-threads=1 || status=1
 
 step "2. configs/paper.toml, 300 steps, bf16, each FFN"
 for ffn in swiglu dynactglu; do

@@ -32,6 +32,21 @@ pub fn launch_from_env() -> Option<Launch> {
 /// [`launch_from_env`] with the environment's variables read by `var`.
 fn launch_from(var: impl Fn(&str) -> Option<String>) -> Option<Launch> {
     let env_usize = |name: &str| var(name)?.trim().parse::<usize>().ok();
+    let torchrun = match (env_usize("RANK"), env_usize("WORLD_SIZE")) {
+        (Some(rank), Some(size)) => Some(Launch {
+            rank,
+            size: Some(size),
+            local_rank: env_usize("LOCAL_RANK").unwrap_or(0),
+            var: "RANK",
+            launcher: Launcher::Torchrun,
+        }),
+        _ => None,
+    };
+    // torchrun itself under srun or mpirun (`srun torchrun ...`): its workers inherit the
+    // task's MPI variables, but torchrun's say where each worker is.
+    if var("TORCHELASTIC_RUN_ID").is_some() && torchrun.is_some() {
+        return torchrun;
+    }
     let local = || {
         [
             "OMPI_COMM_WORLD_LOCAL_RANK",
@@ -62,16 +77,7 @@ fn launch_from(var: impl Fn(&str) -> Option<String>) -> Option<Launch> {
             });
         }
     }
-    match (env_usize("RANK"), env_usize("WORLD_SIZE")) {
-        (Some(rank), Some(size)) => Some(Launch {
-            rank,
-            size: Some(size),
-            local_rank: env_usize("LOCAL_RANK").unwrap_or(0),
-            var: "RANK",
-            launcher: Launcher::Torchrun,
-        }),
-        _ => None,
-    }
+    torchrun
 }
 
 #[cfg(test)]
@@ -122,5 +128,18 @@ mod tests {
             ("PMI_SIZE", "2"),
         ]);
         assert_eq!(both.map(|l| (l.rank, l.launcher)), Some((1, Launcher::Mpi)));
+        // ... unless torchrun started this process (under srun, say).
+        let workers = launch(&[
+            ("PMIX_RANK", "0"),
+            ("SLURM_NTASKS", "1"),
+            ("TORCHELASTIC_RUN_ID", "job7"),
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "3"),
+        ]);
+        assert_eq!(
+            workers.map(|l| (l.rank, l.size, l.local_rank, l.launcher)),
+            Some((3, Some(8), 3, Launcher::Torchrun))
+        );
     }
 }

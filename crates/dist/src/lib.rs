@@ -75,6 +75,17 @@ impl MpiWorld {
             _universe: universe,
         })
     }
+
+    /// `r`'s value, or its error in one line and the whole job stopped: once MPI is up, a rank
+    /// that just returned would wait in MPI_Finalize for ranks that wait for it.
+    #[cfg(feature = "nccl")]
+    fn or_abort<T>(&self, r: Result<T, DistError>) -> T {
+        use mpi::traits::Communicator as _;
+        r.unwrap_or_else(|e| {
+            eprintln!("error: rank {}: {e}", self.world.rank());
+            self.world.abort(1)
+        })
+    }
 }
 
 enum Backend {
@@ -139,36 +150,37 @@ impl Communicator {
         let several = launch.size.is_some_and(|n| n > 1);
         // MPI knows the size when the launcher does not say it.
         let mpi_job = several || (cfg!(feature = "mpi") && launch.size.is_none());
-        let comm = match launch.launcher {
+        match launch.launcher {
             Launcher::Torchrun if !gpu && several => {
-                return Err(DistError::TorchrunOnCpu { rank: launch.rank })
+                Err(DistError::TorchrunOnCpu { rank: launch.rank })
             }
-            Launcher::Torchrun if gpu => Self::nccl(launch, timeout)?,
+            Launcher::Torchrun if gpu => Self::nccl(launch, timeout),
             Launcher::Mpi if mpi_job && gpu && cfg!(feature = "nccl") => {
-                Self::nccl(launch, timeout)?
+                Self::nccl(launch, timeout)
             }
-            Launcher::Mpi if mpi_job => Self::mpi(launch)?,
-            _ => return Ok(Communicator::single()),
-        };
-        comm.watchdog.start(comm.rank, timeout);
-        Ok(comm)
+            Launcher::Mpi if mpi_job => Self::mpi(launch, timeout),
+            _ => Ok(Communicator::single()),
+        }
     }
 
     #[cfg(feature = "mpi")]
-    fn mpi(launch: Launch) -> Result<Communicator, DistError> {
+    fn mpi(launch: Launch, timeout: Duration) -> Result<Communicator, DistError> {
         use mpi::traits::Communicator as _;
         let mpi = MpiWorld::initialize()?;
+        let rank = mpi.world.rank() as usize;
+        let watchdog = Watchdog::new();
+        watchdog.start(rank, timeout);
         Ok(Communicator {
-            rank: mpi.world.rank() as usize,
+            rank,
             size: mpi.world.size() as usize,
             local_rank: launch.local_rank,
             backend: Backend::Mpi(mpi),
-            watchdog: Watchdog::new(),
+            watchdog,
         })
     }
 
     #[cfg(not(feature = "mpi"))]
-    fn mpi(launch: Launch) -> Result<Communicator, DistError> {
+    fn mpi(launch: Launch, _timeout: Duration) -> Result<Communicator, DistError> {
         Err(DistError::NoMpiSupport {
             rank: launch.rank,
             var: launch.var,
@@ -176,7 +188,8 @@ impl Communicator {
     }
 
     /// An NCCL rank on GPU `local_rank`. Rank 0 makes NCCL's id and passes it on through MPI,
-    /// or through the rendezvous file of a torchrun-style launch.
+    /// or through the rendezvous file of a torchrun-style launch. The watchdog starts first:
+    /// joining waits for every rank.
     #[cfg(feature = "nccl")]
     fn nccl(launch: Launch, timeout: Duration) -> Result<Communicator, DistError> {
         let watchdog = Watchdog::new();
@@ -207,7 +220,7 @@ impl Communicator {
                 let world = MpiWorld::initialize()?;
                 (rank, size) = (world.world.rank() as usize, world.world.size() as usize);
                 let mut bytes = match rank {
-                    0 => nccl::unique_id()?,
+                    0 => world.or_abort(nccl::unique_id()),
                     _ => vec![0u8; 128],
                 };
                 watchdog.waiting(|| {
@@ -228,10 +241,16 @@ impl Communicator {
             }
         }
         // Returns once every rank has joined, so the id file has been read by all.
-        let nccl = watchdog.waiting(|| nccl::Nccl::join(launch.local_rank, rank, size, &id))?;
+        let joined = watchdog.waiting(|| nccl::Nccl::join(launch.local_rank, rank, size, &id));
         if let Some(path) = file {
             rendezvous::retire(&path);
         }
+        #[cfg(feature = "mpi")]
+        let joined = match &mpi {
+            Some(world) => Ok(world.or_abort(joined)),
+            None => joined,
+        };
+        let nccl = joined?;
         Ok(Communicator {
             rank,
             size,
@@ -274,11 +293,14 @@ impl Communicator {
         t: &candle_core::Tensor,
     ) -> Option<candle_core::Result<candle_core::Tensor>> {
         match &self.backend {
-            // Waits for the sum so that a rank that died is noticed here, by the watchdog.
-            Backend::Nccl { nccl, .. } => Some(self.watchdog.waiting(|| {
-                let sum = nccl.all_reduce_sum(t)?;
-                sum.device().synchronize()?;
-                Ok(sum)
+            // Waits for the sum so that a rank that died is noticed here, by the watchdog (which
+            // times the collective alone: this rank's own queued work is waited for first).
+            Backend::Nccl { nccl, .. } => Some(t.device().synchronize().and_then(|_| {
+                self.watchdog.waiting(|| {
+                    let sum = nccl.all_reduce_sum(t)?;
+                    sum.device().synchronize()?;
+                    Ok(sum)
+                })
             })),
             _ => None,
         }

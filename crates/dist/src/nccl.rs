@@ -4,7 +4,7 @@
 //! stream, so every collective of a rank is ordered with its kernels.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DeviceRepr, DriverError, ValidAsZeroBits,
+    CudaContext, CudaSlice, DeviceRepr, DriverError, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nccl::result::{NcclError, NcclStatus};
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp};
@@ -24,10 +24,25 @@ pub struct Nccl {
 }
 
 impl Nccl {
-    /// Joins the job as `rank` of `size` on GPU `ordinal` (blocks until every rank has joined).
-    pub fn join(ordinal: usize, rank: usize, size: usize, id: &[u8]) -> Result<Nccl, DistError> {
+    /// Joins the job as `rank` of `size` on this node's GPU `local_rank` (modulo the GPUs this
+    /// process sees: one when the launcher binds each rank to its own); blocks until every rank
+    /// has joined.
+    pub fn join(local_rank: usize, rank: usize, size: usize, id: &[u8]) -> Result<Nccl, DistError> {
         let fail = |what: &str, e: String| DistError::Nccl(format!("{what}: {e}"));
-        let device = Device::new_cuda(ordinal).map_err(|e| fail("cuda", e.to_string()))?;
+        let visible = CudaContext::device_count().map_err(|e| fail("cuda", format!("{e:?}")))?;
+        if visible < 1 {
+            return Err(fail(
+                "cuda",
+                "this process sees no GPU (CUDA_VISIBLE_DEVICES?)".into(),
+            ));
+        }
+        let ordinal = local_rank % visible as usize;
+        let device = Device::new_cuda(ordinal).map_err(|e| {
+            fail(
+                &format!("cuda:{ordinal} of {visible} visible"),
+                e.to_string(),
+            )
+        })?;
         let stream = device
             .as_cuda_device()
             .map_err(|e| fail("cuda", e.to_string()))?

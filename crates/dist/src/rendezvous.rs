@@ -13,25 +13,30 @@ use crate::DistError;
 pub const ID_FILE_VAR: &str = "DYNACT_NCCL_ID_FILE";
 
 /// Writes `bytes` (as hex) at `path` for the other ranks: whole, to a temporary name that is
-/// then renamed into place, so a reader never sees part of it. Refuses a path that exists: it
+/// then linked into place, so a reader never sees part of it. Refuses a path that exists: it
 /// is left over from another job, whose id the other ranks may already have read.
 pub fn publish(path: &Path, bytes: &[u8]) -> Result<(), DistError> {
     let io = |e: std::io::Error| DistError::Rendezvous {
         path: path.to_path_buf(),
         why: e.to_string(),
     };
-    if path.exists() {
-        return Err(DistError::RendezvousExists {
-            path: path.to_path_buf(),
-        });
-    }
     let tmp = temporary_name(path);
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     f.write_all(hex.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    // A hard link, unlike a rename, fails when the path exists (even one made a moment ago).
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(DistError::RendezvousExists {
+                path: path.to_path_buf(),
+            })
+        }
+        other => other.map_err(io),
+    }
 }
 
 /// The bytes rank 0 published at `path`, waiting up to `timeout` for them to appear.

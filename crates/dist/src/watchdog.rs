@@ -37,7 +37,10 @@ impl Watchdog {
                     waited as f64 / 1e3,
                     timeout.as_secs_f64()
                 );
-                std::process::exit(1);
+                // _exit: the main thread is blocked inside MPI, CUDA or NCCL, whose exit-time
+                // teardown could hang or crash under it.
+                // SAFETY: ends the process at once; nothing runs after it.
+                unsafe { libc::_exit(1) };
             }
         });
     }

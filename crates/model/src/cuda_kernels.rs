@@ -9,7 +9,9 @@ use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
-pub use ptx::{CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, PHILOX_DROPOUT, RMS_NORM, ROPE, SWIGLU};
+pub use ptx::{
+    ADAMW, CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, PHILOX_DROPOUT, RMS_NORM, ROPE, SWIGLU,
+};
 
 /// The contiguous f32 elements of a CUDA tensor.
 pub fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {

@@ -10,7 +10,7 @@
 //! [`cli`]; [`eval_data`] picks what `eval-ppl` scores; [`sample`] is the decoding loop of
 //! `generate`.
 
-pub mod adamw_cpu;
+pub mod adamw_kernels;
 pub mod cli;
 pub mod config;
 pub mod eval;

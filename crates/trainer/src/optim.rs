@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
 use dynact_model::ParamKind;
 
-use crate::adamw_cpu::{self, UpdateScalars};
+use crate::adamw_kernels::{self, UpdateScalars};
 use crate::config::OptimConfig;
 
 struct Slot {
@@ -109,7 +109,8 @@ impl AdamW {
     }
 
     /// One update at learning rate `lr`; gradients are first scaled by `grad_scale` (clipping).
-    /// On a CPU each parameter takes the fused in-place kernel of [`crate::adamw_cpu`].
+    /// On a CPU, and for f32 on a CUDA GPU, each parameter takes the fused in-place kernels of
+    /// [`crate::adamw_kernels`].
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.step_with(grads, lr, grad_scale, true)
     }
@@ -145,8 +146,8 @@ impl AdamW {
                 },
             };
             let theta = s.var.as_tensor();
-            if fused && adamw_cpu::applies(&[theta, &s.m, &s.v, g]) {
-                adamw_cpu::update(theta, &s.m, &s.v, g, scalars)?;
+            if fused && adamw_kernels::applies(&[theta, &s.m, &s.v, g]) {
+                adamw_kernels::update(theta, &s.m, &s.v, g, scalars)?;
             } else {
                 s.update_reference(g, scalars)?;
             }
@@ -242,6 +243,10 @@ mod tests {
     /// A decayed matrix and an undecayed dynAct scalar with its own learning rate, trained on
     /// a loss with a gradient that changes from step to step.
     fn adamw_fixture() -> (Vec<Var>, AdamW) {
+        adamw_fixture_on(&Device::Cpu)
+    }
+
+    fn adamw_fixture_on(device: &Device) -> (Vec<Var>, AdamW) {
         let varmap = VarMap::new();
         let matrix: Vec<f32> = (0..40_000)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0)
@@ -249,11 +254,11 @@ mod tests {
         let params = [
             (
                 "model.layers.0.mlp.up_proj.weight",
-                Var::from_vec(matrix, (200, 200), &Device::Cpu),
+                Var::from_vec(matrix, (200, 200), device),
             ),
             (
                 "model.layers.0.mlp.act_fn.alpha",
-                Var::from_vec(vec![1.0f32], 1, &Device::Cpu),
+                Var::from_vec(vec![1.0f32], 1, device),
             ),
         ];
         let mut vars = vec![];
@@ -320,5 +325,38 @@ mod tests {
         }
         // And the update really moved the parameters.
         assert!((flat(fused_vars[1].as_tensor())[0] - 1.0).abs() > 0.02);
+    }
+
+    /// The CUDA kernels against the CPU passes: the same fixture and steps on both devices
+    /// (needs a GPU; scripts/gpu-check.sh runs it).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_the_fused_gpu_update_matches_the_cpu_update() {
+        let gpu = Device::new_cuda(0).expect("this test needs an NVIDIA GPU (cuda:0)");
+        let (cpu_vars, mut cpu) = adamw_fixture();
+        let (gpu_vars, mut on_gpu) = adamw_fixture_on(&gpu);
+        for step in 0..6 {
+            let clip = if step % 2 == 0 { 1.0 } else { 0.37 };
+            let lr = 1e-2 / (1 + step) as f64;
+            cpu.step(&loss_grads(&cpu_vars), lr, clip).unwrap();
+            on_gpu.step(&loss_grads(&gpu_vars), lr, clip).unwrap();
+        }
+        let flat = |t: &Tensor| {
+            t.to_device(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        for (a, b) in cpu_vars.iter().zip(&gpu_vars) {
+            let (a, b) = (flat(a.as_tensor()), flat(b.as_tensor()));
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(worst <= 1e-5 * scale, "off by {worst} of {scale}");
+        }
     }
 }

@@ -61,6 +61,10 @@ pub fn loss_and_grads(
     };
     let mut results: Vec<(Tensor, GradStore)> = if shards <= 1 {
         vec![shard(0)?]
+    } else if !inputs.device().is_cpu() {
+        // One after another: a GPU's kernels must stay on this thread's stream (NCCL and the
+        // sums below read them there), and it has no idle cores to fill anyway.
+        (0..shards).map(shard).collect::<Result<_>>()?
     } else {
         (0..shards)
             .into_par_iter()

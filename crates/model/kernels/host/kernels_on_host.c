@@ -4,6 +4,7 @@
 
 #include "emulation.h"
 
+#include "../adamw.cu"
 #include "../causal_softmax.cu"
 #include "../cross_entropy.cu"
 #include "../dynact_glu.cu"
@@ -76,4 +77,14 @@ void dynact_cross_entropy_f32_on_host(const float* logits, const uint32_t* targe
                                       uint32_t v, unsigned grid, unsigned block) {
     RUN_GRID(grid, block, cross_entropy_f32(logits, targets, loss, rows, v));
     RUN_GRID(grid, block, cross_entropy_backward_f32(logits, targets, grad, out, rows, v));
+}
+
+void dynact_adamw_f32_on_host(float* theta, float* m, float* v, const float* g, uint64_t n,
+                              float scale, float keep1, float take1, float keep2, float take2,
+                              float inv_bias1, float inv_bias2, float eps, float lr, float decay,
+                              unsigned grid, unsigned block) {
+    RUN_GRID(grid, block, adamw_moment_f32(m, g, n, scale, keep1, take1, 1));
+    RUN_GRID(grid, block, adamw_moment_f32(v, g, n, scale, keep2, take2, 0));
+    RUN_GRID(grid, block,
+             adamw_parameter_f32(theta, m, v, n, inv_bias1, inv_bias2, eps, lr, decay));
 }
