@@ -3,23 +3,12 @@
 //! same gradients, on the same f32 CPU input and against the composition run in f64; and the
 //! source of each CUDA kernel, compiled for the host, against its CPU twin.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var, D};
+use common::randn;
 use dynact_model::ops;
 use dynact_model::ops::causal_mask;
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| {
-            let x = ((i as u64 + 1)
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(seed * 1442695040888963407)
-                >> 33) as f32;
-            (x / (1u64 << 31) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
 
 fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
     let d = (a - b)
@@ -787,30 +776,24 @@ extern "C" {
     );
 }
 
-/// The value and the gradients of every input of `sum(f(inputs) * w)`, flattened, in order.
-fn value_and_grads(
-    inputs: &[&Var],
+/// `f`'s value and the gradient of every input under `sum(f * w)` ([`run`] in f32), flattened.
+fn flat_run(
+    inputs: &[&Tensor],
     w: &Tensor,
-    f: impl Fn(&[&Tensor]) -> Tensor,
+    f: &dyn Fn(&[Tensor]) -> Tensor,
 ) -> (Vec<f32>, Vec<Vec<f32>>) {
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let xs: Vec<&Tensor> = inputs.iter().map(|v| v.as_tensor()).collect();
-    let y = f(&xs);
-    let grads = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
-    let grads = inputs.iter().map(|v| flat(grads.get(v).unwrap())).collect();
-    (flat(&y), grads)
+    let (y, dx) = run(inputs, w, DType::F32, f);
+    (flat(&y), dx.iter().map(flat).collect())
 }
 
 #[test]
 fn the_cuda_swiglu_kernel_source_computes_what_the_cpu_kernel_does() {
-    let (g, u) = (
-        Var::from_tensor(&(randn(&[9, 70], 40) * 4.0).unwrap()).unwrap(),
-        Var::from_tensor(&randn(&[9, 70], 41)).unwrap(),
-    );
+    let (g, u) = ((randn(&[9, 70], 40) * 4.0).unwrap(), randn(&[9, 70], 41));
     let w = randn(&[9, 70], 42);
-    let (y, grads) = value_and_grads(&[&g, &u], &w, |x| ops::swiglu(x[0], x[1]).unwrap());
+    let (y, grads) = flat_run(&[&g, &u], &w, &|x| ops::swiglu(&x[0], &x[1]).unwrap());
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let (gv, uv, dy) = (flat(g.as_tensor()), flat(u.as_tensor()), flat(&w));
+    let (gv, uv, dy) = (flat(&g), flat(&u), flat(&w));
     let n = gv.len();
     for (grid, block) in [(1u32, 1024u32), (4, 7)] {
         let (mut y_k, mut out) = (vec![f32::NAN; n], vec![f32::NAN; 2 * n]);
@@ -837,17 +820,12 @@ fn the_cuda_swiglu_kernel_source_computes_what_the_cpu_kernel_does() {
 fn the_cuda_cross_entropy_kernel_source_computes_what_the_cpu_kernel_does() {
     // 37 rows of 300 logits, large enough that an unshifted exp would overflow.
     let (rows, v) = (37usize, 300usize);
-    let logits = Var::from_tensor(&(randn(&[rows, v], 50) * 40.0).unwrap()).unwrap();
+    let logits = (randn(&[rows, v], 50) * 40.0).unwrap();
     let targets: Vec<u32> = (0..rows as u32).map(|r| r * 97 % v as u32).collect();
     let t = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
     let w = randn(&[rows], 51);
-    let (loss, grads) = value_and_grads(&[&logits], &w, |x| ops::token_nll(x[0], &t).unwrap());
-    let x = logits
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let (loss, grads) = flat_run(&[&logits], &w, &|x| ops::token_nll(&x[0], &t).unwrap());
+    let x = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let dy = w.to_vec1::<f32>().unwrap();
     for (grid, block) in [(1u32, 1024u32), (3, 5)] {
         let (mut loss_k, mut out) = (vec![f32::NAN; rows], vec![f32::NAN; rows * v]);

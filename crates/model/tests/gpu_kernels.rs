@@ -4,8 +4,11 @@
 //! Without a GPU, the kernels' own source is checked on the host by tests/fused_ops.rs.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use common::randn;
 use dynact_model::dynact_glu::dynact_glu;
 use dynact_model::philox_dropout::PhiloxDropout;
 use dynact_model::{
@@ -16,41 +19,15 @@ fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need an NVIDIA GPU (cuda:0)")
 }
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| {
-            let x = ((i as u64 + 1)
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(seed * 1442695040888963407)
-                >> 33) as f32;
-            (x / (1u64 << 31) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
+/// The largest difference of two tensors on any devices, in f32.
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    let on_cpu = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    common::max_abs_diff(&on_cpu(a), &on_cpu(b))
 }
 
 /// `f` on `inputs` on `device`: the value and the gradient of every input under sum(f * w).

@@ -135,7 +135,7 @@ impl InplaceOp2 for Moment {
         let n = same_length(l1, l2, self.name())?;
         use cuda::{PushKernelArg, WrapErr};
         let dev = candle_core::backend::BackendStorage::device(s1).clone();
-        let g = cuda::view(s2, l2, self.name())?;
+        let g = cuda::f32_view(s2, l2, self.name())?;
         let mut m = cuda::view_mut(s1, l1, self.name())?;
         let (scale, keep, take) = self.scalars();
         let (n, first) = (n as u64, self.first as i32);
@@ -205,8 +205,8 @@ impl InplaceOp3 for Parameter {
         use cuda::{PushKernelArg, WrapErr};
         let dev = candle_core::backend::BackendStorage::device(s1).clone();
         let (m, v) = (
-            cuda::view(s2, l2, self.name())?,
-            cuda::view(s3, l3, self.name())?,
+            cuda::f32_view(s2, l2, self.name())?,
+            cuda::f32_view(s3, l3, self.name())?,
         );
         let mut theta = cuda::view_mut(s1, l1, self.name())?;
         let s = self.s;
@@ -246,14 +246,10 @@ fn same_length(a: &Layout, b: &Layout, op: &str) -> Result<usize> {
 #[cfg(feature = "cuda")]
 mod cuda {
     pub use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+    use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, LaunchConfig};
     pub use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout, Result};
-    pub use dynact_model::cuda_kernels::ADAMW;
-
-    pub fn view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
-        dynact_model::cuda_kernels::f32_view(s, l, op)
-    }
+    pub use dynact_model::cuda_kernels::{f32_view, ADAMW};
 
     pub fn view_mut<'a>(
         s: &'a mut CudaStorage,

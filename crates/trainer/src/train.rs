@@ -748,25 +748,17 @@ impl Trainer {
             Some(sum) => sum.to_dtype(DType::F32)?,
             None => Tensor::zeros((), DType::F32, &self.device)?,
         };
-        let loss_sum = if self.comm.on_gpu() {
-            self.all_reduce_on_device(&mut grads, &loss_sum)?
-        } else {
-            let mut loss_sum = loss_sum.to_scalar::<f32>()?;
-            if self.comm.size() > 1 {
-                let mut loss = [loss_sum];
-                self.comm.all_reduce_sum_f32(&mut loss);
-                loss_sum = loss[0];
-                self.all_reduce_grads(&mut grads)?;
-            }
-            loss_sum
+        let loss_sum = match self.comm.size() {
+            1 if !self.comm.on_gpu() => loss_sum.to_scalar::<f32>()?,
+            _ => self.all_reduce_grads_and_loss(&mut grads, &loss_sum)?,
         };
         Ok((loss_sum / accum as f32, grads))
     }
 
-    /// Sums the gradients and `loss_sum` over NCCL ranks on the GPU, as one flat f32 tensor
-    /// in parameter-name order with the loss last (one all-reduce); returns the summed loss.
-    #[cfg(feature = "nccl")]
-    fn all_reduce_on_device(&self, grads: &mut GradStore, loss_sum: &Tensor) -> Result<f32> {
+    /// Sums the gradients and `loss_sum` over the ranks as one flat f32 buffer in
+    /// parameter-name order with the loss last (one collective): on the GPUs for NCCL ranks,
+    /// else on the host (MPI). Returns the summed loss.
+    fn all_reduce_grads_and_loss(&self, grads: &mut GradStore, loss_sum: &Tensor) -> Result<f32> {
         let vars = &self.params_by_name;
         let mut parts = Vec::with_capacity(vars.len() + 1);
         for var in vars {
@@ -777,13 +769,18 @@ impl Trainer {
         }
         parts.push(loss_sum.reshape(1)?);
         let flat = Tensor::cat(&parts, 0)?;
-        let sum = self
-            .comm
-            .all_reduce_sum_on_device(&flat)
-            .expect("an NCCL rank reduces on the device")?;
+        let sum = if self.comm.on_gpu() {
+            self.sum_on_device(&flat)?
+        } else {
+            let mut host = flat.to_vec1::<f32>()?;
+            self.comm.all_reduce_sum_f32(&mut host);
+            Tensor::from_vec(host, flat.elem_count(), &self.device)?
+        };
         let mut at = 0;
         for var in vars {
             let n = var.elem_count();
+            // A parameter without a gradient stays without one, as in a single process (the
+            // ranks run the same graph, so they agree on which those are).
             if grads.get(var).is_some() {
                 let g = sum.narrow(0, at, n)?.reshape(var.shape())?;
                 grads.insert(var, g.to_dtype(var.dtype())?);
@@ -793,34 +790,18 @@ impl Trainer {
         Ok(sum.narrow(0, at, 1)?.squeeze(0)?.to_scalar::<f32>()?)
     }
 
-    #[cfg(not(feature = "nccl"))]
-    fn all_reduce_on_device(&self, _: &mut GradStore, _: &Tensor) -> Result<f32> {
-        unreachable!("only a build with NCCL has GPU ranks")
+    /// `flat` summed over NCCL ranks on the GPUs.
+    #[cfg(feature = "nccl")]
+    fn sum_on_device(&self, flat: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .comm
+            .all_reduce_sum_on_device(flat)
+            .expect("an NCCL rank reduces on the device")?)
     }
 
-    /// Sums the gradients over the ranks, as one flat f32 buffer in parameter-name order.
-    fn all_reduce_grads(&self, grads: &mut GradStore) -> Result<()> {
-        let vars = &self.params_by_name;
-        let mut flat = Vec::new();
-        for var in vars {
-            match grads.get(var) {
-                Some(g) => flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-                None => flat.resize(flat.len() + var.elem_count(), 0.0),
-            }
-        }
-        self.comm.all_reduce_sum_f32(&mut flat);
-        let mut at = 0;
-        for var in vars {
-            let n = var.elem_count();
-            // A parameter without a gradient stays without one, as in a single process (the
-            // ranks run the same graph, so they agree on which those are).
-            if grads.get(var).is_some() {
-                let g = Tensor::from_slice(&flat[at..at + n], var.shape(), var.device())?;
-                grads.insert(var, g.to_dtype(var.dtype())?);
-            }
-            at += n;
-        }
-        Ok(())
+    #[cfg(not(feature = "nccl"))]
+    fn sum_on_device(&self, _: &Tensor) -> Result<Tensor> {
+        unreachable!("only a build with NCCL has GPU ranks")
     }
 
     /// One line of `metrics.jsonl`, with alpha and beta of every layer for dynActGLU.

@@ -44,3 +44,18 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Deterministic values spread over [-2, 2), on the CPU.
+pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = ((i as u64 + 1)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(seed * 1442695040888963407)
+                >> 33) as f32;
+            (x / (1u64 << 31) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
