@@ -28,6 +28,8 @@ pub mod error;
 pub mod ffn;
 pub mod flops;
 pub mod forward_ctx;
+#[doc(hidden)]
+pub mod host_emulation;
 mod init;
 pub mod layers;
 pub mod ops;

@@ -7,6 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use common::randn;
+use dynact_model::host_emulation::*;
 use dynact_model::ops;
 use dynact_model::ops::causal_mask;
 
@@ -385,23 +386,6 @@ fn fused_swiglu_is_bit_identical_to_its_reference() {
     assert_eq!(bits(gf.get(&u).unwrap()), bits(gp.get(&u).unwrap()), "d up");
 }
 
-extern "C" {
-    /// kernels/philox_dropout.cu compiled as C and run on the host over a launch's grid
-    /// (kernels/host/kernels_on_host.c).
-    fn dynact_philox_dropout_f32_on_host(
-        x: *const f32,
-        y: *mut f32,
-        n: u64,
-        first: u64,
-        key0: u32,
-        key1: u32,
-        threshold: u64,
-        scale: f32,
-        grid: u32,
-        block: u32,
-    );
-}
-
 #[test]
 fn the_cuda_dropout_kernel_source_draws_the_masks_of_its_cpu_twin() {
     use dynact_model::philox::{apply_dropout_from, keep_threshold};
@@ -446,29 +430,6 @@ fn the_cuda_dropout_kernel_source_draws_the_masks_of_its_cpu_twin() {
     }
 }
 
-extern "C" {
-    fn dynact_causal_softmax_f32_on_host(
-        x: *const f32,
-        y: *mut f32,
-        rows: u64,
-        t: u32,
-        s: u32,
-        scale: f32,
-        grid: u32,
-        block: u32,
-    );
-    fn dynact_softmax_backward_f32_on_host(
-        y: *const f32,
-        g: *const f32,
-        dx: *mut f32,
-        rows: u64,
-        n: u32,
-        scale: f32,
-        grid: u32,
-        block: u32,
-    );
-}
-
 #[test]
 fn the_cuda_causal_softmax_kernel_source_computes_what_the_cpu_kernel_does() {
     // 5 queries after 4 cached positions, (B, H, T, S) = (2, 3, 5, 9): 30 rows.
@@ -510,35 +471,6 @@ fn the_cuda_causal_softmax_kernel_source_computes_what_the_cpu_kernel_does() {
         assert_eq!(y_k, y_cpu, "softmax, grid {grid}x{block}");
         assert_eq!(dx_k, dx_cpu, "backward, grid {grid}x{block}");
     }
-}
-
-extern "C" {
-    fn dynact_glu_f32_on_host(
-        gate: *const f32,
-        up: *const f32,
-        params: *const f32,
-        y: *mut f32,
-        n: u64,
-        c: u32,
-        per: u32,
-        relu: i32,
-        grid: u32,
-        block: u32,
-    );
-    fn dynact_glu_backward_f32_on_host(
-        gate: *const f32,
-        up: *const f32,
-        grad: *const f32,
-        params: *const f32,
-        out: *mut f32,
-        partials: *mut f32,
-        rows: u64,
-        c: u32,
-        per: u32,
-        relu: i32,
-        grid: u32,
-        block: u32,
-    );
 }
 
 #[test]
@@ -622,32 +554,6 @@ fn the_cuda_dynact_glu_kernel_source_computes_what_the_cpu_kernel_does() {
     }
 }
 
-extern "C" {
-    fn dynact_rms_norm_f32_on_host(
-        x: *const f32,
-        w: *const f32,
-        y: *mut f32,
-        rows: u64,
-        c: u32,
-        eps: f32,
-        grid: u32,
-        block: u32,
-    );
-    fn dynact_rms_norm_backward_f32_on_host(
-        x: *const f32,
-        w: *const f32,
-        g: *const f32,
-        out: *mut f32,
-        inv: *mut f32,
-        partials: *mut f32,
-        rows: u64,
-        c: u32,
-        eps: f32,
-        grid: u32,
-        block: u32,
-    );
-}
-
 #[test]
 fn the_cuda_rms_norm_kernel_source_computes_what_the_cpu_kernel_does() {
     // 135 rows of 16: two whole blocks of 64 rows and a partial one.
@@ -696,21 +602,6 @@ fn the_cuda_rms_norm_kernel_source_computes_what_the_cpu_kernel_does() {
     }
 }
 
-extern "C" {
-    fn dynact_rope_f32_on_host(
-        x: *const f32,
-        cos: *const f32,
-        sin: *const f32,
-        y: *mut f32,
-        rows: u64,
-        t: u32,
-        d: u32,
-        inverse: i32,
-        grid: u32,
-        block: u32,
-    );
-}
-
 #[test]
 fn the_cuda_rope_kernel_source_computes_what_the_cpu_kernel_does() {
     // (B, H, T, D) = (2, 3, 5, 8): 30 rows of 4 pairs.
@@ -750,30 +641,6 @@ fn the_cuda_rope_kernel_source_computes_what_the_cpu_kernel_does() {
             "backward, grid {grid}x{block}"
         );
     }
-}
-
-extern "C" {
-    fn dynact_swiglu_f32_on_host(
-        gate: *const f32,
-        up: *const f32,
-        grad: *const f32,
-        y: *mut f32,
-        out: *mut f32,
-        n: u64,
-        grid: u32,
-        block: u32,
-    );
-    fn dynact_cross_entropy_f32_on_host(
-        logits: *const f32,
-        targets: *const u32,
-        grad: *const f32,
-        loss: *mut f32,
-        out: *mut f32,
-        rows: u64,
-        v: u32,
-        grid: u32,
-        block: u32,
-    );
 }
 
 /// `f`'s value and the gradient of every input under `sum(f * w)` ([`run`] in f32), flattened.

@@ -1,6 +1,6 @@
 // The CUDA kernels of kernels/ compiled as C and run on the host, one thread at a time, over the
 // grid a launch would use: what the tests run to check the kernels' own source without a GPU.
-// Not part of the library's API (no Rust code outside the tests declares these symbols).
+// Not part of the library's API: src/host_emulation.rs declares these symbols for the tests.
 
 #include "emulation.h"
 

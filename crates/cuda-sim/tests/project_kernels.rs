@@ -1,0 +1,716 @@
+//! The project's CUDA kernels (crates/model/kernels), compiled by nvcc to PTX and run on the
+//! simulator with the launches the ops make (cudarc's `for_num_elems`: blocks of 1024), against
+//! the same source compiled as C and run on the host (crates/model/kernels/host), which the
+//! model's tests hold equal to the CPU kernels.
+//!
+//! Two comparisons, because nvcc and a C compiler do not compute the same thing from the same
+//! source: nvcc contracts a*b+c into one fma (one rounding instead of two), and its expf is
+//! ex2.approx (2 ulp) scaled, not the host's libm. With contraction off (`-fmad=false`), every
+//! kernel without expf must equal the host bit for bit: that checks the simulator's integer and
+//! IEEE arithmetic, addressing and launch geometry exactly. As built (contraction on), every
+//! output must be within 1e-6 of its largest value.
+
+mod common;
+
+use common::{max_rel, max_ulp, normwise, nvcc, project_ptx, values};
+use dynact_cuda_sim::{Arg, Gpu, LaunchConfig};
+use dynact_model::host_emulation::*;
+
+/// The host emulation's grid: small, so its grid-stride loops take several passes.
+const HOST_GRID: (u32, u32) = (3, 32);
+
+/// One output of one kernel: what the simulator and the host computed.
+struct Output {
+    what: String,
+    sim: Vec<f32>,
+    host: Vec<f32>,
+}
+
+fn out(what: &str, sim: Vec<f32>, host: Vec<f32>) -> Output {
+    Output {
+        what: what.to_string(),
+        sim,
+        host,
+    }
+}
+
+/// cudarc's `LaunchConfig::for_num_elems`, which the ops' `launch!` uses.
+fn per_item(items: usize) -> LaunchConfig {
+    LaunchConfig::linear((items.max(1) as u32).div_ceil(1024), 1024)
+}
+
+struct Sim {
+    gpu: Gpu,
+    module: dynact_cuda_sim::ModuleId,
+}
+
+impl Sim {
+    fn new(ptx: &str) -> Sim {
+        let mut gpu = Gpu::new();
+        let module = gpu.load_ptx(ptx).expect("nvcc's PTX parses");
+        Sim { gpu, module }
+    }
+    fn zeros(&mut self, n: usize) -> u64 {
+        self.gpu.upload(&vec![f32::NAN; n])
+    }
+    fn run(&mut self, kernel: &str, items: usize, args: &[Arg]) {
+        if let Err(e) = self.gpu.launch(self.module, kernel, per_item(items), args) {
+            panic!("{e}");
+        }
+    }
+    fn get(&self, ptr: u64, n: usize) -> Vec<f32> {
+        self.gpu.download(ptr, n).unwrap()
+    }
+}
+
+fn philox_dropout(ptx: &str) -> Vec<Output> {
+    let x = values(5_003, 1, 2.0);
+    let n = x.len() as u64;
+    let seed = 0x0123_4567_89AB_CDEFu64;
+    let mut outs = Vec::new();
+    for (first, keep) in [(0u64, 0.9), (6, 0.5), (u32::MAX as u64 + 3, 0.7)] {
+        let scale = (1.0 / keep) as f32;
+        let threshold = dynact_model::philox::keep_threshold(keep);
+        let mut host = vec![f32::NAN; x.len()];
+        // SAFETY: both buffers hold n elements.
+        unsafe {
+            dynact_philox_dropout_f32_on_host(
+                x.as_ptr(),
+                host.as_mut_ptr(),
+                n,
+                first,
+                seed as u32,
+                (seed >> 32) as u32,
+                threshold,
+                scale,
+                HOST_GRID.0,
+                HOST_GRID.1,
+            )
+        };
+        let mut sim = Sim::new(ptx);
+        let (dx, dy) = (sim.gpu.upload(&x), sim.zeros(x.len()));
+        let blocks = ((first + n - 1) / 4 - first / 4 + 1) as usize;
+        let args = [
+            Arg::Ptr(dx),
+            Arg::Ptr(dy),
+            Arg::U64(n),
+            Arg::U64(first),
+            Arg::U32(seed as u32),
+            Arg::U32((seed >> 32) as u32),
+            Arg::U64(threshold),
+            Arg::F32(scale),
+        ];
+        sim.run("philox_dropout_f32", blocks, &args);
+        outs.push(out(
+            &format!("dropout first {first} keep {keep}"),
+            sim.get(dy, x.len()),
+            host,
+        ));
+    }
+    outs
+}
+
+fn causal_softmax(ptx: &str) -> Vec<Output> {
+    let (rows, t, s) = (2 * 3 * 7usize, 7u32, 9u32);
+    let x = values(rows * s as usize, 2, 3.0);
+    let g = values(rows * s as usize, 3, 1.0);
+    let scale = 0.35f32;
+    let mut host_y = vec![f32::NAN; x.len()];
+    let mut host_dx = vec![f32::NAN; x.len()];
+    // SAFETY: every buffer holds rows * s elements.
+    unsafe {
+        dynact_causal_softmax_f32_on_host(
+            x.as_ptr(),
+            host_y.as_mut_ptr(),
+            rows as u64,
+            t,
+            s,
+            scale,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        );
+        dynact_softmax_backward_f32_on_host(
+            host_y.as_ptr(),
+            g.as_ptr(),
+            host_dx.as_mut_ptr(),
+            rows as u64,
+            s,
+            scale,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        );
+    }
+    let mut sim = Sim::new(ptx);
+    let (dx_in, dy) = (sim.gpu.upload(&x), sim.zeros(x.len()));
+    sim.run(
+        "causal_softmax_f32",
+        rows,
+        &[
+            Arg::Ptr(dx_in),
+            Arg::Ptr(dy),
+            Arg::U64(rows as u64),
+            Arg::U32(t),
+            Arg::U32(s),
+            Arg::F32(scale),
+        ],
+    );
+    // The backward pass from the host's y, so each kernel is compared on its own.
+    let (hy, dg, ddx) = (
+        sim.gpu.upload(&host_y),
+        sim.gpu.upload(&g),
+        sim.zeros(x.len()),
+    );
+    sim.run(
+        "softmax_backward_f32",
+        rows,
+        &[
+            Arg::Ptr(hy),
+            Arg::Ptr(dg),
+            Arg::Ptr(ddx),
+            Arg::U64(rows as u64),
+            Arg::U32(s),
+            Arg::F32(scale),
+        ],
+    );
+    vec![
+        out("softmax y", sim.get(dy, x.len()), host_y),
+        out("softmax dx", sim.get(ddx, x.len()), host_dx),
+    ]
+}
+
+fn dynact_glu(ptx: &str) -> Vec<Output> {
+    let (rows, c) = (130usize, 24u32);
+    let n = rows * c as usize;
+    let gate = values(n, 4, 4.0);
+    let up = values(n, 5, 1.0);
+    let grad = values(n, 6, 1.0);
+    let blocks = rows.div_ceil(64);
+    let mut outs = Vec::new();
+    for (per, relu) in [(1u32, 0i32), (c, 0), (1, 1)] {
+        let mut params = values(per as usize, 7, 0.5);
+        params.iter_mut().for_each(|a| *a += 1.0);
+        params.extend(values(per as usize, 8, 0.3));
+        let mut host_y = vec![f32::NAN; n];
+        let mut host_out = vec![f32::NAN; 2 * n + 2 * per as usize];
+        let mut host_partials = vec![f32::NAN; blocks * 2 * c as usize];
+        // SAFETY: the buffers have the sizes the kernels index (see kernels/dynact_glu.cu).
+        unsafe {
+            dynact_glu_f32_on_host(
+                gate.as_ptr(),
+                up.as_ptr(),
+                params.as_ptr(),
+                host_y.as_mut_ptr(),
+                n as u64,
+                c,
+                per,
+                relu,
+                HOST_GRID.0,
+                HOST_GRID.1,
+            );
+            dynact_glu_backward_f32_on_host(
+                gate.as_ptr(),
+                up.as_ptr(),
+                grad.as_ptr(),
+                params.as_ptr(),
+                host_out.as_mut_ptr(),
+                host_partials.as_mut_ptr(),
+                rows as u64,
+                c,
+                per,
+                relu,
+                HOST_GRID.0,
+                HOST_GRID.1,
+            );
+        }
+        let mut sim = Sim::new(ptx);
+        let (g, u, dg, p) = (
+            sim.gpu.upload(&gate),
+            sim.gpu.upload(&up),
+            sim.gpu.upload(&grad),
+            sim.gpu.upload(&params),
+        );
+        let (y, o, part) = (
+            sim.zeros(n),
+            sim.zeros(host_out.len()),
+            sim.zeros(host_partials.len()),
+        );
+        sim.run(
+            "dynact_glu_f32",
+            n,
+            &[
+                Arg::Ptr(g),
+                Arg::Ptr(u),
+                Arg::Ptr(p),
+                Arg::Ptr(y),
+                Arg::U64(n as u64),
+                Arg::U32(c),
+                Arg::U32(per),
+                Arg::I32(relu),
+            ],
+        );
+        sim.run(
+            "dynact_glu_backward_f32",
+            blocks * c as usize,
+            &[
+                Arg::Ptr(g),
+                Arg::Ptr(u),
+                Arg::Ptr(dg),
+                Arg::Ptr(p),
+                Arg::Ptr(o),
+                Arg::Ptr(part),
+                Arg::U64(rows as u64),
+                Arg::U32(c),
+                Arg::U32(per),
+                Arg::I32(relu),
+            ],
+        );
+        // The parameter gradients from the host's partials, so the stages are compared apart.
+        let hp = sim.gpu.upload(&host_partials);
+        let o2 = sim.zeros(host_out.len());
+        sim.run(
+            "dynact_glu_param_grads_f32",
+            2 * per as usize,
+            &[
+                Arg::Ptr(hp),
+                Arg::Ptr(o2),
+                Arg::U64(n as u64),
+                Arg::U64(blocks as u64),
+                Arg::U32(c),
+                Arg::U32(per),
+            ],
+        );
+        let label = format!("dynact_glu per {per} relu {relu}");
+        outs.push(out(&format!("{label} y"), sim.get(y, n), host_y));
+        outs.push(out(
+            &format!("{label} d gate, d up"),
+            sim.get(o, 2 * n),
+            host_out[..2 * n].to_vec(),
+        ));
+        outs.push(out(
+            &format!("{label} partials"),
+            sim.get(part, host_partials.len()),
+            host_partials,
+        ));
+        outs.push(out(
+            &format!("{label} d alpha, d beta"),
+            sim.get(o2, host_out.len())[2 * n..].to_vec(),
+            host_out[2 * n..].to_vec(),
+        ));
+    }
+    outs
+}
+
+fn rms_norm(ptx: &str) -> Vec<Output> {
+    let (rows, c) = (130usize, 40u32);
+    let n = rows * c as usize;
+    let x = values(n, 9, 2.0);
+    let mut w = values(c as usize, 10, 0.5);
+    w.iter_mut().for_each(|v| *v += 1.0);
+    let g = values(n, 11, 1.0);
+    let eps = 1e-5f32;
+    let blocks = rows.div_ceil(64);
+    let mut host_y = vec![f32::NAN; n];
+    let mut host_out = vec![f32::NAN; n + c as usize];
+    let mut host_inv = vec![f32::NAN; rows];
+    let mut host_partials = vec![f32::NAN; blocks * c as usize];
+    // SAFETY: the buffers have the sizes the kernels index (see kernels/rms_norm.cu).
+    unsafe {
+        dynact_rms_norm_f32_on_host(
+            x.as_ptr(),
+            w.as_ptr(),
+            host_y.as_mut_ptr(),
+            rows as u64,
+            c,
+            eps,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        );
+        dynact_rms_norm_backward_f32_on_host(
+            x.as_ptr(),
+            w.as_ptr(),
+            g.as_ptr(),
+            host_out.as_mut_ptr(),
+            host_inv.as_mut_ptr(),
+            host_partials.as_mut_ptr(),
+            rows as u64,
+            c,
+            eps,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        );
+    }
+    let mut sim = Sim::new(ptx);
+    let (dx, dw, dg) = (sim.gpu.upload(&x), sim.gpu.upload(&w), sim.gpu.upload(&g));
+    let (y, o, inv, part) = (
+        sim.zeros(n),
+        sim.zeros(n + c as usize),
+        sim.zeros(rows),
+        sim.zeros(blocks * c as usize),
+    );
+    let (r, cc) = (Arg::U64(rows as u64), Arg::U32(c));
+    sim.run(
+        "rms_norm_f32",
+        rows,
+        &[
+            Arg::Ptr(dx),
+            Arg::Ptr(dw),
+            Arg::Ptr(y),
+            r.clone(),
+            cc.clone(),
+            Arg::F32(eps),
+        ],
+    );
+    sim.run(
+        "rms_norm_backward_x_f32",
+        rows,
+        &[
+            Arg::Ptr(dx),
+            Arg::Ptr(dw),
+            Arg::Ptr(dg),
+            Arg::Ptr(o),
+            Arg::Ptr(inv),
+            r.clone(),
+            cc.clone(),
+            Arg::F32(eps),
+        ],
+    );
+    sim.run(
+        "rms_norm_backward_w_partials_f32",
+        blocks * c as usize,
+        &[
+            Arg::Ptr(dx),
+            Arg::Ptr(dg),
+            Arg::Ptr(inv),
+            Arg::Ptr(part),
+            r.clone(),
+            cc.clone(),
+        ],
+    );
+    sim.run(
+        "rms_norm_backward_w_f32",
+        c as usize,
+        &[Arg::Ptr(part), Arg::Ptr(o), r, cc],
+    );
+    vec![
+        out("rms_norm y", sim.get(y, n), host_y),
+        out("rms_norm inv", sim.get(inv, rows), host_inv),
+        out(
+            "rms_norm partials",
+            sim.get(part, blocks * c as usize),
+            host_partials,
+        ),
+        out("rms_norm dx, dw", sim.get(o, n + c as usize), host_out),
+    ]
+}
+
+fn rope(ptx: &str) -> Vec<Output> {
+    let (rows, t, d) = (2 * 3 * 5usize, 5u32, 8u32);
+    let x = values(rows * d as usize, 12, 1.0);
+    let cos = values((t * d) as usize, 13, 1.0);
+    let sin = values((t * d) as usize, 14, 1.0);
+    let mut outs = Vec::new();
+    for inverse in [0, 1] {
+        let mut host = vec![f32::NAN; x.len()];
+        // SAFETY: x and host hold rows * d elements, cos and sin t * d.
+        unsafe {
+            dynact_rope_f32_on_host(
+                x.as_ptr(),
+                cos.as_ptr(),
+                sin.as_ptr(),
+                host.as_mut_ptr(),
+                rows as u64,
+                t,
+                d,
+                inverse,
+                HOST_GRID.0,
+                HOST_GRID.1,
+            )
+        };
+        let mut sim = Sim::new(ptx);
+        let (dx, dc, ds, dy) = (
+            sim.gpu.upload(&x),
+            sim.gpu.upload(&cos),
+            sim.gpu.upload(&sin),
+            sim.zeros(x.len()),
+        );
+        sim.run(
+            "rope_f32",
+            rows * (d as usize / 2),
+            &[
+                Arg::Ptr(dx),
+                Arg::Ptr(dc),
+                Arg::Ptr(ds),
+                Arg::Ptr(dy),
+                Arg::U64(rows as u64),
+                Arg::U32(t),
+                Arg::U32(d),
+                Arg::I32(inverse),
+            ],
+        );
+        outs.push(out(
+            &format!("rope inverse {inverse}"),
+            sim.get(dy, x.len()),
+            host,
+        ));
+    }
+    outs
+}
+
+fn swiglu(ptx: &str) -> Vec<Output> {
+    let n = 3_001usize;
+    let (gate, up, grad) = (values(n, 15, 6.0), values(n, 16, 1.0), values(n, 17, 1.0));
+    let mut host_y = vec![f32::NAN; n];
+    let mut host_out = vec![f32::NAN; 2 * n];
+    // SAFETY: y holds n elements, out 2n.
+    unsafe {
+        dynact_swiglu_f32_on_host(
+            gate.as_ptr(),
+            up.as_ptr(),
+            grad.as_ptr(),
+            host_y.as_mut_ptr(),
+            host_out.as_mut_ptr(),
+            n as u64,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        )
+    };
+    let mut sim = Sim::new(ptx);
+    let (g, u, dg, y, o) = (
+        sim.gpu.upload(&gate),
+        sim.gpu.upload(&up),
+        sim.gpu.upload(&grad),
+        sim.zeros(n),
+        sim.zeros(2 * n),
+    );
+    sim.run(
+        "swiglu_f32",
+        n,
+        &[Arg::Ptr(g), Arg::Ptr(u), Arg::Ptr(y), Arg::U64(n as u64)],
+    );
+    sim.run(
+        "swiglu_backward_f32",
+        n,
+        &[
+            Arg::Ptr(g),
+            Arg::Ptr(u),
+            Arg::Ptr(dg),
+            Arg::Ptr(o),
+            Arg::U64(n as u64),
+        ],
+    );
+    vec![
+        out("swiglu y", sim.get(y, n), host_y),
+        out("swiglu d gate, d up", sim.get(o, 2 * n), host_out),
+    ]
+}
+
+fn cross_entropy(ptx: &str) -> Vec<Output> {
+    let (rows, v) = (37usize, 50u32);
+    let logits = values(rows * v as usize, 18, 5.0);
+    // One target past the vocabulary: a NaN loss, as the op documents.
+    let targets: Vec<u32> = (0..rows as u32)
+        .map(|r| if r == 5 { v + 3 } else { (r * 7) % v })
+        .collect();
+    let grad = values(rows, 19, 1.0);
+    let mut host_loss = vec![f32::NAN; rows];
+    let mut host_out = vec![f32::NAN; rows * v as usize];
+    // SAFETY: loss and grad hold rows elements, logits and out rows * v.
+    unsafe {
+        dynact_cross_entropy_f32_on_host(
+            logits.as_ptr(),
+            targets.as_ptr(),
+            grad.as_ptr(),
+            host_loss.as_mut_ptr(),
+            host_out.as_mut_ptr(),
+            rows as u64,
+            v,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        )
+    };
+    let mut sim = Sim::new(ptx);
+    let (l, t, g) = (
+        sim.gpu.upload(&logits),
+        sim.gpu.upload(&targets),
+        sim.gpu.upload(&grad),
+    );
+    let (loss, o) = (sim.zeros(rows), sim.zeros(rows * v as usize));
+    sim.run(
+        "cross_entropy_f32",
+        rows,
+        &[
+            Arg::Ptr(l),
+            Arg::Ptr(t),
+            Arg::Ptr(loss),
+            Arg::U64(rows as u64),
+            Arg::U32(v),
+        ],
+    );
+    sim.run(
+        "cross_entropy_backward_f32",
+        rows,
+        &[
+            Arg::Ptr(l),
+            Arg::Ptr(t),
+            Arg::Ptr(g),
+            Arg::Ptr(o),
+            Arg::U64(rows as u64),
+            Arg::U32(v),
+        ],
+    );
+    vec![
+        out("cross_entropy loss", sim.get(loss, rows), host_loss),
+        out(
+            "cross_entropy d logits",
+            sim.get(o, rows * v as usize),
+            host_out,
+        ),
+    ]
+}
+
+/// AdamW has no host emulation entry: its reference is the kernel's two lines in Rust, the
+/// same operations in the same order (what the CPU passes in the trainer compute).
+fn adamw(ptx: &str) -> Vec<Output> {
+    let n = 2_500usize;
+    let (g, theta0) = (values(n, 20, 1.0), values(n, 21, 1.0));
+    let (m0, v0) = (
+        values(n, 22, 0.1),
+        values(n, 23, 0.01)
+            .iter()
+            .map(|v| v.abs())
+            .collect::<Vec<_>>(),
+    );
+    let (scale, b1, b2, eps, lr, decay) = (0.7f32, 0.9f32, 0.99f32, 1e-8f32, 1e-3f32, 0.9999f32);
+    let (inv_bias1, inv_bias2) = (1.0 / (1.0 - b1 * b1), 1.0 / (1.0 - b2 * b2));
+    let moment = |m: &[f32], first: bool, keep: f32| -> Vec<f32> {
+        m.iter()
+            .zip(&g)
+            .map(|(m, g)| {
+                let gs = g * scale;
+                m * keep + (if first { gs } else { gs * gs }) * (1.0 - keep)
+            })
+            .collect()
+    };
+    let m1 = moment(&m0, true, b1);
+    let v1 = moment(&v0, false, b2);
+    let theta1: Vec<f32> = (0..n)
+        .map(|i| {
+            let update = (m1[i] * inv_bias1) / ((v1[i] * inv_bias2).sqrt() + eps);
+            theta0[i] * decay - update * lr
+        })
+        .collect();
+    let mut sim = Sim::new(ptx);
+    let (dm, dv, dg, dt) = (
+        sim.gpu.upload(&m0),
+        sim.gpu.upload(&v0),
+        sim.gpu.upload(&g),
+        sim.gpu.upload(&theta0),
+    );
+    let nn = Arg::U64(n as u64);
+    sim.run(
+        "adamw_moment_f32",
+        n,
+        &[
+            Arg::Ptr(dm),
+            Arg::Ptr(dg),
+            nn.clone(),
+            Arg::F32(scale),
+            Arg::F32(b1),
+            Arg::F32(1.0 - b1),
+            Arg::I32(1),
+        ],
+    );
+    sim.run(
+        "adamw_moment_f32",
+        n,
+        &[
+            Arg::Ptr(dv),
+            Arg::Ptr(dg),
+            nn.clone(),
+            Arg::F32(scale),
+            Arg::F32(b2),
+            Arg::F32(1.0 - b2),
+            Arg::I32(0),
+        ],
+    );
+    sim.run(
+        "adamw_parameter_f32",
+        n,
+        &[
+            Arg::Ptr(dt),
+            Arg::Ptr(dm),
+            Arg::Ptr(dv),
+            nn,
+            Arg::F32(inv_bias1),
+            Arg::F32(inv_bias2),
+            Arg::F32(eps),
+            Arg::F32(lr),
+            Arg::F32(decay),
+        ],
+    );
+    vec![
+        out("adamw m", sim.get(dm, n), m1),
+        out("adamw v", sim.get(dv, n), v1),
+        out("adamw theta", sim.get(dt, n), theta1),
+    ]
+}
+
+type Runner = fn(&str) -> Vec<Output>;
+
+/// Every kernel file, whether its arithmetic has expf (then ex2.approx bounds the match).
+const KERNELS: [(&str, Runner, bool); 8] = [
+    ("philox_dropout", philox_dropout, false),
+    ("rms_norm", rms_norm, false),
+    ("rope", rope, false),
+    ("adamw", adamw, false),
+    ("causal_softmax", causal_softmax, true),
+    ("dynact_glu", dynact_glu, true),
+    ("swiglu", swiglu, true),
+    ("cross_entropy", cross_entropy, true),
+];
+
+#[test]
+fn without_contraction_the_kernels_equal_their_host_emulation_bit_for_bit() {
+    let Some(nvcc) = nvcc() else { return };
+    for (name, run, has_exp) in KERNELS {
+        let ptx = project_ptx(&nvcc, name, false);
+        for o in run(&ptx) {
+            let ulp = max_ulp(&o.sim, &o.host);
+            if has_exp {
+                // ex2.approx.ftz is within 2 ulp of 2^x; expf's range reduction and the sums
+                // after it keep that to a few ulp, or a small error relative to the row.
+                assert!(
+                    ulp <= 16 || max_rel(&o.sim, &o.host, 1e-3) < 2e-5,
+                    "{}: {ulp} ulp apart",
+                    o.what
+                );
+            } else {
+                assert_eq!(ulp, 0, "{}: {ulp} ulp apart", o.what);
+            }
+        }
+    }
+}
+
+#[test]
+fn as_built_the_kernels_are_within_a_millionth_of_the_output_scale_of_their_host_emulation() {
+    let Some(nvcc) = nvcc() else { return };
+    for (name, run, _) in KERNELS {
+        let ptx = project_ptx(&nvcc, name, true);
+        for o in run(&ptx) {
+            // One rounding fewer per contracted a*b+c, which a difference of nearly equal
+            // terms (RMSNorm's dx) magnifies element-wise: the bound is on the error relative
+            // to the output's scale.
+            let err = normwise(&o.sim, &o.host);
+            eprintln!(
+                "{:40} {:>6} ulp, {err:.1e} of the largest value",
+                o.what,
+                max_ulp(&o.sim, &o.host)
+            );
+            assert!(
+                err < 1e-5,
+                "{}: error {err:e} relative to the largest value",
+                o.what
+            );
+        }
+    }
+}
