@@ -4,7 +4,8 @@
 #   train-lm      the trainer (--features nccl: CUDA, and NCCL for data parallel)
 #   gpu_kernels   the GPU tests (crates/model/tests/gpu_kernels.rs)
 #   trainer_unit  the trainer's unit tests, whose `cuda_` tests need a GPU (AdamW's kernels)
-# stripped and xz-compressed (gpu-check.sh unpacks them).
+# stripped and xz-compressed (gpu-check.sh unpacks them). With --link-only, it stops once the
+# binaries are linked in target/release (what scripts/gpu-sim.sh runs on the simulator).
 #
 # Linking needs the libraries the CUDA build names (-lcuda, -lcublas, -lcublasLt, -lcurand,
 # -lnvrtc, -lnccl, -lcudart). Only libcudart comes with scripts/cuda-toolchain.sh; for the others this
@@ -48,6 +49,7 @@ if [ ! -e "$lib/libnccl.so" ]; then
   stubs
 fi
 build
+[ "${1:-}" = "--link-only" ] && exit 0
 rm -rf "$out" && mkdir -p "$out"
 cp target/release/train-lm "$out/"
 newest() { find target/release/deps -maxdepth 1 -type f -executable -name "$1-*" -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2; }

@@ -3,7 +3,7 @@
 //! scopes, `.sync`, `.aligned`) are accepted and dropped.
 
 use crate::inst::*;
-use crate::parse::{parse_error, parse_immediate, Names};
+use crate::parse::{parse_error, parse_immediate, Names, SymbolKind};
 use crate::SimError;
 
 pub(crate) fn decode(statement: &str, line: u32, names: &Names) -> Result<Inst, SimError> {
@@ -192,6 +192,7 @@ pub(crate) fn decode(statement: &str, line: u32, names: &Names) -> Result<Inst, 
             _ => return Err(parse_error(line, statement, "a vote without a mode")),
         }),
         "activemask" => Op::Activemask,
+        "call" if operand_text.trim_start().starts_with("__assertfail") => Op::AssertFail,
         "atom" | "red" => {
             let a = match atom {
                 Some("add") => AtomOp::Add,
@@ -224,9 +225,32 @@ pub(crate) fn decode(statement: &str, line: u32, names: &Names) -> Result<Inst, 
         // Kept, so the module loads; executing it names the instruction.
         return Ok(inst);
     }
+    if inst.op == Op::AssertFail {
+        // The argument list: the `.param` variables holding message, file, line, function.
+        let list = operand_text
+            .split_once('(')
+            .map_or("", |(_, l)| l)
+            .trim_end_matches(')');
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            inst.operands
+                .push(decode_operand(name, line, statement, &inst, names)?);
+        }
+        return Ok(inst);
+    }
     for text in split_operands(operand_text) {
         inst.operands
             .push(decode_operand(text, line, statement, &inst, names)?);
+    }
+    // `.param` variables declared in a body (the arguments of a call) live in the thread's
+    // local memory, so `ld.param`/`st.param` of them go there.
+    if inst.space == Space::Param {
+        let local = inst.operands.iter().any(|o| {
+            matches!(o, Operand::Addr { base: AddrBase::Symbol(s), .. }
+                if matches!(names.symbols[*s as usize].1, SymbolKind::Local { .. }))
+        });
+        if local {
+            inst.space = Space::Local;
+        }
     }
     Ok(inst)
 }
@@ -306,7 +330,7 @@ fn decode_operand(
             None => (inner.as_str(), Some(0)),
         };
         let offset = offset.ok_or_else(|| err("an address offset that is not a number"))?;
-        let base = if base.starts_with('%') {
+        let base = if base.starts_with('%') || names.regs.contains_key(base) {
             AddrBase::Reg(reg(base)?)
         } else if let Some(s) = names.symbols.iter().position(|(n, _)| n == base) {
             AddrBase::Symbol(s as u32)
@@ -349,6 +373,10 @@ fn decode_operand(
         }
         return Ok(Operand::Reg(reg(text)?));
     }
+    // Registers declared in inline-asm scopes have names without '%' (`__$temp3`).
+    if let Some(&r) = names.regs.get(text) {
+        return Ok(Operand::Reg(r));
+    }
     if inst.op == Op::Bra {
         return names
             .labels
@@ -361,6 +389,9 @@ fn decode_operand(
     }
     if let Some(v) = parse_immediate(text) {
         return Ok(Operand::Imm(v));
+    }
+    if text == "WARP_SZ" {
+        return Ok(Operand::Imm(32));
     }
     Err(err(&format!("operand {text} is not understood")))
 }

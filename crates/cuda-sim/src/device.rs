@@ -280,6 +280,14 @@ impl Gpu {
         Ok(self.launches.last().expect("just pushed"))
     }
 
+    /// Appends one JSON line to the profile (`DYNACT_CUDA_SIM_PROFILE`), if one is open: what
+    /// the stand-in libraries record of work that is not a kernel (a GEMM, a step's totals).
+    pub fn log_json(&mut self, value: &serde_json::Value) {
+        if let Some(f) = self.profile.as_mut() {
+            let _ = writeln!(f, "{value}");
+        }
+    }
+
     fn dynamic_shared_limit(&self, kernel: &str, static_bytes: usize) -> usize {
         self.max_dynamic_shared
             .iter()

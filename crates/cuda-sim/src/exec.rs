@@ -17,6 +17,8 @@ use crate::SimError;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
     Running,
+    /// At a `shfl.sync` or `vote.sync` whose member mask names lanes not there yet.
+    AtWarpSync,
     AtBarrier,
     Exited,
 }
@@ -143,19 +145,40 @@ impl<'a> Block<'a> {
         let view = self.view;
         let insts = &view.kernel.insts;
         loop {
-            let mut pc = u32::MAX;
-            for t in lanes.clone() {
-                if self.status[t] == Status::Running {
-                    pc = pc.min(self.pcs[t]);
-                }
-            }
-            if pc == u32::MAX {
-                return Ok(());
-            }
+            // The running lanes at the lowest counter; when none runs, the lanes waiting at a
+            // warp-synchronous instruction (the lowest first), which then must all be there.
+            let (pc, waiting) = match self.lowest_pc(lanes.clone(), Status::Running) {
+                Some(pc) => (pc, false),
+                None => match self.lowest_pc(lanes.clone(), Status::AtWarpSync) {
+                    Some(pc) => (pc, true),
+                    None => return Ok(()),
+                },
+            };
+            let state = if waiting {
+                Status::AtWarpSync
+            } else {
+                Status::Running
+            };
             let group: Vec<usize> = lanes
                 .clone()
-                .filter(|&t| self.status[t] == Status::Running && self.pcs[t] == pc)
+                .filter(|&t| self.status[t] == state && self.pcs[t] == pc)
                 .collect();
+            let is_warp_sync = matches!(
+                insts.get(pc as usize).map(|i| i.op),
+                Some(Op::Shfl(_) | Op::Vote(_))
+            );
+            if is_warp_sync && !waiting && !self.members_here(&insts[pc as usize], pc, &group)? {
+                // Independent thread scheduling: these lanes wait for the rest of the mask.
+                for &t in &group {
+                    self.status[t] = Status::AtWarpSync;
+                }
+                continue;
+            }
+            if waiting {
+                for &t in &group {
+                    self.status[t] = Status::Running;
+                }
+            }
             let Some(inst) = insts.get(pc as usize) else {
                 return Err(self.error(group[0], pc, "ran past the last instruction".into()));
             };
@@ -206,6 +229,29 @@ impl<'a> Block<'a> {
                 }
             }
         }
+    }
+
+    /// The lowest program counter among `lanes` in `status`.
+    fn lowest_pc(&self, lanes: std::ops::Range<usize>, status: Status) -> Option<u32> {
+        lanes
+            .filter(|&t| self.status[t] == status)
+            .map(|t| self.pcs[t])
+            .min()
+    }
+
+    /// Whether every lane named by the member mask of `inst` (a `.sync` instruction) is in
+    /// `group`; lanes the mask names that have exited or wait at a barrier never will be.
+    fn members_here(&self, inst: &Inst, pc: u32, group: &[usize]) -> Result<bool, SimError> {
+        let at = match inst.op {
+            Op::Shfl(_) => 4,
+            _ => 2,
+        };
+        let here = lane_mask(group);
+        let mut members = 0u32;
+        for &t in group {
+            members |= self.get(t, &inst.operands[at], Ty::B32, pc)? as u32;
+        }
+        Ok(members & !here == 0)
     }
 
     /// Turns the lanes' accesses of one step into warp-level counts: distinct 32-byte sectors.

@@ -223,6 +223,9 @@ pub enum Op {
     Activemask,
     Atom(AtomOp),
     Red(AtomOp),
+    /// `call __assertfail, (message, file, line, function, size)`: a failed `assert()` in
+    /// device code, which stops the kernel as a GPU's device-side assert does.
+    AssertFail,
     /// Parsed but not implemented: an error only when a thread executes it, so a module with
     /// one unsupported kernel still loads (the reason is in [`Inst::text`]).
     Unsupported,

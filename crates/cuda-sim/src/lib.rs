@@ -24,6 +24,7 @@ mod profile;
 mod thread;
 
 pub use device::{Arg, Gpu, LaunchConfig, ModuleId, SM90_LIMITS};
+pub use inst::{Inst, Op};
 pub use memory::GLOBAL_BASE;
 pub use parse::{parse_module, Kernel, Module, Param};
 pub use profile::{KernelCounters, LaunchRecord};

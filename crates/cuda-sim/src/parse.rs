@@ -495,8 +495,13 @@ fn parse_kernel(
                 let s = s.trim();
                 if let Some(decl) = s.strip_prefix(".reg") {
                     declare_registers(decl, *l, &mut scope.regs)?;
-                } else if s.starts_with(".shared") || s.starts_with(".local") {
-                    let var = parse_variable(s, *l)?.expect("a state space was named");
+                } else if s.starts_with(".shared")
+                    || s.starts_with(".local")
+                    || s.starts_with(".param")
+                {
+                    // A `.param` in a body holds a call's arguments: thread-local memory.
+                    let local = s.replacen(".param", ".local", 1);
+                    let var = parse_variable(&local, *l)?.expect("a state space was named");
                     let kind = if var.space == Space::Shared {
                         shared_bytes = shared_bytes.next_multiple_of(var.align);
                         let k = SymbolKind::Shared {

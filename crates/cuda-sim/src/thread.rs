@@ -239,6 +239,7 @@ impl Block<'_> {
             }
             Op::Ret | Op::Exit => return Ok(Flow::Exit),
             Op::Membar => return Ok(Flow::Next),
+            Op::AssertFail => return Err(self.assertion(inst, t, pc)),
             Op::Unsupported => {
                 return Err(self.error(
                     t,
@@ -518,5 +519,43 @@ impl Block<'_> {
             .get(k)
             .ok_or_else(|| self.error(t, pc, format!("operand {k} is missing")))?;
         self.get(t, op, inst.ty, pc)
+    }
+
+    /// The error of a device-side `assert()`: its message, file, line and function, read from
+    /// the call's arguments (pointers to strings in global memory, and the line).
+    fn assertion(&mut self, inst: &Inst, t: usize, pc: u32) -> SimError {
+        let arg = |b: &mut Self, k: usize, len: usize| -> u64 {
+            let Some(Operand::Symbol(s)) = inst.operands.get(k) else {
+                return 0;
+            };
+            let mut buf = [0u8; 8];
+            let at = b.symbol_address(*s);
+            let _ = b.load(t, pc, Space::Local, at, &mut buf[..len]);
+            u64::from_le_bytes(buf)
+        };
+        let text = |b: &mut Self, ptr: u64| -> String {
+            let mut bytes = Vec::new();
+            for i in 0..512 {
+                let mut c = [0u8];
+                if b.mem.read(ptr + i, &mut c).is_err() || c[0] == 0 {
+                    break;
+                }
+                bytes.push(c[0]);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        let (message, file, line, function) = (
+            arg(self, 0, 8),
+            arg(self, 1, 8),
+            arg(self, 2, 4),
+            arg(self, 3, 8),
+        );
+        let (message, file, function) =
+            (text(self, message), text(self, file), text(self, function));
+        self.error(
+            t,
+            pc,
+            format!("device-side assertion `{message}` failed ({file}:{line}, {function})"),
+        )
     }
 }

@@ -146,7 +146,7 @@ impl CustomOp3 for FusedDynActGlu {
         let y = output(dev, n)?;
         let (n_arg, c_arg) = (n as u64, c as u32);
         let relu = (self.base == BaseAct::Relu) as i32;
-        launch!(dev, "dynact_glu", DYNACT_GLU, "dynact_glu_f32", n;
+        launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_f32, n;
             &gate, &up, &params, &y, &n_arg, &c_arg, &per, &relu);
         Ok((storage(y, dev), l1.shape().clone()))
     }
@@ -300,9 +300,9 @@ impl CustomOp3 for DynActGluBackward {
         let partials = output(dev, blocks * 2 * c)?;
         let (rows_arg, n_arg, blocks_arg) = (rows as u64, n as u64, blocks as u64);
         let (c_arg, relu) = (c as u32, (self.base == BaseAct::Relu) as i32);
-        launch!(dev, "dynact_glu", DYNACT_GLU, "dynact_glu_backward_f32", blocks * c;
+        launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_backward_f32, blocks * c;
             &gate, &up, &grad, &params, &out, &partials, &rows_arg, &c_arg, &per, &relu);
-        launch!(dev, "dynact_glu", DYNACT_GLU, "dynact_glu_param_grads_f32", 2 * per as usize;
+        launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_param_grads_f32, 2 * per as usize;
             &partials, &out, &n_arg, &blocks_arg, &c_arg, &per);
         Ok((storage(out, dev), Shape::from(2 * n + 2 * per as usize)))
     }

@@ -57,7 +57,7 @@ impl CustomOp1 for PhiloxDropout {
             let blocks = ((self.first + n as u64 - 1) / 4 - self.first / 4 + 1) as usize;
             let (key0, key1) = (self.seed as u32, (self.seed >> 32) as u32);
             let (threshold, n) = (crate::philox::keep_threshold(self.keep), n as u64);
-            launch!(dev, "philox_dropout", PHILOX_DROPOUT, "philox_dropout_f32", blocks;
+            launch!(dev, "philox_dropout", PHILOX_DROPOUT, philox_dropout_f32, blocks;
                 &x, &y, &n, &self.first, &key0, &key1, &threshold, &self.scale);
         }
         Ok((storage(y, dev), l.shape().clone()))

@@ -97,7 +97,7 @@ impl CustomOp2 for CrossEntropy {
         let rows = l2.shape().elem_count();
         let loss = output(dev, rows)?;
         let (rows_arg, v_arg) = (rows as u64, v as u32);
-        launch!(dev, "cross_entropy", CROSS_ENTROPY, "cross_entropy_f32", rows;
+        launch!(dev, "cross_entropy", CROSS_ENTROPY, cross_entropy_f32, rows;
             &x, &t, &loss, &rows_arg, &v_arg);
         Ok((storage(loss, dev), Shape::from((rows, 1))))
     }
@@ -174,7 +174,7 @@ impl CustomOp3 for CrossEntropyBackward {
         let rows = l2.shape().elem_count();
         let out = output(dev, rows * v)?;
         let (rows_arg, v_arg) = (rows as u64, v as u32);
-        launch!(dev, "cross_entropy", CROSS_ENTROPY, "cross_entropy_backward_f32", rows;
+        launch!(dev, "cross_entropy", CROSS_ENTROPY, cross_entropy_backward_f32, rows;
             &x, &t, &g, &out, &rows_arg, &v_arg);
         Ok((storage(out, dev), l1.shape().clone()))
     }

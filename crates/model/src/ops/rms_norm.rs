@@ -94,7 +94,7 @@ impl CustomOp2 for RmsNorm {
         let rows = l1.shape().elem_count() / c.max(1);
         let y = output(dev, rows * c)?;
         let (rows_arg, c_arg) = (rows as u64, c as u32);
-        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_f32", rows;
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_f32, rows;
             &x, &w, &y, &rows_arg, &c_arg, &self.eps);
         Ok((storage(y, dev), l1.shape().clone()))
     }
@@ -197,11 +197,11 @@ impl CustomOp3 for RmsNormBackward {
         let inv = output(dev, rows)?;
         let partials = output(dev, blocks * c)?;
         let (rows_arg, c_arg) = (rows as u64, c as u32);
-        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_backward_x_f32", rows;
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_x_f32, rows;
             &x, &w, &g, &out, &inv, &rows_arg, &c_arg, &self.eps);
-        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_backward_w_partials_f32", blocks * c;
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_partials_f32, blocks * c;
             &x, &g, &inv, &partials, &rows_arg, &c_arg);
-        launch!(dev, "rms_norm", RMS_NORM, "rms_norm_backward_w_f32", c;
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_f32, c;
             &partials, &out, &rows_arg, &c_arg);
         Ok((storage(out, dev), Shape::from(rows * c + c)))
     }

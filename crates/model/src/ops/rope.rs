@@ -172,7 +172,7 @@ fn cuda_rotate(
     let rows = n / d.max(1);
     let y = output(dev, n)?;
     let (rows_arg, t_arg, d_arg, inverse) = (rows as u64, t as u32, d as u32, inverse as i32);
-    launch!(dev, "rope", ROPE, "rope_f32", rows * (d / 2);
+    launch!(dev, "rope", ROPE, rope_f32, rows * (d / 2);
         &x, &cos, &sin, &y, &rows_arg, &t_arg, &d_arg, &inverse);
     Ok((storage(y, dev), l1.shape().clone()))
 }

@@ -134,7 +134,7 @@ impl CustomOp1 for CausalSoftmax {
         let rows = l.shape().elem_count() / n.max(1);
         let y = output(dev, rows * n)?;
         let (rows_arg, t, n) = (rows as u64, t as u32, n as u32);
-        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, "causal_softmax_f32", rows;
+        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, causal_softmax_f32, rows;
             &x, &y, &rows_arg, &t, &n, &self.scale);
         Ok((storage(y, dev), l.shape().clone()))
     }
@@ -201,7 +201,7 @@ impl CustomOp2 for SoftmaxBackward {
         let rows = l1.shape().elem_count() / n.max(1);
         let dx = output(dev, rows * n)?;
         let (rows_arg, n_arg) = (rows as u64, n as u32);
-        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, "softmax_backward_f32", rows;
+        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, softmax_backward_f32, rows;
             &y, &g, &dx, &rows_arg, &n_arg, &self.scale);
         Ok((storage(dx, dev), l1.shape().clone()))
     }

@@ -84,7 +84,7 @@ impl CustomOp2 for SwiGlu {
         let n = l1.shape().elem_count();
         let y = output(dev, n)?;
         let n_arg = n as u64;
-        launch!(dev, "swiglu", SWIGLU, "swiglu_f32", n; &g, &u, &y, &n_arg);
+        launch!(dev, "swiglu", SWIGLU, swiglu_f32, n; &g, &u, &y, &n_arg);
         Ok((storage(y, dev), l1.shape().clone()))
     }
 
@@ -175,7 +175,7 @@ impl CustomOp3 for SwiGluBackward {
         let n = l1.shape().elem_count();
         let out = output(dev, 2 * n)?;
         let n_arg = n as u64;
-        launch!(dev, "swiglu", SWIGLU, "swiglu_backward_f32", n; &g, &u, &dy, &out, &n_arg);
+        launch!(dev, "swiglu", SWIGLU, swiglu_backward_f32, n; &g, &u, &dy, &out, &n_arg);
         Ok((storage(out, dev), Shape::from(2 * n)))
     }
 }
