@@ -55,5 +55,61 @@ check() {
 }
 check "gpu_kernels (each CUDA op and a whole model against the CPU)" "$gpu_kernels" --test-threads 1
 check "the trainer's cuda_ tests (AdamW's kernels)" "$trainer_unit" cuda_ --test-threads 1
+
+# train-lm: a model small enough to interpret (2 layers, d 32, 16 tokens, batch 2), dropout on.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tiny=(--steps 8 --seq-len 16 --batch-size 2 --set model.hidden_size=32 --set model.intermediate_size=64
+  --set model.num_hidden_layers=2 --set model.num_attention_heads=2 --set model.num_key_value_heads=2
+  --set model.dropout=0.1 --set train.log_every=1 --set eval.eval_at=[3,8] --set eval.max_tokens=256
+  --set eval.batch_size=2)
+train() { target/release/train-lm "${tiny[@]}" "$@" >"$work/log" 2>&1 || { cat "$work/log"; return 1; }; }
+# Compares two runs' metrics.jsonl and eval.jsonl: loss, gradient norm, alpha, beta and val_ce,
+# to a relative tolerance (0: the same bits). Timing fields differ and are left out.
+same_run() {
+  python3 - "$@" <<'PY'
+import json, sys
+a, b, tol = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def rows(run, name, keys):
+    return {r["step"]: [r[k] for k in keys if k in r] for r in map(json.loads, open(f"{run}/{name}"))}
+def flat(v):
+    return [x for e in v for x in (e if isinstance(e, list) else [e])]
+for name, keys in [("metrics.jsonl", ["loss", "grad_norm", "alpha", "beta"]), ("eval.jsonl", ["val_ce"])]:
+    ra, rb = rows(a, name, keys), rows(b, name, keys)
+    assert ra.keys() == rb.keys(), f"{name}: steps {sorted(ra)} and {sorted(rb)}"
+    for step in ra:
+        for x, y in zip(flat(ra[step]), flat(rb[step])):
+            bad = x != y if tol == 0 else abs(x - y) > tol * max(abs(y), 1e-3)
+            assert not bad, f"{name} step {step}: {x} vs {y} (tolerance {tol})"
+print(f"{a} and {b} agree (tolerance {tol})")
+PY
+}
+cuda_matches_cpu() {
+  train --device cpu --run-dir "$work/cpu" && train --device cuda:0 --run-dir "$work/cuda" &&
+    train --device cuda:0 --dtype bf16 --run-dir "$work/bf16" &&
+    same_run "$work/cuda" "$work/cpu" 1e-5 && same_run "$work/bf16" "$work/cpu" 2e-2
+}
+check "8 training steps on cuda (f32 and bf16) against the CPU" cuda_matches_cpu
+killed_and_resumed() {
+  target/release/train-lm "${tiny[@]}" --device cuda:0 --run-dir "$work/killed" >/dev/null 2>&1 &
+  local pid=$!
+  while [ ! -e "$work/killed/latest" ]; do
+    kill -0 "$pid" 2>/dev/null || { echo "the run ended before its step-3 checkpoint"; return 1; }
+    sleep 0.05
+  done
+  kill -9 "$pid"
+  wait "$pid" 2>/dev/null || true
+  [ "$(cat "$work/killed/latest")" = step-000003 ] || { echo "killed after $(cat "$work/killed/latest")"; return 1; }
+  target/release/train-lm --resume "$work/killed" >"$work/log" 2>&1 || { cat "$work/log"; return 1; }
+  same_run "$work/killed" "$work/cuda" 0 &&
+    cmp "$work/killed/step-000008/model.safetensors" "$work/cuda/step-000008/model.safetensors"
+}
+check "SIGKILL after the step-3 checkpoint and --resume on cuda: the same bits" killed_and_resumed
+nccl_rank() {
+  DYNACT_CUDA_SIM_PROFILE="$work/nccl.jsonl" RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 \
+    DYNACT_NCCL_ID_FILE="$work/nccl-id" train --device cuda:0 --run-dir "$work/nccl" &&
+    grep -q '"kernel":"ncclAllReduce"' "$work/nccl.jsonl" && same_run "$work/nccl" "$work/cuda" 1e-6
+}
+check "one NCCL rank (torchrun-style launch) against one process" nccl_rank
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
