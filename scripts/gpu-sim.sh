@@ -4,8 +4,9 @@
 # libcurand.so.10, libnvrtc.so.13 and libnccl.so.2 (crates/cuda-sim-libs) instead of NVIDIA's,
 # and every kernel runs on the PTX simulator (crates/cuda-sim). Ends with "N passed, N failed".
 #
-#   scripts/gpu-sim.sh             the checks (CI runs them)
-#   scripts/gpu-sim.sh --exports   rewrites crates/cuda-sim-libs/exports.txt from the binaries
+#   scripts/gpu-sim.sh                          the checks (CI runs them)
+#   scripts/gpu-sim.sh --profile CONFIG [ARGS]  one training step of CONFIG, counted per kernel
+#   scripts/gpu-sim.sh --exports                rewrites crates/cuda-sim-libs/exports.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/cuda-toolchain.sh)"
@@ -38,6 +39,25 @@ if [ -n "$missing" ]; then
 fi
 # The stand-ins first; libcudart.so.13 (linked, never called) from the toolchain.
 export LD_LIBRARY_PATH="$PWD/$libs:$CUDA_ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+if [ "${1:-}" = "--profile" ]; then
+  # One step = a 2-step run minus a 1-step run (the same set-up, evaluation and checkpoint),
+  # so module loads and first-step allocations drop out. Each launch runs a sample of
+  # DYNACT_CUDA_SIM_SAMPLE_BLOCKS blocks (default 2) and its counts are scaled to its grid;
+  # GEMMs are counted by shape, not computed. The outputs are therefore not the model's.
+  config=$2
+  shift 2
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  export DYNACT_CUDA_SIM_SAMPLE_BLOCKS=${DYNACT_CUDA_SIM_SAMPLE_BLOCKS:-2}
+  for steps in 1 2; do
+    DYNACT_CUDA_SIM_PROFILE="$work/$steps.jsonl" target/release/train-lm --config "$config" --device cuda:0 \
+      --steps "$steps" --set eval.max_tokens=256 --set eval.batch_size=1 --run-dir "$work/run$steps" "$@" \
+      >"$work/log$steps" 2>&1 || { cat "$work/log$steps"; exit 1; }
+  done
+  python3 scripts/sim_profile.py "$work/1.jsonl" "$work/2.jsonl"
+  exit 0
+fi
 
 passed=0
 failed=0

@@ -207,6 +207,8 @@ pub extern "C" fn cuStreamDestroy_v2(_stream: *mut c_void) -> CuResult {
 pub extern "C" fn cuStreamSynchronize(_stream: *mut c_void) -> CuResult {
     with_state(|s| {
         s.syncs += 1;
+        s.gpu
+            .log_json(&serde_json::json!({"kernel": "stream_synchronize"}));
         SUCCESS
     })
 }
@@ -381,6 +383,8 @@ fn copy_htod(s: &mut State, dst: u64, src: *const c_void, n: usize) -> CuResult 
     // SAFETY: the caller passes n readable bytes at src (the driver API's contract).
     let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, n) };
     s.host_to_device_bytes += n as u64;
+    s.gpu
+        .log_json(&serde_json::json!({"kernel": "memcpy_host_to_device", "bytes": n}));
     match s.gpu.write(dst, bytes) {
         Ok(()) => SUCCESS,
         Err(e) => fault(s, format!("cuMemcpyHtoD: {e}"), ILLEGAL_ADDRESS),
@@ -394,8 +398,8 @@ fn copy_dtoh(s: &mut State, dst: *mut c_void, src: u64, n: usize) -> CuResult {
     // SAFETY: the caller passes n writable bytes at dst.
     let bytes = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, n) };
     s.device_to_host_bytes += n as u64;
-    // A copy to the host waits for the stream: a synchronisation.
-    s.syncs += 1;
+    s.gpu
+        .log_json(&serde_json::json!({"kernel": "memcpy_device_to_host", "bytes": n}));
     match s.gpu.read(src, bytes) {
         Ok(()) => SUCCESS,
         Err(e) => fault(s, format!("cuMemcpyDtoH: {e}"), ILLEGAL_ADDRESS),

@@ -64,8 +64,13 @@ static STATE: Mutex<Option<State>> = Mutex::new(None);
 pub fn state() -> MutexGuard<'static, Option<State>> {
     let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
     if guard.is_none() {
+        let mut gpu = Gpu::new();
+        // Profiles of big steps run a sample of each launch's blocks (outputs incomplete).
+        gpu.sample_blocks = std::env::var("DYNACT_CUDA_SIM_SAMPLE_BLOCKS")
+            .ok()
+            .and_then(|v| v.parse().ok());
         *guard = Some(State {
-            gpu: Gpu::new(),
+            gpu,
             handles: Vec::new(),
             sticky: None,
             host_to_device_bytes: 0,

@@ -86,7 +86,8 @@ fn copy(api: &str, send: u64, recv: u64, count: usize, datatype: c_int) -> NcclR
     if s.sticky.is_some() {
         return SYSTEM_ERROR;
     }
-    s.gpu.log_json(&serde_json::json!({"kernel": api, "bytes": count * size}));
+    s.gpu
+        .log_json(&serde_json::json!({"kernel": api, "bytes": count * size}));
     let mut buf = vec![0u8; count * size];
     let result = s.gpu.read(send, &mut buf).and_then(|()| {
         if send == recv {

@@ -105,6 +105,25 @@ fn rope_matches_the_cpu_kernel() {
     });
 }
 
+/// A narrowed tensor is contiguous but starts inside its storage: a kernel given the storage's
+/// start instead of the layout's would read the rows before it.
+#[test]
+fn ops_read_their_inputs_at_the_layout_s_start_offset() {
+    let (x, weight, w) = (
+        randn(&[5, 70, 48], 11),
+        randn(&[48], 12),
+        randn(&[4, 70, 48], 13),
+    );
+    compare_on_both(&[&x, &weight], &w, 1e-4, "rms norm of rows 1..5", |t| {
+        ops::rms_norm(&t[0].narrow(0, 1, 4).unwrap(), &t[1], 1e-5).unwrap()
+    });
+    let up = randn(&[5, 70, 48], 14);
+    compare_on_both(&[&x, &up], &w, 1e-4, "swiglu of rows 1..5", |t| {
+        let (g, u) = (t[0].narrow(0, 1, 4).unwrap(), t[1].narrow(0, 1, 4).unwrap());
+        ops::swiglu(&g, &u).unwrap()
+    });
+}
+
 #[test]
 fn rms_norm_matches_the_cpu_kernel() {
     let (x, weight, w) = (
