@@ -162,19 +162,9 @@ impl Gemm {
         for b in 0..self.batch {
             let a = self.operand(s, self.a, self.stride_a, b, ra, ca, self.lda, self.ab)?;
             let bb = self.operand(s, self.b, self.stride_b, b, rb, cb, self.ldb, self.ab)?;
-            // C is read only when beta is not 0, as cuBLAS does.
-            let mut c = if self.beta != 0.0 {
-                self.operand(s, self.c, self.stride_c, b, m, n, self.ldc, self.out)?
-            } else {
-                vec![
-                    0u8;
-                    if m == 0 || n == 0 {
-                        0
-                    } else {
-                        ((n - 1) * self.ldc + m) as usize * eo as usize
-                    }
-                ]
-            };
+            // Read for the padding between columns, which must stay as it was; its values
+            // are not used when beta is 0 (C may hold anything then, NaNs included).
+            let mut c = self.operand(s, self.c, self.stride_c, b, m, n, self.ldc, self.out)?;
             let at = |i: i64, l: i64| {
                 let idx = if self.trans_a {
                     l + i * self.lda

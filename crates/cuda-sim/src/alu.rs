@@ -119,8 +119,23 @@ pub(crate) fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
 }
 
 /// Two-operand arithmetic (and the one-operand ops, which ignore `b`).
+/// The element type of a packed pair type (`bf16x2`, `f16x2`).
+fn half_of_pair(ty: Ty) -> Option<Ty> {
+    match ty {
+        Ty::Bf16x2 => Some(Ty::Bf16),
+        Ty::F16x2 => Some(Ty::F16),
+        _ => None,
+    }
+}
+
 pub(crate) fn arith(op: Op, ty: Ty, a: u64, b: u64, inst: &Inst) -> Option<u64> {
     let mode = inst.round;
+    if let Some(half) = half_of_pair(ty) {
+        // bf16x2 / f16x2: the op on each 16-bit half.
+        let lo = arith(op, half, a & 0xffff, b & 0xffff, inst)?;
+        let hi = arith(op, half, (a >> 16) & 0xffff, (b >> 16) & 0xffff, inst)?;
+        return Some(lo | hi << 16);
+    }
     match ty {
         Ty::F32 => {
             let f = |x: u64| {
@@ -150,8 +165,7 @@ pub(crate) fn arith(op: Op, ty: Ty, a: u64, b: u64, inst: &Inst) -> Option<u64> 
                 Op::Cos => approx(f64::cos),
                 Op::Tanh => approx(f64::tanh),
                 Op::Copysign => y.copysign(x),
-                // Bitwise ops on f32 registers never come from nvcc; treat as bits.
-                _ => return int_arith(op, Ty::B32, a, b, inst),
+                _ => return None,
             };
             let r = if inst.ftz { ftz32(r) } else { r };
             Some(bits32(sat32(r, inst.sat)))
@@ -171,7 +185,7 @@ pub(crate) fn arith(op: Op, ty: Ty, a: u64, b: u64, inst: &Inst) -> Option<u64> 
                 Op::Sqrt => x.sqrt(),
                 Op::Rsqrt => 1.0 / x.sqrt(),
                 Op::Copysign => y.copysign(x),
-                _ => return int_arith(op, Ty::B64, a, b, inst),
+                _ => return None,
             };
             Some(r.to_bits())
         }
@@ -205,6 +219,11 @@ pub(crate) fn arith(op: Op, ty: Ty, a: u64, b: u64, inst: &Inst) -> Option<u64> 
 }
 
 pub(crate) fn int_arith(op: Op, ty: Ty, a: u64, b: u64, inst: &Inst) -> Option<u64> {
+    // A float type reaching here is an op the float paths do not implement: refuse it rather
+    // than compute on its bits as an integer.
+    if ty.is_float() {
+        return None;
+    }
     let bits = ty.bits();
     let s = ty.is_signed();
     let (sa, sb) = (signed(a, ty), signed(b, ty));
@@ -293,6 +312,21 @@ pub(crate) fn int_arith(op: Op, ty: Ty, a: u64, b: u64, inst: &Inst) -> Option<u
 /// mad, fma, bfe, lop3, prmt, shf: three sources (`extra` is lop3's truth table).
 pub(crate) fn ternary(inst: &Inst, a: u64, b: u64, c: u64, extra: u64) -> Option<u64> {
     let ty = inst.ty;
+    if let (Some(half), Op::Fma) = (half_of_pair(ty), inst.op) {
+        let one = Inst {
+            ty: half,
+            ..inst.clone()
+        };
+        let lo = ternary(&one, a & 0xffff, b & 0xffff, c & 0xffff, extra)?;
+        let hi = ternary(
+            &one,
+            (a >> 16) & 0xffff,
+            (b >> 16) & 0xffff,
+            (c >> 16) & 0xffff,
+            extra,
+        )?;
+        return Some(lo | hi << 16);
+    }
     match inst.op {
         Op::Fma | Op::Mad if ty == Ty::F32 => {
             let f = |x: u64| {

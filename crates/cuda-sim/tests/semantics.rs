@@ -473,3 +473,74 @@ fn global_memory_is_counted_in_distinct_sectors_per_warp_access() {
         vec![(8, 8, 2, 2), (16, 8, 2, 2), (64, 8, 2, 2), (64, 8, 2, 2)]
     );
 }
+
+#[test]
+fn packed_bf16x2_and_f16x2_arithmetic_rounds_each_half_once() {
+    let Some((mut gpu, m)) = features() else {
+        return;
+    };
+    let n = 300;
+    let (x, y) = (values(2 * n, 41, 8.0), values(2 * n, 42, 8.0));
+    let bf = |v: &[f32]| {
+        v.iter()
+            .map(|&f| half::bf16::from_f32(f))
+            .collect::<Vec<_>>()
+    };
+    let hf = |v: &[f32]| {
+        v.iter()
+            .map(|&f| half::f16::from_f32(f))
+            .collect::<Vec<_>>()
+    };
+    let (a, b, c, d) = (bf(&x), bf(&y), hf(&x), hf(&y));
+    let (da, db, dc, dd) = (
+        gpu.upload(&a),
+        gpu.upload(&b),
+        gpu.upload(&c),
+        gpu.upload(&d),
+    );
+    let (obf, oh) = (
+        gpu.upload(&vec![0u16; 6 * n]),
+        gpu.upload(&vec![0u16; 6 * n]),
+    );
+    let args = [
+        Arg::Ptr(da),
+        Arg::Ptr(db),
+        Arg::Ptr(obf),
+        Arg::Ptr(dc),
+        Arg::Ptr(dd),
+        Arg::Ptr(oh),
+        Arg::I32(n as i32),
+    ];
+    launch(
+        &mut gpu,
+        m,
+        "packed_pairs",
+        LaunchConfig::linear(2, 256),
+        &args,
+    );
+    let got_bf: Vec<half::bf16> = gpu.download(obf, 6 * n).unwrap();
+    let got_h: Vec<half::f16> = gpu.download(oh, 6 * n).unwrap();
+    for i in 0..n {
+        for lane in 0..2 {
+            let k = 2 * i + lane;
+            let (p, q) = (a[k].to_f64(), b[k].to_f64());
+            let want = [p + q, p * q, p.mul_add(q, p)].map(half::bf16::from_f64);
+            for (op, w) in want.iter().enumerate() {
+                assert_eq!(
+                    got_bf[6 * i + 2 * op + lane],
+                    *w,
+                    "bf16x2 op {op}, pair {i}, lane {lane}"
+                );
+            }
+            let (p, q) = (c[k].to_f64(), d[k].to_f64());
+            let want = [p + q, p * q, p.mul_add(q, p)].map(half::f16::from_f64);
+            for (op, w) in want.iter().enumerate() {
+                assert_eq!(
+                    got_h[6 * i + 2 * op + lane],
+                    *w,
+                    "f16x2 op {op}, pair {i}, lane {lane}"
+                );
+            }
+        }
+    }
+}

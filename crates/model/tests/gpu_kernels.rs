@@ -256,3 +256,145 @@ fn a_model_trains_to_the_same_loss_and_gradients_on_the_gpu() {
         }
     }
 }
+
+/// `f` on the CPU and on the GPU, in `dtype`: the largest difference relative to the largest
+/// value on the CPU must be within `tol`.
+fn candle_op(
+    what: &str,
+    dtype: DType,
+    tol: f32,
+    inputs: &[&Tensor],
+    f: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let on = |device: &Device| -> Tensor {
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|x| {
+                let x = x.to_device(device).unwrap();
+                if x.dtype() == DType::F32 {
+                    x.to_dtype(dtype).unwrap()
+                } else {
+                    x
+                }
+            })
+            .collect();
+        f(&xs)
+    };
+    let (cpu, gpu) = (on(&Device::Cpu), on(&gpu()));
+    assert!(gpu.device().is_cuda(), "{what}: ran off the GPU");
+    assert_eq!(cpu.shape(), gpu.shape(), "{what}");
+    let scale = cpu
+        .to_dtype(DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let d = max_diff(&cpu, &gpu) / scale.max(1e-6);
+    assert!(
+        d <= tol,
+        "{what} ({dtype:?}): differs by {d} of the largest value"
+    );
+}
+
+/// Candle's own CUDA kernels as this model uses them, against its CPU backend, f32 and bf16:
+/// binary ops with broadcasting, unary ops, affine, reductions, indexing, where_cond, casts,
+/// strided copies and matmuls (cuBLAS).
+#[test]
+fn candle_s_cuda_ops_match_its_cpu_backend() {
+    let (a, b) = (randn(&[3, 5, 8], 21), randn(&[3, 5, 8], 22));
+    let row = randn(&[1, 1, 8], 23);
+    let ids = Tensor::new(&[4u32, 0, 2, 2, 1], &Device::Cpu).unwrap();
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2)] {
+        candle_op(
+            "add, mul, sub, div with broadcasting",
+            dtype,
+            tol,
+            &[&a, &b, &row],
+            |t| {
+                let x = (&t[0] + &t[1]).unwrap().broadcast_mul(&t[2]).unwrap();
+                let y = (&x - &t[1]).unwrap();
+                y.broadcast_div(&(t[2].abs().unwrap() + 1.0).unwrap())
+                    .unwrap()
+            },
+        );
+        candle_op("exp, silu, sqrt, neg, powf", dtype, tol, &[&a], |t| {
+            let x = t[0].exp().unwrap().silu().unwrap();
+            let y = t[0].abs().unwrap().sqrt().unwrap().neg().unwrap();
+            (x + y.powf(2.0).unwrap()).unwrap()
+        });
+        candle_op("affine", dtype, tol, &[&a], |t| {
+            t[0].affine(0.5, -1.25).unwrap()
+        });
+        candle_op(
+            "sum and max over the last dim, sum over the first",
+            dtype,
+            4.0 * tol,
+            &[&a],
+            |t| {
+                let s = t[0].sum_keepdim(2).unwrap();
+                let m = t[0].max_keepdim(2).unwrap();
+                let f = t[0].sum_keepdim(0).unwrap().sum_keepdim(2).unwrap();
+                Tensor::cat(
+                    &[
+                        (s + m).unwrap().flatten_all().unwrap(),
+                        f.flatten_all().unwrap(),
+                    ],
+                    0,
+                )
+                .unwrap()
+            },
+        );
+        candle_op("index_select and gather", dtype, tol, &[&a, &ids], |t| {
+            let rows = t[0].index_select(&t[1], 1).unwrap();
+            let g = t[1]
+                .reshape((1, 5, 1))
+                .unwrap()
+                .broadcast_as((3, 5, 1))
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let picked = t[0].gather(&g, 2).unwrap();
+            Tensor::cat(
+                &[rows.flatten_all().unwrap(), picked.flatten_all().unwrap()],
+                0,
+            )
+            .unwrap()
+        });
+        candle_op("where_cond", dtype, tol, &[&a, &b], |t| {
+            let mask = t[0].ge(&t[1]).unwrap();
+            mask.where_cond(&t[0], &t[1]).unwrap()
+        });
+        candle_op("casts to and from f32 and bf16", dtype, tol, &[&a], |t| {
+            let other = if dtype == DType::F32 {
+                DType::BF16
+            } else {
+                DType::F32
+            };
+            t[0].to_dtype(other).unwrap().to_dtype(dtype).unwrap()
+        });
+        candle_op(
+            "strided copies: transpose, narrow",
+            dtype,
+            tol,
+            &[&a],
+            |t| {
+                let x = t[0].transpose(1, 2).unwrap().contiguous().unwrap();
+                let y = t[0].narrow(2, 3, 4).unwrap().contiguous().unwrap();
+                Tensor::cat(&[x.flatten_all().unwrap(), y.flatten_all().unwrap()], 0).unwrap()
+            },
+        );
+        candle_op(
+            "batched matmul with a transposed operand",
+            dtype,
+            2.0 * tol,
+            &[&a, &b],
+            |t| {
+                let bt = t[1].transpose(1, 2).unwrap();
+                t[0].matmul(&bt).unwrap()
+            },
+        );
+    }
+}

@@ -154,3 +154,18 @@ extern "C" __global__ void gather_strided(const float* x, float* y, int stride) 
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     y[i] = x[i * stride];
 }
+
+// Packed pairs: bf16x2 and f16x2 add, mul and fma, lane by lane.
+extern "C" __global__ void packed_pairs(const __nv_bfloat162* a, const __nv_bfloat162* b,
+                                        __nv_bfloat162* bf, const __half2* c, const __half2* d,
+                                        __half2* h, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        bf[3 * i] = __hadd2(a[i], b[i]);
+        bf[3 * i + 1] = __hmul2(a[i], b[i]);
+        bf[3 * i + 2] = __hfma2(a[i], b[i], a[i]);
+        h[3 * i] = __hadd2(c[i], d[i]);
+        h[3 * i + 1] = __hmul2(c[i], d[i]);
+        h[3 * i + 2] = __hfma2(c[i], d[i], c[i]);
+    }
+}
