@@ -139,6 +139,8 @@ impl InplaceOp2 for Moment {
         let mut m = cuda::view_mut(s1, l1, self.name())?;
         let (scale, keep, take) = self.scalars();
         let (n, first) = (n as u64, self.first as i32);
+        // The arguments checked against the kernel's parameters when this compiles.
+        cuda::entries::adamw_moment_f32(&m, &g, &n, &scale, &keep, &take, &first);
         let func = dev.get_or_load_custom_func("adamw_moment_f32", "adamw", cuda::ADAMW)?;
         let mut launch = func.builder();
         launch
@@ -212,6 +214,9 @@ impl InplaceOp3 for Parameter {
         let s = self.s;
         let (inv_bias1, inv_bias2) = ((1.0 / s.bias1) as f32, (1.0 / s.bias2) as f32);
         let (eps, lr, decay, n) = (s.eps as f32, s.lr as f32, s.decay as f32, n as u64);
+        cuda::entries::adamw_parameter_f32(
+            &theta, &m, &v, &n, &inv_bias1, &inv_bias2, &eps, &lr, &decay,
+        );
         let func = dev.get_or_load_custom_func("adamw_parameter_f32", "adamw", cuda::ADAMW)?;
         let mut launch = func.builder();
         launch
@@ -249,7 +254,7 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, LaunchConfig};
     pub use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout, Result};
-    pub use dynact_model::cuda_kernels::{f32_view, ADAMW};
+    pub use dynact_model::cuda_kernels::{entries, f32_view, ADAMW};
 
     pub fn view_mut<'a>(
         s: &'a mut CudaStorage,
