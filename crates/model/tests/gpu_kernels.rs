@@ -208,8 +208,16 @@ fn dynact_glu_matches_the_cpu_kernel_for_every_parameter() {
 
 #[test]
 fn a_model_trains_to_the_same_loss_and_gradients_on_the_gpu() {
+    for ffn in [FfnKind::Dynactglu, FfnKind::Swiglu] {
+        model_loss_and_gradients_match(ffn);
+    }
+}
+
+/// A 2-layer model with `ffn`, dropout on: its loss and every gradient on the GPU (f32 and
+/// bf16) against the CPU.
+fn model_loss_and_gradients_match(ffn: FfnKind) {
     let cfg = ModelConfig {
-        ffn: FfnKind::Dynactglu,
+        ffn,
         vocab_size: 97,
         hidden_size: 64,
         intermediate_size: 160,
@@ -244,14 +252,14 @@ fn a_model_trains_to_the_same_loss_and_gradients_on_the_gpu() {
         let (gpu_loss, gpu_grads) = loss_and_grads(&gpu(), dtype);
         assert!(
             (gpu_loss - cpu_loss).abs() <= tol * cpu_loss,
-            "{dtype:?}: loss {gpu_loss} on the GPU, {cpu_loss} on the CPU"
+            "{ffn:?} {dtype:?}: loss {gpu_loss} on the GPU, {cpu_loss} on the CPU"
         );
         for (a, b) in cpu_grads.iter().zip(&gpu_grads) {
             let scale = max_diff(a, &a.zeros_like().unwrap()).max(1e-3);
             let d = max_diff(a, b);
             assert!(
                 d <= grad_tol * scale,
-                "{dtype:?}: a gradient differs by {d} of {scale}"
+                "{ffn:?} {dtype:?}: a gradient differs by {d} of {scale}"
             );
         }
     }
