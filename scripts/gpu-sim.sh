@@ -47,8 +47,9 @@ if [ "${1:-}" = "--profile" ]; then
   # GEMMs are counted by shape, not computed. The outputs are therefore not the model's.
   config=$2
   shift 2
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
+  # The raw per-launch lines stay in target/cuda-sim-profile/ (1.jsonl, 2.jsonl) for a closer look.
+  work=target/cuda-sim-profile
+  rm -rf "$work" && mkdir -p "$work"
   export DYNACT_CUDA_SIM_SAMPLE_BLOCKS=${DYNACT_CUDA_SIM_SAMPLE_BLOCKS:-2}
   for steps in 1 2; do
     DYNACT_CUDA_SIM_PROFILE="$work/$steps.jsonl" target/release/train-lm --config "$config" --device cuda:0 \

@@ -1,13 +1,35 @@
 """One training step's profile from two DYNACT_CUDA_SIM_PROFILE files of scripts/gpu-sim.sh
 --profile: a run of one step and a run of two, identical otherwise. Prints one JSON object per
-kernel (or GEMM shape), the second run's counts minus the first's, most warp instructions
-first, then a totals object.
+kernel (or GEMM shape), the second run's counts minus the first's, with a rough H200 time
+floor (estimate_ms_h200), slowest first, then a totals object.
 
     python3 scripts/sim_profile.py ONE_STEP.jsonl TWO_STEPS.jsonl
 """
 import json
 import sys
 from collections import defaultdict
+
+# A rough H200 model for the estimate (a floor, not a prediction): HBM bandwidth, bf16 dense
+# tensor throughput at 60% of peak, 132 SMs issuing up to 4 warp instructions a cycle at
+# 1.98 GHz, a dependent instruction every 4 cycles within one warp, and 2.5 us a launch.
+HBM_BYTES_PER_S = 4.8e12
+GEMM_FLOPS_PER_S = 0.6 * 989e12
+SMS, ISSUE_PER_SM, CLOCK_HZ, DEPENDENT_CYCLES = 132, 4, 1.98e9, 4
+LAUNCH_S = 2.5e-6
+
+
+def launch_floor_s(r):
+    """Seconds for one launch: the slowest of its memory traffic (32 bytes a sector: L1
+    transactions, which overstate DRAM bytes where L2 merges partial sectors), its issue
+    slots on the SMs its blocks can occupy, and its longest warp's dependent chain."""
+    if "flops" in r:
+        return r["flops"] / GEMM_FLOPS_PER_S + LAUNCH_S
+    blocks = r["grid"][0] * r["grid"][1] * r["grid"][2]
+    memory = 32 * (r["sectors_read"] + r["sectors_written"]) / HBM_BYTES_PER_S
+    issue = r["warp_instructions"] / (min(blocks, SMS) * ISSUE_PER_SM * CLOCK_HZ)
+    chain = r.get("longest_warp", 0) * DEPENDENT_CYCLES / CLOCK_HZ
+    return max(memory, issue, chain) + LAUNCH_S
+
 
 COUNTERS = ["warp_instructions", "thread_instructions", "sectors_read", "sectors_written",
             "global_loads", "global_stores", "shared_accesses", "atomics"]
@@ -26,6 +48,7 @@ def summarize(path):
                            "ab_dtype": shape[4], "c_dtype": shape[5]}
             kernels[key]["launches"] += 1
             kernels[key]["flops"] += r["flops"]
+            kernels[key]["estimate_us_h200"] += 1e6 * launch_floor_s(r)
         elif name.startswith("memcpy") or name.startswith("nccl"):
             kernels[name]["calls"] += 1
             kernels[name]["bytes"] += r["bytes"]
@@ -38,6 +61,7 @@ def summarize(path):
             k["launches"] += 1
             for c in COUNTERS:
                 k[c] += r[c]
+            k["estimate_us_h200"] += 1e6 * launch_floor_s(r)
     return kernels, shapes
 
 
@@ -59,11 +83,15 @@ for key, d in step.items():
     totals["launches"] += d.get("launches", 0)
     for c in COUNTERS + ["flops"]:
         totals[c] += d.get(c, 0)
-    rows.append({"name": key.split(" ")[0], **shapes.get(key, {}), **d})
-rows.sort(key=lambda r: (-r.get("warp_instructions", 0), -r.get("flops", 0)))
+    row = {"name": key.split(" ")[0], **shapes.get(key, {}), **d}
+    row["estimate_ms_h200"] = round(row.pop("estimate_us_h200", 0) / 1e3, 3)
+    totals["estimate_ms_h200"] += row["estimate_ms_h200"]
+    totals["estimate_ms_h200_gemm" if "flops" in row else "estimate_ms_h200_kernels"] += row["estimate_ms_h200"]
+    rows.append(row)
+rows.sort(key=lambda r: -r["estimate_ms_h200"])
 for r in rows:
     print(json.dumps(r))
-totals = dict(totals)
+totals = {k: round(v, 2) if isinstance(v, float) else v for k, v in totals.items()}
 # A copy to the host waits for the stream as a synchronisation does.
 totals["host_syncs"] = totals.pop("stream_synchronize_calls", 0) + totals.get("memcpy_device_to_host_calls", 0)
 totals.pop("stream_synchronize_bytes", None)

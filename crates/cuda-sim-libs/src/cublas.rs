@@ -1,7 +1,8 @@
 //! cuBLAS's GEMMs (`libcublas.so.13`) as Candle calls them, with cuBLAS's semantics:
 //! column-major operands, `op(A)` m x k and `op(B)` k x n, leading dimensions checked as cuBLAS
 //! checks them, strided batches, f32 accumulation, bf16/f16 inputs widened exactly and outputs
-//! rounded to nearest even, alpha and beta read from host memory, and C not read when beta is 0.
+//! rounded to nearest even, alpha and beta read from host memory, C's values ignored when beta
+//! is 0 and the padding between its columns left as it was.
 //! Every operand's extent is checked against the device's allocations.
 
 use std::ffi::{c_int, c_longlong, c_void};

@@ -55,6 +55,8 @@ pub(crate) struct Block<'a> {
     pub(crate) local: Vec<u8>,
     /// Sectors touched by the current warp step: (sector, is_write).
     pub(crate) sectors: Vec<(u64, bool)>,
+    /// Instructions each warp has issued: the longest is the launch's serial chain.
+    pub(crate) issued: Vec<u64>,
 }
 
 impl<'a> Block<'a> {
@@ -84,6 +86,7 @@ impl<'a> Block<'a> {
             shared: vec![0; shared],
             local: vec![0; threads * view.kernel.local_bytes],
             sectors: Vec::new(),
+            issued: vec![0; threads.div_ceil(32)],
         }
     }
 
@@ -97,6 +100,8 @@ impl<'a> Block<'a> {
                 .filter(|&t| self.status[t] == Status::AtBarrier)
                 .collect();
             let Some(&first) = waiting.first() else {
+                let longest = self.issued.iter().copied().max().unwrap_or(0);
+                self.counters.longest_warp = self.counters.longest_warp.max(longest);
                 return Ok(());
             };
             let pc = self.pcs[first];
@@ -183,6 +188,7 @@ impl<'a> Block<'a> {
                 return Err(self.error(group[0], pc, "ran past the last instruction".into()));
             };
             self.counters.warp_instructions += 1;
+            self.issued[w] += 1;
             self.counters.thread_instructions += group.len() as u64;
             // Lanes whose guard is false skip the instruction.
             let mut active = Vec::with_capacity(group.len());

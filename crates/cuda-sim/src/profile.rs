@@ -18,6 +18,9 @@ pub struct KernelCounters {
     pub shared_accesses: u64,
     /// Thread-level atomic operations.
     pub atomics: u64,
+    /// The most instructions one warp issued (of the blocks run): a launch takes at least
+    /// this many dependent issue slots, however many SMs it has.
+    pub longest_warp: u64,
 }
 
 impl KernelCounters {
@@ -33,6 +36,7 @@ impl KernelCounters {
             global_stores: s(self.global_stores),
             shared_accesses: s(self.shared_accesses),
             atomics: s(self.atomics),
+            longest_warp: self.longest_warp,
         }
     }
 }
