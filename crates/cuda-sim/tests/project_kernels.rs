@@ -267,14 +267,24 @@ fn dynact_glu(ptx: &str) -> Vec<Output> {
         // The parameter gradients from the host's partials, so the stages are compared apart.
         let hp = sim.gpu.upload(&host_partials);
         let o2 = sim.zeros(host_out.len());
+        let sums = sim.gpu.upload(&vec![f64::NAN; 2 * c as usize]);
+        sim.run(
+            "dynact_glu_channel_sums_f64",
+            2 * c as usize,
+            &[
+                Arg::Ptr(hp),
+                Arg::Ptr(sums),
+                Arg::U64(blocks as u64),
+                Arg::U32(c),
+            ],
+        );
         sim.run(
             "dynact_glu_param_grads_f32",
             2 * per as usize,
             &[
-                Arg::Ptr(hp),
+                Arg::Ptr(sums),
                 Arg::Ptr(o2),
                 Arg::U64(n as u64),
-                Arg::U64(blocks as u64),
                 Arg::U32(c),
                 Arg::U32(per),
             ],

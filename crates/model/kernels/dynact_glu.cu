@@ -76,11 +76,31 @@ DYNACT_KERNEL void dynact_glu_backward_f32(const float* gate, const float* up, c
     }
 }
 
-// One thread per output parameter k (2 per layer, 2c per channel): d alpha then d beta, after
-// the n + n values of d gate and d up. Per channel: the f64 sum over blocks in order. Per
-// layer: those sums added over the channels in order.
-DYNACT_KERNEL void dynact_glu_param_grads_f32(const float* partials, float* out, uint64_t n,
-                                              uint64_t blocks, uint32_t c, uint32_t per) {
+// The f64 sums of the blocks' partials, in two kernels so that no thread runs a long serial
+// sum (one block of two threads summing every channel and block took 2.7 ms a layer at
+// paper.toml's size). The order of every addition is the CPU kernel's, so the bits are too.
+//
+// First, one thread per (parameter, channel) w = which * c + j (which 0: alpha, 1: beta): the
+// f64 sum over the blocks in order, to sums[w].
+DYNACT_KERNEL void dynact_glu_channel_sums_f64(const float* partials, double* sums,
+                                               uint64_t blocks, uint32_t c) {
+    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    for (uint64_t w = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; w < 2 * (uint64_t)c;
+         w += stride) {
+        const uint64_t which = w / c, j = w % c;
+        double sum = 0.0;
+        for (uint64_t block = 0; block < blocks; block++) {
+            sum += (double)partials[block * 2 * c + which * c + j];
+        }
+        sums[w] = sum;
+    }
+}
+
+// Then one thread per output parameter k (2 per layer, 2c per channel): d alpha then d beta,
+// after the n + n values of d gate and d up. Per channel: its sum. Per layer: the channels'
+// sums added in order.
+DYNACT_KERNEL void dynact_glu_param_grads_f32(const double* sums, float* out, uint64_t n,
+                                              uint32_t c, uint32_t per) {
     const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
     for (uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; k < 2 * (uint64_t)per;
          k += stride) {
@@ -89,11 +109,7 @@ DYNACT_KERNEL void dynact_glu_param_grads_f32(const float* partials, float* out,
         const uint32_t first = per == 1 ? 0 : (uint32_t)(k % per);
         const uint32_t last = per == 1 ? c : first + 1;
         for (uint32_t j = first; j < last; j++) {
-            double sum = 0.0;
-            for (uint64_t block = 0; block < blocks; block++) {
-                sum += (double)partials[block * 2 * c + which * c + j];
-            }
-            total += sum;
+            total += sums[which * c + j];
         }
         out[2 * n + k] = (float)total;
     }

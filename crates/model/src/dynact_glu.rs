@@ -302,8 +302,14 @@ impl CustomOp3 for DynActGluBackward {
         let (c_arg, relu) = (c as u32, (self.base == BaseAct::Relu) as i32);
         launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_backward_f32, blocks * c;
             &gate, &up, &grad, &params, &out, &partials, &rows_arg, &c_arg, &per, &relu);
+        // The blocks' partials summed per channel in f64, then per parameter (two kernels,
+        // so that no thread sums every channel and block in series).
+        // SAFETY: the first kernel writes all 2c sums before the second reads them.
+        let sums = unsafe { dev.alloc::<f64>(2 * c) }?;
+        launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_channel_sums_f64, 2 * c;
+            &partials, &sums, &blocks_arg, &c_arg);
         launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_param_grads_f32, 2 * per as usize;
-            &partials, &out, &n_arg, &blocks_arg, &c_arg, &per);
+            &sums, &out, &n_arg, &c_arg, &per);
         Ok((storage(out, dev), Shape::from(2 * n + 2 * per as usize)))
     }
 }

@@ -2,6 +2,8 @@
 // grid a launch would use: what the tests run to check the kernels' own source without a GPU.
 // Not part of the library's API: src/host_emulation.rs declares these symbols for the tests.
 
+#include <stdlib.h>
+
 #include "emulation.h"
 
 #include "../adamw.cu"
@@ -43,7 +45,10 @@ void dynact_glu_backward_f32_on_host(const float* gate, const float* up, const f
     RUN_GRID(grid, block,
              dynact_glu_backward_f32(gate, up, grad, params, out, partials, rows, c, per, relu));
     uint64_t blocks = (rows + DYNACT_GLU_ROWS_PER_BLOCK - 1) / DYNACT_GLU_ROWS_PER_BLOCK;
-    RUN_GRID(grid, block, dynact_glu_param_grads_f32(partials, out, rows * c, blocks, c, per));
+    double* sums = malloc(2 * (size_t)c * sizeof(double));
+    RUN_GRID(grid, block, dynact_glu_channel_sums_f64(partials, sums, blocks, c));
+    RUN_GRID(grid, block, dynact_glu_param_grads_f32(sums, out, rows * c, c, per));
+    free(sums);
 }
 
 void dynact_rms_norm_f32_on_host(const float* x, const float* w, float* y, uint64_t rows,
