@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 use dynact_cuda_sim::{LaunchConfig, ModuleId};
 
-use crate::{report, state, Handle, State};
+use crate::{report, state, Handle, State, STATELESS};
 
 pub type CuResult = c_int;
 pub const SUCCESS: CuResult = 0;
@@ -139,7 +139,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut *mut c_void, _dev: c_int) -> CuResult {
-    with_state(|s| put(ctx, s.new_handle(Handle::Context)))
+    with_state(|_| put(ctx, STATELESS))
 }
 
 #[no_mangle]
@@ -154,7 +154,7 @@ pub extern "C" fn cuCtxSetCurrent(_ctx: *mut c_void) -> CuResult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut *mut c_void) -> CuResult {
-    with_state(|s| put(ctx, s.new_handle(Handle::Context)))
+    with_state(|_| put(ctx, STATELESS))
 }
 
 #[no_mangle]
@@ -164,10 +164,7 @@ pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut c_int) -> CuResult {
 
 #[no_mangle]
 pub extern "C" fn cuCtxSynchronize() -> CuResult {
-    with_state(|s| {
-        s.syncs += 1;
-        SUCCESS
-    })
+    with_state(|_| SUCCESS)
 }
 
 #[no_mangle]
@@ -186,7 +183,7 @@ pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamCreate(stream: *mut *mut c_void, _flags: c_uint) -> CuResult {
-    with_state(|s| put(stream, s.new_handle(Handle::Stream)))
+    with_state(|_| put(stream, STATELESS))
 }
 
 #[no_mangle]
@@ -206,7 +203,6 @@ pub extern "C" fn cuStreamDestroy_v2(_stream: *mut c_void) -> CuResult {
 #[no_mangle]
 pub extern "C" fn cuStreamSynchronize(_stream: *mut c_void) -> CuResult {
     with_state(|s| {
-        s.syncs += 1;
         s.gpu
             .log_json(&serde_json::json!({"kernel": "stream_synchronize"}));
         SUCCESS
@@ -229,7 +225,7 @@ pub extern "C" fn cuStreamWaitEvent(
 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventCreate(event: *mut *mut c_void, _flags: c_uint) -> CuResult {
-    with_state(|s| put(event, s.new_handle(Handle::Event)))
+    with_state(|_| put(event, STATELESS))
 }
 
 #[no_mangle]
@@ -239,10 +235,7 @@ pub extern "C" fn cuEventRecord(_event: *mut c_void, _stream: *mut c_void) -> Cu
 
 #[no_mangle]
 pub extern "C" fn cuEventSynchronize(_event: *mut c_void) -> CuResult {
-    with_state(|s| {
-        s.syncs += 1;
-        SUCCESS
-    })
+    with_state(|_| SUCCESS)
 }
 
 #[no_mangle]
@@ -278,7 +271,7 @@ pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(
     pool: *mut *mut c_void,
     _dev: c_int,
 ) -> CuResult {
-    with_state(|s| put(pool, s.new_handle(Handle::MemPool)))
+    with_state(|_| put(pool, STATELESS))
 }
 
 #[no_mangle]
@@ -382,7 +375,6 @@ fn copy_htod(s: &mut State, dst: u64, src: *const c_void, n: usize) -> CuResult 
     }
     // SAFETY: the caller passes n readable bytes at src (the driver API's contract).
     let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, n) };
-    s.host_to_device_bytes += n as u64;
     s.gpu
         .log_json(&serde_json::json!({"kernel": "memcpy_host_to_device", "bytes": n}));
     match s.gpu.write(dst, bytes) {
@@ -397,7 +389,6 @@ fn copy_dtoh(s: &mut State, dst: *mut c_void, src: u64, n: usize) -> CuResult {
     }
     // SAFETY: the caller passes n writable bytes at dst.
     let bytes = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, n) };
-    s.device_to_host_bytes += n as u64;
     s.gpu
         .log_json(&serde_json::json!({"kernel": "memcpy_device_to_host", "bytes": n}));
     match s.gpu.read(src, bytes) {

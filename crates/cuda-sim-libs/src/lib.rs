@@ -30,9 +30,6 @@ pub struct State {
     handles: Vec<Handle>,
     /// The first fault, repeated by every later call as a GPU's sticky error is.
     pub sticky: Option<String>,
-    pub host_to_device_bytes: u64,
-    pub device_to_host_bytes: u64,
-    pub syncs: u64,
 }
 
 /// What a handle stands for.
@@ -58,6 +55,10 @@ pub enum Handle {
 /// Handles start here, so that a handle is never null or a small integer.
 const HANDLE_BASE: usize = 0x5100;
 
+/// The handle of every context, stream, event, memory pool and NCCL communicator (below [`HANDLE_BASE`], so it
+/// names no table entry).
+pub const STATELESS: *mut std::ffi::c_void = 0x50ff as *mut std::ffi::c_void;
+
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 /// The device, created on first use.
@@ -73,9 +74,6 @@ pub fn state() -> MutexGuard<'static, Option<State>> {
             gpu,
             handles: Vec::new(),
             sticky: None,
-            host_to_device_bytes: 0,
-            device_to_host_bytes: 0,
-            syncs: 0,
         });
     }
     guard

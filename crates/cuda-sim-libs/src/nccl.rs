@@ -5,7 +5,7 @@
 use std::ffi::{c_int, c_void};
 
 use crate::driver::{fault, ILLEGAL_ADDRESS};
-use crate::{report, state, Handle};
+use crate::{report, state, STATELESS};
 
 pub type NcclResult = c_int;
 
@@ -51,9 +51,7 @@ pub unsafe extern "C" fn ncclCommInitRank(
         ));
         return INVALID_ARGUMENT;
     }
-    let mut guard = state();
-    let s = guard.as_mut().expect("state() creates the device");
-    comm.write(s.new_handle(Handle::Comm));
+    comm.write(STATELESS);
     SUCCESS
 }
 

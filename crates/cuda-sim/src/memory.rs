@@ -29,8 +29,11 @@ pub struct Allocation {
 /// Why a global access failed, for the error line.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    /// Outside every allocation; the nearest allocation below, if any (id, base, size).
-    Unmapped { nearest: Option<(u64, u64, u64)> },
+    /// Outside every allocation: how far past the end of the nearest allocation below, and
+    /// that allocation (id, base, size), if there is one.
+    Unmapped {
+        nearest: Option<(u64, u64, u64, u64)>,
+    },
     /// Inside or overlapping the end of an allocation.
     PastEnd { id: u64, base: u64, size: u64 },
     /// An allocation already freed.
@@ -41,10 +44,10 @@ impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Fault::Unmapped {
-                nearest: Some((id, base, size)),
+                nearest: Some((past, id, base, size)),
             } => write!(
                 f,
-                "in no allocation (the nearest below is #{id} at {base:#x}, {size} bytes)"
+                "in no allocation ({past} bytes past the end of allocation #{id} at {base:#x}, {size} bytes)"
             ),
             Fault::Unmapped { nearest: None } => write!(f, "in no allocation"),
             Fault::PastEnd { id, base, size } => {
@@ -141,7 +144,7 @@ impl GlobalMemory {
                 }
             }
             Some(a) => Err(Fault::Unmapped {
-                nearest: Some((a.id, a.base, a.size)),
+                nearest: Some((addr - (a.base + a.size), a.id, a.base, a.size)),
             }),
             None => Err(Fault::Unmapped { nearest: None }),
         }
@@ -166,21 +169,6 @@ impl GlobalMemory {
         let data = alloc.data.as_mut().expect("located allocations are live");
         data[off as usize..off as usize + bytes.len()].copy_from_slice(bytes);
         Ok(())
-    }
-
-    /// Describes `addr` for an error line: which allocation it is in or near.
-    pub fn describe(&self, addr: u64, len: u64) -> String {
-        match self.locate(addr, len) {
-            Ok((base, off)) => {
-                let a = &self.allocations[&base];
-                format!("offset {off} of allocation #{} ({} bytes)", a.id, a.size)
-            }
-            Err(Fault::Unmapped { nearest: Some((id, base, size)) }) => format!(
-                "in no allocation ({} bytes past the end of allocation #{id} at {base:#x}, {size} bytes)",
-                addr - (base + size)
-            ),
-            Err(f) => f.to_string(),
-        }
     }
 }
 

@@ -129,12 +129,11 @@ impl Block<'_> {
         }
         match space {
             Space::Global => {
-                if self.mem.read(a, out).is_err() {
-                    let place = self.mem.describe(a, len);
+                if let Err(fault) = self.mem.read(a, out) {
                     return Err(self.error(
                         t,
                         pc,
-                        format!("read of {len} bytes at {a:#x} {place}"),
+                        format!("read of {len} bytes at {a:#x} {fault}"),
                     ));
                 }
                 self.record_sectors(a, len, false);
@@ -174,12 +173,11 @@ impl Block<'_> {
         }
         match space {
             Space::Global => {
-                if self.mem.write(a, bytes).is_err() {
-                    let place = self.mem.describe(a, len);
+                if let Err(fault) = self.mem.write(a, bytes) {
                     return Err(self.error(
                         t,
                         pc,
-                        format!("write of {len} bytes at {a:#x} {place}"),
+                        format!("write of {len} bytes at {a:#x} {fault}"),
                     ));
                 }
                 self.record_sectors(a, len, true);
@@ -253,40 +251,42 @@ impl Block<'_> {
                 let mut buf = [0u8; 64];
                 let total = size * inst.vec as usize;
                 self.load(t, pc, inst.space, addr, &mut buf[..total])?;
-                let lanes: Vec<u64> = (0..inst.vec as usize)
-                    .map(|k| {
-                        let mut b = [0u8; 8];
-                        b[..size.min(8)].copy_from_slice(&buf[k * size..k * size + size.min(8)]);
-                        extend(u64::from_le_bytes(b), ty)
-                    })
-                    .collect();
-                let dsts: Vec<Option<u32>> = match &ops[0] {
-                    Operand::Vector(regs) => regs.clone(),
-                    Operand::Reg(r) => vec![Some(*r)],
-                    _ => vec![None],
-                };
-                for (r, v) in dsts.iter().zip(lanes) {
+                let one = |r: Option<u32>, k: usize, b: &mut Self| {
                     if let Some(r) = r {
+                        let mut v = [0u8; 8];
+                        v[..size.min(8)].copy_from_slice(&buf[k * size..k * size + size.min(8)]);
                         // Raw: a signed narrow load stays sign-extended for wider reads.
-                        self.regs[t * self.nregs + *r as usize] = v;
+                        b.regs[t * b.nregs + r as usize] = extend(u64::from_le_bytes(v), ty);
                     }
+                };
+                match &ops[0] {
+                    Operand::Vector(regs) => {
+                        for (k, r) in regs.iter().enumerate() {
+                            one(*r, k, self);
+                        }
+                    }
+                    Operand::Reg(r) => one(Some(*r), 0, self),
+                    _ => {}
                 }
                 return Ok(Flow::Next);
             }
             Op::St => {
                 let addr = self.address(t, &ops[0], pc)?;
                 let size = ty.bytes();
-                let mut buf = Vec::with_capacity(size * inst.vec as usize);
+                let mut buf = [0u8; 64];
+                let total = size * inst.vec as usize;
                 match &ops[1] {
                     Operand::Vector(regs) => {
-                        for r in regs {
+                        for (k, r) in regs.iter().enumerate() {
                             let v = r.map(|r| self.reg(t, r)).unwrap_or(0);
-                            buf.extend_from_slice(&v.to_le_bytes()[..size]);
+                            buf[k * size..(k + 1) * size].copy_from_slice(&v.to_le_bytes()[..size]);
                         }
                     }
-                    op => buf.extend_from_slice(&self.get(t, op, ty, pc)?.to_le_bytes()[..size]),
+                    op => {
+                        buf[..size].copy_from_slice(&self.get(t, op, ty, pc)?.to_le_bytes()[..size])
+                    }
                 }
-                self.store(t, pc, inst.space, addr, &buf)?;
+                self.store(t, pc, inst.space, addr, &buf[..total])?;
                 return Ok(Flow::Next);
             }
             Op::Atom(a) | Op::Red(a) => {

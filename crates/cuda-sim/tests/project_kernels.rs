@@ -578,37 +578,37 @@ fn cross_entropy(ptx: &str) -> Vec<Output> {
     ]
 }
 
-/// AdamW has no host emulation entry: its reference is the kernel's two lines in Rust, the
-/// same operations in the same order (what the CPU passes in the trainer compute).
+/// AdamW's three passes (first moment, second moment, the parameter) from the same state.
 fn adamw(ptx: &str) -> Vec<Output> {
     let n = 2_500usize;
     let (g, theta0) = (values(n, 20, 1.0), values(n, 21, 1.0));
-    let (m0, v0) = (
-        values(n, 22, 0.1),
-        values(n, 23, 0.01)
-            .iter()
-            .map(|v| v.abs())
-            .collect::<Vec<_>>(),
-    );
+    let m0 = values(n, 22, 0.1);
+    let v0: Vec<f32> = values(n, 23, 0.01).iter().map(|v| v.abs()).collect();
     let (scale, b1, b2, eps, lr, decay) = (0.7f32, 0.9f32, 0.99f32, 1e-8f32, 1e-3f32, 0.9999f32);
     let (inv_bias1, inv_bias2) = (1.0 / (1.0 - b1 * b1), 1.0 / (1.0 - b2 * b2));
-    let moment = |m: &[f32], first: bool, keep: f32| -> Vec<f32> {
-        m.iter()
-            .zip(&g)
-            .map(|(m, g)| {
-                let gs = g * scale;
-                m * keep + (if first { gs } else { gs * gs }) * (1.0 - keep)
-            })
-            .collect()
+    let (mut theta1, mut m1, mut v1) = (theta0.clone(), m0.clone(), v0.clone());
+    // SAFETY: every buffer holds n elements.
+    unsafe {
+        dynact_adamw_f32_on_host(
+            theta1.as_mut_ptr(),
+            m1.as_mut_ptr(),
+            v1.as_mut_ptr(),
+            g.as_ptr(),
+            n as u64,
+            scale,
+            b1,
+            1.0 - b1,
+            b2,
+            1.0 - b2,
+            inv_bias1,
+            inv_bias2,
+            eps,
+            lr,
+            decay,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        )
     };
-    let m1 = moment(&m0, true, b1);
-    let v1 = moment(&v0, false, b2);
-    let theta1: Vec<f32> = (0..n)
-        .map(|i| {
-            let update = (m1[i] * inv_bias1) / ((v1[i] * inv_bias2).sqrt() + eps);
-            theta0[i] * decay - update * lr
-        })
-        .collect();
     let mut sim = Sim::new(ptx);
     let (dm, dv, dg, dt) = (
         sim.gpu.upload(&m0),
@@ -617,32 +617,15 @@ fn adamw(ptx: &str) -> Vec<Output> {
         sim.gpu.upload(&theta0),
     );
     let nn = Arg::U64(n as u64);
-    sim.run(
-        "adamw_moment_f32",
-        n,
-        &[
-            Arg::Ptr(dm),
-            Arg::Ptr(dg),
-            nn.clone(),
-            Arg::F32(scale),
-            Arg::F32(b1),
-            Arg::F32(1.0 - b1),
-            Arg::I32(1),
-        ],
-    );
-    sim.run(
-        "adamw_moment_f32",
-        n,
-        &[
-            Arg::Ptr(dv),
-            Arg::Ptr(dg),
-            nn.clone(),
-            Arg::F32(scale),
-            Arg::F32(b2),
-            Arg::F32(1.0 - b2),
-            Arg::I32(0),
-        ],
-    );
+    for (moment, keep, first) in [(dm, b1, 1), (dv, b2, 0)] {
+        let args = [Arg::Ptr(moment), Arg::Ptr(dg), nn.clone(), Arg::F32(scale)];
+        let args = [
+            &args[..],
+            &[Arg::F32(keep), Arg::F32(1.0 - keep), Arg::I32(first)],
+        ]
+        .concat();
+        sim.run("adamw_moment_f32", n, &args);
+    }
     sim.run(
         "adamw_parameter_f32",
         n,

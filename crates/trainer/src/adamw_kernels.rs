@@ -277,29 +277,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    extern "C" {
-        /// crates/model/kernels/adamw.cu compiled as C and run on the host over a launch's grid
-        /// (crates/model/kernels/host/kernels_on_host.c, linked through dynact-model).
-        fn dynact_adamw_f32_on_host(
-            theta: *mut f32,
-            m: *mut f32,
-            v: *mut f32,
-            g: *const f32,
-            n: u64,
-            scale: f32,
-            keep1: f32,
-            take1: f32,
-            keep2: f32,
-            take2: f32,
-            inv_bias1: f32,
-            inv_bias2: f32,
-            eps: f32,
-            lr: f32,
-            decay: f32,
-            grid: u32,
-            block: u32,
-        );
-    }
+    use dynact_model::host_emulation::dynact_adamw_f32_on_host;
 
     #[test]
     fn the_cuda_adamw_kernel_source_updates_as_the_cpu_passes_do() {
