@@ -3,8 +3,7 @@
 #![no_main]
 
 use dynact_data::pretokenize::{Part, SplitRouter, StreamTokenizer, TokenSink};
-use dynact_data::source::TextFields;
-use dynact_data::text_reader::TextReader;
+use dynact_data::text_reader::{TextFields, TextReader};
 use dynact_data::Tokenizer;
 use libfuzzer_sys::fuzz_target;
 
@@ -21,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             ..TextFields::default()
         };
         let files = [txt.clone(), jsonl.clone()];
-        let Ok(scan) = dynact_data::pretokenize::scan(TextReader::files(&files, fields)) else {
+        let Ok(scan) = dynact_data::pretokenize::scan(TextReader::files(&files, fields.clone())) else {
             continue;
         };
         let hidden = indicatif::ProgressBar::hidden;

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use dynact_data::dataset::tokenize_documents;
+use dynact_data::pretokenize::tokenize_documents;
 use dynact_data::{builtin, BatchLoader, TokenStream, Tokenizer};
 
 fn corpus() -> (String, String) {

@@ -14,20 +14,20 @@
 //! splits. It is built in a temporary folder and renamed into place, so an entry is complete
 //! or absent. A BPE trained here is cached the same way, keyed by its training documents.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::builtin;
 use crate::error::DataError;
-use crate::pretokenize::{self, Chunker, Part, Scan, SplitRouter, StreamTokenizer, TokenSink};
+use crate::pretokenize::{
+    self, progress, Chunker, Part, Scan, SplitRouter, StreamTokenizer, TokenSink,
+};
 use crate::shard::{self, ShardWriter};
 use crate::source::{self, Resolved};
 use crate::stream::TokenStream;
-use crate::text_reader::{TextEvent, TextReader};
+use crate::text_reader::{TextEvent, TextFields, TextReader};
 use crate::tokenizer::Tokenizer;
 
 /// Tokens per shard file (as llm.c's scripts).
@@ -75,6 +75,18 @@ impl Default for DataConfig {
             builtin_seed: 0,
             builtin_bytes: builtin::DEFAULT_BYTES,
             cache_dir: PathBuf::from("data/cache"),
+        }
+    }
+}
+
+impl DataConfig {
+    /// Where the text is in structured files (`text_field`, `text_column`) and what to do
+    /// with invalid UTF-8.
+    pub fn text_fields(&self) -> TextFields {
+        TextFields {
+            text_field: self.text_field.clone(),
+            text_column: self.text_column.clone(),
+            replace_invalid_utf8: self.replace_invalid_utf8,
         }
     }
 }
@@ -129,17 +141,11 @@ fn parse_tokenizer_spec(spec: &str) -> Result<TokSpec, DataError> {
     Ok(TokSpec::File(PathBuf::from(spec)))
 }
 
-/// Where a text source's documents come from.
-#[derive(Clone, Debug)]
-enum TextSource {
-    Builtin { seed: u64, bytes: usize },
-    Files(Vec<PathBuf>),
-}
-
 /// A text source after a first streaming pass: what it is, its sizes and digest.
 #[derive(Clone, Debug)]
 struct ScannedSource {
-    source: TextSource,
+    /// The built-in corpus or text files (never token shards).
+    source: Resolved,
     scan: Scan,
     description: String,
 }
@@ -147,48 +153,38 @@ struct ScannedSource {
 impl ScannedSource {
     /// Reads the source once (streaming) to count and hash it.
     fn new(resolved: &Resolved, name: &str, cfg: &DataConfig) -> Result<ScannedSource, DataError> {
-        let source = match resolved {
-            Resolved::Builtin => TextSource::Builtin {
-                seed: cfg.builtin_seed,
-                bytes: cfg.builtin_bytes,
-            },
-            Resolved::Text(files) => TextSource::Files(files.clone()),
-            Resolved::Bin(_) => {
-                return Err(DataError::Config("token shards are not text".to_string()))
-            }
-        };
+        if let Resolved::Bin(_) = resolved {
+            return Err(DataError::Config("token shards are not text".to_string()));
+        }
         let mut scanned = ScannedSource {
-            source,
+            source: resolved.clone(),
             scan: Scan::default(),
             description: String::new(),
         };
         scanned.scan = pretokenize::scan(scanned.reader(cfg))?;
         let (docs, mb) = (scanned.scan.documents, scanned.scan.bytes as f64 / 1e6);
         scanned.description = match &scanned.source {
-            TextSource::Builtin { seed, .. } => format!(
-                "built-in synthetic stories (seed {seed}, {docs} stories, {mb:.2} MB; synthetic text, not natural language)"
+            Resolved::Builtin => format!(
+                "built-in synthetic stories (seed {}, {docs} stories, {mb:.2} MB; synthetic text, not natural language)",
+                cfg.builtin_seed
             ),
-            TextSource::Files(files) => {
+            Resolved::Text(files) | Resolved::Bin(files) => {
                 format!("{name} ({} files, {docs} documents, {mb:.2} MB)", files.len())
             }
         };
         Ok(scanned)
     }
 
-    /// A fresh stream of the source's documents.
+    /// A fresh stream of the source's documents (`cfg` is the one the source was scanned
+    /// with).
     fn reader(&self, cfg: &DataConfig) -> TextReader {
         match &self.source {
-            TextSource::Builtin { seed, bytes } => {
-                TextReader::documents(builtin::stories(*seed, *bytes))
+            Resolved::Builtin => {
+                TextReader::documents(builtin::stories(cfg.builtin_seed, cfg.builtin_bytes))
             }
-            TextSource::Files(files) => TextReader::files(
-                files,
-                source::TextFields {
-                    jsonl_field: &cfg.text_field,
-                    parquet_column: &cfg.text_column,
-                    replace_invalid_utf8: cfg.replace_invalid_utf8,
-                },
-            ),
+            Resolved::Text(files) | Resolved::Bin(files) => {
+                TextReader::files(files, cfg.text_fields())
+            }
         }
     }
 }
@@ -324,28 +320,6 @@ impl Plan<'_> {
     }
 }
 
-/// Splits documents at character floor(n · (1 - fraction)) of their concatenation.
-pub fn split_tail(docs: Vec<String>, fraction: f64) -> (Vec<String>, Vec<String>) {
-    let n: usize = docs.iter().map(|d| d.chars().count()).sum();
-    let cut = (n as f64 * (1.0 - fraction)).floor() as usize;
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    let mut seen = 0;
-    for d in docs {
-        let c = d.chars().count();
-        if seen + c <= cut {
-            train.push(d);
-        } else if seen >= cut {
-            val.push(d);
-        } else {
-            let at = d.char_indices().nth(cut - seen).map_or(d.len(), |(i, _)| i);
-            train.push(d[..at].to_string());
-            val.push(d[at..].to_string());
-        }
-        seen += c;
-    }
-    (train, val)
-}
-
 fn check_fraction(f: f64) -> Result<(), DataError> {
     if !(f > 0.0 && f < 1.0) {
         return Err(DataError::Config(format!(
@@ -357,43 +331,6 @@ fn check_fraction(f: f64) -> Result<(), DataError> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn progress(total: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(total);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
-    {
-        pb.set_style(style);
-    }
-    pb.set_message(what.to_string());
-    pb
-}
-
-/// Token ids of `docs`, an end-of-text id between documents, on all cores: the streaming
-/// tokenizer of the cache, with the documents in memory and the ids kept there.
-pub fn tokenize_documents(
-    tokenizer: &Tokenizer,
-    docs: &[String],
-    what: &str,
-) -> Result<Vec<u32>, DataError> {
-    let pb = progress(docs.iter().map(|d| d.len() as u64).sum(), what);
-    let mut stream = StreamTokenizer::new(tokenizer, TokenSink::Memory(Vec::new()), pb.clone());
-    for d in docs {
-        if !d.is_empty() {
-            stream.event(TextEvent::Text(d.clone()))?;
-        }
-        stream.event(TextEvent::EndOfDocument)?;
-    }
-    let (sink, _) = stream.finish()?;
-    pb.finish_and_clear();
-    match sink {
-        TokenSink::Memory(ids) => Ok(ids),
-        TokenSink::Shards(_) => unreachable!("the sink given above is in memory"),
-    }
 }
 
 /// Tokenizes what the plans name into the cache (or finds it there) and opens the streams, in
@@ -692,17 +629,6 @@ pub fn tokenize_source(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_tail_cuts_characters_like_nanogpt() {
-        let docs = vec!["abcd".to_string(), "éfgh".to_string(), "ij".to_string()];
-        // n = 10 chars, cut at 9: train gets 9 chars, val the last one.
-        let (t, v) = split_tail(docs.clone(), 0.1);
-        assert_eq!((t.concat(), v.concat()), ("abcdéfghi".into(), "j".into()));
-        let (t, v) = split_tail(docs, 0.5);
-        assert_eq!(t, ["abcd", "é"]);
-        assert_eq!(v, ["fgh", "ij"]);
-    }
 
     #[test]
     fn config_defaults_and_unknown_fields() {

@@ -9,7 +9,9 @@
 //! The validation split by characters ([`SplitRouter`]) is computed on the stream too, from the
 //! character count of a first pass ([`scan`]).
 
-use indicatif::ProgressBar;
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -272,7 +274,7 @@ pub enum Part {
 }
 
 /// Routes a stream of documents into a training part (the first `cut` characters) and a
-/// validation part (the rest), as [`crate::dataset::split_tail`] splits documents in memory:
+/// validation part (the rest), as [`split_tail`] splits documents in memory:
 /// the document spanning the cut is split in two; an empty document at the cut is training's.
 pub struct SplitRouter {
     cut: u64,
@@ -335,10 +337,80 @@ impl SplitRouter {
     }
 }
 
+/// Splits documents at character floor(n · (1 - fraction)) of their concatenation.
+pub fn split_tail(docs: Vec<String>, fraction: f64) -> (Vec<String>, Vec<String>) {
+    let n: usize = docs.iter().map(|d| d.chars().count()).sum();
+    let cut = (n as f64 * (1.0 - fraction)).floor() as usize;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let mut seen = 0;
+    for d in docs {
+        let c = d.chars().count();
+        if seen + c <= cut {
+            train.push(d);
+        } else if seen >= cut {
+            val.push(d);
+        } else {
+            let at = d.char_indices().nth(cut - seen).map_or(d.len(), |(i, _)| i);
+            train.push(d[..at].to_string());
+            val.push(d[at..].to_string());
+        }
+        seen += c;
+    }
+    (train, val)
+}
+
+/// The progress bar of tokenizing `total` bytes (hidden without a terminal).
+pub(crate) fn progress(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
+    {
+        pb.set_style(style);
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Token ids of `docs`, an end-of-text id between documents, on all cores: the streaming
+/// tokenizer of the cache, with the documents in memory and the ids kept there.
+pub fn tokenize_documents(
+    tokenizer: &Tokenizer,
+    docs: &[String],
+    what: &str,
+) -> Result<Vec<u32>, DataError> {
+    let pb = progress(docs.iter().map(|d| d.len() as u64).sum(), what);
+    let mut stream = StreamTokenizer::new(tokenizer, TokenSink::Memory(Vec::new()), pb.clone());
+    for d in docs {
+        if !d.is_empty() {
+            stream.event(TextEvent::Text(d.clone()))?;
+        }
+        stream.event(TextEvent::EndOfDocument)?;
+    }
+    let (sink, _) = stream.finish()?;
+    pb.finish_and_clear();
+    match sink {
+        TokenSink::Memory(ids) => Ok(ids),
+        TokenSink::Shards(_) => unreachable!("the sink given above is in memory"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::{split_tail, tokenize_documents};
+
+    #[test]
+    fn split_tail_cuts_characters_like_nanogpt() {
+        let docs = vec!["abcd".to_string(), "éfgh".to_string(), "ij".to_string()];
+        // n = 10 chars, cut at 9: train gets 9 chars, val the last one.
+        let (t, v) = split_tail(docs.clone(), 0.1);
+        assert_eq!((t.concat(), v.concat()), ("abcdéfghi".into(), "j".into()));
+        let (t, v) = split_tail(docs, 0.5);
+        assert_eq!(t, ["abcd", "é"]);
+        assert_eq!(v, ["fgh", "ij"]);
+    }
 
     /// Events of `docs` with every document cut into blocks of `block` characters.
     fn blocks(docs: &[String], block: usize) -> Vec<TextEvent> {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
 use crate::hub;
+use crate::text_reader::{collect_documents, TextFields, TextReader};
 
 /// What a source string resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,30 +118,10 @@ pub fn resolve(source: &str) -> Result<Resolved, DataError> {
     }
 }
 
-/// Where the text is in structured files, and what to do with bytes that are not UTF-8.
-#[derive(Clone, Copy, Debug)]
-pub struct TextFields<'a> {
-    /// The text field of JSONL records.
-    pub jsonl_field: &'a str,
-    /// The text column of parquet files.
-    pub parquet_column: &'a str,
-    pub replace_invalid_utf8: bool,
-}
-
-impl Default for TextFields<'_> {
-    fn default() -> Self {
-        TextFields {
-            jsonl_field: "text",
-            parquet_column: "text",
-            replace_invalid_utf8: false,
-        }
-    }
-}
-
 /// Reads text files into documents: one per text file, one per JSONL line, one per parquet row
-/// (for small sources; large ones are streamed with [`crate::text_reader::TextReader`]).
+/// (for small sources; large ones are streamed with a [`TextReader`]).
 pub fn read_documents(files: &[PathBuf], fields: TextFields) -> Result<Vec<String>, DataError> {
-    crate::text_reader::collect_documents(crate::text_reader::TextReader::files(files, fields))
+    collect_documents(TextReader::files(files, fields))
 }
 
 #[cfg(test)]
@@ -171,7 +152,7 @@ mod tests {
         let docs = read_documents(&files, TextFields::default()).unwrap();
         assert_eq!(docs, ["aa", "zz", "one", "two"]);
         let content = TextFields {
-            jsonl_field: "content",
+            text_field: "content".to_string(),
             ..TextFields::default()
         };
         let e = read_documents(&files, content).unwrap_err().to_string();

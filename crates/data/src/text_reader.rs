@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
 use crate::parquet_source::ParquetTextColumn;
-use crate::source::TextFields;
 
 /// Bytes read from a plain text file at a time.
 pub const BLOCK_BYTES: usize = 1 << 20;
@@ -26,12 +25,25 @@ pub enum TextEvent {
     EndOfDocument,
 }
 
-/// Owned settings of a reader (the borrowed [`TextFields`], kept for the reader's lifetime).
-#[derive(Clone, Debug)]
-struct Fields {
-    jsonl_field: String,
-    parquet_column: String,
-    replace_invalid_utf8: bool,
+/// Where the text is in structured files, and what to do with bytes that are not UTF-8 (the
+/// `[data]` keys of the same names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextFields {
+    /// The text field of JSONL records.
+    pub text_field: String,
+    /// The text column of parquet files.
+    pub text_column: String,
+    pub replace_invalid_utf8: bool,
+}
+
+impl Default for TextFields {
+    fn default() -> Self {
+        TextFields {
+            text_field: "text".to_string(),
+            text_column: "text".to_string(),
+            replace_invalid_utf8: false,
+        }
+    }
 }
 
 enum Open {
@@ -61,7 +73,7 @@ enum Open {
 /// The documents of text files (or of documents in memory) as a stream of [`TextEvent`]s.
 pub struct TextReader {
     files: VecDeque<PathBuf>,
-    fields: Fields,
+    fields: TextFields,
     open: Option<Open>,
     queue: VecDeque<TextEvent>,
     failed: bool,
@@ -76,11 +88,7 @@ impl TextReader {
     pub fn files(files: &[PathBuf], fields: TextFields) -> TextReader {
         TextReader {
             files: files.iter().cloned().collect(),
-            fields: Fields {
-                jsonl_field: fields.jsonl_field.to_string(),
-                parquet_column: fields.parquet_column.to_string(),
-                replace_invalid_utf8: fields.replace_invalid_utf8,
-            },
+            fields,
             open: None,
             queue: VecDeque::new(),
             failed: false,
@@ -105,7 +113,7 @@ impl TextReader {
         };
         let file = || File::open(&path).map_err(|e| DataError::io(&path, "open", e));
         self.open = Some(if is_ext(&path, "parquet") {
-            let file = Box::new(ParquetTextColumn::open(&path, &self.fields.parquet_column)?);
+            let file = Box::new(ParquetTextColumn::open(&path, &self.fields.text_column)?);
             Open::Parquet {
                 path,
                 file,
@@ -189,7 +197,7 @@ impl TextReader {
                     let text = text.strip_suffix('\n').unwrap_or(&text);
                     let text = text.strip_suffix('\r').unwrap_or(text);
                     if !text.trim().is_empty() {
-                        let doc = jsonl_text(path, *line, &self.fields.jsonl_field, text)?;
+                        let doc = jsonl_text(path, *line, &self.fields.text_field, text)?;
                         if !doc.is_empty() {
                             self.queue.push_back(TextEvent::Text(doc));
                         }

@@ -354,3 +354,81 @@ impl Checkpoint {
         save_checkpoint_config(&self.config, dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::expected_tensors;
+    use crate::config::{FfnKind, ModelConfig};
+    use crate::param_kind::ParamKind::{self, *};
+
+    /// Every tensor of `cfg` by name, with its kind, written out by hand.
+    fn listed(cfg: &ModelConfig) -> Vec<(String, ParamKind)> {
+        let mut list = vec![("model.embed_tokens.weight".to_string(), Embedding)];
+        for i in 0..cfg.num_hidden_layers {
+            let l = format!("model.layers.{i}");
+            list.push((format!("{l}.input_layernorm.weight"), Norm));
+            for p in ["q", "k", "v", "o"] {
+                list.push((format!("{l}.self_attn.{p}_proj.weight"), Matrix));
+            }
+            list.push((format!("{l}.post_attention_layernorm.weight"), Norm));
+            for p in ["gate", "up", "down"] {
+                list.push((format!("{l}.mlp.{p}_proj.weight"), Matrix));
+            }
+            if cfg.ffn == FfnKind::Dynactglu {
+                list.push((format!("{l}.mlp.act_fn.alpha"), DynActScalar));
+                list.push((format!("{l}.mlp.act_fn.beta"), DynActScalar));
+            }
+        }
+        list.push(("model.norm.weight".to_string(), Norm));
+        if !cfg.tie_word_embeddings {
+            list.push(("lm_head.weight".to_string(), Matrix));
+        }
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// The trainer's weight-decay rule as it stood before it asked `ParamKind`.
+    fn name_rule_decays(name: &str, rank: usize, decay_embeddings: bool) -> bool {
+        if rank < 2 || name.contains("act_fn.") || name.contains("norm") {
+            return false;
+        }
+        decay_embeddings || !name.contains("embed_tokens")
+    }
+
+    #[test]
+    fn every_model_tensor_has_its_kind() {
+        for ffn in [FfnKind::Swiglu, FfnKind::Dynactglu] {
+            for tie_word_embeddings in [false, true] {
+                let cfg = ModelConfig {
+                    ffn,
+                    tie_word_embeddings,
+                    num_hidden_layers: 2,
+                    ..ModelConfig::default()
+                };
+                let what = format!("{ffn:?}, tied = {tie_word_embeddings}");
+                let mut tensors = expected_tensors(&cfg).unwrap();
+                tensors.sort();
+                let names: Vec<&String> = tensors.iter().map(|(n, _)| n).collect();
+                let list = listed(&cfg);
+                assert_eq!(
+                    names,
+                    list.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                    "{what}"
+                );
+                for ((name, shape), (_, kind)) in tensors.iter().zip(&list) {
+                    assert_eq!(ParamKind::of(name), *kind, "{name} ({what})");
+                    let rank = shape.len();
+                    assert_eq!(rank >= 2, matches!(kind, Matrix | Embedding), "{name} rank");
+                    for decay_embeddings in [false, true] {
+                        assert_eq!(
+                            kind.decays(decay_embeddings),
+                            name_rule_decays(name, rank, decay_embeddings),
+                            "{name} decay_embeddings = {decay_embeddings}"
+                        );
+                    }
+                    assert_eq!(kind.decayed_by_default(), kind.decays(false), "{name}");
+                }
+            }
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! applied, in one pass on the CPU ([`crate::philox::apply_dropout_from`]) and by
 //! `kernels/philox_dropout.cu` on a CUDA GPU, so no mask is built on the host or copied to the
 //! device. The backward pass applies the same mask to the gradient, drawn again, so no mask is
-//! stored either. [`crate::forward_ctx::dropout`] runs it for f32 activations on CPUs and GPUs;
+//! stored either. The seeded `dropout` of the forward pass (`forward_ctx`, which uses this module)
+//! runs it for f32 activations on CPUs and GPUs;
 //! the tests compare it with the plain product of the input and the host-drawn mask.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};

@@ -1,5 +1,5 @@
 //! AdamW's update of one parameter as three in-place passes (first moment, second moment, the
-//! parameter) instead of the dozen allocating Candle ops of [`crate::optim::AdamW`]'s reference
+//! parameter) instead of the dozen allocating Candle ops of `optim::AdamW`'s reference
 //! composition, which every other case runs and which the tests compare this with: on a CPU
 //! here, on a CUDA GPU by the kernels of `crates/model/kernels/adamw.cu` (three launches per
 //! parameter instead of about a dozen), with the same arithmetic.

@@ -10,7 +10,7 @@ use dynact_data::{eval_windows, TokenStream};
 use dynact_dist::Communicator;
 use serde::Serialize;
 
-use crate::language_model::ScoresTokens;
+use crate::model_api::ScoresTokens;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct EvalResult {

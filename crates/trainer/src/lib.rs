@@ -18,6 +18,7 @@ pub mod eval_data;
 pub mod experiment;
 pub mod init_from;
 pub mod language_model;
+pub mod model_api;
 pub mod model_source;
 pub mod optim;
 pub mod peak_flops;

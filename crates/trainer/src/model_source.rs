@@ -20,7 +20,8 @@ use dynact_model::{Checkpoint, ModelConfig};
 use dynact_run::{RunDir, RUN_CONFIG_FILE, TOKENIZER_FILE};
 
 use crate::config::RunConfig;
-use crate::language_model::{ModelInfo, Network};
+use crate::language_model::Network;
+use crate::model_api::ModelInfo;
 use crate::public_models::PublicModel;
 
 /// How to resolve a source beyond its path.

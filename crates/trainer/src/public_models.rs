@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::{mistral, phi3, qwen2};
 
-use crate::language_model::ModelInfo;
+use crate::model_api::ModelInfo;
 
 /// `model_type`s this module loads.
 pub const SUPPORTED: &[&str] = &["gpt2", "qwen2", "mistral", "phi3"];

@@ -10,7 +10,7 @@ use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::language_model::Decoder;
+use crate::model_api::Decoder;
 
 /// How to pick each next token.
 #[derive(Clone, Debug, PartialEq)]
