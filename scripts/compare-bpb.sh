@@ -6,7 +6,7 @@
 #
 # SOURCE is anything eval-ppl takes: a run directory, a checkpoint folder, hf://OWNER/NAME
 # (from the Hugging Face cache; set HF_HUB_OFFLINE=1 to use only what is cached). Needs
-# eval-ppl on PATH (cargo install --path crates/trainer) and python3.
+# eval-ppl on PATH (cargo install --path crates/cli) and python3.
 set -euo pipefail
 data=${1:?usage: scripts/compare-bpb.sh DATA [eval-ppl options] -- SOURCE...}
 shift

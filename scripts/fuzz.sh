@@ -10,7 +10,7 @@ root=$PWD
 secs=${1:-600}
 jobs=${JOBS:-1}
 targets=${TARGETS:-"token_shard text_source run_config hub_config tokenizer_json model_folder resume_state"}
-fix=$root/crates/trainer/tests/fixtures
+fix=$root/crates/cli/tests/fixtures
 ckpt=$fix/run-v0/step-000003
 
 # One file made of parts joined with 0xFF bytes, the way multi-file targets cut their input.

@@ -18,7 +18,7 @@ eval "$(scripts/cuda-toolchain.sh)"
 lib=$CUDA_ROOT/lib
 out=gpu-bundle
 build() {
-  cargo build --release -p dynact-trainer --features nccl --bin train-lm
+  cargo build --release -p dynact-cli --features nccl --bin train-lm
   cargo test --release -p dynact-model --features cuda --test gpu_kernels --no-run
   cargo test --release -p dynact-trainer --features nccl --lib --no-run
 }

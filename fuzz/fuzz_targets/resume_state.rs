@@ -18,7 +18,7 @@ fn checkpoint() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../crates/trainer/tests/fixtures/run-v0/step-000003");
+            .join("../crates/cli/tests/fixtures/run-v0/step-000003");
         let dir = dynact_fuzz::fresh_dir("resume");
         for f in ["config.json", "model.safetensors", "tokenizer.json"] {
             std::fs::copy(fixture.join(f), dir.join(f)).expect("the fixture checkpoint");

@@ -5,8 +5,8 @@
 //! Design note. Reading, statistics, tables and plots are separate modules that depend one way:
 //! `runs` turns directories into [`Run`]s, [`compare`] turns runs into a [`Comparison`] of plain
 //! numbers (all statistics come from the pure functions in `stats`), and [`write_report`] renders
-//! a comparison as Markdown, CSV and PNG/SVG files. Nothing is computed while writing, so the
-//! trainer can call `compare` after an experiment grid and inspect the numbers itself.
+//! a comparison as Markdown, CSV and PNG/SVG files. Nothing is computed while writing, so an
+//! experiment grid (dynact-cli) can call `compare` after its runs and inspect the numbers itself.
 //!
 //! Groups are formed by `model.ffn` plus every other run.toml key whose value differs between
 //! runs, except `train.seed`, `name`, `run_dir`, keys named `*seed*`, and keys whose values

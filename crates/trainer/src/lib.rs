@@ -1,23 +1,22 @@
-//! dynact-trainer: wires the model and data crates into training and evaluation, and holds the
-//! command-line tools (`train-lm`, `eval-ppl`, `generate`; `compare-runs` lives in
-//! dynact-compare, the run directory's format in dynact-run). The binaries are thin: clap
-//! flags -> a validated config -> one call here.
+//! dynact-trainer: wires the model and data crates into training and evaluation. The
+//! command-line tools that call it are dynact-cli's (which also runs experiment grids and
+//! compares runs with dynact-compare); the run directory's format is dynact-run's. The binaries
+//! are thin: flags -> a validated config -> one call here.
 //!
-//! [`config`] (the run TOML) -> [`train`] (setup, the training step and the loop, using
-//! [`optim`], [`schedule`] and [`eval`]) -> [`experiment`] (seeded grids of runs).
-//! [`model_source`] resolves what `eval-ppl` and `generate` are pointed at (a safetensors
-//! file, a checkpoint folder, a run directory or `hf://OWNER/NAME`), with the flags of
-//! [`cli`]; [`eval_data`] picks what `eval-ppl` scores; [`sample`] is the decoding loop of
-//! `generate`.
+//! [`config`] (the run TOML) and [`launch`] (which config a run starts from, resume and
+//! init-from) -> [`train`] (setup, the training step and the loop, using [`optim`],
+//! [`schedule`] and [`eval`]). [`model_source`] resolves what `eval-ppl` and `generate` are
+//! pointed at (a safetensors file, a checkpoint folder, a run directory or
+//! `hf://OWNER/NAME`); [`model_api`] is what they ask of a model of any architecture;
+//! [`eval_data`] picks what `eval-ppl` scores; [`sample`] is the decoding loop of `generate`.
 
 pub mod adamw_kernels;
-pub mod cli;
 pub mod config;
 pub mod eval;
 pub mod eval_data;
-pub mod experiment;
 pub mod init_from;
 pub mod language_model;
+pub mod launch;
 pub mod model_api;
 pub mod model_source;
 pub mod optim;

@@ -13,9 +13,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use dynact_files::atomic_write_bytes;
 use dynact_model::FfnKind;
-
-use crate::config::RunConfig;
 use dynact_run::{EvalRecord, RunDir, TrainerState, EVAL_FILE};
+use dynact_trainer::config::RunConfig;
 
 #[derive(Clone, Debug)]
 pub struct Grid {
@@ -58,7 +57,7 @@ fn progress(dir: &Path, steps: u64) -> Result<Progress> {
 }
 
 /// Runs the grid under `cfg.run_dir()` and writes the comparison; returns the experiment dir.
-/// `exe` is the train-lm binary; `vocab_size_given` as in [`crate::train::RunOptions`].
+/// `exe` is the train-lm binary; `vocab_size_given` as in [`dynact_trainer::train::RunOptions`].
 pub fn run_grid(
     cfg: &RunConfig,
     vocab_size_given: bool,
@@ -69,7 +68,7 @@ pub fn run_grid(
     std::fs::create_dir_all(base.join("configs"))
         .with_context(|| format!("cannot create experiment dir {}", base.display()))?;
     // Whatever would stop a run (missing data, a bad config) stops the grid before any run.
-    crate::train::preflight(cfg, vocab_size_given)?;
+    dynact_trainer::train::preflight(cfg, vocab_size_given)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // On a machine with several GPUs, one run per GPU (unless --jobs says otherwise).
     let gpus = match cfg.device.trim() {
@@ -295,7 +294,7 @@ fn show_new_evals<'a>(cell: &'a Cell, shown: &mut HashMap<&'a str, u64>) {
             e.step,
             e.val_ppl,
             e.val_ce,
-            crate::peak_flops::format_duration(e.elapsed_s)
+            dynact_trainer::peak_flops::format_duration(e.elapsed_s)
         );
         *last = e.step;
     }

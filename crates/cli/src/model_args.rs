@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::Device;
 
-use crate::model_source::{load_model, LoadedModel, SourceOptions};
-use crate::{parse_device, parse_dtype, set_cpu_threads};
+use dynact_trainer::model_source::{load_model, LoadedModel, SourceOptions};
+use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
 
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {

@@ -1,5 +1,7 @@
 //! `train-lm`: trains a SwiGLU or dynActGLU decoder as a run config says, with command-line
 //! overrides; `train-lm` alone runs the built-in CPU default (configs/tiny.toml's settings).
+//! The flags become config keys here; which config they override, the resume and init-from
+//! rules and the run itself are dynact-trainer's ([`Launch`], [`run`]).
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -9,21 +11,18 @@ use std::sync::Arc;
 use clap::Parser;
 use dynact_dist::Communicator;
 use dynact_model::FfnKind;
-use dynact_trainer::config::{ConfigBuilder, RunConfig};
-use dynact_trainer::experiment::{run_grid, Grid};
+use dynact_trainer::config::RunConfig;
+use dynact_trainer::launch::{self, Launch};
 use dynact_trainer::train::{run, RunOptions};
 
-// glibc hands large tensor buffers back to the kernel after every step and page-faults them
-// in again; mimalloc keeps them (about 30% faster training on CPU, see the train_step bench).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use crate::experiment::{self, Grid};
 
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "Train a small decoder LM with a SwiGLU or dynActGLU feed-forward block"
 )]
-struct Args {
+pub struct Args {
     /// Run config (TOML); without it, the built-in CPU default (configs/tiny.toml).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -82,8 +81,8 @@ struct Args {
 /// A flag's help: what it does, the config key it sets and that key's value in the built-in
 /// default config (so the help cannot drift from configs/tiny.toml).
 fn flag_help(what: &str, key: &str) -> String {
-    let defaults = ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")
-        .and_then(|b| b.build())
+    let defaults = launch::default_config()
+        .and_then(|b| Ok(b.build()?))
         .map(|(cfg, _)| serde_json::to_value(cfg).expect("a config is JSON"));
     let value = defaults
         .ok()
@@ -97,40 +96,22 @@ fn flag_help(what: &str, key: &str) -> String {
     format!("{what} [sets {key}; without --config: {value}]")
 }
 
-/// The default run when no --config is given: the tiny CPU config, compiled in.
-const DEFAULT_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
+impl Args {
+    /// What the run starts from: config, weights and run directory.
+    fn launch(&self) -> Launch {
+        Launch {
+            config: self.config.clone(),
+            resume: self.resume.clone(),
+            init_from: self.init_from.clone(),
+            run_dir: self.run_dir.clone(),
+        }
+    }
+}
 
 /// The run's config and options from the flags, and the notices about the config to print.
 fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
-    let mut b = match (&args.config, &args.resume) {
-        (Some(path), _) => ConfigBuilder::from_file(path)?,
-        // Resuming without --config continues with the run's own resolved config.
-        (None, Some(dir)) => {
-            let run_toml = dir.join(dynact_run::RUN_CONFIG_FILE);
-            if !run_toml.is_file() {
-                anyhow::bail!(
-                    "--resume {}: no run there (no {}); start it without --resume",
-                    dir.display(),
-                    dynact_run::RUN_CONFIG_FILE
-                );
-            }
-            ConfigBuilder::from_file(&run_toml)?
-        }
-        (None, None) => ConfigBuilder::from_toml_str(DEFAULT_CONFIG, "configs/tiny.toml")?,
-    };
-    b.resuming = args.resume.is_some();
-    if let (Some(_), Some(_)) = (&args.init_from, &args.resume) {
-        anyhow::bail!("--init-from starts a new run and --resume continues one; give one of them");
-    }
-    // Only the built-in default is stripped (a resume's run.toml names init_from too).
-    let from_default = args.config.is_none() && args.resume.is_none();
-    let init_from_given =
-        args.init_from.is_some() || args.set.iter().any(|kv| kv.trim().starts_with("init_from"));
-    if from_default && init_from_given {
-        // The model's shape and tokenizer come from the source, not from the built-in default.
-        b.remove("model");
-        b.remove("data.tokenizer");
-    }
+    let launch = args.launch();
+    let mut b = launch.builder(&args.set)?;
     let s = |v: &str| toml::Value::String(v.to_string());
     let i = |v: u64| toml::Value::Integer(v as i64);
     let mut set = |k: &str, v: Option<toml::Value>| -> anyhow::Result<()> {
@@ -157,16 +138,7 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
     set("device", args.device.as_deref().map(s))?;
     set("init_from", args.init_from.as_deref().map(s))?;
     set("dtype", args.dtype.as_deref().map(s))?;
-    if let (Some(run_dir), Some(resume)) = (&args.run_dir, &args.resume) {
-        if run_dir != resume {
-            anyhow::bail!(
-                "--resume {} and --run-dir {} name different runs; --resume alone continues a run where it is",
-                resume.display(),
-                run_dir.display()
-            );
-        }
-    }
-    let run_dir = args.run_dir.as_ref().or(args.resume.as_ref());
+    let run_dir = launch.run_dir()?;
     set("run_dir", run_dir.map(|p| s(&p.to_string_lossy())))?;
     set("train.batch_size", args.batch_size.map(|v| i(v as u64)))?;
     set("train.grad_accum", args.grad_accum.map(|v| i(v as u64)))?;
@@ -175,18 +147,7 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
     for kv in &args.set {
         b.set(kv)?;
     }
-    let vocab_size_given = b.has("model.vocab_size");
-    let keys_set = b.keys_set();
-    let (mut cfg, notices) = b.build()?;
-    if !cfg.init_from.is_empty() && args.resume.is_none() {
-        dynact_trainer::init_from::settle_config(&mut cfg, Some(&keys_set))?;
-    }
-    let opts = RunOptions {
-        resume: args.resume.is_some(),
-        vocab_size_given,
-        ..Default::default()
-    };
-    Ok((cfg, opts, notices))
+    launch.finish(b)
 }
 
 /// The grid asked for by `--ffn a,b` and/or `--seeds`, if any.
@@ -215,7 +176,9 @@ fn grid(args: &Args, cfg: &RunConfig) -> anyhow::Result<Option<Grid>> {
     }))
 }
 
-fn main() {
+/// `train-lm`'s whole run: parse the flags, then one run (on this rank), a grid or
+/// `--prepare-data`; exits with the run's status.
+pub fn main() {
     dynact_trainer::init_logging();
     let args = Args::parse();
     let mut rank = 0;
@@ -252,7 +215,7 @@ fn main() {
         }
         if let Some(grid) = grid(&args, &cfg)? {
             let exe = std::env::current_exe()?;
-            let dir = run_grid(&cfg, opts.vocab_size_given, &grid, &exe)?;
+            let dir = experiment::run_grid(&cfg, opts.vocab_size_given, &grid, &exe)?;
             let table = std::fs::read_to_string(dir.join("comparison").join("comparison.md"))?;
             println!("{table}");
             std::process::exit(0);

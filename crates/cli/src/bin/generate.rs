@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use dynact_trainer::cli::ModelArgs;
+use dynact_cli::model_args::ModelArgs;
 use dynact_trainer::sample::{generate, Sampler, SamplingConfig};
 
 // glibc hands large tensor buffers back to the kernel after every step and page-faults them

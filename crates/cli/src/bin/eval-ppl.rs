@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use dynact_trainer::cli::ModelArgs;
+use dynact_cli::model_args::ModelArgs;
 use dynact_trainer::eval::{evaluate, EvalResult};
 use dynact_trainer::eval_data::{eval_data, EvalData, Split};
 use dynact_trainer::model_source::{LoadedModel, SourceKind};

@@ -1,7 +1,7 @@
 """Writes the tiny public-architecture checkpoints of tests/public_models.rs and their
 reference numbers, computed by transformers:
 
-    python crates/trainer/tests/reference/make_arch_fixtures.py
+    python crates/cli/tests/reference/make_arch_fixtures.py
 
 For each of gpt2, qwen2 (weights stored as bf16), mistral and phi3: a randomly initialised
 model (fixed seed, 2 layers, width 32) saved with save_pretrained into
