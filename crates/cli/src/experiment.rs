@@ -68,7 +68,7 @@ pub fn run_grid(
     std::fs::create_dir_all(base.join("configs"))
         .with_context(|| format!("cannot create experiment dir {}", base.display()))?;
     // Whatever would stop a run (missing data, a bad config) stops the grid before any run.
-    dynact_trainer::train::preflight(cfg, vocab_size_given)?;
+    dynact_trainer::resolve::preflight(cfg, vocab_size_given)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // On a machine with several GPUs, one run per GPU (unless --jobs says otherwise).
     let gpus = match cfg.device.trim() {
@@ -126,7 +126,7 @@ fn write_cell_configs(
             c.model.ffn = ffn;
             c.seed = seed;
             c.name = format!("{}-{name}", cfg.name);
-            c.run_dir = dir.to_string_lossy().into_owned();
+            c.run_dir = Some(dir.clone());
             c.train.threads = threads;
             let mut table: toml::Table = toml::from_str(&c.to_toml())?;
             if !vocab_size_given {

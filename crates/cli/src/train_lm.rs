@@ -205,7 +205,7 @@ pub fn main() {
         opts.comm = comm;
         if args.prepare_data {
             let start = std::time::Instant::now();
-            let description = dynact_trainer::train::preflight(&cfg, opts.vocab_size_given)?;
+            let description = dynact_trainer::resolve::preflight(&cfg, opts.vocab_size_given)?;
             println!(
                 "data ready: {description} ({:.1} s, peak memory {:.0} MB)",
                 start.elapsed().as_secs_f64(),

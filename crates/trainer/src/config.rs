@@ -150,11 +150,14 @@ impl Default for EvalConfig {
 pub struct RunConfig {
     /// Run name; the run directory is `checkpoints/<name>` unless `run_dir` is set.
     pub name: String,
-    pub run_dir: String,
+    /// Where the run is written (run.toml: "" for unset).
+    #[serde(with = "unset_is_empty")]
+    pub run_dir: Option<PathBuf>,
     pub seed: u64,
     /// Start from these weights (a run, checkpoint folder, `.safetensors` file or
-    /// `hf://OWNER/NAME[@REV]`) instead of a fresh model; empty: a fresh model.
-    pub init_from: String,
+    /// `hf://OWNER/NAME[@REV]`) instead of a fresh model; None (run.toml: ""): a fresh model.
+    #[serde(with = "unset_is_empty")]
+    pub init_from: Option<String>,
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
     pub device: String,
     /// Compute dtype: `f32` or `bf16` (master weights stay f32).
@@ -170,9 +173,9 @@ impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
             name: "run".into(),
-            run_dir: String::new(),
+            run_dir: None,
             seed: 0,
-            init_from: String::new(),
+            init_from: None,
             device: "cpu".into(),
             dtype: "f32".into(),
             model: ModelConfig::default(),
@@ -180,6 +183,36 @@ impl Default for RunConfig {
             train: TrainConfig::default(),
             optim: OptimConfig::default(),
             eval: EvalConfig::default(),
+        }
+    }
+}
+
+/// An optional value written as a string, "" standing for unset (as run.toml has always
+/// written `run_dir` and `init_from`).
+mod unset_is_empty {
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T, S>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: AsRef<std::ffi::OsStr>,
+        S: Serializer,
+    {
+        let text = v.as_ref().map(|t| t.as_ref().to_string_lossy());
+        s.serialize_str(text.as_deref().unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "" => Ok(None),
+            _ => text.parse().map(Some).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -428,6 +461,15 @@ impl Default for ConfigBuilder {
     }
 }
 
+/// The compute dtype a run's `dtype` names: f32 or bf16 (master weights stay f32).
+pub fn run_dtype(spec: &str) -> Result<candle_core::DType, ConfigError> {
+    match spec {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        other => err(format!("dtype `{other}`: expected f32 or bf16")),
+    }
+}
+
 /// Value checks that serde cannot express.
 pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
     let (t, o) = (&cfg.train, &cfg.optim);
@@ -501,9 +543,7 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
             cfg.eval.max_tokens, t.seq_len
         ));
     }
-    if !matches!(cfg.dtype.as_str(), "f32" | "bf16") {
-        return err(format!("dtype `{}`: expected f32 or bf16", cfg.dtype));
-    }
+    run_dtype(&cfg.dtype)?;
     cfg.model
         .validate()
         .map_err(|e| ConfigError(e.to_string()))?;
@@ -536,10 +576,9 @@ impl RunConfig {
 
     /// The run directory: `run_dir` when set, else `checkpoints/<name>`.
     pub fn run_dir(&self) -> PathBuf {
-        if self.run_dir.is_empty() {
-            Path::new("checkpoints").join(&self.name)
-        } else {
-            PathBuf::from(&self.run_dir)
+        match &self.run_dir {
+            Some(dir) => dir.clone(),
+            None => Path::new("checkpoints").join(&self.name),
         }
     }
 

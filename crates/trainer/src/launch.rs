@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::config::{ConfigBuilder, RunConfig};
-use crate::train::RunOptions;
+use crate::resolve::RunOptions;
 
 /// The default run when no config is given: the tiny CPU config, compiled in.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/tiny.toml");
@@ -95,8 +95,8 @@ impl Launch {
         let vocab_size_given = b.has("model.vocab_size");
         let keys_set = b.keys_set();
         let (mut cfg, notices) = b.build()?;
-        if !cfg.init_from.is_empty() && self.resume.is_none() {
-            crate::init_from::settle_config(&mut cfg, Some(&keys_set))?;
+        if self.resume.is_none() {
+            crate::resolve::settle_config(&mut cfg, Some(&keys_set))?;
         }
         let opts = RunOptions {
             resume: self.resume.is_some(),

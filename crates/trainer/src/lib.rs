@@ -4,7 +4,8 @@
 //! are thin: flags -> a validated config -> one call here.
 //!
 //! [`config`] (the run TOML) and [`launch`] (which config a run starts from, resume and
-//! init-from) -> [`train`] (setup, the training step and the loop, using [`optim`],
+//! init-from) -> [`resolve`] (the config settled once against the run directory, the data and
+//! the ranks) -> [`train`] (setup, the training step and the loop, using [`optim`],
 //! [`schedule`] and [`eval`]). [`model_source`] resolves what `eval-ppl` and `generate` are
 //! pointed at (a safetensors file, a checkpoint folder, a run directory or
 //! `hf://OWNER/NAME`); [`model_api`] is what they ask of a model of any architecture;
@@ -22,6 +23,7 @@ pub mod model_source;
 pub mod optim;
 pub mod peak_flops;
 pub mod public_models;
+pub mod resolve;
 pub mod row_shards;
 pub mod sample;
 pub mod schedule;
@@ -51,7 +53,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
-/// `f32` or `bf16` -> the compute dtype.
+/// `f32`, `bf16` or `f16` -> the compute dtype of an evaluation (`eval-ppl`, `generate`); a
+/// run's `dtype` is f32 or bf16 ([`config::run_dtype`]).
 pub fn parse_dtype(spec: &str) -> Result<DType> {
     match spec {
         "f32" => Ok(DType::F32),

@@ -222,7 +222,7 @@ pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<L
             // logged val_ppl is reproduced.
             let dtype = match (opts.dtype, &src.run) {
                 (Some(d), _) => d,
-                (None, Some(run)) => crate::parse_dtype(&run.dtype)?,
+                (None, Some(run)) => crate::config::run_dtype(&run.dtype)?,
                 (None, None) => DType::F32,
             };
             let info = ModelInfo::of(&src.checkpoint.config);

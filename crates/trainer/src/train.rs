@@ -11,23 +11,20 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use dynact_data::{prepare_dataset, BatchLoader, Dataset};
+use dynact_data::{BatchLoader, Dataset};
 use dynact_dist::Communicator;
-use dynact_files::atomic_write_bytes;
-use dynact_model::checkpoint::{save_config, CONFIG_FILE};
 use dynact_model::flops::training_flops_per_token;
 use dynact_model::{init_model, Checkpoint, ForwardCtx, ParamSummary, Transformer};
 use dynact_run::{
     CheckpointContents, EvalRecord, MetricsRecord, RunDir, RunLock, TrainerState,
-    TrainingCheckpoint, EVAL_FILE, METRICS_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE,
+    TrainingCheckpoint, EVAL_FILE, METRICS_FILE,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -35,26 +32,11 @@ use crate::config::{NonFinitePolicy, RunConfig};
 use crate::eval::{evaluate_on, EvalResult};
 use crate::optim::AdamW;
 use crate::peak_flops::{format_duration, peak_flops, Peak};
+use crate::resolve::{Resolution, ResolvedRun};
 use crate::row_shards;
 use crate::schedule::lr_at;
 
-/// How the run was asked to start.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Continue the run in the run directory from its latest checkpoint.
-    pub resume: bool,
-    /// Whether `model.vocab_size` was set explicitly (else it follows the tokenizer).
-    pub vocab_size_given: bool,
-    /// Stop (as if interrupted) after this step: for tests of resuming.
-    pub stop_after: Option<u64>,
-    /// Set to request a clean stop after the current step (Ctrl-C).
-    pub interrupt: Option<Arc<AtomicBool>>,
-    /// No progress bar and no per-step lines (tests).
-    pub quiet: bool,
-    /// The processes of a data-parallel run (default: this one alone). Rank 0 writes the
-    /// run directory; every rank trains on its share of each step's micro-batches.
-    pub comm: Rc<Communicator>,
-}
+pub use crate::resolve::RunOptions;
 
 /// What a finished (or interrupted) run reports.
 #[derive(Clone, Debug)]
@@ -113,101 +95,30 @@ pub struct StepStats {
 }
 
 /// Runs (or resumes) training as configured.
-pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
-    crate::set_cpu_threads(cfg.train.threads);
-    let comm = opts.comm.clone();
-    let root = comm.is_root();
-    let device = rank_device(&cfg.device, &comm)?;
-    let dtype = crate::parse_dtype(&cfg.dtype)?;
-    check_world(&cfg, &device, &comm)?;
-    let run_dir = RunDir::new(cfg.run_dir());
+pub fn run(cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
+    let root = opts.comm.is_root();
     let log = |msg: String| {
         if !opts.quiet && root {
             crate::eprint_line(&msg);
         }
     };
-    if comm.size() > 1 {
-        log(format!(
-            "data parallel: {} ranks, each running {} of the {} micro-batches of {} sequences per step",
-            comm.size(),
-            cfg.train.grad_accum / comm.size(),
-            cfg.train.grad_accum,
-            cfg.train.batch_size
-        ));
-    }
-
-    if opts.resume && !run_dir.holds_run() {
-        bail!(
-            "--resume {}: no run there (no {RUN_CONFIG_FILE}); start it without --resume",
-            run_dir.path.display()
-        );
-    }
-    // One writer per run directory (rank 0), from here until this function returns.
-    let lock = match root {
-        true => Some(run_dir.lock()?),
-        false => None,
+    let run = match ResolvedRun::resolve(cfg, &opts, &log)? {
+        Resolution::Ready(run) => *run,
+        Resolution::Complete { run_dir, step } => return Ok(RunReport::complete(run_dir, step)),
     };
-    if let Some(notice) = lock.as_ref().and_then(|l| l.notice.as_ref()) {
-        eprintln!("{notice}");
-    }
-    let resume_from = check_run_dir(&run_dir, &mut cfg, &opts)?;
-    // Rank 0's thread count decides, so the ranks agree even on unlike machines.
-    cfg.train.row_shards = resolve_row_shards(cfg.train.row_shards, &device, cfg.train.batch_size);
-    let mut shards = cfg.train.row_shards.to_le_bytes().to_vec();
-    comm.broadcast_bytes(&mut shards);
-    cfg.train.row_shards = usize::from_le_bytes(shards.try_into().expect("one usize"));
-    // Every rank has looked at the run directory before rank 0 writes to it.
-    comm.barrier();
-    let init_from = resume_from.is_none() && !cfg.init_from.is_empty();
-    if init_from {
-        crate::init_from::settle_config(&mut cfg, None)?;
-    }
-    if let Some(dir) = &resume_from {
-        let step = TrainerState::read(dir)?.step;
-        if step >= cfg.train.steps {
-            // Nothing to do, and nothing is touched.
-            return Ok(RunReport::complete(run_dir.path.clone(), step));
-        }
-    }
-    let resume_from = resume_from
-        .map(|dir| TrainingCheckpoint::load(&dir, &device))
-        .transpose()?;
-    // Rank 0 tokenizes into the cache first (untimed: a large corpus takes a while); the others
-    // then find it there.
-    let dataset = if root {
-        let d = prepare_data(&mut cfg, &opts, init_from, &log)?;
-        comm.barrier_untimed();
-        d
-    } else {
-        comm.barrier_untimed();
-        prepare_data(&mut cfg, &opts, init_from, &log)?
-    };
-    // The others read and check the cached data too (untimed: proportional to the corpus).
-    comm.barrier_untimed();
-    same_config_on_every_rank(&cfg, &comm)?;
-    let unigram = crate::eval::unigram_ppl(&dataset.train, &dataset.val, cfg.model.vocab_size);
-    log(format!(
-        "baseline: unigram perplexity of the validation set {unigram:.3} (train token frequencies)"
-    ));
+    let (cfg, device, dtype) = (run.cfg, run.device, run.dtype);
+    let (run_dir, lock, dataset) = (run.run_dir, run.lock, run.dataset);
+    let (resume_from, init_from, unigram) = (run.resume_from, run.init_from, run.unigram_ppl);
+    let comm = opts.comm.clone();
 
-    std::fs::create_dir_all(&run_dir.path)
-        .with_context(|| format!("cannot create run dir {}", run_dir.path.display()))?;
-    if resume_from.is_none() && root {
-        // Written first, so the run directory says what ran even if training fails.
-        atomic_write_bytes(&run_dir.file(RUN_CONFIG_FILE), cfg.to_toml().as_bytes())?;
-        save_config(&cfg.model, &run_dir.file(CONFIG_FILE))?;
-        dataset.tokenizer.save(&run_dir.file(TOKENIZER_FILE))?;
-    }
-
-    let start = match resume_from {
-        None if init_from => {
-            log(format!("starting from the weights of {}", cfg.init_from));
-            let weights =
-                crate::init_from::initial_weights(&cfg.model, &cfg.init_from, cfg.seed, &device)?;
+    let start = match (resume_from, &init_from) {
+        (None, Some(source)) => {
+            log(format!("starting from the weights of {source}"));
+            let weights = crate::init_from::initial_weights(&cfg.model, source, cfg.seed, &device)?;
             step_zero(weights, &cfg)?
         }
-        None => step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?,
-        Some(ckpt) => {
+        (None, None) => step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?,
+        (Some(ckpt), _) => {
             log(format!(
                 "resuming {} at step {}",
                 run_dir.path.display(),
@@ -250,82 +161,6 @@ pub fn run(mut cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
     trainer.train(&opts)
 }
 
-/// Checks that the ranks can split the work: every rank runs `grad_accum / world size`
-/// micro-batches, so the world size must divide `train.grad_accum`.
-fn check_world(cfg: &RunConfig, device: &Device, comm: &Communicator) -> Result<()> {
-    let (size, accum) = (comm.size(), cfg.train.grad_accum);
-    if size == 1 {
-        return Ok(());
-    }
-    if !accum.is_multiple_of(size) {
-        bail!(
-            "train.grad_accum {accum} cannot be split over {size} ranks: each rank runs grad_accum / ranks micro-batches of the step's global batch; set train.grad_accum to a multiple of {size} (e.g. {}), or launch a number of ranks that divides {accum} (e.g. {})",
-            accum.div_ceil(size) * size,
-            largest_divisor_at_most(accum, size)
-        );
-    }
-    if !device.is_cpu() && !comm.on_gpu() {
-        bail!(
-            "data parallel over {size} ranks on {} sums gradients with NCCL, which this train-lm was built without; build it with `cargo build --release --features nccl,mpi`, or use --device cpu",
-            cfg.device
-        );
-    }
-    Ok(())
-}
-
-/// The device this process trains on: an NCCL rank's GPU (`cuda:LOCAL_RANK`, on the stream
-/// NCCL uses), else the configured one.
-fn rank_device(spec: &str, comm: &Communicator) -> Result<Device> {
-    #[cfg(feature = "nccl")]
-    if let Some(device) = comm.nccl_device() {
-        return Ok(device.clone());
-    }
-    let _ = comm;
-    crate::parse_device(spec)
-}
-
-/// `train.row_shards` with 0 resolved to one per thread on a CPU (see [`row_shards`]).
-fn resolve_row_shards(given: usize, device: &Device, batch_size: usize) -> usize {
-    match given {
-        0 => row_shards::shard_count(device, batch_size),
-        n => n,
-    }
-}
-
-fn largest_divisor_at_most(n: usize, k: usize) -> usize {
-    (1..=k.min(n))
-        .rev()
-        .find(|d| n.is_multiple_of(*d))
-        .unwrap_or(1)
-}
-
-/// Fails unless every rank resolved the same config (the ranks were started alike).
-fn same_config_on_every_rank(cfg: &RunConfig, comm: &Communicator) -> Result<()> {
-    if comm.size() == 1 {
-        return Ok(());
-    }
-    let mine = cfg.to_toml();
-    let mut root = mine.clone().into_bytes();
-    comm.broadcast_bytes(&mut root);
-    let root = String::from_utf8_lossy(&root);
-    if root != mine {
-        let (a, b) = root
-            .lines()
-            .map(Some)
-            .chain(std::iter::repeat(None))
-            .zip(mine.lines().map(Some).chain(std::iter::repeat(None)))
-            .find(|(a, b)| a != b)
-            .unwrap_or((None, None));
-        bail!(
-            "rank {} resolved another config than rank 0 (`{}` against `{}`); start every rank with the same command and files",
-            comm.rank(),
-            b.unwrap_or("(end)"),
-            a.unwrap_or("(end)")
-        );
-    }
-    Ok(())
-}
-
 /// Where training starts: the parameters and model, the optimizer and the trainer state.
 type Start = (VarMap, Transformer, AdamW, TrainerState);
 
@@ -366,92 +201,6 @@ fn restore(
     Ok((ckpt.weights.varmap, model, opt, ckpt.state))
 }
 
-/// What a run checks before it trains, without a run directory: the device, and the config
-/// against its data (tokenized into the cache, which the run then reuses). The experiment grid
-/// calls it before it starts any run, `train-lm --prepare-data` alone. Returns the data's
-/// description.
-pub fn preflight(cfg: &RunConfig, vocab_size_given: bool) -> Result<String> {
-    crate::parse_device(&cfg.device)?;
-    let mut cfg = cfg.clone();
-    let opts = RunOptions {
-        vocab_size_given,
-        quiet: true,
-        ..Default::default()
-    };
-    let model_given = !cfg.init_from.is_empty();
-    Ok(prepare_data(&mut cfg, &opts, model_given, &|_| {})?.description)
-}
-
-/// Checks the run directory against what was asked: a fresh run needs an empty place, a
-/// resume needs a run there whose config differs from `cfg` only in what a resume may change.
-/// Returns the checkpoint to resume from.
-fn check_run_dir(
-    run_dir: &RunDir,
-    cfg: &mut RunConfig,
-    opts: &RunOptions,
-) -> Result<Option<PathBuf>> {
-    let shown = run_dir.path.display();
-    if !opts.resume {
-        if run_dir.holds_run() {
-            bail!("{shown} already holds a run; continue it with --resume {shown}, or pick another --run-dir");
-        }
-        return Ok(None);
-    }
-    let saved = RunConfig::read(&run_dir.file(RUN_CONFIG_FILE))?;
-    if !opts.vocab_size_given {
-        cfg.model.vocab_size = saved.model.vocab_size;
-    }
-    // A run keeps the dropout generator (older runs: ChaCha8) and the row shards (older runs:
-    // 1) it started with, so it continues bit for bit.
-    cfg.train.dropout_rng = saved.train.dropout_rng;
-    cfg.train.row_shards = saved.train.row_shards;
-    if let Some(diff) = dynact_run::resume::forbidden_change(&saved, cfg) {
-        bail!("cannot resume {shown}: {diff}; resume with the run's own config (drop --config and the flags that change it)");
-    }
-    match run_dir.latest_checkpoint()? {
-        Some(dir) => Ok(Some(dir)),
-        None => bail!(
-            "cannot resume {shown}: it holds no complete checkpoint yet; start it again with a new --run-dir"
-        ),
-    }
-}
-
-/// Tokenizes (or loads from the cache) the training and validation data, fits the model's
-/// vocabulary to the tokenizer and validates the whole config against the data.
-/// The vocabulary follows the tokenizer unless it was given, or comes from the model being
-/// resumed or started from (`model_given`).
-fn prepare_data(
-    cfg: &mut RunConfig,
-    opts: &RunOptions,
-    model_given: bool,
-    log: &impl Fn(String),
-) -> Result<Dataset> {
-    let start = Instant::now();
-    let dataset = prepare_dataset(&cfg.data)?;
-    let tok_vocab = dataset.tokenizer.vocab_size();
-    if !opts.vocab_size_given && !opts.resume && !model_given {
-        cfg.model.vocab_size = tok_vocab;
-    } else if cfg.model.vocab_size < tok_vocab {
-        bail!(
-            "model.vocab_size {} is smaller than the tokenizer's {tok_vocab}; raise it or leave it unset",
-            cfg.model.vocab_size
-        );
-    }
-    dataset
-        .train
-        .check_vocab(cfg.model.vocab_size, "the training data")?;
-    crate::config::validate(cfg).map_err(|e| anyhow::anyhow!(e))?;
-    log(format!(
-        "data: {} ({:.1}s)",
-        dataset.description,
-        start.elapsed().as_secs_f64()
-    ));
-    // Fail now, not at the first evaluation, when the validation set is too short.
-    dynact_data::eval_windows(dataset.val.len(), cfg.train.seq_len)
-        .context("the validation set")?;
-    Ok(dataset)
-}
-
 /// A run in progress: everything a step reads and changes.
 pub struct Trainer {
     cfg: RunConfig,
@@ -483,7 +232,7 @@ impl Trainer {
     /// written: [`Trainer::train_step`] is all it is for). What the benchmarks time.
     pub fn in_memory(cfg: RunConfig, dataset: Dataset) -> Result<Trainer> {
         let device = crate::parse_device(&cfg.device)?;
-        let dtype = crate::parse_dtype(&cfg.dtype)?;
+        let dtype = crate::config::run_dtype(&cfg.dtype)?;
         let start = step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?;
         let run_dir = RunDir::new(cfg.run_dir());
         let comm = Rc::new(Communicator::single());
@@ -505,7 +254,7 @@ impl Trainer {
         comm: Rc<Communicator>,
     ) -> Result<Trainer> {
         cfg.train.row_shards =
-            resolve_row_shards(cfg.train.row_shards, &device, cfg.train.batch_size);
+            crate::resolve::resolve_row_shards(cfg.train.row_shards, &device, cfg.train.batch_size);
         let mut loader = BatchLoader::new(
             dataset.train.clone(),
             cfg.train.seq_len,
