@@ -1,0 +1,134 @@
+//! What a run writes as it goes: metrics lines, evaluations and training checkpoints.
+
+use super::*;
+
+impl Trainer {
+    /// One line of `metrics.jsonl`, with alpha and beta of every layer for dynActGLU.
+    pub(super) fn log_metrics(
+        &self,
+        stats: &StepStats,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+        eta_s: f64,
+        mfu: Option<f64>,
+    ) -> Result<()> {
+        let mut record = MetricsRecord {
+            step: stats.step,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            tokens_per_s,
+            elapsed_s,
+            eta_s: Some(eta_s),
+            mfu,
+            alpha: None,
+            beta: None,
+            alpha_std: None,
+            beta_std: None,
+        };
+        self.add_dynact_stats(&mut record)?;
+        self.run_dir.append_jsonl(METRICS_FILE, &record)
+    }
+
+    /// alpha and beta of every layer (per-channel: their means, plus `alpha_std`/`beta_std`).
+    fn add_dynact_stats(&self, record: &mut MetricsRecord) -> Result<()> {
+        let acts = self.model.dynacts();
+        if acts.is_empty() {
+            return Ok(());
+        }
+        let per_channel = acts[0].alpha().elem_count() > 1;
+        let (mut a, mut b, mut a_std, mut b_std) = (vec![], vec![], vec![], vec![]);
+        for act in acts {
+            for (t, mean, std) in [
+                (act.alpha(), &mut a, &mut a_std),
+                (act.beta(), &mut b, &mut b_std),
+            ] {
+                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                let m = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
+                let var = v.iter().map(|x| (*x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64;
+                mean.push(m);
+                std.push(var.sqrt());
+            }
+        }
+        record.alpha = Some(a);
+        record.beta = Some(b);
+        if per_channel {
+            record.alpha_std = Some(a_std);
+            record.beta_std = Some(b_std);
+        }
+        Ok(())
+    }
+
+    pub(super) fn evaluate_and_log(&self, step: u64, print: bool) -> Result<EvalResult> {
+        let lens = self.dataset.tokenizer.token_byte_lengths();
+        // The same weights, detached: evaluation records no autograd graph.
+        let model = self.inference_model()?;
+        let r = evaluate_on(
+            &self.comm,
+            &model,
+            &self.dataset.val,
+            self.cfg.train.seq_len,
+            self.cfg.eval.batch_size,
+            self.cfg.eval_max_windows(),
+            Some(&lens),
+            &self.device,
+            |_, _| {},
+        )?;
+        let record = EvalRecord {
+            step,
+            tokens_seen: self.state.tokens_seen,
+            val_ce: r.ce,
+            val_ppl: r.ppl,
+            val_bpb: r.bpb,
+            elapsed_s: self.state.elapsed_s,
+            val_tokens: Some(r.tokens as u64),
+        };
+        if !self.comm.is_root() {
+            return Ok(r);
+        }
+        self.run_dir.append_jsonl(EVAL_FILE, &record)?;
+        if print {
+            eprintln!(
+                "eval step {step}: val_ce {:.4}  val_ppl {:.4}  val_bpb {}  ({} tokens, {:.1}s)",
+                r.ce,
+                r.ppl,
+                r.bpb.map_or("-".into(), |b| format!("{b:.4}")),
+                r.tokens,
+                r.seconds
+            );
+        }
+        Ok(r)
+    }
+
+    pub(super) fn save(&self, step: u64) -> Result<()> {
+        // Every rank holds the same weights, optimizer and loader state; rank 0 writes them
+        // while the others wait (untimed: a large checkpoint on a slow disk takes a while).
+        if !self.comm.is_root() {
+            self.comm.barrier_untimed();
+            return Ok(());
+        }
+        self.write_checkpoint(step)?;
+        self.comm.barrier_untimed();
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, step: u64) -> Result<()> {
+        let contents = CheckpointContents {
+            model_config: &self.cfg.model,
+            varmap: &self.varmap,
+            tokenizer: &self.dataset.tokenizer,
+            optimizer: self.opt.state_tensors(),
+            state: &self.state,
+        };
+        let dir = self.run_dir.save_training_checkpoint(step, &contents)?;
+        tracing::info!(step, dir = %dir.display(), "checkpoint saved");
+        // The new checkpoint is complete; failing to delete old ones must not stop the run.
+        if let Err(e) = self
+            .run_dir
+            .prune(self.cfg.train.keep_last, &self.cfg.eval.eval_at)
+        {
+            eprintln!("warning: could not delete old checkpoints: {e:#}");
+        }
+        Ok(())
+    }
+}
