@@ -33,11 +33,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{NonFinitePolicy, RunConfig};
 use crate::eval::{evaluate_on, EvalResult};
 use crate::optim::AdamW;
-use crate::peak_flops::{format_duration, peak_flops, Peak};
+use crate::peak_flops::{peak_flops, Peak};
 use crate::resolve::{Resolution, ResolvedRun};
 use crate::row_shards;
 use crate::schedule::lr_at;
 
+pub mod logger;
 mod records;
 mod report;
 mod step;

@@ -1,17 +1,19 @@
-//! What a run writes as it goes: metrics lines, evaluations and training checkpoints.
+//! What a run records as it goes: a metrics record from a step's results, an evaluation and
+//! its record, training checkpoints; each handed to the loggers (`logger.rs`).
 
+use super::logger::Logger;
 use super::*;
 
 impl Trainer {
-    /// One line of `metrics.jsonl`, with alpha and beta of every layer for dynActGLU.
-    pub(super) fn log_metrics(
+    /// The record of a logged step, with alpha and beta of every layer for dynActGLU.
+    pub(super) fn metrics_record(
         &self,
         stats: &StepStats,
         tokens_per_s: f64,
         elapsed_s: f64,
         eta_s: f64,
         mfu: Option<f64>,
-    ) -> Result<()> {
+    ) -> Result<MetricsRecord> {
         let mut record = MetricsRecord {
             step: stats.step,
             loss: stats.loss,
@@ -27,7 +29,7 @@ impl Trainer {
             beta_std: None,
         };
         self.add_dynact_stats(&mut record)?;
-        self.run_dir.append_jsonl(METRICS_FILE, &record)
+        Ok(record)
     }
 
     /// alpha and beta of every layer (per-channel: their means, plus `alpha_std`/`beta_std`).
@@ -59,7 +61,12 @@ impl Trainer {
         Ok(())
     }
 
-    pub(super) fn evaluate_and_log(&self, step: u64, print: bool) -> Result<EvalResult> {
+    /// Scores the validation set (split over the ranks); rank 0 hands the record to `loggers`.
+    pub(super) fn evaluate_and_log(
+        &self,
+        step: u64,
+        loggers: &mut [Box<dyn Logger>],
+    ) -> Result<EvalResult> {
         let lens = self.dataset.tokenizer.token_byte_lengths();
         // The same weights, detached: evaluation records no autograd graph.
         let model = self.inference_model()?;
@@ -86,33 +93,25 @@ impl Trainer {
         if !self.comm.is_root() {
             return Ok(r);
         }
-        self.run_dir.append_jsonl(EVAL_FILE, &record)?;
-        if print {
-            eprintln!(
-                "eval step {step}: val_ce {:.4}  val_ppl {:.4}  val_bpb {}  ({} tokens, {:.1}s)",
-                r.ce,
-                r.ppl,
-                r.bpb.map_or("-".into(), |b| format!("{b:.4}")),
-                r.tokens,
-                r.seconds
-            );
+        for logger in loggers {
+            logger.eval(&record, &r)?;
         }
         Ok(r)
     }
 
-    pub(super) fn save(&self, step: u64) -> Result<()> {
+    pub(super) fn save(&self, step: u64, loggers: &mut [Box<dyn Logger>]) -> Result<()> {
         // Every rank holds the same weights, optimizer and loader state; rank 0 writes them
         // while the others wait (untimed: a large checkpoint on a slow disk takes a while).
         if !self.comm.is_root() {
             self.comm.barrier_untimed();
             return Ok(());
         }
-        self.write_checkpoint(step)?;
+        self.write_checkpoint(step, loggers)?;
         self.comm.barrier_untimed();
         Ok(())
     }
 
-    fn write_checkpoint(&self, step: u64) -> Result<()> {
+    fn write_checkpoint(&self, step: u64, loggers: &mut [Box<dyn Logger>]) -> Result<()> {
         let contents = CheckpointContents {
             model_config: &self.cfg.model,
             varmap: &self.varmap,
@@ -121,7 +120,9 @@ impl Trainer {
             state: &self.state,
         };
         let dir = self.run_dir.save_training_checkpoint(step, &contents)?;
-        tracing::info!(step, dir = %dir.display(), "checkpoint saved");
+        for logger in loggers {
+            logger.checkpoint(step, &dir)?;
+        }
         // The new checkpoint is complete; failing to delete old ones must not stop the run.
         if let Err(e) = self
             .run_dir

@@ -1,6 +1,7 @@
 //! The loop: steps until `train.steps` or an interrupt, logging every `log_every` steps and
 //! evaluating and saving at every evaluation step.
 
+use super::logger::{ConsoleLogger, JsonlLogger, Logger};
 use super::report::progress_bar;
 use super::*;
 
@@ -12,6 +13,20 @@ impl Trainer {
         let root = self.comm.is_root();
         let quiet = opts.quiet || !root;
         let bar = progress_bar(total, start_step, quiet);
+        // Rank 0 reports; the other ranks' trainers call no logger.
+        let mut loggers: Vec<Box<dyn Logger>> = match root {
+            true => vec![
+                Box::new(JsonlLogger {
+                    run_dir: self.run_dir.clone(),
+                }),
+                Box::new(ConsoleLogger {
+                    bar: bar.clone(),
+                    total,
+                    quiet,
+                }),
+            ],
+            false => vec![],
+        };
         let mut report =
             RunReport::new(self.run_dir.path.clone(), self.unigram_ppl, self.state.step);
         let tokens_per_step = self.cfg.tokens_per_step() as u64;
@@ -43,17 +58,9 @@ impl Trainer {
                     .peak
                     .as_ref()
                     .map(|p| tps * self.flops_per_token / p.flops);
-                self.log_metrics(&stats, tps, elapsed, eta, mfu)?;
-                let mfu_text = mfu.map_or(String::new(), |m| format!("  mfu {:.1}%", 100.0 * m));
-                bar.set_message(format!("loss {:.4}  {tps:.0} tok/s{mfu_text}", stats.loss));
-                if bar.is_hidden() && !quiet {
-                    eprintln!(
-                        "step {step:>6}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {tps:.0} tok/s{mfu_text}  eta {}",
-                        stats.loss,
-                        stats.lr,
-                        stats.grad_norm,
-                        format_duration(eta)
-                    );
+                let record = self.metrics_record(&stats, tps, elapsed, eta, mfu)?;
+                for logger in &mut loggers {
+                    logger.step(&record)?;
                 }
                 (window_start, window_tokens) = (Instant::now(), 0);
             }
@@ -71,13 +78,13 @@ impl Trainer {
             let interrupted = asked || opts.stop_after == Some(step);
             if self.cfg.is_eval_step(step) {
                 self.state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
-                let result = bar.suspend(|| self.evaluate_and_log(step, !quiet))?;
+                let result = bar.suspend(|| self.evaluate_and_log(step, &mut loggers))?;
                 report.evals.push((step, self.state.tokens_seen, result));
-                self.save(step)?;
+                self.save(step, &mut loggers)?;
                 window_start = Instant::now();
             } else if interrupted {
                 self.state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
-                self.save(step)?;
+                self.save(step, &mut loggers)?;
             }
             if interrupted {
                 report.interrupted = true;

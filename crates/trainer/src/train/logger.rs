@@ -1,0 +1,93 @@
+//! The logger seam: what a run reports as it goes goes through [`Logger`], which the trainer
+//! calls on rank 0 at every logged step (`train.log_every` and the last), every evaluation and
+//! every checkpoint. Each record is built once from the step's or the evaluation's results
+//! (`records.rs`); the sinks only write it. The first two sinks: [`JsonlLogger`] (the run
+//! directory's metrics.jsonl and eval.jsonl) and [`ConsoleLogger`] (the progress bar's
+//! message, or plain lines without a terminal). A new sink is one more implementation.
+
+use std::path::Path;
+
+use anyhow::Result;
+use dynact_run::{EvalRecord, MetricsRecord, RunDir, EVAL_FILE, METRICS_FILE};
+use indicatif::ProgressBar;
+
+use crate::eval::EvalResult;
+use crate::peak_flops::format_duration;
+
+/// A sink for what a run reports.
+pub trait Logger {
+    /// A logged training step.
+    fn step(&mut self, record: &MetricsRecord) -> Result<()>;
+    /// An evaluation of the validation set (`result` has what the record does not keep).
+    fn eval(&mut self, record: &EvalRecord, result: &EvalResult) -> Result<()>;
+    /// A training checkpoint written whole to `dir`.
+    fn checkpoint(&mut self, _step: u64, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One JSON line per record in the run directory: metrics.jsonl and eval.jsonl.
+pub struct JsonlLogger {
+    pub run_dir: RunDir,
+}
+
+impl Logger for JsonlLogger {
+    fn step(&mut self, record: &MetricsRecord) -> Result<()> {
+        self.run_dir.append_jsonl(METRICS_FILE, record)
+    }
+
+    fn eval(&mut self, record: &EvalRecord, _: &EvalResult) -> Result<()> {
+        self.run_dir.append_jsonl(EVAL_FILE, record)
+    }
+}
+
+/// The terminal: a step's loss and speed as the progress bar's message, or as a line when
+/// there is no bar (nohup, Slurm, a grid's log files); an evaluation as a line.
+pub struct ConsoleLogger {
+    pub bar: ProgressBar,
+    /// The run's last step.
+    pub total: u64,
+    /// No lines at all (tests).
+    pub quiet: bool,
+}
+
+impl Logger for ConsoleLogger {
+    fn step(&mut self, r: &MetricsRecord) -> Result<()> {
+        let (step, total, tps) = (r.step, self.total, r.tokens_per_s);
+        let mfu_text = r
+            .mfu
+            .map_or(String::new(), |m| format!("  mfu {:.1}%", 100.0 * m));
+        self.bar
+            .set_message(format!("loss {:.4}  {tps:.0} tok/s{mfu_text}", r.loss));
+        if self.bar.is_hidden() && !self.quiet {
+            eprintln!(
+                "step {step:>6}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {tps:.0} tok/s{mfu_text}  eta {}",
+                r.loss,
+                r.lr,
+                r.grad_norm,
+                format_duration(r.eta_s.unwrap_or(f64::NAN))
+            );
+        }
+        Ok(())
+    }
+
+    fn eval(&mut self, record: &EvalRecord, r: &EvalResult) -> Result<()> {
+        if !self.quiet {
+            eprintln!(
+                "eval step {}: val_ce {:.4}  val_ppl {:.4}  val_bpb {}  ({} tokens, {:.1}s)",
+                record.step,
+                r.ce,
+                r.ppl,
+                r.bpb.map_or("-".into(), |b| format!("{b:.4}")),
+                r.tokens,
+                r.seconds
+            );
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, step: u64, dir: &Path) -> Result<()> {
+        tracing::info!(step, dir = %dir.display(), "checkpoint saved");
+        Ok(())
+    }
+}
