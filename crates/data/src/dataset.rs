@@ -29,6 +29,7 @@ use crate::source::{self, Resolved};
 use crate::stream::TokenStream;
 use crate::text_reader::{TextEvent, TextFields, TextReader};
 use crate::tokenizer::Tokenizer;
+use crate::tokenizer_spec::{parse_tokenizer_spec, TokenizerSpec};
 
 /// Tokens per shard file (as llm.c's scripts).
 pub const SHARD_TOKENS: usize = 100_000_000;
@@ -101,44 +102,6 @@ pub struct Dataset {
     pub val_bytes: Option<u64>,
     /// One line saying what the data is, for logs.
     pub description: String,
-}
-
-enum TokSpec {
-    Bytes,
-    Bpe(usize),
-    File(PathBuf),
-}
-
-fn parse_tokenizer_spec(spec: &str) -> Result<TokSpec, DataError> {
-    let spec = spec.trim();
-    if spec == "bytes" {
-        return Ok(TokSpec::Bytes);
-    }
-    if let Some(n) = spec.strip_prefix("bpe:") {
-        return match n.trim().parse::<usize>() {
-            Ok(v) if v >= 257 => Ok(TokSpec::Bpe(v)),
-            _ => Err(DataError::BadTokenizerSpec {
-                spec: spec.to_string(),
-            }),
-        };
-    }
-    if spec.is_empty() || spec == "bpe" {
-        return Err(DataError::BadTokenizerSpec {
-            spec: spec.to_string(),
-        });
-    }
-    if spec.starts_with("hf://") {
-        // A model repository's tokenizer.json (or the file the URI names), through the cache.
-        let uri = crate::hub::parse_hf_uri(spec)?;
-        let file = match uri.path.as_deref() {
-            Some(p) if p.ends_with(".json") => p.to_string(),
-            Some(folder) => format!("{folder}/tokenizer.json"),
-            None => "tokenizer.json".to_string(),
-        };
-        let path = crate::hub::hf_file(&uri.repo_id, uri.kind, uri.revision.as_deref(), &file)?;
-        return Ok(TokSpec::File(path));
-    }
-    Ok(TokSpec::File(PathBuf::from(spec)))
 }
 
 /// A text source after a first streaming pass: what it is, its sizes and digest.
@@ -419,9 +382,9 @@ fn cached_streams(
 /// The tokenizer named by `cfg.tokenizer`, training a BPE on `train_docs` if asked (cached).
 fn make_tokenizer(cfg: &DataConfig, train: Option<Plan>) -> Result<Tokenizer, DataError> {
     match parse_tokenizer_spec(&cfg.tokenizer)? {
-        TokSpec::Bytes => Ok(Tokenizer::bytes()),
-        TokSpec::File(p) => Tokenizer::from_file(&p),
-        TokSpec::Bpe(vocab) => {
+        TokenizerSpec::Bytes => Ok(Tokenizer::bytes()),
+        TokenizerSpec::File(p) => Tokenizer::from_file(&p),
+        TokenizerSpec::Bpe(vocab) => {
             let train = train.ok_or_else(|| {
                 DataError::Config(format!(
                     "tokenizer \"bpe:{vocab}\" needs text to train on, but the source is token shards; set data.tokenizer to the tokenizer.json that made them"

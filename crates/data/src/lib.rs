@@ -22,6 +22,7 @@ pub mod source;
 pub mod stream;
 pub mod text_reader;
 pub mod tokenizer;
+pub mod tokenizer_spec;
 pub mod windows;
 
 pub use dataset::{prepare_dataset, tokenize_source, DataConfig, Dataset};

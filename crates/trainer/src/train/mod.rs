@@ -153,8 +153,19 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
             source: format!("{} x {w} ranks", p.source),
         },
     });
-    let mut trainer = Trainer::assemble(cfg, run_dir, lock, dataset, start, device, dtype, comm)?;
-    match &peak {
+    let mut trainer = Trainer::new(Setup {
+        cfg,
+        run_dir,
+        lock,
+        dataset,
+        start,
+        device,
+        dtype,
+        comm,
+        peak,
+        unigram_ppl: unigram,
+    })?;
+    match &trainer.peak {
         Some(p) => log(format!(
             "speed: {:.2} MFLOP per training token; peak {:.1} GFLOP/s ({})",
             trainer.flops_per_token / 1e6,
@@ -165,18 +176,43 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> Result<RunReport> {
             "speed: no peak FLOP/s known for this device, so no MFU; set train.peak_flops".into(),
         ),
     }
-    trainer.peak = peak;
-    trainer.unigram_ppl = unigram;
     trainer.train(&opts)
 }
 
 /// Where training starts: the parameters and model, the optimizer and the trainer state.
-type Start = (VarMap, Transformer, AdamW, TrainerState);
+struct Start {
+    varmap: VarMap,
+    model: Transformer,
+    opt: AdamW,
+    state: TrainerState,
+}
+
+/// Everything a [`Trainer`] is built from.
+struct Setup {
+    cfg: RunConfig,
+    run_dir: RunDir,
+    /// The run directory's lock (None: nothing on disk, or not rank 0).
+    lock: Option<RunLock>,
+    dataset: Dataset,
+    start: Start,
+    device: Device,
+    dtype: DType,
+    comm: Rc<Communicator>,
+    /// The job's peak FLOP/s (None: unknown, no MFU).
+    peak: Option<Peak>,
+    unigram_ppl: f64,
+}
 
 /// Step 0 of a run from these weights: a new optimizer and a fresh state.
 fn step_zero((varmap, model): (VarMap, Transformer), cfg: &RunConfig) -> Result<Start> {
     let opt = AdamW::new(&varmap, &cfg.optim)?;
-    Ok((varmap, model, opt, TrainerState::start(cfg.seed)))
+    let state = TrainerState::start(cfg.seed);
+    Ok(Start {
+        varmap,
+        model,
+        opt,
+        state,
+    })
 }
 
 /// The model, optimizer and state of a training checkpoint; the run's logs are cut back to
@@ -192,22 +228,28 @@ fn restore(
     let mut opt = AdamW::new(&ckpt.weights.varmap, &cfg.optim)?;
     opt.restore(&ckpt.optimizer, ckpt.state.optimizer_steps)
         .with_context(|| format!("resuming from {}", ckpt.dir.display()))?;
+    let start = Start {
+        varmap: ckpt.weights.varmap,
+        model,
+        opt,
+        state: ckpt.state,
+    };
     if !writer {
-        return Ok((ckpt.weights.varmap, model, opt, ckpt.state));
+        return Ok(start);
     }
     for file in [METRICS_FILE, EVAL_FILE] {
-        run_dir.truncate_jsonl(file, ckpt.state.step)?;
+        run_dir.truncate_jsonl(file, start.state.step)?;
     }
     // Checkpoints after it (written, but never named in `latest`, when the run stopped) are of
     // a timeline this run replaces; left, they would outrank its own in pruning.
     for step in run_dir.checkpoint_steps()? {
-        if step > ckpt.state.step {
+        if step > start.state.step {
             let dir = run_dir.step_dir(step);
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot remove {}", dir.display()))?;
         }
     }
-    Ok((ckpt.weights.varmap, model, opt, ckpt.state))
+    Ok(start)
 }
 
 /// A run in progress: everything a step reads and changes.
@@ -243,29 +285,35 @@ impl Trainer {
         let device = crate::parse_device(&cfg.device)?;
         let dtype = crate::config::run_dtype(&cfg.dtype)?;
         let start = step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?;
-        let run_dir = RunDir::new(cfg.run_dir());
-        let comm = Rc::new(Communicator::single());
-        Trainer::assemble(cfg, run_dir, None, dataset, start, device, dtype, comm)
+        Trainer::new(Setup {
+            run_dir: RunDir::new(cfg.run_dir()),
+            lock: None,
+            dataset,
+            start,
+            device,
+            dtype,
+            comm: Rc::new(Communicator::single()),
+            peak: None,
+            unigram_ppl: f64::NAN,
+            cfg,
+        })
     }
 
-    /// A trainer at `start`, its loader at the state's position (no peak FLOP/s and no
-    /// baseline yet: `run` sets them). Every rank's loader walks the same global order of
-    /// micro-batches (and keeps the same state), taking its own share of each step.
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        mut cfg: RunConfig,
-        run_dir: RunDir,
-        lock: Option<RunLock>,
-        dataset: Dataset,
-        (varmap, model, opt, state): Start,
-        device: Device,
-        dtype: DType,
-        comm: Rc<Communicator>,
-    ) -> Result<Trainer> {
+    /// The trainer of `setup`, whole: its loader at the start state's position. Every rank's
+    /// loader walks the same global order of micro-batches (and keeps the same state), taking
+    /// its own share of each step.
+    fn new(setup: Setup) -> Result<Trainer> {
+        let (mut cfg, device, dtype) = (setup.cfg, setup.device, setup.dtype);
+        let Start {
+            varmap,
+            model,
+            opt,
+            state,
+        } = setup.start;
         cfg.train.row_shards =
             crate::resolve::resolve_row_shards(cfg.train.row_shards, &device, cfg.train.batch_size);
         let mut loader = BatchLoader::new(
-            dataset.train.clone(),
+            setup.dataset.train.clone(),
             cfg.train.seq_len,
             cfg.train.batch_size,
             cfg.seed,
@@ -283,17 +331,17 @@ impl Trainer {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Trainer {
             params_by_name: named.into_iter().map(|(_, v)| v).collect(),
-            _lock: lock,
-            comm,
+            _lock: setup.lock,
+            comm: setup.comm,
             flops_per_token: training_flops_per_token(&cfg.model, cfg.train.seq_len)?,
-            peak: None,
+            peak: setup.peak,
             model: model.with_compute_dtype(dtype),
-            unigram_ppl: f64::NAN,
-            run_dir,
+            unigram_ppl: setup.unigram_ppl,
+            run_dir: setup.run_dir,
             dtype,
             cfg,
             device,
-            dataset,
+            dataset: setup.dataset,
             varmap,
             opt,
             loader,
