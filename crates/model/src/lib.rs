@@ -47,7 +47,7 @@ pub use forward_ctx::{DropoutRng, ForwardCtx};
 pub use init::seeded_var_builder;
 pub use param_kind::ParamKind;
 pub use summary::ParamSummary;
-pub use transformer::{KvCache, Transformer};
+pub use transformer::{DynActStats, KvCache, Transformer};
 
 /// A fresh model of `cfg` with parameters drawn from `seed`, and the `VarMap` that owns them.
 pub fn init_model(

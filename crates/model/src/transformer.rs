@@ -96,6 +96,17 @@ impl KvCache {
     }
 }
 
+/// dynAct's alpha and beta of every layer, summarised for the logs
+/// ([`Transformer::dynact_stats`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DynActStats {
+    pub alpha: Vec<f64>,
+    pub beta: Vec<f64>,
+    /// Per-channel dynAct: the standard deviation of each layer's values.
+    pub alpha_std: Option<Vec<f64>>,
+    pub beta_std: Option<Vec<f64>>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Transformer {
     embed_tokens: Tensor,
@@ -179,6 +190,36 @@ impl Transformer {
     /// The dynAct modules of every layer, in order (empty for SwiGLU).
     pub fn dynacts(&self) -> Vec<&DynAct> {
         self.layers.iter().filter_map(|l| l.mlp.dynact()).collect()
+    }
+
+    /// alpha and beta of every layer, for the logs (None for SwiGLU): per layer their means
+    /// (the values themselves for per-layer scalars), and for per-channel ones their standard
+    /// deviations too.
+    pub fn dynact_stats(&self) -> Result<Option<DynActStats>> {
+        let acts = self.dynacts();
+        if acts.is_empty() {
+            return Ok(None);
+        }
+        let per_channel = acts[0].alpha().elem_count() > 1;
+        let (mut a, mut b, mut a_std, mut b_std) = (vec![], vec![], vec![], vec![]);
+        for act in acts {
+            for (t, mean, std) in [
+                (act.alpha(), &mut a, &mut a_std),
+                (act.beta(), &mut b, &mut b_std),
+            ] {
+                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                let m = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
+                let var = v.iter().map(|x| (*x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64;
+                mean.push(m);
+                std.push(var.sqrt());
+            }
+        }
+        Ok(Some(DynActStats {
+            alpha: a,
+            beta: b,
+            alpha_std: per_channel.then_some(a_std),
+            beta_std: per_channel.then_some(b_std),
+        }))
     }
 
     /// ids: (B, T) u32 -> logits (B, T, V), f32.

@@ -19,6 +19,8 @@ pub const RESUMABLE_CHANGES: &[&str] = &[
     "train.rank_timeout_s",
     "train.on_nonfinite",
     "eval.",
+    // Where a run's logs go (the logging sinks' settings, one key each) never changes the run.
+    "log.",
     "data.cache_dir",
 ];
 

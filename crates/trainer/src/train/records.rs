@@ -5,7 +5,8 @@ use super::logger::Logger;
 use super::*;
 
 impl Trainer {
-    /// The record of a logged step, with alpha and beta of every layer for dynActGLU.
+    /// The record of a logged step, with alpha and beta of every layer for dynActGLU (from
+    /// the model).
     pub(super) fn metrics_record(
         &self,
         stats: &StepStats,
@@ -14,7 +15,8 @@ impl Trainer {
         eta_s: f64,
         mfu: Option<f64>,
     ) -> Result<MetricsRecord> {
-        let mut record = MetricsRecord {
+        let dynact = self.model.dynact_stats()?;
+        Ok(MetricsRecord {
             step: stats.step,
             loss: stats.loss,
             lr: stats.lr,
@@ -23,45 +25,13 @@ impl Trainer {
             elapsed_s,
             eta_s: Some(eta_s),
             mfu,
-            alpha: None,
-            beta: None,
-            alpha_std: None,
-            beta_std: None,
-        };
-        self.add_dynact_stats(&mut record)?;
-        Ok(record)
+            alpha: dynact.as_ref().map(|d| d.alpha.clone()),
+            beta: dynact.as_ref().map(|d| d.beta.clone()),
+            alpha_std: dynact.as_ref().and_then(|d| d.alpha_std.clone()),
+            beta_std: dynact.and_then(|d| d.beta_std),
+        })
     }
 
-    /// alpha and beta of every layer (per-channel: their means, plus `alpha_std`/`beta_std`).
-    fn add_dynact_stats(&self, record: &mut MetricsRecord) -> Result<()> {
-        let acts = self.model.dynacts();
-        if acts.is_empty() {
-            return Ok(());
-        }
-        let per_channel = acts[0].alpha().elem_count() > 1;
-        let (mut a, mut b, mut a_std, mut b_std) = (vec![], vec![], vec![], vec![]);
-        for act in acts {
-            for (t, mean, std) in [
-                (act.alpha(), &mut a, &mut a_std),
-                (act.beta(), &mut b, &mut b_std),
-            ] {
-                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-                let m = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
-                let var = v.iter().map(|x| (*x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64;
-                mean.push(m);
-                std.push(var.sqrt());
-            }
-        }
-        record.alpha = Some(a);
-        record.beta = Some(b);
-        if per_channel {
-            record.alpha_std = Some(a_std);
-            record.beta_std = Some(b_std);
-        }
-        Ok(())
-    }
-
-    /// Scores the validation set (split over the ranks); rank 0 hands the record to `loggers`.
     pub(super) fn evaluate_and_log(
         &self,
         step: u64,
