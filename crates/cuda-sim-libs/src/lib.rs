@@ -21,6 +21,8 @@ use dynact_cuda_sim::Gpu;
 pub mod cublas;
 pub mod curand;
 pub mod driver;
+pub mod launch;
+pub mod memory;
 pub mod nccl;
 
 /// The simulated device and the host-side facts the driver API keeps.

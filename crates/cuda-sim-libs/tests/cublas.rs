@@ -7,7 +7,7 @@ use std::ffi::c_void;
 use dynact_cuda_stand_ins::cublas::{
     cublasCreate_v2, cublasGemmStridedBatchedEx, cublasSgemmStridedBatched,
 };
-use dynact_cuda_stand_ins::driver::{cuMemAlloc_v2, cuMemcpyDtoH_v2, cuMemcpyHtoD_v2};
+use dynact_cuda_stand_ins::memory::{cuMemAlloc_v2, cuMemcpyDtoH_v2, cuMemcpyHtoD_v2};
 
 const R_16BF: i32 = 14;
 const COMPUTE_32F: i32 = 68;

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 
 use dynact_cuda_stand_ins::cublas::{cublasCreate_v2, cublasSgemmStridedBatched};
-use dynact_cuda_stand_ins::driver::{cuMemAlloc_v2, cuMemcpyHtoD_v2, cuMemsetD8_v2};
+use dynact_cuda_stand_ins::memory::{cuMemAlloc_v2, cuMemcpyHtoD_v2, cuMemsetD8_v2};
 
 fn upload(data: &[f32]) -> u64 {
     let mut ptr = 0u64;

@@ -2,9 +2,18 @@
 //! [`Inst`]. Modifiers that do not change what one thread computes (cache hints, memory-order
 //! scopes, `.sync`, `.aligned`) are accepted and dropped.
 
+use std::collections::HashMap;
+
 use crate::inst::*;
-use crate::parse::{parse_error, parse_immediate, Names, SymbolKind};
+use crate::lex::{parse_error, parse_immediate};
 use crate::SimError;
+
+/// What the decoder needs to resolve names: registers, symbols and labels.
+pub(crate) struct Names<'a> {
+    pub regs: &'a HashMap<String, u32>,
+    pub symbols: &'a [(String, SymbolKind)],
+    pub labels: &'a HashMap<String, u32>,
+}
 
 pub(crate) fn decode(statement: &str, line: u32, names: &Names) -> Result<Inst, SimError> {
     let mut rest = statement.trim();

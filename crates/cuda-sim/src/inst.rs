@@ -309,3 +309,21 @@ pub struct Inst {
     /// The instruction as written, for error messages.
     pub text: String,
 }
+
+/// Where a symbol (a variable or parameter named in an operand) lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SymbolKind {
+    Param {
+        offset: usize,
+    },
+    Shared {
+        offset: usize,
+    },
+    Local {
+        offset: usize,
+    },
+    /// A module variable, by index in `Module::globals`.
+    Global {
+        index: usize,
+    },
+}

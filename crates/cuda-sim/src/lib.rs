@@ -18,6 +18,7 @@ mod device;
 mod exec;
 mod float;
 mod inst;
+mod lex;
 mod memory;
 mod parse;
 mod profile;

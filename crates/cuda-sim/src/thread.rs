@@ -5,7 +5,6 @@ use crate::alu::*;
 use crate::exec::{Block, Flow};
 use crate::inst::*;
 use crate::memory::{window, Window, LOCAL_WINDOW, SHARED_WINDOW};
-use crate::parse::SymbolKind;
 use crate::SimError;
 
 impl Block<'_> {
