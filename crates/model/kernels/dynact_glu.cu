@@ -1,5 +1,5 @@
 // dynActGLU's gate product and its backward, the GPU twins of the CPU kernels in
-// crates/model/src/dynact_glu.rs (same arithmetic, same order of every sum):
+// crates/model/src/ffn/dynact_glu.rs (same arithmetic, same order of every sum):
 //   y = (base(g)(alpha - beta) + beta g) u,   base(g) = g w(g), w = sigmoid (SiLU) or step (ReLU)
 // `params` is [alpha; beta], each of length 1 (per layer) or C (per channel); rows have C
 // channels. The parameter gradients are reduced in two deterministic stages: f32 partial sums

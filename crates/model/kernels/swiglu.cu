@@ -1,5 +1,5 @@
 // The SwiGLU gate product silu(g) u and its backward, the GPU twins of the CPU kernels in
-// crates/model/src/ops/swiglu.rs, with their arithmetic (Candle's silu, x / (1 + exp(-x)), and
+// crates/model/src/ffn/swiglu.rs, with their arithmetic (Candle's silu, x / (1 + exp(-x)), and
 // its backward), one thread per element.
 
 #include <stdint.h>

@@ -1,17 +1,16 @@
 //! dynact-model: a Llama-style decoder whose feed-forward block is SwiGLU or dynActGLU(Swish),
 //! and its checkpoint format.
 //!
-//! Reading order: [`dynact`] (the trainable activation) and [`dynact_glu`] (its gate product,
-//! fused) -> [`ops`] (RMSNorm, softmax with its
-//! causal mask, the cross-entropy losses, RoPE and the SwiGLU gate, one file each: a fused CPU
-//! kernel beside its `_reference` composition of Candle ops) -> [`layers`] (linear, RMSNorm)
-//! and [`forward_ctx`] (train or eval, seeded dropout) -> [`attention`] -> [`ffn`] ->
+//! Reading order: [`dynact`] (the trainable activation) -> [`ops`] (RMSNorm, softmax with its
+//! causal mask, the cross-entropy losses and RoPE, one file each: a fused CPU kernel beside
+//! its `_reference` composition of Candle ops) -> [`layers`] (linear, RMSNorm) and
+//! [`forward_ctx`] (train or eval, seeded dropout) -> [`attention`] -> [`ffn`] (the MLP, and
+//! the SwiGLU and dynActGLU gate products side by side, each fused beside its reference) ->
 //! [`transformer`] -> [`config`] -> [`param_kind`] (what each tensor is, for weight decay and
-//! the [`summary`]) -> [`checkpoint`].
+//! the [`summary`]) -> [`checkpoint`]. [`gpt2`] is GPT-2, for comparisons.
 //!
 //! The modules form layers without cycles: `ops`, `forward_ctx`, `param_kind` and `config` use
-//! no other module of the crate (but `error`); `dynact`, `dynact_glu`, `layers`, `attention` and `ffn` build
-//! on them; `transformer` on those; `checkpoint` and `summary` on top. Every module is built by
+//! no other module of the crate (but `error`); `dynact`, `layers`, `attention` and `ffn` build on them; `transformer` on those; `checkpoint` and `summary` on top. Every module is built by
 //! one `new(cfg, vb)` constructor that names its tensors as Hugging Face Llama does, so the
 //! same code creates a fresh model ([`seeded_var_builder`]) and loads a saved one
 //! ([`Checkpoint`]). The crate knows nothing of text or files of text: it maps token ids to
@@ -23,11 +22,11 @@ pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda_kernels;
 pub mod dynact;
-pub mod dynact_glu;
 pub mod error;
 pub mod ffn;
 pub mod flops;
 pub mod forward_ctx;
+pub mod gpt2;
 #[doc(hidden)]
 pub mod host_emulation;
 mod init;

@@ -202,7 +202,7 @@ fn fused_dynact_matches_composition_for_every_parameter() {
 #[test]
 fn fused_dynact_glu_matches_its_reference_for_every_input_and_parameter() {
     use candle_nn::{VarBuilder, VarMap};
-    use dynact_model::dynact_glu::{dynact_glu, dynact_glu_reference};
+    use dynact_model::ffn::{dynact_glu, dynact_glu_reference};
     use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
     // 70 rows: more than one block of the kernel's parameter-gradient partial sums.
     let (gate, up, w) = (
@@ -354,8 +354,8 @@ fn fused_swiglu_is_bit_identical_to_its_reference() {
         Var::from_tensor(&randn(&[6, 10], 13)).unwrap(),
     );
     let w = randn(&[6, 10], 14);
-    let fused = ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
-    let plain = ops::swiglu_reference(g.as_tensor(), u.as_tensor()).unwrap();
+    let fused = dynact_model::ffn::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+    let plain = dynact_model::ffn::swiglu_reference(g.as_tensor(), u.as_tensor()).unwrap();
     let gf = (&fused * &w)
         .unwrap()
         .sum_all()
@@ -476,7 +476,7 @@ fn the_cuda_causal_softmax_kernel_source_computes_what_the_cpu_kernel_does() {
 #[test]
 fn the_cuda_dynact_glu_kernel_source_computes_what_the_cpu_kernel_does() {
     use candle_nn::{VarBuilder, VarMap};
-    use dynact_model::dynact_glu::dynact_glu;
+    use dynact_model::ffn::dynact_glu;
     use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
     // 150 rows of 12 channels: two whole blocks of 64 rows and a partial one.
     let (rows, c) = (150usize, 12usize);
@@ -658,7 +658,9 @@ fn flat_run(
 fn the_cuda_swiglu_kernel_source_computes_what_the_cpu_kernel_does() {
     let (g, u) = ((randn(&[9, 70], 40) * 4.0).unwrap(), randn(&[9, 70], 41));
     let w = randn(&[9, 70], 42);
-    let (y, grads) = flat_run(&[&g, &u], &w, &|x| ops::swiglu(&x[0], &x[1]).unwrap());
+    let (y, grads) = flat_run(&[&g, &u], &w, &|x| {
+        dynact_model::ffn::swiglu(&x[0], &x[1]).unwrap()
+    });
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let (gv, uv, dy) = (flat(&g), flat(&u), flat(&w));
     let n = gv.len();

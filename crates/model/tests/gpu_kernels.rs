@@ -9,7 +9,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::randn;
-use dynact_model::dynact_glu::dynact_glu;
+use dynact_model::ffn::dynact_glu;
 use dynact_model::philox_dropout::PhiloxDropout;
 use dynact_model::{
     init_model, ops, BaseAct, DynAct, DynActConfig, FfnKind, ForwardCtx, Granularity, ModelConfig,
@@ -120,7 +120,7 @@ fn ops_read_their_inputs_at_the_layout_s_start_offset() {
     let up = randn(&[5, 70, 48], 14);
     compare_on_both(&[&x, &up], &w, 1e-4, "swiglu of rows 1..5", |t| {
         let (g, u) = (t[0].narrow(0, 1, 4).unwrap(), t[1].narrow(0, 1, 4).unwrap());
-        ops::swiglu(&g, &u).unwrap()
+        dynact_model::ffn::swiglu(&g, &u).unwrap()
     });
 }
 
@@ -144,7 +144,7 @@ fn swiglu_matches_the_cpu_kernel() {
         randn(&[3, 40, 96], 16),
     );
     compare_on_both(&[&g, &u], &w, 1e-5, "swiglu", |t| {
-        ops::swiglu(&t[0], &t[1]).unwrap()
+        dynact_model::ffn::swiglu(&t[0], &t[1]).unwrap()
     });
 }
 

@@ -22,7 +22,7 @@ use dynact_run::{RunDir, RUN_CONFIG_FILE, TOKENIZER_FILE};
 use crate::config::RunConfig;
 use crate::language_model::Network;
 use crate::model_api::ModelInfo;
-use crate::public_models::PublicModel;
+use crate::public_models::{Architecture, PublicModel};
 
 /// How to resolve a source beyond its path.
 #[derive(Clone, Debug, Default)]
@@ -135,6 +135,27 @@ pub fn load_checkpoint(
     read_checkpoint(spec, locate(spec, opts)?, opts, device)
 }
 
+/// The config.json to use for a located source, after the checks every load makes: `--step`
+/// only for run directories, and the config and weight files there.
+fn checked_files(spec: &str, located: &Located, opts: &SourceOptions) -> Result<PathBuf> {
+    if opts.step.is_some() && !matches!(located.kind, SourceKind::Run { .. }) {
+        bail!("--step is for run directories, and {spec} is not one (no {RUN_CONFIG_FILE})");
+    }
+    let config_path = opts.config.clone().unwrap_or(located.config.clone());
+    if !config_path.is_file() {
+        bail!(
+            "{}: no such file; a checkpoint needs its {CONFIG_FILE} (pass --config PATH/config.json)",
+            config_path.display()
+        );
+    }
+    for w in &located.weights {
+        if !w.is_file() {
+            bail!("{}: no such file", w.display());
+        }
+    }
+    Ok(config_path)
+}
+
 /// The config and weights of a located source, checked.
 fn read_checkpoint(
     spec: &str,
@@ -142,23 +163,8 @@ fn read_checkpoint(
     opts: &SourceOptions,
     device: &Device,
 ) -> Result<SourceCheckpoint> {
-    if opts.step.is_some() && !matches!(located.kind, SourceKind::Run { .. }) {
-        bail!("--step is for run directories, and {spec} is not one (no {RUN_CONFIG_FILE})");
-    }
-    let config_path = opts.config.clone().unwrap_or(located.config);
-    if !config_path.is_file() {
-        bail!(
-            "{}: no such file; a checkpoint needs its {CONFIG_FILE} (pass --config PATH/config.json)",
-            config_path.display()
-        );
-    }
-    let config = read_config(&config_path)?;
-    for w in &located.weights {
-        if !w.is_file() {
-            bail!("{}: no such file", w.display());
-        }
-    }
-    let checkpoint = Checkpoint::load(&located.weights, config, device)?;
+    let config_path = checked_files(spec, &located, opts)?;
+    let checkpoint = Checkpoint::load(&located.weights, read_config(&config_path)?, device)?;
     Ok(SourceCheckpoint {
         checkpoint,
         tokenizer_file: located.tokenizers.into_iter().find(|p| p.is_file()),
@@ -174,79 +180,43 @@ fn read_checkpoint(
 /// supported `model_type`s.
 pub fn load_model(spec: &str, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
     let located = locate(spec, opts)?;
-    let config_path = opts.config.clone().unwrap_or(located.config.clone());
-    let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
-    if let Some(other) = serde_json::from_str::<serde_json::Value>(&config_text)
-        .ok()
-        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string))
-        .filter(|t| !["llama", "dynact_llama"].contains(&t.as_str()))
-        .filter(|t| !crate::public_models::SUPPORTED.contains(&t.as_str()))
-    {
-        bail!(
-            "{}: model_type `{other}` is not supported; supported: llama and dynact_llama (this project's), {}",
-            config_path.display(),
-            crate::public_models::SUPPORTED.join(", ")
-        );
-    }
-    let (model, info, dtype, files) = match PublicModel::model_type(&config_text) {
-        Some(_) => {
-            if opts.step.is_some() {
-                bail!(
-                    "--step is for run directories, and {spec} is not one (no {RUN_CONFIG_FILE})"
-                );
-            }
-            for w in &located.weights {
-                if !w.is_file() {
-                    bail!("{}: no such file", w.display());
-                }
-            }
+    let config_path = checked_files(spec, &located, opts)?;
+    let config_text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let (model, info, dtype) = match Architecture::of_config(&config_path, &config_text)? {
+        Architecture::Public => {
             let (model, info) = PublicModel::load(&config_text, &located.weights, device)
                 .with_context(|| format!("loading {spec}"))?;
-            let public = Network::Public {
-                model,
-                info: info.clone(),
-            };
-            let tokenizer_file = located.tokenizers.iter().find(|p| p.is_file()).cloned();
             if opts.dtype.is_some_and(|d| d != DType::F32) {
                 bail!(
                     "{spec} is a {} model, which computes in f32 here; drop --dtype",
                     info.model_type
                 );
             }
-            let dtype = DType::F32;
-            (public, info, dtype, (located, tokenizer_file))
+            let public = Network::Public {
+                model,
+                info: info.clone(),
+            };
+            (public, info, DType::F32)
         }
-        None => {
-            let src = read_checkpoint(spec, located, opts, device)?;
+        Architecture::Ours => {
+            let config = read_config(&config_path)?;
+            let checkpoint = Checkpoint::load(&located.weights, config, device)?;
             // A run directory computes in the run's dtype unless told otherwise, so that its
             // logged val_ppl is reproduced.
-            let dtype = match (opts.dtype, &src.run) {
+            let dtype = match (opts.dtype, &located.run) {
                 (Some(d), _) => d,
-                (None, Some(run)) => crate::config::run_dtype(&run.dtype)?,
+                (None, Some(run)) => run.dtype.dtype(),
                 (None, None) => DType::F32,
             };
-            let info = ModelInfo::of(&src.checkpoint.config);
-            let model = src
-                .checkpoint
+            let info = ModelInfo::of(&checkpoint.config);
+            let model = checkpoint
                 .inference_model(device)?
                 .with_compute_dtype(dtype);
-            let located = Located {
-                config: config_path.clone(),
-                weights: src.weights,
-                tokenizers: vec![],
-                run: src.run,
-                kind: src.kind,
-                description: src.description,
-            };
-            (
-                Network::Ours(model),
-                info,
-                dtype,
-                (located, src.tokenizer_file),
-            )
+            (Network::Ours(model), info, dtype)
         }
     };
-    let (located, tokenizer_file) = files;
+    let tokenizer_file = located.tokenizers.iter().find(|p| p.is_file()).cloned();
 
     let (mut tokenizer, mut tokenizer_path, mut tokenizer_problem) = (None, None, None);
     if let Some(p) = &opts.tokenizer {

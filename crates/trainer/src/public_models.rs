@@ -1,23 +1,54 @@
 //! The small public models people compare against, for `eval-ppl` and `generate`: Qwen2,
 //! Mistral and Phi-3 through candle-transformers, and GPT-2 (which candle-transformers 0.11
-//! lacks) written here. `config.json`'s `model_type` picks the architecture; Llama stays on
+//! lacks) from dynact-model. `config.json`'s `model_type` picks the architecture; Llama stays on
 //! this project's own model. Weights are read as stored (f32, bf16, f16) and computed in f32.
 //!
 //! candle-transformers' Mistral and Phi-3 return logits for the last position only, so their
 //! per-token losses are computed one position at a time through their KV cache (exact, and
 //! slower than one pass); Qwen2 exposes its hidden states, which go through the head at once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::models::{mistral, phi3, qwen2};
+use dynact_model::gpt2::{Gpt2, Gpt2Config};
 
 use crate::model_api::ModelInfo;
 
 /// `model_type`s this module loads.
 pub const SUPPORTED: &[&str] = &["gpt2", "qwen2", "mistral", "phi3"];
+
+/// Which code loads a checkpoint, from its config.json's `model_type`, decided once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// This project's decoder: `llama`, `dynact_llama`, or no `model_type` (its own configs
+    /// before it wrote one).
+    Ours,
+    /// One of [`SUPPORTED`], through [`PublicModel`].
+    Public,
+}
+
+impl Architecture {
+    /// The architecture of the config.json at `path` (its text); any other `model_type` is
+    /// refused with the list of supported ones. Text that is not JSON is left to the config
+    /// reader, which says what is wrong with it.
+    pub fn of_config(path: &Path, text: &str) -> Result<Architecture> {
+        let model_type = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
+        match model_type.as_deref() {
+            None | Some("llama" | "dynact_llama") => Ok(Architecture::Ours),
+            Some(t) if SUPPORTED.contains(&t) => Ok(Architecture::Public),
+            Some(other) => bail!(
+                "{}: model_type `{other}` is not supported; supported: llama and dynact_llama (this project's), {}",
+                path.display(),
+                SUPPORTED.join(", ")
+            ),
+        }
+    }
+}
 
 pub enum PublicModel {
     Gpt2(Gpt2),
@@ -68,13 +99,6 @@ fn usize_of(v: &serde_json::Value, keys: &[&str]) -> Result<usize> {
 }
 
 impl PublicModel {
-    /// The `model_type` of a config.json, if it names one of [`SUPPORTED`].
-    pub fn model_type(config_text: &str) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_str(config_text).ok()?;
-        let t = v.get("model_type")?.as_str()?;
-        SUPPORTED.contains(&t).then(|| t.to_string())
-    }
-
     /// Loads the model that `config_text` describes from `weights` onto `device`.
     pub fn load(
         config_text: &str,
@@ -96,7 +120,11 @@ impl PublicModel {
             hidden_size: usize_of(&cfg, &["hidden_size", "n_embd"])?,
         };
         let model = match model_type.as_str() {
-            "gpt2" => PublicModel::Gpt2(Gpt2::new(&cfg, vb)?),
+            "gpt2" => {
+                let c: Gpt2Config =
+                    serde_json::from_value(cfg.clone()).map_err(|e| parse("gpt2", e))?;
+                PublicModel::Gpt2(Gpt2::new(&c, vb)?)
+            }
             "qwen2" => {
                 let c: qwen2::Config = serde_json::from_value(cfg.clone())
                     .map_err(|e| parse("qwen2", e))?;
@@ -190,130 +218,9 @@ impl PublicModel {
     }
 }
 
-/// GPT-2 (transformers' GPT2LMHeadModel): learned positions, pre-LayerNorm blocks, fused QKV
-/// in Conv1D layout (weights stored (in, out)), the tanh GELU, head tied to the embeddings.
-pub struct Gpt2 {
-    wte: Embedding,
-    wpe: Embedding,
-    blocks: Vec<Gpt2Block>,
-    ln_f: LayerNorm,
-    heads: usize,
-}
-
-struct Gpt2Block {
-    ln_1: LayerNorm,
-    c_attn: (Tensor, Tensor),
-    attn_proj: (Tensor, Tensor),
-    ln_2: LayerNorm,
-    c_fc: (Tensor, Tensor),
-    mlp_proj: (Tensor, Tensor),
-}
-
-/// x (.., in) @ W (in, out) + b: transformers' Conv1D.
-fn conv1d(x: &Tensor, (w, b): &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
-    x.broadcast_matmul(w)?.broadcast_add(b)
-}
-
-impl Gpt2 {
-    fn new(cfg: &serde_json::Value, vb: VarBuilder) -> Result<Self> {
-        let c = usize_of(cfg, &["n_embd", "hidden_size"])?;
-        let layers = usize_of(cfg, &["n_layer", "num_hidden_layers"])?;
-        let heads = usize_of(cfg, &["n_head", "num_attention_heads"])?;
-        let vocab = usize_of(cfg, &["vocab_size"])?;
-        let positions = usize_of(cfg, &["n_positions", "max_position_embeddings"])?;
-        let inner = cfg
-            .get("n_inner")
-            .and_then(|v| v.as_u64())
-            .map_or(4 * c, |v| v as usize);
-        let activation = cfg
-            .get("activation_function")
-            .and_then(|v| v.as_str())
-            .unwrap_or("gelu_new");
-        if !["gelu_new", "gelu_pytorch_tanh"].contains(&activation) {
-            bail!("GPT-2 with activation_function `{activation}` is not supported (only the tanh GELU, gelu_new)");
-        }
-        let eps = cfg
-            .get("layer_norm_epsilon")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1e-5);
-        // save_pretrained writes `transformer.`-prefixed names; the original repositories do not.
-        let vb = if vb.contains_tensor("transformer.wte.weight") {
-            vb.pp("transformer")
-        } else {
-            vb
-        };
-        let ln = |vb: VarBuilder| candle_nn::layer_norm(c, eps, vb);
-        let conv = |vb: VarBuilder, i: usize, o: usize| -> candle_core::Result<(Tensor, Tensor)> {
-            Ok((vb.get((i, o), "weight")?, vb.get(o, "bias")?))
-        };
-        let blocks = (0..layers)
-            .map(|i| {
-                let b = vb.pp(format!("h.{i}"));
-                Ok(Gpt2Block {
-                    ln_1: ln(b.pp("ln_1"))?,
-                    c_attn: conv(b.pp("attn.c_attn"), c, 3 * c)?,
-                    attn_proj: conv(b.pp("attn.c_proj"), c, c)?,
-                    ln_2: ln(b.pp("ln_2"))?,
-                    c_fc: conv(b.pp("mlp.c_fc"), c, inner)?,
-                    mlp_proj: conv(b.pp("mlp.c_proj"), inner, c)?,
-                })
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Gpt2 {
-            wte: candle_nn::embedding(vocab, c, vb.pp("wte"))?,
-            wpe: candle_nn::embedding(positions, c, vb.pp("wpe"))?,
-            blocks,
-            ln_f: ln(vb.pp("ln_f"))?,
-            heads,
-        })
-    }
-
-    /// ids (B, T) -> logits (B, T, V).
-    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let pos = Tensor::arange(0u32, t as u32, ids.device())?;
-        let mut x = self
-            .wte
-            .forward(ids)?
-            .broadcast_add(&self.wpe.forward(&pos)?)?;
-        let c = x.dim(D::Minus1)?;
-        let (h, d) = (self.heads, c / self.heads);
-        let mask: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), ids.device())?;
-        for blk in &self.blocks {
-            let qkv = conv1d(&blk.ln_1.forward(&x)?, &blk.c_attn)?; // (B, T, 3C)
-            let split = |i: usize| -> candle_core::Result<Tensor> {
-                qkv.narrow(D::Minus1, i * c, c)?
-                    .reshape((b, t, h, d))?
-                    .transpose(1, 2)?
-                    .contiguous() // (B, H, T, D)
-            };
-            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-            let att = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
-            x = (x + conv1d(&y, &blk.attn_proj)?)?;
-            let m = conv1d(&blk.ln_2.forward(&x)?, &blk.c_fc)?.gelu()?; // tanh GELU
-            x = (x + conv1d(&m, &blk.mlp_proj)?)?;
-        }
-        self.ln_f
-            .forward(&x)?
-            .broadcast_matmul(&self.wte.embeddings().t()?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::IndexOp;
 
     #[test]
     fn transformers_5_configs_are_normalized() {
@@ -324,34 +231,8 @@ mod tests {
         .unwrap();
         assert_eq!(v["rope_theta"], 500000.0);
         assert_eq!(v["sliding_window"], 64);
-        assert_eq!(
-            PublicModel::model_type(r#"{"model_type": "gpt2"}"#).as_deref(),
-            Some("gpt2")
-        );
-        assert_eq!(PublicModel::model_type(r#"{"model_type": "llama"}"#), None);
-    }
-
-    #[test]
-    fn causal_mask_hides_the_future() {
-        // Position 0's logits must not change when later tokens change.
-        let cfg = serde_json::json!({"n_embd": 8, "n_layer": 1, "n_head": 2, "vocab_size": 11, "n_positions": 8});
-        let varmap = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let m = Gpt2::new(&cfg, vb).unwrap();
-        let a = m
-            .forward(&Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap())
-            .unwrap();
-        let b = m
-            .forward(&Tensor::new(&[[1u32, 7, 9]], &Device::Cpu).unwrap())
-            .unwrap();
-        let d: f32 = (a.i((0, 0)).unwrap() - b.i((0, 0)).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(d, 0.0);
+        let arch = |text: &str| Architecture::of_config(Path::new("config.json"), text).unwrap();
+        assert_eq!(arch(r#"{"model_type": "gpt2"}"#), Architecture::Public);
+        assert_eq!(arch(r#"{"model_type": "llama"}"#), Architecture::Ours);
     }
 }

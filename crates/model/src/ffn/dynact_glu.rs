@@ -2,7 +2,7 @@
 //! that yields d(gate), d(up), d(alpha) and d(beta) together, on a CPU and on a CUDA GPU
 //! (`kernels/dynact_glu.cu`, the same arithmetic and order of sums), beside
 //! [`dynact_glu_reference`], the composition every other device runs. Fused, the gate costs
-//! what SwiGLU's costs (`ops::swiglu`); composed, it took an extra pass over the (B, T, F)
+//! what SwiGLU's costs ([`super::swiglu`]); composed, it took an extra pass over the (B, T, F)
 //! hidden activations each way and a reduction for alpha and beta.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};

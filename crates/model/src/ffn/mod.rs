@@ -1,5 +1,7 @@
 //! The feed-forward blocks: SwiGLU and dynActGLU(Swish), which differ only in the gate's
-//! activation. Checkpoint names follow Hugging Face Llama (`gate_proj`, `up_proj`,
+//! activation. Their gate products sit side by side, each a fused kernel beside its reference
+//! composition: [`swiglu`] and [`dynact_glu`]. A new FFN variant is a [`GateActivation`], its
+//! gate product in a file here, and its [`crate::FfnKind`]. Checkpoint names follow Hugging Face Llama (`gate_proj`, `up_proj`,
 //! `down_proj`); dynActGLU adds `act_fn.alpha` and `act_fn.beta`.
 
 use candle_core::{Module, Result, Tensor};
@@ -8,6 +10,12 @@ use candle_nn::VarBuilder;
 use crate::config::{FfnKind, ModelConfig};
 use crate::dynact::DynAct;
 use crate::layers::Linear;
+
+pub mod dynact_glu;
+pub mod swiglu;
+
+pub use dynact_glu::{dynact_glu, dynact_glu_reference};
+pub use swiglu::{swiglu, swiglu_reference};
 
 /// The activation applied to the gate projection.
 #[derive(Clone, Debug)]
@@ -62,8 +70,8 @@ impl Module for Mlp {
         let gate = self.gate_proj.forward(x)?; // (B, T, F)
         let up = self.up_proj.forward(x)?;
         let hidden = match &self.act_fn {
-            GateActivation::Silu => crate::ops::swiglu(&gate, &up)?,
-            GateActivation::DynAct(act) => crate::dynact_glu::dynact_glu(act, &gate, &up)?,
+            GateActivation::Silu => swiglu(&gate, &up)?,
+            GateActivation::DynAct(act) => dynact_glu(act, &gate, &up)?,
         };
         self.down_proj.forward(&hidden)
     }

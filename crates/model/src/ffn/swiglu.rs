@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, fused_on_cuda, rows_per_task};
+use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
 
 /// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
 /// Candle's own `silu` and `mul` (forward and backward) so results are bit-identical to them.

@@ -2,7 +2,7 @@
 //! backward pass (`candle_nn::ops::rms_norm`, `softmax_last_dim`, see docs/candle-notes.md).
 //!
 //! One file per op. In each, the public function (`rms_norm`, `causal_softmax`, `token_nll`,
-//! `rope`, `swiglu`) dispatches: on CPU with f32 it runs one fused kernel with its own fused
+//! `rope`; the FFN gates in `crate::ffn` follow the same pattern) dispatches: on CPU with f32 it runs one fused kernel with its own fused
 //! backward (`CustomOp`s, one pass over the data each way, rows in parallel), and on f32 GPU
 //! tensors its CUDA twin (`kernels/`, see `crate::cuda_kernels` in a CUDA build); everything
 //! else (bf16, other devices) runs
@@ -19,13 +19,11 @@ pub mod cross_entropy;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
-pub mod swiglu;
 
 pub use cross_entropy::{cross_entropy, log_softmax, token_nll, token_nll_reference};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
 pub use softmax::{causal_mask, causal_softmax, causal_softmax_reference, softmax};
-pub use swiglu::{swiglu, swiglu_reference};
 
 /// Whether `x` takes the fused CPU kernel: a CPU tensor of f32.
 pub(crate) fn fused(x: &Tensor) -> bool {
