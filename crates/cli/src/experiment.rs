@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use dynact_files::atomic_write_bytes;
 use dynact_model::FfnKind;
 use dynact_run::{EvalRecord, RunDir, TrainerState, EVAL_FILE};
-use dynact_trainer::config::RunConfig;
+use dynact_trainer::config::{DeviceSpec, RunConfig};
 
 #[derive(Clone, Debug)]
 pub struct Grid {
@@ -71,8 +71,8 @@ pub fn run_grid(
     dynact_trainer::resolve::preflight(cfg, vocab_size_given)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // On a machine with several GPUs, one run per GPU (unless --jobs says otherwise).
-    let gpus = match cfg.device.trim() {
-        "cuda" | "cuda:0" => visible_gpus(),
+    let gpus = match cfg.device {
+        DeviceSpec::Cuda(None | Some(0)) => visible_gpus(),
         _ => vec![],
     };
     let jobs = match (grid.jobs, gpus.len()) {

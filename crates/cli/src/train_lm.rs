@@ -188,7 +188,7 @@ pub fn main() {
     let result = build(&args).and_then(|(cfg, mut opts, notices)| {
         // Under mpirun/srun: this rank of a data-parallel run.
         let timeout = std::time::Duration::from_secs_f64(cfg.train.rank_timeout_s);
-        let gpu = cfg.device.trim().starts_with("cuda");
+        let gpu = cfg.device.is_cuda();
         let comm = Rc::new(Communicator::from_env(timeout, gpu)?);
         rank = comm.rank();
         ranks = Some(comm.clone());

@@ -34,27 +34,11 @@ use candle_core::{DType, Device};
 
 /// `cpu`, `cuda`, `cuda:N` or `metal` -> a Candle device, with a hint when the build lacks it.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let (kind, index) = match spec.split_once(':') {
-        Some((k, i)) => (
-            k,
-            i.parse::<usize>()
-                .map_err(|_| anyhow::anyhow!("device `{spec}`: `{i}` is not a GPU index"))?,
-        ),
-        None => (spec, 0),
-    };
-    match kind {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(index).map_err(|e| {
-            anyhow::anyhow!("cannot open cuda:{index} ({e}); build with `--features cuda` on a machine with the CUDA toolkit")
-        }),
-        "metal" => Device::new_metal(index)
-            .map_err(|e| anyhow::anyhow!("cannot open metal:{index} ({e}); build with `--features metal`")),
-        other => bail!("unknown device `{other}`: expected cpu, cuda, cuda:N or metal"),
-    }
+    spec.parse::<config::DeviceSpec>()?.open()
 }
 
 /// `f32`, `bf16` or `f16` -> the compute dtype of an evaluation (`eval-ppl`, `generate`); a
-/// run's `dtype` is f32 or bf16 ([`config::run_dtype`]).
+/// run's `dtype` is f32 or bf16 ([`config::RunDtype`]).
 pub fn parse_dtype(spec: &str) -> Result<DType> {
     match spec {
         "f32" => Ok(DType::F32),

@@ -25,7 +25,7 @@ use dynact_run::{
     RunDir, RunLock, TrainerState, TrainingCheckpoint, RUN_CONFIG_FILE, TOKENIZER_FILE,
 };
 
-use crate::config::{run_dtype, RunConfig};
+use crate::config::{DeviceSpec, RunConfig};
 use crate::model_source::source_config;
 use crate::row_shards;
 
@@ -86,8 +86,8 @@ impl ResolvedRun {
         crate::set_cpu_threads(cfg.train.threads);
         let comm = opts.comm.clone();
         let root = comm.is_root();
-        let device = rank_device(&cfg.device, &comm)?;
-        let dtype = run_dtype(&cfg.dtype)?;
+        let device = rank_device(cfg.device, &comm)?;
+        let dtype = cfg.dtype.dtype();
         check_world(&cfg, &device, &comm)?;
         let run_dir = RunDir::new(cfg.run_dir());
         if comm.size() > 1 {
@@ -296,13 +296,13 @@ fn check_world(cfg: &RunConfig, device: &Device, comm: &Communicator) -> Result<
 
 /// The device this process trains on: an NCCL rank's GPU (`cuda:LOCAL_RANK`, on the stream
 /// NCCL uses), else the configured one.
-fn rank_device(spec: &str, comm: &Communicator) -> Result<Device> {
+fn rank_device(spec: DeviceSpec, comm: &Communicator) -> Result<Device> {
     #[cfg(feature = "nccl")]
     if let Some(device) = comm.nccl_device() {
         return Ok(device.clone());
     }
     let _ = comm;
-    crate::parse_device(spec)
+    spec.open()
 }
 
 /// `train.row_shards` with 0 resolved to one per thread on a CPU (see [`row_shards`]).
@@ -352,7 +352,7 @@ fn same_config_on_every_rank(cfg: &RunConfig, comm: &Communicator) -> Result<()>
 /// calls it before it starts any run, `train-lm --prepare-data` alone. Returns the data's
 /// description.
 pub fn preflight(cfg: &RunConfig, vocab_size_given: bool) -> Result<String> {
-    crate::parse_device(&cfg.device)?;
+    cfg.device.open()?;
     let mut cfg = cfg.clone();
     let opts = RunOptions {
         vocab_size_given,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dynact_trainer::config::ConfigBuilder;
+use dynact_trainer::config::{ConfigBuilder, DeviceSpec};
 
 fn load(name: &str) -> dynact_trainer::config::RunConfig {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -15,7 +15,7 @@ fn load(name: &str) -> dynact_trainer::config::RunConfig {
 fn shipped_configs_are_valid() {
     let tiny = load("tiny.toml");
     assert_eq!(tiny.data.source, "builtin");
-    assert_eq!(tiny.device, "cpu");
+    assert_eq!(tiny.device, DeviceSpec::Cpu);
     let repro = load("cpu-repro.toml");
     assert_eq!(repro.train.steps, 3430);
     assert!(repro.eval.eval_at.contains(&562) && repro.eval.eval_at.contains(&3430));

@@ -10,8 +10,10 @@ use dynact_model::{DropoutRng, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 mod builder;
+mod choices;
 
 pub use builder::{set_key, ConfigBuilder};
+pub use choices::{DeviceSpec, RunDtype};
 
 /// What to do when a loss or gradient is not finite.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -163,9 +165,9 @@ pub struct RunConfig {
     #[serde(with = "unset_is_empty")]
     pub init_from: Option<String>,
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Compute dtype: `f32` or `bf16` (master weights stay f32).
-    pub dtype: String,
+    pub dtype: RunDtype,
     pub model: ModelConfig,
     pub data: DataConfig,
     pub train: TrainConfig,
@@ -180,8 +182,8 @@ impl Default for RunConfig {
             run_dir: None,
             seed: 0,
             init_from: None,
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: DeviceSpec::Cpu,
+            dtype: RunDtype::F32,
             model: ModelConfig::default(),
             data: DataConfig::default(),
             train: TrainConfig::default(),
@@ -228,15 +230,6 @@ pub struct ConfigError(pub String);
 
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
-}
-
-/// The compute dtype a run's `dtype` names: f32 or bf16 (master weights stay f32).
-pub fn run_dtype(spec: &str) -> Result<candle_core::DType, ConfigError> {
-    match spec {
-        "f32" => Ok(candle_core::DType::F32),
-        "bf16" => Ok(candle_core::DType::BF16),
-        other => err(format!("dtype `{other}`: expected f32 or bf16")),
-    }
 }
 
 /// Value checks that serde cannot express.
@@ -312,7 +305,6 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
             cfg.eval.max_tokens, t.seq_len
         ));
     }
-    run_dtype(&cfg.dtype)?;
     cfg.model
         .validate()
         .map_err(|e| ConfigError(e.to_string()))?;

@@ -282,8 +282,8 @@ impl Trainer {
     /// A trainer over `dataset` with a fresh model and nothing on disk (no run directory is
     /// written: [`Trainer::train_step`] is all it is for). What the benchmarks time.
     pub fn in_memory(cfg: RunConfig, dataset: Dataset) -> Result<Trainer> {
-        let device = crate::parse_device(&cfg.device)?;
-        let dtype = crate::config::run_dtype(&cfg.dtype)?;
+        let device = cfg.device.open()?;
+        let dtype = cfg.dtype.dtype();
         let start = step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?;
         Trainer::new(Setup {
             run_dir: RunDir::new(cfg.run_dir()),
