@@ -24,11 +24,10 @@ pub mod table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use dynact_run::{EVAL_FILE, RUN_CONFIG_FILE};
 
 pub use dynact_run::{EvalRecord, MetricsRecord};
 pub use grouping::grouping_keys;
-pub use runs::Run;
+pub use runs::{find_runs, Run};
 pub use stats::Welch;
 
 /// Everything that can go wrong; each message is one line that names the file involved.
@@ -176,48 +175,6 @@ pub struct Comparison {
     /// Non-fatal remarks (dropped evaluation steps), one line each.
     pub notices: Vec<String>,
     pub ema_weight: f64,
-}
-
-/// The run directories among `paths` as a user gives them on the command line: a run
-/// directory stands for itself; an experiment folder (no eval.jsonl or run.toml of its own)
-/// for the run directories inside it; anything else (the grid's `.log` files a shell glob
-/// also matches, `configs/`, `comparison/`) is skipped with a notice.
-pub fn find_runs(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
-    let is_run = |p: &Path| p.join(EVAL_FILE).is_file() || p.join(RUN_CONFIG_FILE).is_file();
-    let (mut runs, mut notices) = (vec![], vec![]);
-    for p in paths {
-        if is_run(p) {
-            runs.push(p.clone());
-            continue;
-        }
-        let inside: Vec<PathBuf> = match std::fs::read_dir(p) {
-            Ok(entries) => {
-                let mut v: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|c| c.is_dir() && is_run(c))
-                    .collect();
-                v.sort();
-                v
-            }
-            Err(_) => vec![],
-        };
-        if inside.is_empty() {
-            if p.is_dir() {
-                // Let compare() say what is missing.
-                runs.push(p.clone());
-            } else {
-                notices.push(format!("{} is not a run directory; skipped", p.display()));
-            }
-        } else {
-            notices.push(format!(
-                "{}: comparing the {} run directories inside it",
-                p.display(),
-                inside.len()
-            ));
-            runs.extend(inside);
-        }
-    }
-    (runs, notices)
 }
 
 /// Loads every run directory and compares them; see the module note for the rules.

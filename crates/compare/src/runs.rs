@@ -32,6 +32,48 @@ pub struct Run {
     pub metrics: Vec<MetricsRecord>,
 }
 
+/// The run directories among `paths` as a user gives them on the command line: a run
+/// directory stands for itself; an experiment folder (no eval.jsonl or run.toml of its own)
+/// for the run directories inside it; anything else (the grid's `.log` files a shell glob
+/// also matches, `configs/`, `comparison/`) is skipped with a notice.
+pub fn find_runs(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
+    let is_run = |p: &Path| p.join(EVAL_FILE).is_file() || p.join(RUN_CONFIG_FILE).is_file();
+    let (mut runs, mut notices) = (vec![], vec![]);
+    for p in paths {
+        if is_run(p) {
+            runs.push(p.clone());
+            continue;
+        }
+        let inside: Vec<PathBuf> = match std::fs::read_dir(p) {
+            Ok(entries) => {
+                let mut v: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|c| c.is_dir() && is_run(c))
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(_) => vec![],
+        };
+        if inside.is_empty() {
+            if p.is_dir() {
+                // Let compare() say what is missing.
+                runs.push(p.clone());
+            } else {
+                notices.push(format!("{} is not a run directory; skipped", p.display()));
+            }
+        } else {
+            notices.push(format!(
+                "{}: comparing the {} run directories inside it",
+                p.display(),
+                inside.len()
+            ));
+            runs.extend(inside);
+        }
+    }
+    (runs, notices)
+}
+
 impl Run {
     /// Reads `dir/run.toml` (optional), `dir/eval.jsonl` (required) and `dir/metrics.jsonl`
     /// (optional).

@@ -2,6 +2,7 @@
 //! row, from the string column `data.text_column`. The file is read one row group at a time
 //! through the record API, projected onto that column, so other columns are never decoded.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use parquet::record::Field;
 use parquet::schema::types::Type;
 
 use crate::error::DataError;
+use crate::text_event::TextEvent;
 
 /// The string column of one parquet file, read one row group at a time.
 pub struct ParquetTextColumn {
@@ -158,6 +160,46 @@ pub fn write_string_columns(
     }
     writer.close().map_err(bad)?;
     Ok(())
+}
+
+/// A parquet file's documents, one row group at a time (what [`crate::text_reader`] reads).
+pub(crate) struct ParquetDocuments {
+    file: ParquetTextColumn,
+    next_group: usize,
+    documents: usize,
+}
+
+impl ParquetDocuments {
+    pub fn open(path: &Path, column: &str) -> Result<ParquetDocuments, DataError> {
+        Ok(ParquetDocuments {
+            file: ParquetTextColumn::open(path, column)?,
+            next_group: 0,
+            documents: 0,
+        })
+    }
+
+    /// Reads the next row group's documents into `queue`; true once the file is done.
+    pub fn read_into(&mut self, queue: &mut VecDeque<TextEvent>) -> Result<bool, DataError> {
+        if self.next_group == self.file.row_groups() {
+            if self.documents == 0 {
+                return Err(DataError::EmptyFile {
+                    path: self.file.path.clone(),
+                });
+            }
+            return Ok(true);
+        }
+        let mut docs = Vec::new();
+        self.file.read_group(self.next_group, &mut docs)?;
+        self.next_group += 1;
+        self.documents += docs.len();
+        for d in docs {
+            if !d.is_empty() {
+                queue.push_back(TextEvent::Text(d));
+            }
+            queue.push_back(TextEvent::EndOfDocument);
+        }
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

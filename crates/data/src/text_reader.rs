@@ -1,29 +1,20 @@
 //! Reading text sources as a stream, so that a corpus larger than memory never has to be held:
-//! [`TextReader`] yields each document as pieces of text followed by an end-of-document mark.
-//! A plain text file is one document, read in blocks of [`BLOCK_BYTES`]; a `.jsonl` file gives
-//! one document per non-blank line (its `text_field`); a `.parquet` file one per row (its
-//! `text_column`), one row group at a time. Memory stays bounded by a block, a JSONL line or a
-//! row group, whatever the size of the corpus.
+//! [`TextReader`] yields each document as pieces of text followed by an end-of-document mark,
+//! from files of any input format, each in its own file: plain text
+//! ([`crate::plain_text_source`], one document per file), `.jsonl`
+//! ([`crate::jsonl_source`], one per non-blank line, its `text_field`) and `.parquet`
+//! ([`crate::parquet_source`], one per row of its `text_column`). Memory stays bounded by a
+//! block, a JSONL line or a row group, whatever the size of the corpus.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
-use crate::parquet_source::ParquetTextColumn;
-
-/// Bytes read from a plain text file at a time.
-pub const BLOCK_BYTES: usize = 1 << 20;
-
-/// What a text source yields, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TextEvent {
-    /// More text of the current document (never empty).
-    Text(String),
-    /// The current document ended (an empty document is just this mark).
-    EndOfDocument,
-}
+use crate::jsonl_source::JsonlFile;
+use crate::parquet_source::ParquetDocuments;
+use crate::plain_text_source::PlainTextFile;
+pub use crate::plain_text_source::BLOCK_BYTES;
+pub use crate::text_event::TextEvent;
 
 /// Where the text is in structured files, and what to do with bytes that are not UTF-8 (the
 /// `[data]` keys of the same names).
@@ -46,28 +37,11 @@ impl Default for TextFields {
     }
 }
 
+/// The file being read, in its format.
 enum Open {
-    Plain {
-        path: PathBuf,
-        file: File,
-        /// Bytes of an incomplete UTF-8 sequence carried to the next block.
-        carry: Vec<u8>,
-        /// File offset of `carry`'s first byte.
-        offset: u64,
-    },
-    Jsonl {
-        path: PathBuf,
-        lines: BufReader<File>,
-        line: usize,
-        offset: u64,
-        documents: usize,
-    },
-    Parquet {
-        path: PathBuf,
-        file: Box<ParquetTextColumn>,
-        next_group: usize,
-        documents: usize,
-    },
+    Plain(PlainTextFile),
+    Jsonl(JsonlFile),
+    Parquet(ParquetDocuments),
 }
 
 /// The documents of text files (or of documents in memory) as a stream of [`TextEvent`]s.
@@ -111,30 +85,12 @@ impl TextReader {
         let Some(path) = self.files.pop_front() else {
             return Ok(false);
         };
-        let file = || File::open(&path).map_err(|e| DataError::io(&path, "open", e));
         self.open = Some(if is_ext(&path, "parquet") {
-            let file = Box::new(ParquetTextColumn::open(&path, &self.fields.text_column)?);
-            Open::Parquet {
-                path,
-                file,
-                next_group: 0,
-                documents: 0,
-            }
+            Open::Parquet(ParquetDocuments::open(&path, &self.fields.text_column)?)
         } else if is_ext(&path, "jsonl") {
-            Open::Jsonl {
-                lines: BufReader::new(file()?),
-                path,
-                line: 0,
-                offset: 0,
-                documents: 0,
-            }
+            Open::Jsonl(JsonlFile::open(&path)?)
         } else {
-            Open::Plain {
-                file: file()?,
-                path,
-                carry: Vec::new(),
-                offset: 0,
-            }
+            Open::Plain(PlainTextFile::open(&path)?)
         });
         Ok(true)
     }
@@ -142,96 +98,12 @@ impl TextReader {
     /// Reads from the open file until the queue has an event or the file is done.
     fn fill(&mut self) -> Result<(), DataError> {
         let replace = self.fields.replace_invalid_utf8;
-        let Some(open) = &mut self.open else {
-            return Ok(());
-        };
-        let done = match open {
-            Open::Plain {
-                path,
-                file,
-                carry,
-                offset,
-            } => {
-                let before = carry.len();
-                carry.reserve(BLOCK_BYTES);
-                let n = file
-                    .by_ref()
-                    .take(BLOCK_BYTES as u64)
-                    .read_to_end(carry)
-                    .map_err(|e| DataError::io(&*path, "read", e))?;
-                let at_end = n == 0;
-                if at_end && *offset == 0 && before == 0 {
-                    return Err(DataError::EmptyFile { path: path.clone() });
-                }
-                let (text, used) = decode_block(path, carry, *offset, at_end, replace)?;
-                carry.drain(..used);
-                *offset += used as u64;
-                if !text.is_empty() {
-                    self.queue.push_back(TextEvent::Text(text));
-                }
-                if at_end {
-                    self.queue.push_back(TextEvent::EndOfDocument);
-                }
-                at_end
-            }
-            Open::Jsonl {
-                path,
-                lines,
-                line,
-                offset,
-                documents,
-            } => {
-                let mut buf = Vec::new();
-                let n = lines
-                    .read_until(b'\n', &mut buf)
-                    .map_err(|e| DataError::io(&*path, "read", e))?;
-                if n == 0 {
-                    if *documents == 0 {
-                        return Err(DataError::EmptyFile { path: path.clone() });
-                    }
-                    true
-                } else {
-                    *line += 1;
-                    let (text, _) = decode_block(path, &buf, *offset, true, replace)?;
-                    *offset += n as u64;
-                    let text = text.strip_suffix('\n').unwrap_or(&text);
-                    let text = text.strip_suffix('\r').unwrap_or(text);
-                    if !text.trim().is_empty() {
-                        let doc = jsonl_text(path, *line, &self.fields.text_field, text)?;
-                        if !doc.is_empty() {
-                            self.queue.push_back(TextEvent::Text(doc));
-                        }
-                        self.queue.push_back(TextEvent::EndOfDocument);
-                        *documents += 1;
-                    }
-                    false
-                }
-            }
-            Open::Parquet {
-                path,
-                file,
-                next_group,
-                documents,
-            } => {
-                if *next_group == file.row_groups() {
-                    if *documents == 0 {
-                        return Err(DataError::EmptyFile { path: path.clone() });
-                    }
-                    true
-                } else {
-                    let mut docs = Vec::new();
-                    file.read_group(*next_group, &mut docs)?;
-                    *next_group += 1;
-                    *documents += docs.len();
-                    for d in docs {
-                        if !d.is_empty() {
-                            self.queue.push_back(TextEvent::Text(d));
-                        }
-                        self.queue.push_back(TextEvent::EndOfDocument);
-                    }
-                    false
-                }
-            }
+        let queue = &mut self.queue;
+        let done = match &mut self.open {
+            None => return Ok(()),
+            Some(Open::Plain(f)) => f.read_into(queue, replace)?,
+            Some(Open::Jsonl(f)) => f.read_into(queue, &self.fields.text_field, replace)?,
+            Some(Open::Parquet(f)) => f.read_into(queue)?,
         };
         if done {
             self.open = None;
@@ -268,66 +140,6 @@ impl Iterator for TextReader {
     }
 }
 
-/// The text of `bytes` (which start at `offset` in `path`) and how many bytes it used. Unless
-/// `at_end`, an incomplete UTF-8 sequence at the end is left for the next block. Invalid bytes
-/// are an error naming their offset, or, with `replace`, U+FFFD as `String::from_utf8_lossy`
-/// would give for the whole file.
-fn decode_block(
-    path: &Path,
-    bytes: &[u8],
-    offset: u64,
-    at_end: bool,
-    replace: bool,
-) -> Result<(String, usize), DataError> {
-    let mut out = String::new();
-    let mut pos = 0;
-    loop {
-        match std::str::from_utf8(&bytes[pos..]) {
-            Ok(s) => {
-                out.push_str(s);
-                return Ok((out, bytes.len()));
-            }
-            Err(e) => {
-                let valid = pos + e.valid_up_to();
-                out.push_str(std::str::from_utf8(&bytes[pos..valid]).expect("checked valid"));
-                match e.error_len() {
-                    None if !at_end => return Ok((out, valid)),
-                    _ if !replace => {
-                        return Err(DataError::InvalidUtf8 {
-                            path: path.to_path_buf(),
-                            offset: offset + valid as u64,
-                        })
-                    }
-                    None => {
-                        out.push(char::REPLACEMENT_CHARACTER);
-                        return Ok((out, bytes.len()));
-                    }
-                    Some(n) => {
-                        out.push(char::REPLACEMENT_CHARACTER);
-                        pos = valid + n;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn jsonl_text(path: &Path, line: usize, field: &str, text: &str) -> Result<String, DataError> {
-    let bad = |problem: String| DataError::BadJsonl {
-        path: path.to_path_buf(),
-        line,
-        field: field.to_string(),
-        problem,
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| bad(format!("not JSON ({e})")))?;
-    match v.get(field) {
-        Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(bad(format!("field {field:?} is not a string"))),
-        None => Err(bad(format!("no field {field:?}"))),
-    }
-}
-
 /// Collects a reader's documents (tests and small sources).
 pub fn collect_documents(reader: TextReader) -> Result<Vec<String>, DataError> {
     let mut docs = Vec::new();
@@ -344,51 +156,6 @@ pub fn collect_documents(reader: TextReader) -> Result<Vec<String>, DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blocks_split_utf8_sequences_and_replacement_matches_lossy() {
-        let text = "aé€😀b".repeat(3);
-        let mut bytes = text.as_bytes().to_vec();
-        bytes.insert(3, 0xff); // after "aé"
-        bytes.extend_from_slice(&[0xe2, 0x82]); // a truncated sequence at the end
-        let lossy = String::from_utf8_lossy(&bytes).into_owned();
-        // Every block size, so that every cut inside a sequence is met.
-        for block in 1..bytes.len() {
-            let mut out = String::new();
-            let mut carry = Vec::new();
-            let mut offset = 0;
-            for (i, chunk) in bytes.chunks(block).enumerate() {
-                carry.extend_from_slice(chunk);
-                let at_end = (i + 1) * block >= bytes.len();
-                let (t, used) = decode_block(Path::new("x"), &carry, offset, at_end, true).unwrap();
-                out.push_str(&t);
-                carry.drain(..used);
-                offset += used as u64;
-            }
-            assert_eq!(out, lossy, "block {block}");
-            let mut carry = Vec::new();
-            let mut offset = 0;
-            let mut err = None;
-            for (i, chunk) in bytes.chunks(block).enumerate() {
-                carry.extend_from_slice(chunk);
-                let at_end = (i + 1) * block >= bytes.len();
-                match decode_block(Path::new("x"), &carry, offset, at_end, false) {
-                    Ok((_, used)) => {
-                        carry.drain(..used);
-                        offset += used as u64;
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        break;
-                    }
-                }
-            }
-            assert!(
-                matches!(err, Some(DataError::InvalidUtf8 { offset: 3, .. })),
-                "block {block}: {err:?}"
-            );
-        }
-    }
 
     #[test]
     fn documents_of_text_jsonl_and_parquet_files() {
