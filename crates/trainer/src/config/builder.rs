@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::{err, validate, ConfigError, RunConfig};
+use super::{err, validate, ConfigError, DeviceSpec, RunConfig, RunDtype};
 
 /// Every key path the config accepts, tables included (`model`, `model.dynact`), from the
 /// defaults serialised with nulls kept.
@@ -190,6 +190,13 @@ impl ConfigBuilder {
 
     pub fn build(mut self) -> Result<(RunConfig, Vec<String>), ConfigError> {
         check_keys("", &self.table, &known_keys())?;
+        // A bad choice gets its parser's own line, not serde's "invalid config" wrapping.
+        if let Some(toml::Value::String(text)) = self.table.get("device") {
+            text.parse::<DeviceSpec>()?;
+        }
+        if let Some(toml::Value::String(text)) = self.table.get("dtype") {
+            text.parse::<RunDtype>()?;
+        }
         let cfg: RunConfig =
             toml::Value::Table(self.table.clone())
                 .try_into()
