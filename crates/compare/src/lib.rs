@@ -24,7 +24,6 @@ pub mod table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-
 pub use dynact_run::{EvalRecord, MetricsRecord};
 pub use grouping::grouping_keys;
 pub use runs::{find_runs, Run};
