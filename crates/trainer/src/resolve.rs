@@ -305,8 +305,15 @@ fn rank_device(spec: DeviceSpec, comm: &Communicator) -> Result<Device> {
     spec.open()
 }
 
+/// The config of a trainer with nothing on disk (the benchmarks'): its row shards resolved
+/// for `device` as a run's are.
+pub(crate) fn in_memory(mut cfg: RunConfig, device: &Device) -> RunConfig {
+    cfg.train.row_shards = resolve_row_shards(cfg.train.row_shards, device, cfg.train.batch_size);
+    cfg
+}
+
 /// `train.row_shards` with 0 resolved to one per thread on a CPU (see [`row_shards`]).
-pub(crate) fn resolve_row_shards(given: usize, device: &Device, batch_size: usize) -> usize {
+fn resolve_row_shards(given: usize, device: &Device, batch_size: usize) -> usize {
     match given {
         0 => row_shards::shard_count(device, batch_size),
         n => n,

@@ -284,6 +284,7 @@ impl Trainer {
     pub fn in_memory(cfg: RunConfig, dataset: Dataset) -> Result<Trainer> {
         let device = cfg.device.open()?;
         let dtype = cfg.dtype.dtype();
+        let cfg = crate::resolve::in_memory(cfg, &device);
         let start = step_zero(init_model(&cfg.model, cfg.seed, &device)?, &cfg)?;
         Trainer::new(Setup {
             run_dir: RunDir::new(cfg.run_dir()),
@@ -303,15 +304,13 @@ impl Trainer {
     /// loader walks the same global order of micro-batches (and keeps the same state), taking
     /// its own share of each step.
     fn new(setup: Setup) -> Result<Trainer> {
-        let (mut cfg, device, dtype) = (setup.cfg, setup.device, setup.dtype);
+        let (cfg, device, dtype) = (setup.cfg, setup.device, setup.dtype);
         let Start {
             varmap,
             model,
             opt,
             state,
         } = setup.start;
-        cfg.train.row_shards =
-            crate::resolve::resolve_row_shards(cfg.train.row_shards, &device, cfg.train.batch_size);
         let mut loader = BatchLoader::new(
             setup.dataset.train.clone(),
             cfg.train.seq_len,
