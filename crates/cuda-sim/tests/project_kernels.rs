@@ -648,14 +648,71 @@ fn adamw(ptx: &str) -> Vec<Output> {
     ]
 }
 
+fn cast(ptx: &str) -> Vec<Output> {
+    let n = 3_001usize;
+    let x = values(n, 18, 100.0);
+    // bf16 patterns spread over every exponent, both signs, infinities and NaNs.
+    let bf: Vec<u16> = (0..n).map(|i| (i * 21_841 % 65_536) as u16).collect();
+    let (mut host_down, mut host_up) = (vec![0u16; n], vec![f32::NAN; n]);
+    // SAFETY: every buffer holds n elements.
+    unsafe {
+        dynact_cast_f32_to_bf16_on_host(
+            x.as_ptr(),
+            host_down.as_mut_ptr(),
+            n as u64,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        );
+        dynact_cast_bf16_to_f32_on_host(
+            bf.as_ptr(),
+            host_up.as_mut_ptr(),
+            n as u64,
+            HOST_GRID.0,
+            HOST_GRID.1,
+        );
+    }
+    let mut sim = Sim::new(ptx);
+    let (xi, bi, down, up) = (
+        sim.gpu.upload(&x),
+        sim.gpu.upload(&bf),
+        sim.gpu.upload(&vec![0u16; n]),
+        sim.zeros(n),
+    );
+    sim.run(
+        "cast_f32_to_bf16",
+        n,
+        &[Arg::Ptr(xi), Arg::Ptr(down), Arg::U64(n as u64)],
+    );
+    sim.run(
+        "cast_bf16_to_f32",
+        n,
+        &[Arg::Ptr(bi), Arg::Ptr(up), Arg::U64(n as u64)],
+    );
+    // A bf16 as the f32 of the same high bits, which compares them bit for bit.
+    let widen = |b: Vec<u16>| -> Vec<f32> {
+        b.iter()
+            .map(|b| f32::from_bits(u32::from(*b) << 16))
+            .collect()
+    };
+    vec![
+        out(
+            "cast to bf16",
+            widen(sim.gpu.download::<u16>(down, n).unwrap()),
+            widen(host_down),
+        ),
+        out("cast to f32", sim.get(up, n), host_up),
+    ]
+}
+
 type Runner = fn(&str) -> Vec<Output>;
 
 /// Every kernel file, whether its arithmetic has expf (then ex2.approx bounds the match).
-const KERNELS: [(&str, Runner, bool); 8] = [
+const KERNELS: [(&str, Runner, bool); 9] = [
     ("philox_dropout", philox_dropout, false),
     ("rms_norm", rms_norm, false),
     ("rope", rope, false),
     ("adamw", adamw, false),
+    ("cast", cast, false),
     ("causal_softmax", causal_softmax, true),
     ("dynact_glu", dynact_glu, true),
     ("swiglu", swiglu, true),

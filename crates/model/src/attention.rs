@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use crate::config::ModelConfig;
 use crate::forward_ctx::{dropout, ForwardCtx};
 use crate::layers::Linear;
+use crate::ops::cast;
 
 /// cos and sin of every position, (max_positions, D), both halves of each head already joined.
 #[derive(Clone, Debug)]
@@ -136,10 +137,7 @@ impl Attention {
         let scale = 1.0 / (d as f64).sqrt();
         // Products in the matmul dtype; the softmax, its dropout and the output in f32.
         let md = self.matmul_dtype;
-        let scores = q
-            .to_dtype(md)?
-            .matmul(&k.to_dtype(md)?.t()?)?
-            .to_dtype(DType::F32)?; // (B, H, T, S)
+        let scores = cast(&cast(&q, md)?.matmul(&cast(&k, md)?.t()?)?, DType::F32)?; // (B, H, T, S)
         let mut probs = crate::ops::causal_softmax(&scores, scale, pos.mask)?;
         if ctx.train {
             probs = dropout(
@@ -150,10 +148,10 @@ impl Attention {
                 ctx.first_row,
             )?;
         }
-        let y = probs
-            .to_dtype(md)?
-            .matmul(&v.to_dtype(md)?.contiguous()?)?
-            .to_dtype(x.dtype())?; // (B, H, T, D)
+        let y = cast(
+            &cast(&probs, md)?.matmul(&cast(&v, md)?.contiguous()?)?,
+            x.dtype(),
+        )?; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }

@@ -138,4 +138,18 @@ extern "C" {
         grid: u32,
         block: u32,
     );
+    pub fn dynact_cast_f32_to_bf16_on_host(
+        x: *const f32,
+        y: *mut u16,
+        n: u64,
+        grid: u32,
+        block: u32,
+    );
+    pub fn dynact_cast_bf16_to_f32_on_host(
+        x: *const u16,
+        y: *mut f32,
+        n: u64,
+        grid: u32,
+        block: u32,
+    );
 }

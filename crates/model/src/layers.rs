@@ -5,6 +5,8 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::ops::cast;
+
 /// `y = x W^T`, weight shape (out, in) as in PyTorch and Hugging Face checkpoints. The product
 /// runs in `matmul_dtype` (bf16 under mixed precision: matmul inputs are the only bf16 in the
 /// model) and the result comes back in the input's dtype.
@@ -40,15 +42,14 @@ impl Module for Linear {
     /// x: (..., in) -> (..., out). Leading dimensions are flattened so that Candle runs one
     /// multithreaded GEMM instead of one small GEMM per batch element.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.to_dtype(self.matmul_dtype)?;
+        let w = cast(&self.weight, self.matmul_dtype)?;
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
-        let y = x
-            .to_dtype(self.matmul_dtype)?
+        let product = cast(x, self.matmul_dtype)?
             .reshape((rows, in_dim))?
-            .matmul(&w.t()?)?
-            .to_dtype(x.dtype())?;
+            .matmul(&w.t()?)?;
+        let y = cast(&product, x.dtype())?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
         y.reshape(out_dims)

@@ -737,3 +737,86 @@ fn the_cuda_cross_entropy_kernel_source_computes_what_the_cpu_kernel_does() {
     assert_eq!(loss_k[..2], loss[..2]);
     assert_eq!(loss_k[3..], loss[3..]);
 }
+
+#[test]
+fn the_cuda_cast_kernel_source_rounds_as_candle_does() {
+    use half::bf16;
+    // f32 -> bf16: random values over many magnitudes, and the bit patterns where rounding
+    // decides (ties with an even and an odd kept part, just under and over a tie), infinities,
+    // NaNs with payloads, subnormals, and the largest float (which rounds to infinity).
+    let mut bits: Vec<u32> = randn(&[4000], 60)
+        .exp()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| (x * 1e3).to_bits())
+        .collect();
+    for high in [
+        0x3f80u32, 0x3f81, 0xbf80, 0xbf81, 0x0000, 0x0001, 0x7f7f, 0x807f,
+    ] {
+        for low in [0x0000u32, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff] {
+            bits.push(high << 16 | low);
+        }
+    }
+    bits.extend([
+        0x7f80_0000,
+        0xff80_0000,
+        0x7fc0_0001,
+        0x7f80_0001,
+        0xffff_ffff,
+        0x7f7f_ffff,
+    ]);
+    let x: Vec<f32> = bits.iter().map(|b| f32::from_bits(*b)).collect();
+    let candle: Vec<u16> = Tensor::new(x.as_slice(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_vec1::<bf16>()
+        .unwrap()
+        .iter()
+        .map(|b| b.to_bits())
+        .collect();
+    // bf16 -> f32: every bf16.
+    let every: Vec<u16> = (0..=u16::MAX).collect();
+    let up: Vec<u32> = Tensor::new(
+        every
+            .iter()
+            .map(|b| bf16::from_bits(*b))
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(DType::F32)
+    .unwrap()
+    .to_vec1::<f32>()
+    .unwrap()
+    .iter()
+    .map(|f| f.to_bits())
+    .collect();
+    for (grid, block) in [(1u32, 1024u32), (3, 7)] {
+        let mut down = vec![0u16; x.len()];
+        let mut widened = vec![0f32; every.len()];
+        // SAFETY: every buffer has the length the kernels index up to.
+        unsafe {
+            dynact_cast_f32_to_bf16_on_host(
+                x.as_ptr(),
+                down.as_mut_ptr(),
+                x.len() as u64,
+                grid,
+                block,
+            );
+            dynact_cast_bf16_to_f32_on_host(
+                every.as_ptr(),
+                widened.as_mut_ptr(),
+                every.len() as u64,
+                grid,
+                block,
+            );
+        }
+        assert_eq!(down, candle, "f32 -> bf16, grid {grid}x{block}");
+        let widened: Vec<u32> = widened.iter().map(|f| f.to_bits()).collect();
+        assert_eq!(widened, up, "bf16 -> f32, grid {grid}x{block}");
+    }
+}

@@ -7,6 +7,7 @@
 #include "emulation.h"
 
 #include "../adamw.cu"
+#include "../cast.cu"
 #include "../causal_softmax.cu"
 #include "../cross_entropy.cu"
 #include "../dynact_glu.cu"
@@ -92,4 +93,14 @@ void dynact_adamw_f32_on_host(float* theta, float* m, float* v, const float* g, 
     RUN_GRID(grid, block, adamw_moment_f32(v, g, n, scale, keep2, take2, 0));
     RUN_GRID(grid, block,
              adamw_parameter_f32(theta, m, v, n, inv_bias1, inv_bias2, eps, lr, decay));
+}
+
+void dynact_cast_f32_to_bf16_on_host(const float* x, uint16_t* y, uint64_t n, unsigned grid,
+                                     unsigned block) {
+    RUN_GRID(grid, block, cast_f32_to_bf16(x, y, n));
+}
+
+void dynact_cast_bf16_to_f32_on_host(const uint16_t* x, float* y, uint64_t n, unsigned grid,
+                                     unsigned block) {
+    RUN_GRID(grid, block, cast_bf16_to_f32(x, y, n));
 }

@@ -15,11 +15,13 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
+pub mod cast;
 pub mod cross_entropy;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 
+pub use cast::cast;
 pub use cross_entropy::{cross_entropy, log_softmax, token_nll, token_nll_reference};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
