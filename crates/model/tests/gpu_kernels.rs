@@ -140,7 +140,10 @@ fn rms_norm_matches_the_cpu_kernel() {
 fn casts_to_bf16_and_back_match_the_cpu_bit_for_bit() {
     // Down to bf16 and up again, so the values and the gradient pass through both kernels;
     // on the CPU both are Candle's own casts.
-    let (x, w) = ((randn(&[5, 33, 70], 17) * 50.0).unwrap(), randn(&[5, 33, 70], 18));
+    let (x, w) = (
+        (randn(&[5, 33, 70], 17) * 50.0).unwrap(),
+        randn(&[5, 33, 70], 18),
+    );
     compare_on_both(&[&x], &w, 0.0, "cast", |t| {
         let down = ops::cast(&t[0], DType::BF16).unwrap();
         assert_eq!(down.dtype(), DType::BF16);

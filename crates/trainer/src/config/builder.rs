@@ -197,49 +197,65 @@ impl ConfigBuilder {
         if let Some(toml::Value::String(text)) = self.table.get("dtype") {
             text.parse::<RunDtype>()?;
         }
-        let cfg: RunConfig =
-            toml::Value::Table(self.table.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    ConfigError(format!("invalid config: {}", e.message()))
-                })?;
-        let mut cfg = cfg;
-        // A shorter run than the config was written for keeps the evaluations that fit.
-        let beyond: Vec<u64> = cfg
-            .eval
-            .eval_at
-            .iter()
-            .copied()
-            .filter(|s| *s > cfg.train.steps)
-            .collect();
+        // The raw config is fitted to the run's length before it is typed: the typed config
+        // is changed only by the run's resolution (resolve.rs).
+        let read = self.typed()?;
+        self.fit_to_run_length(&read)?;
+        let cfg = self.typed()?;
+        validate(&cfg)?;
+        Ok((cfg, self.notices))
+    }
+
+    fn typed(&self) -> Result<RunConfig, ConfigError> {
+        toml::Value::Table(self.table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("invalid config: {}", e.message())))
+    }
+
+    /// A shorter run than the config was written for keeps the evaluations that fit (an
+    /// `--eval-at` beyond it is refused), and a warmup that does not fit becomes a tenth of the
+    /// run (unless given on the command line, or resuming); each change with a notice.
+    /// `eval_at` is sorted.
+    fn fit_to_run_length(&mut self, read: &RunConfig) -> Result<(), ConfigError> {
+        let steps = read.train.steps;
+        let mut eval_at = read.eval.eval_at.clone();
+        let beyond: Vec<u64> = eval_at.iter().copied().filter(|s| *s > steps).collect();
         if !beyond.is_empty() {
             if self.has_cli("eval.eval_at") {
                 return err(format!(
-                    "--eval-at step {} is beyond --steps {}; lower it or raise --steps",
-                    beyond[0], cfg.train.steps
+                    "--eval-at step {} is beyond --steps {steps}; lower it or raise --steps",
+                    beyond[0]
                 ));
             }
             self.notices.push(format!(
-                "notice: dropping eval_at steps {beyond:?} beyond the {} steps of this run",
-                cfg.train.steps
+                "notice: dropping eval_at steps {beyond:?} beyond the {steps} steps of this run"
             ));
-            cfg.eval.eval_at.retain(|s| *s <= cfg.train.steps);
+            eval_at.retain(|s| *s <= steps);
         }
-        if cfg.optim.warmup_steps >= cfg.train.steps
-            && !self.has_cli("optim.warmup_steps")
-            && !self.resuming
+        eval_at.sort_unstable();
+        eval_at.dedup();
+        if eval_at != read.eval.eval_at {
+            let steps_toml = eval_at.iter().map(|s| toml::Value::Integer(*s as i64));
+            set_key(
+                &mut self.table,
+                "eval.eval_at",
+                toml::Value::Array(steps_toml.collect()),
+            )?;
+        }
+        if read.optim.warmup_steps >= steps && !self.has_cli("optim.warmup_steps") && !self.resuming
         {
-            let warmup = cfg.train.steps / 10;
+            let warmup = steps / 10;
             self.notices.push(format!(
-                "notice: warmup_steps {} does not fit a run of {} steps; using {warmup}",
-                cfg.optim.warmup_steps, cfg.train.steps
+                "notice: warmup_steps {} does not fit a run of {steps} steps; using {warmup}",
+                read.optim.warmup_steps
             ));
-            cfg.optim.warmup_steps = warmup;
+            set_key(
+                &mut self.table,
+                "optim.warmup_steps",
+                toml::Value::Integer(warmup as i64),
+            )?;
         }
-        cfg.eval.eval_at.sort_unstable();
-        cfg.eval.eval_at.dedup();
-        validate(&cfg)?;
-        Ok((cfg, self.notices))
+        Ok(())
     }
 }
 
