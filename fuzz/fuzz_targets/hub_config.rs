@@ -2,7 +2,7 @@
 //! Llama/dynActGLU reading and the architecture detection of other model types.
 #![no_main]
 
-use dynact_trainer::public_models::PublicModel;
+use dynact_trainer::public_models::Architecture;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +13,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = cfg.validate();
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = PublicModel::model_type(text);
+        let _ = Architecture::of_config(&path, text);
     }
 });

@@ -1,6 +1,7 @@
 //! A training checkpoint: the folder `step-NNNNNN` of a run directory, saved whole (see
 //! [`RunDir::save_checkpoint`]) and read back whole. It is an ordinary model checkpoint
-//! (`model.safetensors`, `config.json`, `tokenizer.json`, loadable by any tool) plus the two
+//! (`model.safetensors`, `config.json`, `tokenizer.json` and the rest of a Hugging Face model
+//! folder, [`crate::hub_folder`]; loadable by any tool) plus the two
 //! files that make a resumed run continue to the bit: `optimizer.safetensors` (the optimizer's
 //! tensors, with `dynact_optimizer` and `format_version` in the safetensors metadata) and
 //! `trainer_state.json` ([`TrainerState`]).
@@ -16,6 +17,7 @@ use dynact_model::checkpoint::WEIGHTS_FILE;
 use dynact_model::checkpoint::{save_checkpoint_config, save_tensors_with_metadata, save_weights};
 use dynact_model::{Checkpoint, ModelConfig};
 
+use crate::hub_folder::{write_hub_files, RunFacts};
 use crate::layout::{RunDir, OPTIMIZER_FILE, TOKENIZER_FILE};
 use crate::state::TrainerState;
 
@@ -32,6 +34,8 @@ pub struct CheckpointContents<'a> {
     /// The optimizer's tensors by name (AdamW: `m.<param>` and `v.<param>`).
     pub optimizer: Vec<(String, Tensor)>,
     pub state: &'a TrainerState,
+    /// What the model card says of the run.
+    pub facts: RunFacts,
 }
 
 impl CheckpointContents<'_> {
@@ -43,11 +47,19 @@ impl CheckpointContents<'_> {
         4 * (weights + optimizer) as u64 + 100_000
     }
 
-    /// Writes every file of the checkpoint into the (temporary) folder `dir`.
-    pub fn write_into(&self, dir: &Path) -> Result<()> {
+    /// Writes every file of the checkpoint of `step` into the (temporary) folder `dir`.
+    pub fn write_into(&self, dir: &Path, step: u64) -> Result<()> {
         save_weights(self.varmap, &dir.join(WEIGHTS_FILE))?;
         save_checkpoint_config(self.model_config, dir)?;
         self.tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+        write_hub_files(
+            dir,
+            step,
+            self.model_config,
+            self.varmap,
+            self.tokenizer,
+            &self.facts,
+        )?;
         let version = OPTIMIZER_FORMAT_VERSION.to_string();
         save_tensors_with_metadata(
             &self.optimizer,
@@ -72,7 +84,7 @@ impl RunDir {
         self.save_checkpoint(
             step,
             contents.estimated_bytes(),
-            |dir| contents.write_into(dir),
+            |dir| contents.write_into(dir, step),
             || Ok(()),
         )
     }

@@ -12,7 +12,8 @@
 //!   latest           the name of the newest complete checkpoint folder
 //!   run.lock         pid and host of the train-lm writing the run (while it runs)
 //!   step-000562/     a training checkpoint:
-//!     model.safetensors  config.json  tokenizer.json    an ordinary model checkpoint
+//!     model.safetensors  config.json  tokenizer.json    a complete Hugging Face model folder:
+//!     tokenizer_config.json  special_tokens_map.json  generation_config.json  README.md
 //!     optimizer.safetensors   AdamW moments `m.<param>`, `v.<param>`, format version in metadata
 //!     trainer_state.json      TrainerState: step, tokens seen, loader position, seed, version
 //! ```
@@ -24,6 +25,7 @@
 
 pub mod checkpoint;
 pub mod config_keys;
+pub mod hub_folder;
 pub mod layout;
 pub mod lock;
 pub mod records;
@@ -31,6 +33,7 @@ pub mod resume;
 pub mod state;
 
 pub use checkpoint::{CheckpointContents, TrainingCheckpoint, OPTIMIZER_FORMAT_VERSION};
+pub use hub_folder::RunFacts;
 pub use layout::{
     step_dir_name, RunDir, EVAL_FILE, LATEST_FILE, METRICS_FILE, OPTIMIZER_FILE, RUN_CONFIG_FILE,
     TOKENIZER_FILE, TRAINER_STATE_FILE,

@@ -25,7 +25,7 @@ use dynact_dist::Communicator;
 use dynact_model::flops::training_flops_per_token;
 use dynact_model::{init_model, Checkpoint, ForwardCtx, ParamSummary, Transformer};
 use dynact_run::{
-    CheckpointContents, EvalRecord, MetricsRecord, RunDir, RunLock, TrainerState,
+    CheckpointContents, EvalRecord, MetricsRecord, RunDir, RunFacts, RunLock, TrainerState,
     TrainingCheckpoint, EVAL_FILE, METRICS_FILE,
 };
 use indicatif::{ProgressBar, ProgressStyle};

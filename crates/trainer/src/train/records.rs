@@ -88,6 +88,12 @@ impl Trainer {
             tokenizer: &self.dataset.tokenizer,
             optimizer: self.opt.state_tensors(),
             state: &self.state,
+            facts: RunFacts {
+                run_name: self.cfg.name.clone(),
+                data: self.dataset.description.clone(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                evals: dynact_run::hub_folder::read_evals(&self.run_dir),
+            },
         };
         let dir = self.run_dir.save_training_checkpoint(step, &contents)?;
         for logger in loggers {
