@@ -269,6 +269,8 @@ mod tests {
                 val_bpb: Some(2.1),
                 elapsed_s: 3.0,
                 val_tokens: None,
+                train_ce: None,
+                train_ppl: None,
             }];
             let facts = RunFacts {
                 run_name: "tiny-run".into(),

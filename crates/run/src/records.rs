@@ -21,6 +21,12 @@ pub struct EvalRecord {
     /// Tokens scored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_tokens: Option<u64>,
+    /// The same scores on a fixed slice of the training stream, its first `eval.train_tokens`
+    /// tokens with dropout off (absent unless that is set): the gap to val shows overfitting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_ce: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_ppl: Option<f64>,
 }
 
 /// One logged training step. `alpha`/`beta` hold one value per layer (per-layer means under

@@ -138,6 +138,9 @@ pub struct EvalConfig {
     /// Score at most this many validation tokens (whole windows from the start of the
     /// validation set); 0: all of it.
     pub max_tokens: u64,
+    /// Also score the first this many tokens of the training stream (whole windows, dropout
+    /// off) at every evaluation, as train_ce and train_ppl in eval.jsonl; 0: off.
+    pub train_tokens: u64,
 }
 
 impl Default for EvalConfig {
@@ -147,6 +150,7 @@ impl Default for EvalConfig {
             eval_every: 0,
             batch_size: 16,
             max_tokens: 0,
+            train_tokens: 0,
         }
     }
 }
@@ -243,6 +247,12 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
         return err(
             "batch_size, grad_accum, seq_len, log_every and eval.batch_size must be at least 1",
         );
+    }
+    if cfg.eval.train_tokens > 0 && cfg.eval.train_tokens < t.seq_len as u64 {
+        return err(format!(
+            "eval.train_tokens {} is less than one window of train.seq_len {}; raise it, or set 0 (off)",
+            cfg.eval.train_tokens, t.seq_len
+        ));
     }
     if t.seq_len > cfg.model.max_position_embeddings {
         return err(format!(
@@ -348,6 +358,11 @@ impl RunConfig {
     }
 
     /// The evaluation windows `eval.max_tokens` allows (None: all of them).
+    /// The windows of the training stream scored at each evaluation (None: off).
+    pub fn eval_train_windows(&self) -> Option<usize> {
+        (self.eval.train_tokens > 0).then(|| self.eval.train_tokens as usize / self.train.seq_len)
+    }
+
     pub fn eval_max_windows(&self) -> Option<usize> {
         (self.eval.max_tokens > 0).then(|| self.eval.max_tokens as usize / self.train.seq_len)
     }

@@ -73,8 +73,11 @@ impl Logger for ConsoleLogger {
 
     fn eval(&mut self, record: &EvalRecord, r: &EvalResult) -> Result<()> {
         if !self.quiet {
+            let train = record
+                .train_ce
+                .map_or(String::new(), |ce| format!("  train_ce {ce:.4}"));
             eprintln!(
-                "eval step {}: val_ce {:.4}  val_ppl {:.4}  val_bpb {}  ({} tokens, {:.1}s)",
+                "eval step {}: val_ce {:.4}  val_ppl {:.4}  val_bpb {}{train}  ({} tokens, {:.1}s)",
                 record.step,
                 r.ce,
                 r.ppl,

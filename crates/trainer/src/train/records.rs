@@ -51,6 +51,21 @@ impl Trainer {
             &self.device,
             |_, _| {},
         )?;
+        // A fixed slice of the training stream, scored as val is: overfitting shows as a gap.
+        let train = match self.cfg.eval_train_windows() {
+            Some(windows) => Some(evaluate_on(
+                &self.comm,
+                &model,
+                &self.dataset.train,
+                self.cfg.train.seq_len,
+                self.cfg.eval.batch_size,
+                Some(windows),
+                None,
+                &self.device,
+                |_, _| {},
+            )?),
+            None => None,
+        };
         let record = EvalRecord {
             step,
             tokens_seen: self.state.tokens_seen,
@@ -59,6 +74,8 @@ impl Trainer {
             val_bpb: r.bpb,
             elapsed_s: self.state.elapsed_s,
             val_tokens: Some(r.tokens as u64),
+            train_ce: train.as_ref().map(|t| t.ce),
+            train_ppl: train.as_ref().map(|t| t.ppl),
         };
         if !self.comm.is_root() {
             return Ok(r);
