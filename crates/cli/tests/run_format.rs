@@ -9,6 +9,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
+use common::records;
 use dynact_run::{EvalRecord, MetricsRecord};
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -33,14 +34,6 @@ fn fixture_copy(root: &Path) -> std::path::PathBuf {
 
 fn train_lm(cwd: &Path, args: &[&str]) -> common::Run {
     common::run(env!("CARGO_BIN_EXE_train-lm"), args, cwd, &[])
-}
-
-fn records<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

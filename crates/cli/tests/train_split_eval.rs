@@ -3,18 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use dynact_run::{EvalRecord, MetricsRecord};
-
-fn records<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn the_training_split_is_scored_beside_val_and_changes_nothing_else() {

@@ -113,3 +113,12 @@ pub fn tiny_train_lm(dir: &Path) -> Command {
     ]);
     cmd
 }
+
+/// The records of a JSON-lines file (metrics.jsonl, eval.jsonl).
+pub fn records<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
