@@ -16,7 +16,6 @@ use dynact_model::checkpoint::CONFIG_FILE;
 use dynact_model::{FfnKind, ModelConfig};
 use serde_json::{json, Value};
 
-use crate::layout::{RunDir, EVAL_FILE};
 use crate::records::EvalRecord;
 
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
@@ -34,16 +33,6 @@ pub struct RunFacts {
     pub command: String,
     /// The run's evaluations so far (eval.jsonl).
     pub evals: Vec<EvalRecord>,
-}
-
-/// The evaluations in a run directory's eval.jsonl (lines that do not read are left out: the
-/// card is for people, and compare-runs reports bad lines).
-pub fn read_evals(run_dir: &RunDir) -> Vec<EvalRecord> {
-    std::fs::read_to_string(run_dir.file(EVAL_FILE))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// Writes the tokenizer config, special tokens, generation config and model card into `dir`

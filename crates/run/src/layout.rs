@@ -12,11 +12,15 @@ use dynact_files::{atomic_write_bytes, describe_write_error};
 use dynact_model::checkpoint::CONFIG_FILE;
 use serde::Serialize;
 
+use crate::records::EvalRecord;
+
 pub const RUN_CONFIG_FILE: &str = "run.toml";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const EVAL_FILE: &str = "eval.jsonl";
 pub const LATEST_FILE: &str = "latest";
+/// Names the checkpoint with the lowest val_ppl so far, which pruning keeps.
+pub const BEST_FILE: &str = "best";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 
@@ -83,6 +87,30 @@ impl RunDir {
             );
         }
         Ok(Some(dir))
+    }
+
+    /// The step of the checkpoint with the lowest val_ppl so far, as named by `best` (None
+    /// before the first evaluation, or for runs from before it was kept).
+    pub fn best_step(&self) -> Option<u64> {
+        let name = std::fs::read_to_string(self.file(BEST_FILE)).ok()?;
+        step_of_dir_name(name.trim())
+    }
+
+    /// Names the checkpoint of `step` in `best`.
+    pub fn mark_best(&self, step: u64) -> Result<()> {
+        let path = self.file(BEST_FILE);
+        atomic_write_bytes(&path, step_dir_name(step).as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The evaluations in eval.jsonl (lines that do not read are left out; compare-runs
+    /// reports them).
+    pub fn evals(&self) -> Vec<EvalRecord> {
+        std::fs::read_to_string(self.file(EVAL_FILE))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Steps of the checkpoints present, ascending.

@@ -10,6 +10,7 @@
 //!   metrics.jsonl    one MetricsRecord per logged training step
 //!   eval.jsonl       one EvalRecord per evaluation
 //!   latest           the name of the newest complete checkpoint folder
+//!   best             the name of the checkpoint with the lowest val_ppl so far (never pruned)
 //!   run.lock         pid and host of the train-lm writing the run (while it runs)
 //!   step-000562/     a training checkpoint:
 //!     model.safetensors  config.json  tokenizer.json    a complete Hugging Face model folder:
@@ -35,8 +36,8 @@ pub mod state;
 pub use checkpoint::{CheckpointContents, TrainingCheckpoint, OPTIMIZER_FORMAT_VERSION};
 pub use hub_folder::RunFacts;
 pub use layout::{
-    step_dir_name, RunDir, EVAL_FILE, LATEST_FILE, METRICS_FILE, OPTIMIZER_FILE, RUN_CONFIG_FILE,
-    TOKENIZER_FILE, TRAINER_STATE_FILE,
+    step_dir_name, RunDir, BEST_FILE, EVAL_FILE, LATEST_FILE, METRICS_FILE, OPTIMIZER_FILE,
+    RUN_CONFIG_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE,
 };
 pub use lock::{RunLock, LOCK_FILE};
 pub use records::{EvalRecord, MetricsRecord};

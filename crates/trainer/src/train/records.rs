@@ -109,18 +109,27 @@ impl Trainer {
                 run_name: self.cfg.name.clone(),
                 data: self.dataset.description.clone(),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
-                evals: dynact_run::hub_folder::read_evals(&self.run_dir),
+                evals: self.run_dir.evals(),
             },
         };
         let dir = self.run_dir.save_training_checkpoint(step, &contents)?;
         for logger in loggers {
             logger.checkpoint(step, &dir)?;
         }
+        // The best checkpoint so far (the lowest val_ppl, the first of equals) is never pruned.
+        let best = contents
+            .facts
+            .evals
+            .iter()
+            .filter(|e| e.val_ppl.is_finite())
+            .min_by(|a, b| a.val_ppl.total_cmp(&b.val_ppl));
+        if best.is_some_and(|b| b.step == step) {
+            self.run_dir.mark_best(step)?;
+        }
+        let mut keep = self.cfg.eval.eval_at.clone();
+        keep.extend(self.run_dir.best_step());
         // The new checkpoint is complete; failing to delete old ones must not stop the run.
-        if let Err(e) = self
-            .run_dir
-            .prune(self.cfg.train.keep_last, &self.cfg.eval.eval_at)
-        {
+        if let Err(e) = self.run_dir.prune(self.cfg.train.keep_last, &keep) {
             eprintln!("warning: could not delete old checkpoints: {e:#}");
         }
         Ok(())
