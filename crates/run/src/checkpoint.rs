@@ -52,14 +52,7 @@ impl CheckpointContents<'_> {
         save_weights(self.varmap, &dir.join(WEIGHTS_FILE))?;
         save_checkpoint_config(self.model_config, dir)?;
         self.tokenizer.save(&dir.join(TOKENIZER_FILE))?;
-        write_hub_files(
-            dir,
-            step,
-            self.model_config,
-            self.varmap,
-            self.tokenizer,
-            &self.facts,
-        )?;
+        write_hub_files(dir, step, self.model_config, self.tokenizer, &self.facts)?;
         let version = OPTIMIZER_FORMAT_VERSION.to_string();
         save_tensors_with_metadata(
             &self.optimizer,

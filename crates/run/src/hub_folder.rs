@@ -9,11 +9,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_nn::VarMap;
 use dynact_data::Tokenizer;
 use dynact_files::atomic_write_bytes;
 use dynact_model::checkpoint::CONFIG_FILE;
-use dynact_model::{FfnKind, ModelConfig};
+use dynact_model::{DynActStats, FfnKind, ModelConfig};
 use serde_json::{json, Value};
 
 use crate::records::EvalRecord;
@@ -33,6 +32,8 @@ pub struct RunFacts {
     pub command: String,
     /// The run's evaluations so far (eval.jsonl).
     pub evals: Vec<EvalRecord>,
+    /// dynAct's alpha and beta per layer (None for SwiGLU).
+    pub dynact: Option<DynActStats>,
 }
 
 /// Writes the tokenizer config, special tokens, generation config and model card into `dir`
@@ -42,7 +43,6 @@ pub fn write_hub_files(
     dir: &Path,
     step: u64,
     model: &ModelConfig,
-    varmap: &VarMap,
     tokenizer: &Tokenizer,
     facts: &RunFacts,
 ) -> Result<()> {
@@ -85,44 +85,15 @@ pub fn write_hub_files(
     config["bos_token_id"] = json!(eos_id);
     config["eos_token_id"] = json!(eos_id);
     write_json(CONFIG_FILE, &config)?;
-    let card = model_card(step, model, &dynact_per_layer(model, varmap)?, facts);
+    let card = model_card(step, model, facts);
     let path = dir.join(MODEL_CARD_FILE);
     atomic_write_bytes(&path, card.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// alpha and beta of every layer (their means over channels for per-channel dynAct); empty
-/// for SwiGLU.
-fn dynact_per_layer(model: &ModelConfig, varmap: &VarMap) -> Result<Vec<(f64, f64)>> {
-    if model.ffn != FfnKind::Dynactglu {
-        return Ok(vec![]);
-    }
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the parameter map's lock is poisoned"))?
-        .clone();
-    let mean = |name: String| -> Result<f64> {
-        let var = vars
-            .get(&name)
-            .with_context(|| format!("no parameter {name}"))?;
-        let v: Vec<f32> = var.flatten_all()?.to_vec1()?;
-        Ok(v.iter().map(|x| *x as f64).sum::<f64>() / v.len().max(1) as f64)
-    };
-    (0..model.num_hidden_layers)
-        .map(|i| {
-            let prefix = format!("model.layers.{i}.mlp.act_fn");
-            Ok((
-                mean(format!("{prefix}.alpha"))?,
-                mean(format!("{prefix}.beta"))?,
-            ))
-        })
-        .collect()
-}
-
 /// The model card: the Hub's YAML header, what the model is, its evaluations so far, dynAct's
 /// alpha and beta per layer, how to load, evaluate and upload it, and the command.
-fn model_card(step: u64, model: &ModelConfig, dynact: &[(f64, f64)], facts: &RunFacts) -> String {
+fn model_card(step: u64, model: &ModelConfig, facts: &RunFacts) -> String {
     let ffn = match model.ffn {
         FfnKind::Swiglu => "SwiGLU",
         FfnKind::Dynactglu => "dynActGLU(Swish)",
@@ -179,7 +150,7 @@ fn model_card(step: u64, model: &ModelConfig, dynact: &[(f64, f64)], facts: &Run
         }
         s.push('\n');
     }
-    if !dynact.is_empty() {
+    if let Some(dynact) = &facts.dynact {
         let base = serde_json::to_value(model.dynact.base)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -193,7 +164,7 @@ fn model_card(step: u64, model: &ModelConfig, dynact: &[(f64, f64)], facts: &Run
                 ""
             }
         );
-        for (i, (a, b)) in dynact.iter().enumerate() {
+        for (i, (a, b)) in dynact.alpha.iter().zip(&dynact.beta).enumerate() {
             let _ = writeln!(s, "| {i} | {a:.6} | {b:.6} |");
         }
         s.push('\n');
@@ -248,7 +219,7 @@ mod tests {
                 ..ModelConfig::default()
             };
             cfg.dynact.alpha_init = 0.75;
-            let (varmap, _) = dynact_model::init_model(&cfg, 3, &Device::Cpu).unwrap();
+            let (_, model) = dynact_model::init_model(&cfg, 3, &Device::Cpu).unwrap();
             save_checkpoint_config(&cfg, dir.path()).unwrap();
             let evals = vec![EvalRecord {
                 step: 10,
@@ -266,8 +237,9 @@ mod tests {
                 data: "the built-in corpus".into(),
                 command: "train-lm --steps 20".into(),
                 evals,
+                dynact: model.dynact_stats().unwrap(),
             };
-            write_hub_files(dir.path(), 20, &cfg, &varmap, &tokenizer, &facts).unwrap();
+            write_hub_files(dir.path(), 20, &cfg, &tokenizer, &facts).unwrap();
 
             let tok = read(dir.path(), TOKENIZER_CONFIG_FILE);
             assert_eq!(tok["eos_token"], "<|endoftext|>");

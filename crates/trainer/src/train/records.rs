@@ -110,6 +110,7 @@ impl Trainer {
                 data: self.dataset.description.clone(),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 evals: self.run_dir.evals(),
+                dynact: self.model.dynact_stats()?,
             },
         };
         let dir = self.run_dir.save_training_checkpoint(step, &contents)?;
