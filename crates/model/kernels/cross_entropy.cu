@@ -1,34 +1,42 @@
 // Next-token cross-entropy from logits and its backward, the GPU twins of the CPU kernels in
 // crates/model/src/ops/cross_entropy.rs, with their arithmetic (a max-shifted log-sum-exp, the
-// exponentials summed in order), one thread per row of V logits. A target id not below V
-// gives a NaN loss (the kernel cannot stop the op; the trainer's non-finite check does).
+// exponentials summed in the CPU's lane order), one warp per row of V logits (warp_rows.cuh).
+// Launch one thread per (row, lane): rows * 32 items. A target id not below V gives a NaN
+// loss (the kernel cannot stop the op; the trainer's non-finite check does).
 
 #include <stdint.h>
 #include <math.h>
+
+#include "warp_rows.cuh"
 
 #ifndef DYNACT_KERNEL
 #define DYNACT_KERNEL extern "C" __global__
 #endif
 
-__device__ __forceinline__ float row_log_sum_exp(const float* x, uint32_t v) {
+// The row's log-sum-exp, the same in every lane of the warp.
+__device__ __forceinline__ float row_log_sum_exp(const float* x, uint32_t v, uint32_t lane) {
     float max = -INFINITY;
-    for (uint32_t j = 0; j < v; j++) {
+    for (uint32_t j = lane; j < v; j += WARP_LANES) {
         max = fmaxf(max, x[j]);
     }
+    max = warp_max(max);
     float sum = 0.0f;
-    for (uint32_t j = 0; j < v; j++) {
+    for (uint32_t j = lane; j < v; j += WARP_LANES) {
         sum += expf(x[j] - max);
     }
-    return max + logf(sum);
+    return max + logf(warp_sum(sum));
 }
 
 DYNACT_KERNEL void cross_entropy_f32(const float* logits, const uint32_t* targets, float* loss,
                                      uint64_t rows, uint32_t v) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t r = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    const WarpRows wr = warp_rows();
+    for (uint64_t r = wr.first_row; r < rows; r += wr.row_stride) {
         const float* x = logits + r * v;
+        const float lse = row_log_sum_exp(x, v, wr.lane);
         const uint32_t t = targets[r];
-        loss[r] = t < v ? row_log_sum_exp(x, v) - x[t] : nanf("");
+        if (wr.lane == 0) {
+            loss[r] = t < v ? lse - x[t] : nanf("");
+        }
     }
 }
 
@@ -36,16 +44,17 @@ DYNACT_KERNEL void cross_entropy_f32(const float* logits, const uint32_t* target
 DYNACT_KERNEL void cross_entropy_backward_f32(const float* logits, const uint32_t* targets,
                                               const float* grad, float* out, uint64_t rows,
                                               uint32_t v) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t r = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    const WarpRows wr = warp_rows();
+    for (uint64_t r = wr.first_row; r < rows; r += wr.row_stride) {
         const float* x = logits + r * v;
         float* o = out + r * v;
-        const float lse = row_log_sum_exp(x, v), g = grad[r];
-        for (uint32_t j = 0; j < v; j++) {
+        const float lse = row_log_sum_exp(x, v, wr.lane), g = grad[r];
+        for (uint32_t j = wr.lane; j < v; j += WARP_LANES) {
             o[j] = g * expf(x[j] - lse);
         }
+        // The lane that wrote o[t] takes g off it, as the CPU does after the row.
         const uint32_t t = targets[r];
-        if (t < v) {
+        if (t < v && t % WARP_LANES == wr.lane) {
             o[t] -= g;
         }
     }

@@ -4,11 +4,14 @@
 //   d x = r (g w - x_hat mean(g w x_hat)),  x_hat = x r
 //   d w = sum over rows of g x_hat: f32 over blocks of 64 rows (rows in order), then f64 over
 //   the blocks in order.
-// One thread per row, or per (block, channel): no shared memory, so kernels/host/ runs the same
-// source on the CPU for the tests.
+// y and d x take one warp per row (warp_rows.cuh: coalesced loads, the row sums in the lane
+// order the CPU uses); d w one thread per (block of rows, channel), then one per channel.
+// Launch one thread per (row, lane) for y and d x: rows * 32 items.
 
 #include <stdint.h>
 #include <math.h>
+
+#include "warp_rows.cuh"
 
 #ifndef DYNACT_KERNEL
 #define DYNACT_KERNEL extern "C" __global__
@@ -16,47 +19,49 @@
 
 #define RMS_NORM_ROWS_PER_BLOCK 64
 
-__device__ __forceinline__ float inv_rms(const float* row, uint32_t c, float eps) {
+// 1 / rms of a row, the same in every lane of the warp.
+__device__ __forceinline__ float inv_rms(const float* row, uint32_t c, float eps, uint32_t lane) {
     float ms = 0.0f;
-    for (uint32_t j = 0; j < c; j++) {
+    for (uint32_t j = lane; j < c; j += WARP_LANES) {
         ms += row[j] * row[j];
     }
+    ms = warp_sum(ms);
     return 1.0f / sqrtf(ms / (float)c + eps);
 }
 
 DYNACT_KERNEL void rms_norm_f32(const float* x, const float* w, float* y, uint64_t rows,
                                 uint32_t c, float eps) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t row = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
-         row += stride) {
+    const WarpRows wr = warp_rows();
+    for (uint64_t row = wr.first_row; row < rows; row += wr.row_stride) {
         const float* xr = x + row * c;
         float* yr = y + row * c;
-        const float r = inv_rms(xr, c, eps);
-        for (uint32_t j = 0; j < c; j++) {
+        const float r = inv_rms(xr, c, eps, wr.lane);
+        for (uint32_t j = wr.lane; j < c; j += WARP_LANES) {
             yr[j] = xr[j] * r * w[j];
         }
     }
 }
 
-// One thread per row: d x into out[0 .. rows * c], and the row's r into inv[row].
+// One warp per row: d x into out[0 .. rows * c], and the row's r into inv[row].
 DYNACT_KERNEL void rms_norm_backward_x_f32(const float* x, const float* w, const float* g,
                                            float* out, float* inv, uint64_t rows, uint32_t c,
                                            float eps) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t row = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
-         row += stride) {
+    const WarpRows wr = warp_rows();
+    for (uint64_t row = wr.first_row; row < rows; row += wr.row_stride) {
         const float* xr = x + row * c;
         const float* gr = g + row * c;
         float* dr = out + row * c;
-        const float r = inv_rms(xr, c, eps);
-        inv[row] = r;
+        const float r = inv_rms(xr, c, eps, wr.lane);
+        if (wr.lane == 0) {
+            inv[row] = r;
+        }
         float dot = 0.0f;
-        for (uint32_t j = 0; j < c; j++) {
+        for (uint32_t j = wr.lane; j < c; j += WARP_LANES) {
             const float x_hat = xr[j] * r;
             dot += gr[j] * w[j] * x_hat;
         }
-        dot = dot / (float)c;
-        for (uint32_t j = 0; j < c; j++) {
+        dot = warp_sum(dot) / (float)c;
+        for (uint32_t j = wr.lane; j < c; j += WARP_LANES) {
             dr[j] = r * (gr[j] * w[j] - xr[j] * r * dot);
         }
     }

@@ -2,7 +2,8 @@
 //! the grid a launch would use (`kernels/host/kernels_on_host.c`): what the tests run to check
 //! the kernels' own source without a GPU. Test support, not API: each function takes raw
 //! pointers to buffers of the sizes its kernel indexes (see the `.cu` file), plus the grid and
-//! block of the emulated launch.
+//! block of the emulated launch. The row kernels, which reduce with warp shuffles, are not
+//! here: the simulator's tests compare them with the CPU kernels directly.
 
 extern "C" {
     pub fn dynact_philox_dropout_f32_on_host(
@@ -13,26 +14,6 @@ extern "C" {
         key0: u32,
         key1: u32,
         threshold: u64,
-        scale: f32,
-        grid: u32,
-        block: u32,
-    );
-    pub fn dynact_causal_softmax_f32_on_host(
-        x: *const f32,
-        y: *mut f32,
-        rows: u64,
-        t: u32,
-        s: u32,
-        scale: f32,
-        grid: u32,
-        block: u32,
-    );
-    pub fn dynact_softmax_backward_f32_on_host(
-        y: *const f32,
-        g: *const f32,
-        dx: *mut f32,
-        rows: u64,
-        n: u32,
         scale: f32,
         grid: u32,
         block: u32,
@@ -63,29 +44,6 @@ extern "C" {
         grid: u32,
         block: u32,
     );
-    pub fn dynact_rms_norm_f32_on_host(
-        x: *const f32,
-        w: *const f32,
-        y: *mut f32,
-        rows: u64,
-        c: u32,
-        eps: f32,
-        grid: u32,
-        block: u32,
-    );
-    pub fn dynact_rms_norm_backward_f32_on_host(
-        x: *const f32,
-        w: *const f32,
-        g: *const f32,
-        out: *mut f32,
-        inv: *mut f32,
-        partials: *mut f32,
-        rows: u64,
-        c: u32,
-        eps: f32,
-        grid: u32,
-        block: u32,
-    );
     pub fn dynact_rope_f32_on_host(
         x: *const f32,
         cos: *const f32,
@@ -105,17 +63,6 @@ extern "C" {
         y: *mut f32,
         out: *mut f32,
         n: u64,
-        grid: u32,
-        block: u32,
-    );
-    pub fn dynact_cross_entropy_f32_on_host(
-        logits: *const f32,
-        targets: *const u32,
-        grad: *const f32,
-        loss: *mut f32,
-        out: *mut f32,
-        rows: u64,
-        v: u32,
         grid: u32,
         block: u32,
     );

@@ -1,6 +1,9 @@
 // The CUDA kernels of kernels/ compiled as C and run on the host, one thread at a time, over the
 // grid a launch would use: what the tests run to check the kernels' own source without a GPU.
 // Not part of the library's API: src/host_emulation.rs declares these symbols for the tests.
+// The row kernels (rms_norm, causal_softmax, cross_entropy) reduce with warp shuffles, which
+// one thread at a time cannot run: the simulator's tests (crates/cuda-sim/tests) compare them
+// with the CPU kernels directly.
 
 #include <stdlib.h>
 
@@ -8,11 +11,8 @@
 
 #include "../adamw.cu"
 #include "../cast.cu"
-#include "../causal_softmax.cu"
-#include "../cross_entropy.cu"
 #include "../dynact_glu.cu"
 #include "../philox_dropout.cu"
-#include "../rms_norm.cu"
 #include "../rope.cu"
 #include "../swiglu.cu"
 
@@ -20,17 +20,6 @@ void dynact_philox_dropout_f32_on_host(const float* x, float* y, uint64_t n, uin
                                        uint32_t key0, uint32_t key1, uint64_t threshold,
                                        float scale, unsigned grid, unsigned block) {
     RUN_GRID(grid, block, philox_dropout_f32(x, y, n, first, key0, key1, threshold, scale));
-}
-
-void dynact_causal_softmax_f32_on_host(const float* x, float* y, uint64_t rows, uint32_t t,
-                                       uint32_t s, float scale, unsigned grid, unsigned block) {
-    RUN_GRID(grid, block, causal_softmax_f32(x, y, rows, t, s, scale));
-}
-
-void dynact_softmax_backward_f32_on_host(const float* y, const float* g, float* dx,
-                                         uint64_t rows, uint32_t n, float scale, unsigned grid,
-                                         unsigned block) {
-    RUN_GRID(grid, block, softmax_backward_f32(y, g, dx, rows, n, scale));
 }
 
 void dynact_glu_f32_on_host(const float* gate, const float* up, const float* params, float* y,
@@ -52,20 +41,6 @@ void dynact_glu_backward_f32_on_host(const float* gate, const float* up, const f
     free(sums);
 }
 
-void dynact_rms_norm_f32_on_host(const float* x, const float* w, float* y, uint64_t rows,
-                                 uint32_t c, float eps, unsigned grid, unsigned block) {
-    RUN_GRID(grid, block, rms_norm_f32(x, w, y, rows, c, eps));
-}
-
-void dynact_rms_norm_backward_f32_on_host(const float* x, const float* w, const float* g,
-                                          float* out, float* inv, float* partials,
-                                          uint64_t rows, uint32_t c, float eps, unsigned grid,
-                                          unsigned block) {
-    RUN_GRID(grid, block, rms_norm_backward_x_f32(x, w, g, out, inv, rows, c, eps));
-    RUN_GRID(grid, block, rms_norm_backward_w_partials_f32(x, g, inv, partials, rows, c));
-    RUN_GRID(grid, block, rms_norm_backward_w_f32(partials, out, rows, c));
-}
-
 void dynact_rope_f32_on_host(const float* x, const float* cos, const float* sin, float* y,
                              uint64_t rows, uint32_t t, uint32_t d, int inverse, unsigned grid,
                              unsigned block) {
@@ -76,13 +51,6 @@ void dynact_swiglu_f32_on_host(const float* gate, const float* up, const float* 
                                float* out, uint64_t n, unsigned grid, unsigned block) {
     RUN_GRID(grid, block, swiglu_f32(gate, up, y, n));
     RUN_GRID(grid, block, swiglu_backward_f32(gate, up, grad, out, n));
-}
-
-void dynact_cross_entropy_f32_on_host(const float* logits, const uint32_t* targets,
-                                      const float* grad, float* loss, float* out, uint64_t rows,
-                                      uint32_t v, unsigned grid, unsigned block) {
-    RUN_GRID(grid, block, cross_entropy_f32(logits, targets, loss, rows, v));
-    RUN_GRID(grid, block, cross_entropy_backward_f32(logits, targets, grad, out, rows, v));
 }
 
 void dynact_adamw_f32_on_host(float* theta, float* m, float* v, const float* g, uint64_t n,

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, fused_on_cuda, last_dim, rows_per_task, u32_slice};
+use super::{f32_slice, fused, fused_on_cuda, lane_sum, last_dim, rows_per_task, u32_slice};
 
 /// log(softmax(x)) over the last dimension, stable for large logits.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
@@ -43,10 +43,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_nll(logits, targets)?.mean_all()
 }
 
-/// log-sum-exp of a row, max-shifted.
+/// log-sum-exp of a row, max-shifted, the exponentials added in the CUDA kernel's order.
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln()
+    max + lane_sum(row.len(), |j| (row[j] - max).exp()).ln()
 }
 
 struct CrossEntropy;
@@ -97,7 +97,9 @@ impl CustomOp2 for CrossEntropy {
         let rows = l2.shape().elem_count();
         let loss = output(dev, rows)?;
         let (rows_arg, v_arg) = (rows as u64, v as u32);
-        launch!(dev, "cross_entropy", CROSS_ENTROPY, cross_entropy_f32, rows;
+        // One warp per row.
+        let lanes = rows * super::LANES;
+        launch!(dev, "cross_entropy", CROSS_ENTROPY, cross_entropy_f32, lanes;
             &x, &t, &loss, &rows_arg, &v_arg);
         Ok((storage(loss, dev), Shape::from((rows, 1))))
     }
@@ -174,7 +176,9 @@ impl CustomOp3 for CrossEntropyBackward {
         let rows = l2.shape().elem_count();
         let out = output(dev, rows * v)?;
         let (rows_arg, v_arg) = (rows as u64, v as u32);
-        launch!(dev, "cross_entropy", CROSS_ENTROPY, cross_entropy_backward_f32, rows;
+        // One warp per row.
+        let lanes = rows * super::LANES;
+        launch!(dev, "cross_entropy", CROSS_ENTROPY, cross_entropy_backward_f32, lanes;
             &x, &t, &g, &out, &rows_arg, &v_arg);
         Ok((storage(out, dev), l1.shape().clone()))
     }

@@ -79,7 +79,59 @@ pub(crate) fn sum_block_partials(partials: Vec<Vec<f32>>, width: usize) -> Vec<f
     sums
 }
 
+/// Lanes of a GPU warp: the CUDA row kernels (`kernels/warp_rows.cuh`) reduce a row with one
+/// warp, and [`lane_sum`] adds in their order.
+pub(crate) const LANES: usize = 32;
+
+/// The sum of `term(j)` for j in 0..n in the order a warp of the CUDA row kernels adds it: lane
+/// l adds terms l, l + 32, l + 64, ... in order, then the 32 lanes' sums are added in a
+/// butterfly (l and l ^ 16, then ^ 8, ^ 4, ^ 2, ^ 1). A CPU kernel and its CUDA twin therefore
+/// round alike; on a CPU the 32 independent sums also vectorize.
+#[inline]
+pub(crate) fn lane_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let full = n - n % LANES;
+    for start in (0..full).step_by(LANES) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += term(start + l);
+        }
+    }
+    for (l, lane) in lanes.iter_mut().enumerate().take(n - full) {
+        *lane += term(full + l);
+    }
+    let mut offset = LANES / 2;
+    while offset > 0 {
+        let before = lanes;
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = before[l] + before[l ^ offset];
+        }
+        offset /= 2;
+    }
+    lanes[0]
+}
+
 /// The size of the last dimension (the row length the kernels work on).
 pub(crate) fn last_dim(l: &Layout) -> usize {
     *l.dims().last().unwrap_or(&1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_sum_adds_every_term_once_in_the_warp_s_order() {
+        // Small integers sum exactly in any order: every term is counted once, for lengths
+        // under, at and over a warp.
+        for n in [0usize, 1, 5, 31, 32, 33, 64, 100] {
+            let exact = (0..n).map(|j| j * j).sum::<usize>();
+            assert_eq!(lane_sum(n, |j| (j * j) as f32), exact as f32, "n = {n}");
+        }
+        // The order is the warp's, not the sequential one: 1 + 2^24 + 1 + ... rounds away the
+        // ones when added in sequence, but lanes 0 and 2 each hold a one, which meet first.
+        let terms = [1f32, 16_777_216.0, 1.0];
+        let sequential = terms.iter().sum::<f32>();
+        assert_eq!(sequential, 16_777_216.0);
+        assert_eq!(lane_sum(3, |j| terms[j]), 16_777_218.0);
+    }
 }

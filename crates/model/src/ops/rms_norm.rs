@@ -6,7 +6,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, last_dim, rows_per_task, sum_block_partials, ROWS_PER_BLOCK};
+use super::ROWS_PER_BLOCK;
+use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task, sum_block_partials};
 
 /// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * weight.
 /// The input is cast to f32 first, so on CPU every input dtype takes the fused kernel.
@@ -42,7 +43,7 @@ struct RmsNorm {
 }
 
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let ms = lane_sum(row.len(), |j| row[j] * row[j]) / row.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
 
@@ -94,7 +95,9 @@ impl CustomOp2 for RmsNorm {
         let rows = l1.shape().elem_count() / c.max(1);
         let y = output(dev, rows * c)?;
         let (rows_arg, c_arg) = (rows as u64, c as u32);
-        launch!(dev, "rms_norm", RMS_NORM, rms_norm_f32, rows;
+        // One warp per row.
+        let lanes = rows * super::LANES;
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_f32, lanes;
             &x, &w, &y, &rows_arg, &c_arg, &self.eps);
         Ok((storage(y, dev), l1.shape().clone()))
     }
@@ -151,13 +154,10 @@ impl CustomOp3 for RmsNormBackward {
                 let mut acc = vec![0f32; c];
                 for (o, (xr, gr)) in db.chunks_mut(c).zip(xb.chunks(c).zip(gb.chunks(c))) {
                     let r = inv_rms(xr, self.eps);
-                    let mut dot = 0f32;
                     for j in 0..c {
-                        let x_hat = xr[j] * r;
-                        dot += gr[j] * w[j] * x_hat;
-                        acc[j] += gr[j] * x_hat;
+                        acc[j] += gr[j] * (xr[j] * r);
                     }
-                    let dot = dot / c as f32;
+                    let dot = lane_sum(c, |j| gr[j] * w[j] * (xr[j] * r)) / c as f32;
                     for j in 0..c {
                         o[j] = r * (gr[j] * w[j] - xr[j] * r * dot);
                     }
@@ -197,7 +197,9 @@ impl CustomOp3 for RmsNormBackward {
         let inv = output(dev, rows)?;
         let partials = output(dev, blocks * c)?;
         let (rows_arg, c_arg) = (rows as u64, c as u32);
-        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_x_f32, rows;
+        // One warp per row.
+        let lanes = rows * super::LANES;
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_x_f32, lanes;
             &x, &w, &g, &out, &inv, &rows_arg, &c_arg, &self.eps);
         launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_partials_f32, blocks * c;
             &x, &g, &inv, &partials, &rows_arg, &c_arg);

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Resul
 use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, last_dim, rows_per_task};
+use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task};
 
 /// Softmax over the last dimension.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
@@ -107,12 +107,10 @@ impl CustomOp1 for CausalSoftmax {
                 let max = xr[..visible]
                     .iter()
                     .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-                let mut sum = 0f32;
                 for (o, v) in o[..visible].iter_mut().zip(xr) {
                     *o = ((v - max) * self.scale).exp();
-                    sum += *o;
                 }
-                let inv = 1.0 / sum;
+                let inv = 1.0 / lane_sum(visible, |j| o[j]);
                 o[..visible].iter_mut().for_each(|o| *o *= inv);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -134,7 +132,9 @@ impl CustomOp1 for CausalSoftmax {
         let rows = l.shape().elem_count() / n.max(1);
         let y = output(dev, rows * n)?;
         let (rows_arg, t, n) = (rows as u64, t as u32, n as u32);
-        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, causal_softmax_f32, rows;
+        // One warp per row.
+        let lanes = rows * super::LANES;
+        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, causal_softmax_f32, lanes;
             &x, &y, &rows_arg, &t, &n, &self.scale);
         Ok((storage(y, dev), l.shape().clone()))
     }
@@ -173,7 +173,7 @@ impl CustomOp2 for SoftmaxBackward {
             .zip(y.par_chunks(n).zip(g.par_chunks(n)))
             .with_min_len(rows_per_task(n))
             .for_each(|(o, (yr, gr))| {
-                let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
+                let dot = lane_sum(yr.len(), |j| yr[j] * gr[j]);
                 for ((o, y), g) in o.iter_mut().zip(yr).zip(gr) {
                     *o = self.scale * y * (g - dot);
                 }
@@ -201,7 +201,9 @@ impl CustomOp2 for SoftmaxBackward {
         let rows = l1.shape().elem_count() / n.max(1);
         let dx = output(dev, rows * n)?;
         let (rows_arg, n_arg) = (rows as u64, n as u32);
-        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, softmax_backward_f32, rows;
+        // One warp per row.
+        let lanes = rows * super::LANES;
+        launch!(dev, "causal_softmax", CAUSAL_SOFTMAX, softmax_backward_f32, lanes;
             &y, &g, &dx, &rows_arg, &n_arg, &self.scale);
         Ok((storage(dx, dev), l1.shape().clone()))
     }
