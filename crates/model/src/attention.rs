@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::ModelConfig;
-use crate::forward_ctx::{dropout, ForwardCtx};
+use crate::forward_ctx::{dropout, DropoutRng, ForwardCtx};
 use crate::layers::Linear;
-use crate::ops::cast;
+use crate::ops::{causal_attention, causal_attention_reference, ProbDropout};
 
 /// cos and sin of every position, (max_positions, D), both halves of each head already joined.
 #[derive(Clone, Debug)]
@@ -132,38 +132,29 @@ impl Attention {
             }
             *cache = Some((k.clone(), v.clone()));
         }
-        let (k, v) = (repeat_kv(&k, h / g)?, repeat_kv(&v, h / g)?); // (B, H, S, D)
-
         let scale = 1.0 / (d as f64).sqrt();
-        // Products in the matmul dtype; the softmax, its dropout and the output in f32.
-        let md = self.matmul_dtype;
-        let scores = cast(&cast(&q, md)?.matmul(&cast(&k, md)?.t()?)?, DType::F32)?; // (B, H, T, S)
-        let mut probs = crate::ops::causal_softmax(&scores, scale, pos.mask)?;
-        if ctx.train {
-            probs = dropout(
-                &probs,
-                self.dropout,
-                ctx.seed_for(site),
-                ctx.rng,
-                ctx.first_row,
-            )?;
-        }
-        let y = cast(
-            &cast(&probs, md)?.matmul(&cast(&v, md)?.contiguous()?)?,
-            x.dtype(),
-        )?; // (B, H, T, D)
+        let s = k.dim(2)?;
+        let drop = ctx.train && self.dropout > 0.0;
+        let y = match ctx.rng {
+            // Runs written before the Philox generator draw their masks from a ChaCha8 stream.
+            DropoutRng::Chacha8 if drop => {
+                let seed = ctx.seed_for(site);
+                let (p, first_row) = (self.dropout, ctx.first_row);
+                causal_attention_reference(&q, &k, &v, scale, self.matmul_dtype, pos.mask, |x| {
+                    dropout(&x, p, seed, DropoutRng::Chacha8, first_row)
+                })?
+            }
+            _ => {
+                let dropout = drop.then(|| ProbDropout {
+                    seed: ctx.seed_for(site),
+                    first: (ctx.first_row * h * t * s) as u64,
+                    keep: 1.0 - self.dropout,
+                    scale: (1.0 / (1.0 - self.dropout)) as f32,
+                });
+                causal_attention(&q, &k, &v, scale, dropout, self.matmul_dtype, pos.mask)?
+            }
+        }; // (B, H, T, D)
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }
-}
-
-/// (B, G, S, D) -> (B, G * rep, S, D), each key/value head serving `rep` query heads.
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, g, s, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, g, rep, s, d))?
-        .reshape((b, g * rep, s, d))
 }

@@ -1,4 +1,5 @@
-//! Each fused CPU kernel (RMSNorm, causal softmax, cross-entropy, RoPE, SwiGLU, dynAct)
+//! Each fused CPU kernel (RMSNorm, causal softmax, causal attention, cross-entropy, RoPE,
+//! SwiGLU, dynAct)
 //! against the plain Candle composition it replaces, its `<op>_reference` in `ops`: same values,
 //! same gradients, on the same f32 CPU input and against the composition run in f64; and the
 //! source of each CUDA kernel, compiled for the host, against its CPU twin.
@@ -258,6 +259,101 @@ fn fused_dynact_glu_matches_its_reference_for_every_input_and_parameter() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn fused_causal_attention_matches_its_reference() {
+    // Grouped heads (4 query heads on 2 key/value heads), 7 queries after 4 cached positions,
+    // heads of 8 (B, H, G, T, S, D) = (2, 4, 2, 7, 11, 8); and one query seeing everything.
+    for (t, s, salt) in [(7usize, 11usize, 0u64), (1, 5, 10)] {
+        let q = randn(&[2, 4, t, 8], 70 + salt);
+        let k = randn(&[2, 2, s, 8], 71 + salt);
+        let v = randn(&[2, 2, s, 8], 72 + salt);
+        let w = randn(&[2, 4, t, 8], 73 + salt);
+        let scale = 1.0 / 8f64.sqrt();
+        compare(
+            &[&q, &k, &v],
+            &w,
+            |x| ops::causal_attention(&x[0], &x[1], &x[2], scale, None, DType::F32, None).unwrap(),
+            |x| {
+                let md = x[0].dtype();
+                ops::causal_attention_reference(&x[0], &x[1], &x[2], scale, md, None, Ok).unwrap()
+            },
+            &format!("attention, T {t}, S {s}"),
+        );
+    }
+}
+
+#[test]
+fn fused_causal_attention_drops_the_probabilities_the_reference_drops() {
+    // Dropout on the probabilities: the fused kernel draws the mask elements the reference's
+    // dropout op does for the whole (B, H, T, S) tensor, from an offset as a row shard does.
+    let (q, k, v) = (
+        randn(&[2, 2, 9, 8], 80),
+        randn(&[2, 2, 9, 8], 81),
+        randn(&[2, 2, 9, 8], 82),
+    );
+    let w = randn(&[2, 2, 9, 8], 83);
+    for first in [0u64, 3 * 2 * 9 * 9] {
+        let dropout = ops::ProbDropout {
+            seed: 0xDEAD_BEEF_0123,
+            first,
+            keep: 0.7,
+            scale: (1.0 / 0.7f64) as f32,
+        };
+        let attend = |x: &[Tensor], fused: bool| {
+            let scale = 1.0 / 8f64.sqrt();
+            match fused {
+                true => ops::causal_attention(
+                    &x[0],
+                    &x[1],
+                    &x[2],
+                    scale,
+                    Some(dropout),
+                    DType::F32,
+                    None,
+                ),
+                false => ops::causal_attention_reference(
+                    &x[0],
+                    &x[1],
+                    &x[2],
+                    scale,
+                    DType::F32,
+                    None,
+                    |p| {
+                        dynact_model::philox_dropout::PhiloxDropout {
+                            seed: dropout.seed,
+                            first,
+                            keep: dropout.keep,
+                            scale: dropout.scale,
+                        }
+                        .apply(&p)
+                    },
+                ),
+            }
+            .unwrap()
+        };
+        let (y, dx) = run(&[&q, &k, &v], &w, DType::F32, &|x| attend(x, true));
+        let (y_ref, dx_ref) = run(&[&q, &k, &v], &w, DType::F32, &|x| attend(x, false));
+        assert_close(&y, &y_ref, 1e-5, &format!("values, first {first}"));
+        for (i, (a, b)) in dx.iter().zip(&dx_ref).enumerate() {
+            assert_close(a, b, 1e-4, &format!("gradient {i}, first {first}"));
+        }
+        // Dropout really acted: without it the values differ.
+        let (plain, _) = run(&[&q, &k, &v], &w, DType::F32, &|x| {
+            ops::causal_attention(
+                &x[0],
+                &x[1],
+                &x[2],
+                1.0 / 8f64.sqrt(),
+                None,
+                DType::F32,
+                None,
+            )
+            .unwrap()
+        });
+        assert!(common::max_abs_diff(&plain, &y) > 1e-2);
     }
 }
 

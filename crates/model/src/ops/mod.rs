@@ -11,16 +11,19 @@
 //! differences.
 //!
 //! This module holds the helpers the kernels share; it depends on no other module of the crate
-//! (but `cuda_kernels`, in a CUDA build), so every layer may use it.
+//! but the dropout masks (`philox`, `philox_dropout`) and, in a CUDA build, `cuda_kernels`, so
+//! every layer may use it.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
+pub mod attention;
 pub mod cast;
 pub mod cross_entropy;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 
+pub use attention::{causal_attention, causal_attention_reference, repeat_kv, ProbDropout};
 pub use cast::cast;
 pub use cross_entropy::{cross_entropy, log_softmax, token_nll, token_nll_reference};
 pub use rms_norm::{rms_norm, rms_norm_reference};

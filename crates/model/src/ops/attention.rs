@@ -1,0 +1,438 @@
+//! Causal attention, softmax(scale q k^T) v with each query seeing the keys up to its own
+//! position, and optional inverted dropout on the probabilities: the fused CPU kernel (one
+//! query row at a time, its scores in a row buffer, so the (B, H, T, S) scores and
+//! probabilities are never in memory, in either pass) beside [`causal_attention_reference`],
+//! the composition of matrix products, [`super::causal_softmax`] and seeded dropout that every
+//! other case runs.
+//!
+//! Letters: B batch, H query heads, G key/value heads (H a multiple of G), T queries at
+//! positions S-T .. S-1, S keys, D head width.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{cast, causal_softmax, f32_slice, fused, lane_sum};
+use crate::philox::apply_dropout_from;
+
+/// Inverted dropout on the attention probabilities with the Philox mask of the whole batch's
+/// (B, H, T, S) probabilities: probability (b, h, i, j) of this pass is mask element
+/// `first + ((b H + h) T + i) S + j` (see [`crate::philox`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbDropout {
+    pub seed: u64,
+    pub first: u64,
+    pub keep: f64,
+    pub scale: f32,
+}
+
+/// Causal attention of q (B, H, T, D) over k and v (B, G, S, D), with dropout on the
+/// probabilities when given: (B, H, T, D) in q's dtype. f32 inputs on a CPU take the fused
+/// kernel, which computes everything in f32; elsewhere [`causal_attention_reference`] runs,
+/// its matrix products in `matmul_dtype` (`mask`, the (T, S) causal mask the caller keeps on
+/// the device, or None).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    dropout: Option<ProbDropout>,
+    matmul_dtype: DType,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    if fused(q) && fused(k) && fused(v) {
+        let op = CausalAttention {
+            scale: scale as f32,
+            dropout,
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    causal_attention_reference(q, k, v, scale, matmul_dtype, mask, |probs| match dropout {
+        Some(d) => d.apply(&probs),
+        None => Ok(probs),
+    })
+}
+
+impl ProbDropout {
+    /// The mask applied to probabilities (B, H, T, S) as one op.
+    fn apply(&self, probs: &Tensor) -> Result<Tensor> {
+        let op = crate::philox_dropout::PhiloxDropout {
+            seed: self.seed,
+            first: self.first,
+            keep: self.keep,
+            scale: self.scale,
+        };
+        op.apply(probs)
+    }
+}
+
+/// [`causal_attention`] as a composition of differentiable Candle ops: the scores and the
+/// weighted values as matrix products in `matmul_dtype`, the softmax in f32, and `dropout`
+/// applied to the f32 probabilities (B, H, T, S). What the fused kernel is tested against, and
+/// what runs with a dropout generator the kernel does not draw from.
+pub fn causal_attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    matmul_dtype: DType,
+    mask: Option<&Tensor>,
+    dropout: impl FnOnce(Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let rep = q.dim(1)? / k.dim(1)?;
+    let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?); // (B, H, S, D)
+    let md = matmul_dtype;
+    let scores = cast(&cast(q, md)?.matmul(&cast(&k, md)?.t()?)?, DType::F32)?; // (B, H, T, S)
+    let probs = dropout(causal_softmax(&scores, scale, mask)?)?;
+    cast(
+        &cast(&probs, md)?.matmul(&cast(&v, md)?.contiguous()?)?,
+        q.dtype(),
+    )
+}
+
+/// (B, G, S, D) -> (B, G * rep, S, D), each key/value head serving `rep` query heads.
+pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, g, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, g, rep, s, d))?
+        .reshape((b, g * rep, s, d))
+}
+
+struct CausalAttention {
+    scale: f32,
+    dropout: Option<ProbDropout>,
+}
+
+/// The shapes of one attention pass.
+#[derive(Clone, Copy)]
+struct Dims {
+    h: usize,
+    g: usize,
+    t: usize,
+    s: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
+        let (&[b, h, t, d], &[kb, g, s, kd]) = (q.dims(), k.dims()) else {
+            candle_core::bail!("causal-attention: q, k and v must be (B, heads, positions, D)");
+        };
+        if kb != b || kd != d || v.dims() != k.dims() || g == 0 || h % g != 0 || s < t {
+            candle_core::bail!(
+                "causal-attention: q {:?}, k {:?}, v {:?} do not fit (B, H, T, D), (B, G, S, D) with H a multiple of G and S >= T",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        Ok(Dims { h, g, t, s, d })
+    }
+}
+
+/// A row-major or transposed view of a matrix in a slice: element (r, c) is
+/// `data[r * row_stride + c * col_stride]`.
+#[derive(Clone, Copy)]
+struct MatRef<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A (rows, cols) row-major matrix.
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a (rows, cols) row-major matrix: (cols, rows).
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// out (m, n, row-major) = a (m, k) b (k, n), plus out's old values when `accumulate`: the
+/// gemm crate's kernels (what Candle's CPU matmul runs), on one thread, since the callers
+/// already run one task per head in parallel.
+fn matmul(
+    out: &mut [f32],
+    a: MatRef,
+    b: MatRef,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(
+        out.len() >= m * n && a.covers(m, k) && b.covers(k, n),
+        "matmul: operand sizes"
+    );
+    // SAFETY: the assertion keeps every index gemm forms, (m, n) of out and (m, k), (k, n) of
+    // a and b at their strides, inside the slices; out does not alias a or b (&mut).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// One (batch, query head) of a pass: its queries, the keys and values of its key/value head,
+/// and where its dropout mask starts.
+struct Head<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    mask_first: u64,
+}
+
+impl CausalAttention {
+    fn head<'a>(
+        &self,
+        dims: Dims,
+        (q, k, v): (&'a [f32], &'a [f32], &'a [f32]),
+        bh: usize,
+    ) -> Head<'a> {
+        let Dims { h, g, t, s, d } = dims;
+        let kv = (bh / h) * g + (bh % h) / (h / g);
+        Head {
+            q: &q[bh * t * d..(bh + 1) * t * d],
+            keys: &k[kv * s * d..(kv + 1) * s * d],
+            values: &v[kv * s * d..(kv + 1) * s * d],
+            mask_first: self.dropout.map_or(0, |dr| dr.first) + (bh * t * s) as u64,
+        }
+    }
+
+    /// The head's (T, S) probabilities before dropout into `p` (0 where a query may not
+    /// look), and after dropout into `kept` (a copy of `p` without dropout): the scores as one
+    /// matrix product, then the causal softmax row by row, as [`super::causal_softmax`] does.
+    fn probabilities(&self, head: &Head, dims: Dims, p: &mut [f32], kept: &mut [f32]) {
+        let Dims { t, s, d, .. } = dims;
+        matmul(
+            p,
+            MatRef::rows(head.q, d),
+            MatRef::transposed(head.keys, d),
+            (t, s, d),
+            false,
+        );
+        for (i, row) in p.chunks_mut(s).enumerate() {
+            let visible = s - t + i + 1;
+            let max = row[..visible]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            for x in &mut row[..visible] {
+                *x = ((*x - max) * self.scale).exp();
+            }
+            let inv = 1.0 / lane_sum(visible, |j| row[j]);
+            row[..visible].iter_mut().for_each(|x| *x *= inv);
+            row[visible..].iter_mut().for_each(|x| *x = 0.0);
+        }
+        self.drop(head, p, kept);
+    }
+
+    /// `to` = `from` with the head's dropout mask applied (a copy without dropout).
+    fn drop(&self, head: &Head, from: &[f32], to: &mut [f32]) {
+        match self.dropout {
+            Some(dr) => apply_dropout_from(dr.seed, head.mask_first, dr.keep, dr.scale, from, to),
+            None => to.copy_from_slice(from),
+        }
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = Dims::of(l1, l2, l3)?;
+        let inputs = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let Dims { t, s, d, .. } = dims;
+        let mut out = vec![0f32; inputs.0.len()];
+        // One task per (batch, head): its (T, S) probabilities stay in a buffer of the task.
+        out.par_chunks_mut(t * d).enumerate().for_each(|(bh, y)| {
+            let head = self.head(dims, inputs, bh);
+            let (mut p, mut kept) = (vec![0f32; t * s], vec![0f32; t * s]);
+            self.probabilities(&head, dims, &mut p, &mut kept);
+            matmul(
+                y,
+                MatRef::rows(&kept, s),
+                MatRef::rows(head.values, d),
+                (t, d, s),
+                false,
+            );
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // One flat tensor: [d q; d k; d v].
+        let flat = Tensor::cat(
+            &[&q.flatten_all()?, &k.flatten_all()?, &v.flatten_all()?],
+            0,
+        )?
+        .apply_op2_no_bwd(
+            &grad,
+            &CausalAttentionBackward {
+                forward: CausalAttention {
+                    scale: self.scale,
+                    dropout: self.dropout,
+                },
+                q: q.shape().clone(),
+                kv: k.shape().clone(),
+            },
+        )?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        Ok((
+            Some(flat.narrow(0, 0, nq)?.reshape(q.shape())?),
+            Some(flat.narrow(0, nq, nk)?.reshape(k.shape())?),
+            Some(flat.narrow(0, nq + nk, nk)?.reshape(k.shape())?),
+        ))
+    }
+}
+
+/// The gradients of [`CausalAttention`] from [q; k; v] (flat) and d y, recomputing each head's
+/// probabilities: with P the probabilities, M the dropout mask (scale where kept, 0 where
+/// dropped, all ones without dropout), P' = M * P and G = d y,
+///   d V = P'^T G,   d P = M * (G V^T),
+///   d S = scale P * (d P - rowsum(P * d P))   (the softmax's backward),
+///   d Q = d S K,   d K = d S^T Q.
+struct CausalAttentionBackward {
+    forward: CausalAttention,
+    q: Shape,
+    kv: Shape,
+}
+
+impl candle_core::CustomOp2 for CausalAttentionBackward {
+    fn name(&self) -> &'static str {
+        "causal-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let flat = f32_slice(s1, l1, self.name())?;
+        let grad = f32_slice(s2, l2, self.name())?;
+        let (nq, nk) = (self.q.elem_count(), self.kv.elem_count());
+        let (q, rest) = flat.split_at(nq);
+        let (k, v) = rest.split_at(nk);
+        let kl = Layout::contiguous(self.kv.clone());
+        let dims = Dims::of(&Layout::contiguous(self.q.clone()), &kl, &kl)?;
+        let Dims { h, g, t, s, d } = dims;
+        let fwd = &self.forward;
+        let mut out = vec![0f32; nq + 2 * nk];
+        let (dq, dkv) = out.split_at_mut(nq);
+        let (dk, dv) = dkv.split_at_mut(nk);
+        // One task per (batch, key/value head): the d q of its query heads, and its d k and
+        // d v, which those heads add to in order.
+        let rep = h / g;
+        dq.par_chunks_mut(rep * t * d)
+            .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
+            .enumerate()
+            .for_each(|(bg, (dq, (dk, dv)))| {
+                let [mut p, mut kept, mut dp_kept, mut dp] = [(); 4].map(|_| vec![0f32; t * s]);
+                for (r, dq) in dq.chunks_mut(t * d).enumerate() {
+                    let bh = (bg / g) * h + (bg % g) * rep + r;
+                    let head = fwd.head(dims, (q, k, v), bh);
+                    let gy = &grad[bh * t * d..(bh + 1) * t * d];
+                    fwd.probabilities(&head, dims, &mut p, &mut kept);
+                    let accumulate = r > 0;
+                    matmul(
+                        dv,
+                        MatRef::transposed(&kept, s),
+                        MatRef::rows(gy, d),
+                        (s, d, t),
+                        accumulate,
+                    );
+                    matmul(
+                        &mut dp_kept,
+                        MatRef::rows(gy, d),
+                        MatRef::transposed(head.values, d),
+                        (t, s, d),
+                        false,
+                    );
+                    fwd.drop(&head, &dp_kept, &mut dp);
+                    // d P becomes d S in place.
+                    for (i, (ds, pr)) in dp.chunks_mut(s).zip(p.chunks(s)).enumerate() {
+                        let visible = s - t + i + 1;
+                        let dot = lane_sum(visible, |j| pr[j] * ds[j]);
+                        for (x, pj) in ds.iter_mut().zip(pr) {
+                            *x = fwd.scale * pj * (*x - dot);
+                        }
+                    }
+                    matmul(
+                        dq,
+                        MatRef::rows(&dp, s),
+                        MatRef::rows(head.keys, d),
+                        (t, d, s),
+                        false,
+                    );
+                    matmul(
+                        dk,
+                        MatRef::transposed(&dp, s),
+                        MatRef::rows(head.q, d),
+                        (s, d, t),
+                        accumulate,
+                    );
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
+    }
+}
