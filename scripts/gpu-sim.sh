@@ -43,14 +43,15 @@ export LD_LIBRARY_PATH="$PWD/$libs:$CUDA_ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY
 if [ "${1:-}" = "--profile" ]; then
   # One step = a 2-step run minus a 1-step run (the same set-up, evaluation and checkpoint),
   # so module loads and first-step allocations drop out. Each launch runs a sample of
-  # DYNACT_CUDA_SIM_SAMPLE_BLOCKS blocks (default 2) and its counts are scaled to its grid;
+  # DYNACT_CUDA_SIM_SAMPLE_BLOCKS blocks (default 16, one from each sixteenth of the grid) and
+  # its counts are scaled to its grid;
   # GEMMs are counted by shape, not computed. The outputs are therefore not the model's.
   config=$2
   shift 2
   # The raw per-launch lines stay in target/cuda-sim-profile/ (1.jsonl, 2.jsonl) for a closer look.
   work=target/cuda-sim-profile
   rm -rf "$work" && mkdir -p "$work"
-  export DYNACT_CUDA_SIM_SAMPLE_BLOCKS=${DYNACT_CUDA_SIM_SAMPLE_BLOCKS:-2}
+  export DYNACT_CUDA_SIM_SAMPLE_BLOCKS=${DYNACT_CUDA_SIM_SAMPLE_BLOCKS:-16}
   for steps in 1 2; do
     DYNACT_CUDA_SIM_PROFILE="$work/$steps.jsonl" target/release/train-lm --config "$config" --device cuda:0 \
       --steps "$steps" --set eval.max_tokens=256 --set eval.batch_size=1 --run-dir "$work/run$steps" "$@" \

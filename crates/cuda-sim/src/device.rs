@@ -90,8 +90,9 @@ pub struct Gpu {
     modules: Vec<Loaded>,
     /// Every launch so far, in order.
     pub launches: Vec<LaunchRecord>,
-    /// Run at most this many blocks of a launch (evenly spread) and scale the counts: for
-    /// profiles of big grids, whose outputs are then incomplete.
+    /// Run at most this many blocks of a launch (one from each of as many equal strata of the
+    /// grid) and scale the counts: for profiles of big grids, whose outputs are then
+    /// incomplete.
     pub sample_blocks: Option<u64>,
     /// Opt-in dynamic shared memory per kernel name (cudaFuncSetAttribute).
     max_dynamic_shared: Vec<(String, usize)>,
@@ -250,7 +251,16 @@ impl Gpu {
         };
         let total = cfg.grid.iter().map(|&g| g as u64).product::<u64>();
         let ran: Vec<u64> = match self.sample_blocks {
-            Some(n) if n < total => (0..n).map(|i| i * total / n).collect(),
+            // One block from each of n equal strata of the grid, at a place in its stratum that
+            // moves by the golden ratio from one stratum to the next: a grid whose work varies
+            // with a period (the query tiles of each head) is then not sampled at one phase.
+            Some(n) if n < total => (0..n)
+                .map(|i| {
+                    let (start, end) = (i * total / n, (i + 1) * total / n);
+                    let phase = (i as f64 * 0.618_033_988_749_895).fract();
+                    start + ((end - start) as f64 * phase) as u64
+                })
+                .collect(),
             _ => (0..total).collect(),
         };
         let mut counters = KernelCounters::default();

@@ -318,21 +318,16 @@ impl CustomOp3 for CausalAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
         // One flat tensor: [d q; d k; d v].
-        let flat = Tensor::cat(
-            &[&q.flatten_all()?, &k.flatten_all()?, &v.flatten_all()?],
-            0,
-        )?
-        .apply_op2_no_bwd(
-            &grad,
+        let flat = q.apply_op3_no_bwd(
+            k,
+            v,
             &CausalAttentionBackward {
                 forward: CausalAttention {
                     scale: self.scale,
                     dropout: self.dropout,
                 },
-                q: q.shape().clone(),
-                kv: k.shape().clone(),
+                grad: grad.contiguous()?,
             },
         )?;
         let (nq, nk) = (q.elem_count(), k.elem_count());
@@ -352,11 +347,10 @@ impl CustomOp3 for CausalAttention {
 ///   d Q = d S K,   d K = d S^T Q.
 struct CausalAttentionBackward {
     forward: CausalAttention,
-    q: Shape,
-    kv: Shape,
+    grad: Tensor,
 }
 
-impl candle_core::CustomOp2 for CausalAttentionBackward {
+impl CustomOp3 for CausalAttentionBackward {
     fn name(&self) -> &'static str {
         "causal-attention-backward"
     }
@@ -367,16 +361,23 @@ impl candle_core::CustomOp2 for CausalAttentionBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let flat = f32_slice(s1, l1, self.name())?;
-        let grad = f32_slice(s2, l2, self.name())?;
-        let (nq, nk) = (self.q.elem_count(), self.kv.elem_count());
-        let (q, rest) = flat.split_at(nq);
-        let (k, v) = rest.split_at(nk);
-        let kl = Layout::contiguous(self.kv.clone());
-        let dims = Dims::of(&Layout::contiguous(self.q.clone()), &kl, &kl)?;
+        let dims = Dims::of(l1, l2, l3)?;
+        let (q, k, v) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let (grad_storage, grad_layout) = self.grad.storage_and_layout();
+        let candle_core::Storage::Cpu(grad_storage) = &*grad_storage else {
+            candle_core::bail!("{}: the gradient is not on the CPU", self.name());
+        };
+        let grad = f32_slice(grad_storage, grad_layout, self.name())?;
         let Dims { h, g, t, s, d } = dims;
         let fwd = &self.forward;
+        let (nq, nk) = (q.len(), k.len());
         let mut out = vec![0f32; nq + 2 * nk];
         let (dq, dkv) = out.split_at_mut(nq);
         let (dk, dv) = dkv.split_at_mut(nk);
