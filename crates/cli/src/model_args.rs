@@ -6,16 +6,17 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::Device;
 
-use dynact_trainer::model_source::{load_model, LoadedModel, SourceOptions};
+use dynact_trainer::model_source::{load_model, CheckpointStep, LoadedModel, SourceOptions};
 use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
 
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
     /// A .safetensors file, a checkpoint folder, a run directory or hf://OWNER/NAME[@REVISION].
     pub source: String,
-    /// For a run directory: the checkpoint of this step (default: the latest).
+    /// For a run directory: the checkpoint of this step, or `best` (the lowest val_ppl so
+    /// far). Default: the latest.
     #[arg(long)]
-    pub step: Option<u64>,
+    pub step: Option<CheckpointStep>,
     /// A config.json to use instead of the one beside the weights.
     #[arg(long)]
     pub config: Option<PathBuf>,

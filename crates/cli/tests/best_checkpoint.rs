@@ -1,5 +1,5 @@
 //! The checkpoint with the lowest val_ppl so far is named in the run directory's `best` and
-//! never pruned, whatever `train.keep_last` says.
+//! never pruned, whatever `train.keep_last` says; `eval-ppl RUN --step best` scores it.
 
 mod common;
 
@@ -45,4 +45,40 @@ fn the_best_checkpoint_is_named_and_kept() {
     kept.sort_unstable();
     expected.sort_unstable();
     assert_eq!(kept, expected, "best is {}", step_dir_name(lowest));
+
+    // eval-ppl --step best scores that checkpoint, reproducing its logged val_ppl.
+    let v = json_of(&eval_ppl(
+        &["run", "--step", "best", "--json"],
+        dir.path(),
+        &[],
+    ));
+    assert_eq!(v["step"], lowest);
+    let logged = evals.iter().find(|e| e.step == lowest).unwrap().val_ppl;
+    let ppl = v["ppl"].as_f64().unwrap();
+    assert!((ppl - logged).abs() < 1e-5 * logged, "{ppl} vs {logged}");
+    // Its checkpoint folder with --step best agrees; another checkpoint does not.
+    let best_dir = format!("run/{}", step_dir_name(lowest));
+    let v = json_of(&eval_ppl(
+        &[&best_dir, "--step", "best", "--json"],
+        dir.path(),
+        &[],
+    ));
+    assert_eq!(v["step"], lowest);
+    if lowest != 12 {
+        let newest = format!("run/{}", step_dir_name(12));
+        let r = eval_ppl(&[&newest, "--step", "best"], dir.path(), &[]);
+        assert_error(&r, &["--step best", "different checkpoints"]);
+    }
+    // A run without `best` says so, and how to go on.
+    std::fs::remove_file(run.file("best")).unwrap();
+    let r = eval_ppl(&["run", "--step", "best"], dir.path(), &[]);
+    assert_error(&r, &["no best checkpoint yet", "--step N"]);
+    // Neither a number nor `best`: clap's one line names the choice.
+    let r = eval_ppl(&["run", "--step", "good"], dir.path(), &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("neither a step number nor `best`"),
+        "{}",
+        r.stderr
+    );
 }

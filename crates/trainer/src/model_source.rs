@@ -17,7 +17,7 @@ use dynact_model::checkpoint::{
 };
 use dynact_model::{Checkpoint, ModelConfig};
 
-use dynact_run::{RunDir, RUN_CONFIG_FILE, TOKENIZER_FILE};
+use dynact_run::{RunDir, BEST_FILE, RUN_CONFIG_FILE, TOKENIZER_FILE};
 
 use crate::config::RunConfig;
 use crate::language_model::Network;
@@ -31,11 +31,57 @@ pub struct SourceOptions {
     pub config: Option<PathBuf>,
     /// A tokenizer.json to use instead of the one beside the weights.
     pub tokenizer: Option<PathBuf>,
-    /// For a run directory: the checkpoint of this step instead of the latest.
-    pub step: Option<u64>,
+    /// For a run directory: this checkpoint instead of the latest.
+    pub step: Option<CheckpointStep>,
     /// The compute dtype of the forward pass (weights are held in f32); default: the run's
     /// for a run directory, else f32.
     pub dtype: Option<DType>,
+}
+
+/// Which checkpoint of a run directory to load (`--step`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointStep {
+    /// The checkpoint of this step.
+    Number(u64),
+    /// The checkpoint with the lowest val_ppl so far, as the run's `best` names it.
+    Best,
+}
+
+impl std::str::FromStr for CheckpointStep {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "best" => Ok(CheckpointStep::Best),
+            _ => s.parse().map(CheckpointStep::Number).map_err(|_| {
+                format!("`{s}` is neither a step number nor `best` (the checkpoint with the lowest val_ppl)")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointStep::Number(n) => write!(f, "{n}"),
+            CheckpointStep::Best => f.write_str("best"),
+        }
+    }
+}
+
+impl CheckpointStep {
+    /// The step number this choice names in `run_dir`.
+    fn in_run(self, run_dir: &RunDir) -> Result<u64> {
+        match self {
+            CheckpointStep::Number(n) => Ok(n),
+            CheckpointStep::Best => run_dir.best_step().ok_or_else(|| {
+                anyhow!(
+                    "{} names no best checkpoint yet (no `{BEST_FILE}` file: it is written at the first evaluation); pass --step N or omit --step for the latest",
+                    run_dir.path.display()
+                )
+            }),
+        }
+    }
 }
 
 /// Which kind of thing the source was.
@@ -268,16 +314,18 @@ fn locate_local(path: &Path, opts: &SourceOptions) -> Result<Located> {
     }
     let run_dir = RunDir::new(path);
     if run_dir.holds_run() {
-        return locate_in_run(&run_dir, opts.step);
+        let step = opts.step.map(|s| s.in_run(&run_dir)).transpose()?;
+        return locate_in_run(&run_dir, step);
     }
     // A checkpoint folder of a run is that run at that step (scored on the run's data).
     if let Some((run_dir, step)) = RunDir::containing(path) {
-        if opts.step.is_some_and(|s| s != step) {
-            bail!(
-                "--step {} and {} (step {step}) name different checkpoints; give the run directory with --step, or the checkpoint folder alone",
-                opts.step.unwrap_or_default(),
-                path.display()
-            );
+        if let Some(choice) = opts.step {
+            if choice.in_run(&run_dir)? != step {
+                bail!(
+                    "--step {choice} and {} (step {step}) name different checkpoints; give the run directory with --step, or the checkpoint folder alone",
+                    path.display()
+                );
+            }
         }
         return locate_in_run(&run_dir, Some(step));
     }

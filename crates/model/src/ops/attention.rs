@@ -1,9 +1,9 @@
 //! Causal attention, softmax(scale q k^T) v with each query seeing the keys up to its own
 //! position, and optional inverted dropout on the probabilities: the fused CPU kernel (one
-//! query row at a time, its scores in a row buffer, so the (B, H, T, S) scores and
-//! probabilities are never in memory, in either pass) beside [`causal_attention_reference`],
-//! the composition of matrix products, [`super::causal_softmax`] and seeded dropout that every
-//! other case runs.
+//! (batch, head) at a time, its (T, S) scores in a buffer of the task that stays in cache, so
+//! the (B, H, T, S) scores and probabilities are never in memory, in either pass) beside
+//! [`causal_attention_reference`], the composition of matrix products,
+//! [`super::causal_softmax`] and seeded dropout that every other case runs.
 //!
 //! Letters: B batch, H query heads, G key/value heads (H a multiple of G), T queries at
 //! positions S-T .. S-1, S keys, D head width.
