@@ -10,7 +10,8 @@ use candle_nn::VarBuilder;
 use crate::config::ModelConfig;
 use crate::forward_ctx::{dropout, DropoutRng, ForwardCtx};
 use crate::layers::Linear;
-use crate::ops::{causal_attention, causal_attention_reference, ProbDropout};
+use crate::ops::{causal_attention, causal_attention_reference};
+use crate::philox_dropout::PhiloxDropout;
 
 /// cos and sin of every position, (max_positions, D), both halves of each head already joined.
 #[derive(Clone, Debug)]
@@ -145,7 +146,7 @@ impl Attention {
                 })?
             }
             _ => {
-                let dropout = drop.then(|| ProbDropout {
+                let dropout = drop.then(|| PhiloxDropout {
                     seed: ctx.seed_for(site),
                     first: (ctx.first_row * h * t * s) as u64,
                     keep: 1.0 - self.dropout,

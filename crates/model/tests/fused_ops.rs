@@ -296,7 +296,7 @@ fn fused_causal_attention_drops_the_probabilities_the_reference_drops() {
     );
     let w = randn(&[2, 2, 9, 8], 83);
     for first in [0u64, 3 * 2 * 9 * 9] {
-        let dropout = ops::ProbDropout {
+        let dropout = dynact_model::philox_dropout::PhiloxDropout {
             seed: 0xDEAD_BEEF_0123,
             first,
             keep: 0.7,
@@ -321,15 +321,7 @@ fn fused_causal_attention_drops_the_probabilities_the_reference_drops() {
                     scale,
                     DType::F32,
                     None,
-                    |p| {
-                        dynact_model::philox_dropout::PhiloxDropout {
-                            seed: dropout.seed,
-                            first,
-                            keep: dropout.keep,
-                            scale: dropout.scale,
-                        }
-                        .apply(&p)
-                    },
+                    |p| dropout.apply(&p),
                 ),
             }
             .unwrap()

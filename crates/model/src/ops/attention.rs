@@ -13,20 +13,11 @@ use rayon::prelude::*;
 
 use super::{cast, causal_softmax, f32_slice, fused, lane_sum};
 use crate::philox::apply_dropout_from;
-
-/// Inverted dropout on the attention probabilities with the Philox mask of the whole batch's
-/// (B, H, T, S) probabilities: probability (b, h, i, j) of this pass is mask element
-/// `first + ((b H + h) T + i) S + j` (see [`crate::philox`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ProbDropout {
-    pub seed: u64,
-    pub first: u64,
-    pub keep: f64,
-    pub scale: f32,
-}
+use crate::philox_dropout::PhiloxDropout;
 
 /// Causal attention of q (B, H, T, D) over k and v (B, G, S, D), with dropout on the
-/// probabilities when given: (B, H, T, D) in q's dtype. f32 inputs on a CPU take the fused
+/// probabilities when given (probability (b, h, i, j) of this pass takes mask element
+/// `first + ((b H + h) T + i) S + j`, as the op on the whole (B, H, T, S) tensor would): (B, H, T, D) in q's dtype. f32 inputs on a CPU take the fused
 /// kernel, which computes everything in f32; elsewhere [`causal_attention_reference`] runs,
 /// its matrix products in `matmul_dtype` (`mask`, the (T, S) causal mask the caller keeps on
 /// the device, or None).
@@ -35,7 +26,7 @@ pub fn causal_attention(
     k: &Tensor,
     v: &Tensor,
     scale: f64,
-    dropout: Option<ProbDropout>,
+    dropout: Option<PhiloxDropout>,
     matmul_dtype: DType,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
@@ -52,19 +43,6 @@ pub fn causal_attention(
         Some(d) => d.apply(&probs),
         None => Ok(probs),
     })
-}
-
-impl ProbDropout {
-    /// The mask applied to probabilities (B, H, T, S) as one op.
-    fn apply(&self, probs: &Tensor) -> Result<Tensor> {
-        let op = crate::philox_dropout::PhiloxDropout {
-            seed: self.seed,
-            first: self.first,
-            keep: self.keep,
-            scale: self.scale,
-        };
-        op.apply(probs)
-    }
 }
 
 /// [`causal_attention`] as a composition of differentiable Candle ops: the scores and the
@@ -104,7 +82,7 @@ pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
 
 struct CausalAttention {
     scale: f32,
-    dropout: Option<ProbDropout>,
+    dropout: Option<PhiloxDropout>,
 }
 
 /// The shapes of one attention pass.

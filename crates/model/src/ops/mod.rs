@@ -23,7 +23,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 
-pub use attention::{causal_attention, causal_attention_reference, repeat_kv, ProbDropout};
+pub use attention::{causal_attention, causal_attention_reference, repeat_kv};
 pub use cast::cast;
 pub use cross_entropy::{cross_entropy, log_softmax, token_nll, token_nll_reference};
 pub use rms_norm::{rms_norm, rms_norm_reference};
