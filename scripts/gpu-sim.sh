@@ -118,6 +118,14 @@ cuda_matches_cpu() {
     same_run "$work/cuda" "$work/cpu" 1e-5 && same_run "$work/bf16" "$work/cpu" 2e-2
 }
 check "8 training steps on cuda (f32 and bf16) against the CPU" cuda_matches_cpu
+# Logged every 4 steps, so the GPU's steps are read in batches (steps 1-2 at the step-3
+# evaluation, then 4, then 5-7 at 8): the same records as the CPU's, decided step by step.
+read_in_batches() {
+  train --device cpu --set train.log_every=4 --run-dir "$work/cpu4" &&
+    train --device cuda:0 --set train.log_every=4 --run-dir "$work/cuda4" &&
+    same_run "$work/cuda4" "$work/cpu4" 1e-5
+}
+check "steps read from the GPU only at logging, evaluation and the end" read_in_batches
 killed_and_resumed() {
   target/release/train-lm "${tiny[@]}" --device cuda:0 --run-dir "$work/killed" >/dev/null 2>&1 &
   local pid=$!

@@ -69,6 +69,8 @@ pub struct Args {
     lr: Option<f64>,
     #[arg(long, help = flag_help("Tokens per training sequence (and evaluation window)", "train.seq_len"))]
     seq_len: Option<usize>,
+    #[arg(long, help = flag_help("Also write TensorBoard event files into the run directory (tensorboard --logdir checkpoints/)", "log.tensorboard"))]
+    tensorboard: bool,
     /// Any other config key, e.g. --set optim.weight_decay=0.05 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -124,6 +126,10 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
         set("model.ffn", Some(s(one)))?;
     }
     set("seed", args.seed.map(i))?;
+    set(
+        "log.tensorboard",
+        args.tensorboard.then_some(toml::Value::Boolean(true)),
+    )?;
     set("train.steps", args.steps.map(i))?;
     set(
         "eval.eval_at",

@@ -17,6 +17,7 @@ mod common;
 use common::{max_rel, max_ulp, normwise, nvcc, project_ptx, values};
 use dynact_cuda_sim::{Arg, Gpu, LaunchConfig};
 use dynact_model::host_emulation::*;
+use dynact_model::param_chunks::{chunks_of, OptimizerState, StepRecord, CHUNK};
 
 /// The host emulation's grid: small, so its grid-stride loops take several passes.
 const HOST_GRID: (u32, u32) = (3, 32);
@@ -56,7 +57,11 @@ impl Sim {
         self.gpu.upload(&vec![f32::NAN; n])
     }
     fn run(&mut self, kernel: &str, items: usize, args: &[Arg]) {
-        if let Err(e) = self.gpu.launch(self.module, kernel, per_item(items), args) {
+        self.launch(kernel, per_item(items), args);
+    }
+    /// A launch of `kernel` on `config`; a fault fails the test with the simulator's line.
+    fn launch(&mut self, kernel: &str, config: LaunchConfig, args: &[Arg]) {
+        if let Err(e) = self.gpu.launch(self.module, kernel, config, args) {
             panic!("{e}");
         }
     }
@@ -79,9 +84,7 @@ impl Sim {
         let nans: Vec<u8> = (0..n).flat_map(|_| f32::NAN.to_le_bytes()).collect();
         self.gpu.write(output, &nans).unwrap();
         let small = LaunchConfig::linear(2, 64);
-        if let Err(e) = self.gpu.launch(self.module, kernel, small, args) {
-            panic!("{e}");
-        }
+        self.launch(kernel, small, args);
         let again = self.get(output, n);
         assert_eq!(
             max_ulp(&full, &again),
@@ -558,74 +561,87 @@ fn cross_entropy(ptx: &str) -> Vec<Output> {
     ]
 }
 
-/// AdamW's three passes (first moment, second moment, the parameter) from the same state.
+/// The parameters of the optimizer's tests: one of several chunks with a remainder, one
+/// shorter than a chunk, one of a single element.
+fn param_sizes() -> [usize; 3] {
+    [CHUNK + 300, 777, 1]
+}
+
+/// One block of 256 threads per chunk of the table, as the trainer launches them.
+fn per_chunk(count: usize) -> LaunchConfig {
+    LaunchConfig::linear(count as u32, 256)
+}
+
+/// AdamW's update of three parameters in one launch over a chunk table, each with its own
+/// learning rate and decay.
 fn adamw(ptx: &str) -> Vec<Output> {
-    let n = 2_500usize;
-    let (g, theta0) = (values(n, 20, 1.0), values(n, 21, 1.0));
-    let m0 = values(n, 22, 0.1);
-    let v0: Vec<f32> = values(n, 23, 0.01).iter().map(|v| v.abs()).collect();
-    let (scale, b1, b2, eps, lr, decay) = (0.7f32, 0.9f32, 0.99f32, 1e-8f32, 1e-3f32, 0.9999f32);
+    let (scale, b1, b2, eps) = (0.7f32, 0.9f32, 0.99f32, 1e-8f32);
     let (inv_bias1, inv_bias2) = (1.0 / (1.0 - b1 * b1), 1.0 / (1.0 - b2 * b2));
-    let (mut theta1, mut m1, mut v1) = (theta0.clone(), m0.clone(), v0.clone());
-    // SAFETY: every buffer holds n elements.
+    let mut sim = Sim::new(ptx);
+    let (mut host_table, mut sim_table) = (Vec::new(), Vec::new());
+    // Per parameter: theta, m, v, g as the host updates them, and their device copies.
+    let mut host = Vec::new();
+    let mut device = Vec::new();
+    for (p, n) in param_sizes().into_iter().enumerate() {
+        let seed = 20 + 4 * p as u64;
+        let (g, theta) = (values(n, seed, 1.0), values(n, seed + 1, 1.0));
+        let m = values(n, seed + 2, 0.1);
+        let v: Vec<f32> = values(n, seed + 3, 0.01).iter().map(|v| v.abs()).collect();
+        let (lr, decay) = (1e-3 * (1 + p) as f32, if p == 1 { 1.0 } else { 0.9999 });
+        let at = [&theta, &m, &v, &g].map(|b| sim.gpu.upload(b));
+        sim_table.extend(chunks_of(at, n, lr, decay));
+        device.push(at);
+        host.push([theta, m, v, g]);
+        let [theta, m, v, g] = host.last_mut().unwrap();
+        let at = [theta, m, v, g].map(|b| b.as_mut_ptr() as u64);
+        host_table.extend(chunks_of(at, n, lr, decay));
+    }
+    let state = OptimizerState {
+        scale,
+        inv_bias1,
+        inv_bias2,
+        ..OptimizerState::default()
+    };
+    // SAFETY: the table's addresses are of the live buffers of `host`, of its lengths.
     unsafe {
         dynact_adamw_f32_on_host(
-            theta1.as_mut_ptr(),
-            m1.as_mut_ptr(),
-            v1.as_mut_ptr(),
-            g.as_ptr(),
-            n as u64,
-            scale,
+            host_table.as_ptr(),
+            host_table.len() as u32,
+            &state,
             b1,
             1.0 - b1,
             b2,
             1.0 - b2,
-            inv_bias1,
-            inv_bias2,
             eps,
-            lr,
-            decay,
             HOST_GRID.0,
             HOST_GRID.1,
         )
     };
-    let mut sim = Sim::new(ptx);
-    let (dm, dv, dg, dt) = (
-        sim.gpu.upload(&m0),
-        sim.gpu.upload(&v0),
-        sim.gpu.upload(&g),
-        sim.gpu.upload(&theta0),
-    );
-    let nn = Arg::U64(n as u64);
-    for (moment, keep, first) in [(dm, b1, 1), (dv, b2, 0)] {
-        let args = [Arg::Ptr(moment), Arg::Ptr(dg), nn.clone(), Arg::F32(scale)];
-        let args = [
-            &args[..],
-            &[Arg::F32(keep), Arg::F32(1.0 - keep), Arg::I32(first)],
-        ]
-        .concat();
-        sim.run("adamw_moment_f32", n, &args);
+    let table = sim.gpu.upload(&sim_table);
+    let args = [
+        Arg::Ptr(table),
+        Arg::U32(sim_table.len() as u32),
+        Arg::Ptr(sim.gpu.upload(&[state])),
+        Arg::F32(b1),
+        Arg::F32(1.0 - b1),
+        Arg::F32(b2),
+        Arg::F32(1.0 - b2),
+        Arg::F32(eps),
+    ];
+    let config = per_chunk(sim_table.len());
+    sim.launch("adamw_update_f32", config, &args);
+    let mut outputs = Vec::new();
+    for (p, (h, d)) in host.into_iter().zip(device).enumerate() {
+        let n = h[0].len();
+        for (k, what) in ["theta", "m", "v"].iter().enumerate() {
+            outputs.push(out(
+                &format!("adamw {what} {p}"),
+                sim.get(d[k], n),
+                h[k].clone(),
+            ));
+        }
     }
-    sim.run(
-        "adamw_parameter_f32",
-        n,
-        &[
-            Arg::Ptr(dt),
-            Arg::Ptr(dm),
-            Arg::Ptr(dv),
-            nn,
-            Arg::F32(inv_bias1),
-            Arg::F32(inv_bias2),
-            Arg::F32(eps),
-            Arg::F32(lr),
-            Arg::F32(decay),
-        ],
-    );
-    vec![
-        out("adamw m", sim.get(dm, n), m1),
-        out("adamw v", sim.get(dv, n), v1),
-        out("adamw theta", sim.get(dt, n), theta1),
-    ]
+    outputs
 }
 
 fn cast(ptx: &str) -> Vec<Output> {
@@ -742,5 +758,131 @@ fn as_built_the_kernels_are_within_a_millionth_of_the_output_scale_of_their_host
                 o.what
             );
         }
+    }
+}
+
+/// The optimizer's device-side decision, run as the trainer queues a step: the gradients' sum
+/// of squares in two launches (a block per chunk, then one block over the chunks' sums),
+/// against the sum in f64; the step's record beside it; the clipping scale, the update count
+/// and its bias corrections as the host computes them (bit for bit); a non-finite gradient
+/// skips the step, counts nothing and leaves the parameters as they were. A grid of fewer
+/// blocks than chunks, which loops, gives the same bits.
+#[test]
+fn the_device_decides_a_step_as_the_host_would() {
+    let Some(nvcc) = nvcc() else { return };
+    let mut sim = Sim::new(&project_ptx(&nvcc, "grad_norm", true));
+    let (b1, b2, clip) = (0.9f64, 0.95f64, 1.5f64);
+    // Parameters, moments and gradients of param_sizes(), the last gradient NaN in `poisoned`.
+    let grads: Vec<Vec<f32>> = param_sizes()
+        .into_iter()
+        .enumerate()
+        .map(|(p, n)| values(n, 40 + p as u64, 1.0 + p as f32))
+        .collect();
+    let exact: f64 = grads.iter().flatten().map(|&x| x as f64 * x as f64).sum();
+    let mut poisoned = grads.clone();
+    poisoned[2][0] = f32::NAN;
+    let table_of = |sim: &mut Sim, grads: &[Vec<f32>]| {
+        let mut table = Vec::new();
+        for g in grads {
+            let at = sim.gpu.upload(g);
+            table.extend(chunks_of([at; 4], g.len(), 0.0, 1.0));
+        }
+        (sim.gpu.upload(&table), table.len())
+    };
+    let (good, count) = table_of(&mut sim, &grads);
+    let (bad, _) = table_of(&mut sim, &poisoned);
+    let sums = sim.zeros(count);
+    let loss = sim.gpu.upload(&[2.5f32]);
+    let history = sim.gpu.upload(&[StepRecord::default(); 4]);
+    // One step over `table` from `updates` updates, on a grid of `grid` blocks: the state after
+    // it and the record in `slot`.
+    let mut decide = |table: u64, updates: u32, slot: u32, grid: usize| {
+        let state = sim.gpu.upload(&[OptimizerState {
+            updates,
+            ..OptimizerState::default()
+        }]);
+        let args = [Arg::Ptr(table), Arg::U32(count as u32), Arg::Ptr(sums)];
+        sim.launch("grad_sum_squares_f32", per_chunk(grid), &args);
+        let args = [
+            Arg::Ptr(sums),
+            Arg::U32(count as u32),
+            Arg::Ptr(loss),
+            Arg::F64(clip),
+            Arg::F64(b1),
+            Arg::F64(b2),
+            Arg::Ptr(state),
+            Arg::Ptr(history),
+            Arg::U32(slot),
+        ];
+        let one_block = LaunchConfig::linear(1, 1024);
+        sim.launch("grad_clip_f32", one_block, &args);
+        let state: OptimizerState = sim.gpu.download(state, 1).unwrap()[0];
+        let record: StepRecord = sim.gpu.download(history, 4).unwrap()[slot as usize];
+        (state, record)
+    };
+    for (updates, slot) in [(0u32, 0u32), (999, 1), (40_000, 2)] {
+        let (state, record) = decide(good, updates, slot, count);
+        let sum = record.sum_squares;
+        assert!(
+            ((sum as f64 - exact) / exact).abs() < 1e-6,
+            "{sum} against {exact}"
+        );
+        assert_eq!((record.loss, record.skipped), (2.5, 0));
+        // The host's arithmetic (crates/trainer/src/optim.rs and train/step.rs).
+        let norm = (sum as f64).sqrt();
+        assert!(norm > clip, "the test clips");
+        let t = updates + 1;
+        let expect = OptimizerState {
+            updates: t,
+            skip: 0,
+            scale: (clip / norm) as f32,
+            inv_bias1: (1.0 / (1.0 - b1.powi(t as i32))) as f32,
+            inv_bias2: (1.0 / (1.0 - b2.powi(t as i32))) as f32,
+            unused: 0,
+        };
+        assert_eq!(state, expect, "after {updates} updates");
+        assert_eq!(record.updates, t);
+        let (again, _) = decide(good, updates, slot, 1);
+        assert_eq!(again, state, "a grid of one block loops over the chunks");
+    }
+    let (state, record) = decide(bad, 7, 3, count);
+    assert_eq!(
+        (state.updates, state.skip),
+        (7, 1),
+        "a NaN gradient skips the step"
+    );
+    assert_eq!((record.skipped, record.updates), (1, 7));
+    assert!(record.sum_squares.is_nan());
+}
+
+/// The update does nothing where the state marks the step skipped.
+#[test]
+fn a_skipped_step_leaves_parameters_and_moments_as_they_were() {
+    let Some(nvcc) = nvcc() else { return };
+    let mut sim = Sim::new(&project_ptx(&nvcc, "adamw", true));
+    let n = 1000;
+    let buffers = [10, 11, 12, 13].map(|seed| values(n, seed, 1.0));
+    let at = buffers.clone().map(|b| sim.gpu.upload(&b));
+    let table: Vec<_> = chunks_of(at, n, 1e-2, 0.99).collect();
+    let state = OptimizerState {
+        skip: 1,
+        scale: 1.0,
+        inv_bias1: 10.0,
+        inv_bias2: 20.0,
+        ..OptimizerState::default()
+    };
+    let args = [
+        Arg::Ptr(sim.gpu.upload(&table)),
+        Arg::U32(table.len() as u32),
+        Arg::Ptr(sim.gpu.upload(&[state])),
+        Arg::F32(0.9),
+        Arg::F32(0.1),
+        Arg::F32(0.95),
+        Arg::F32(0.05),
+        Arg::F32(1e-8),
+    ];
+    sim.launch("adamw_update_f32", per_chunk(table.len()), &args);
+    for (b, a) in buffers.iter().zip(at) {
+        assert_eq!(&sim.get(a, n), b);
     }
 }

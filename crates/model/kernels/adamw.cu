@@ -1,31 +1,38 @@
-// AdamW's in-place update of one f32 parameter, the GPU twin of the CPU passes in
-// crates/trainer/src/adamw_kernels.rs (same arithmetic), one thread per element. It lives here
-// because this crate builds the project's CUDA kernels; the trainer launches it.
+// AdamW's in-place update of all of a step's f32 parameters in one launch, the GPU twin of the
+// CPU passes in crates/trainer/src/adamw_kernels.rs (the same arithmetic per element): one
+// block per chunk of the table (param_chunks.cuh), its threads striding over the chunk. It
+// lives here because this crate builds the project's CUDA kernels; the trainer launches it.
 
 #include <stdint.h>
 #include <math.h>
+
+#include "param_chunks.cuh"
 
 #ifndef DYNACT_KERNEL
 #define DYNACT_KERNEL extern "C" __global__
 #endif
 
-// m <- m keep + x take, x = g scale (first moment) or (g scale)^2 (second moment).
-DYNACT_KERNEL void adamw_moment_f32(float* m, const float* g, uint64_t n, float scale,
-                                    float keep, float take, int first) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float gs = g[i] * scale;
-        m[i] = m[i] * keep + (first ? gs : gs * gs) * take;
+// m <- m keep1 + g' take1, v <- v keep2 + g'^2 take2 (g' = g scale), then
+// theta <- theta decay - lr (m inv_bias1) / (sqrt(v inv_bias2) + eps), with the scale and the
+// bias corrections the gradient reduction left in `state` (grad_norm.cu); nothing where it
+// marked the step skipped.
+DYNACT_KERNEL void adamw_update_f32(const ParamChunk* chunks, uint32_t count,
+                                    const OptimizerState* state, float keep1, float take1,
+                                    float keep2, float take2, float eps) {
+    if (state->skip) {
+        return;
     }
-}
-
-// theta <- theta decay - lr (m / bias1) / (sqrt(v / bias2) + eps).
-DYNACT_KERNEL void adamw_parameter_f32(float* theta, const float* m, const float* v, uint64_t n,
-                                       float inv_bias1, float inv_bias2, float eps, float lr,
-                                       float decay) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float update = (m[i] * inv_bias1) / (sqrtf(v[i] * inv_bias2) + eps);
-        theta[i] = theta[i] * decay - update * lr;
+    const float scale = state->scale, inv_bias1 = state->inv_bias1, inv_bias2 = state->inv_bias2;
+    for (uint32_t c = blockIdx.x; c < count; c += gridDim.x) {
+        const ParamChunk k = chunks[c];
+        for (uint32_t i = threadIdx.x; i < k.len; i += blockDim.x) {
+            const float gs = k.g[i] * scale;
+            const float m = k.m[i] * keep1 + gs * take1;
+            const float v = k.v[i] * keep2 + (gs * gs) * take2;
+            k.m[i] = m;
+            k.v[i] = v;
+            const float update = (m * inv_bias1) / (sqrtf(v * inv_bias2) + eps);
+            k.theta[i] = k.theta[i] * k.decay - update * k.lr;
+        }
     }
 }

@@ -10,7 +10,8 @@ mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
 pub use ptx::{
-    ADAMW, CAST, CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, PHILOX_DROPOUT, RMS_NORM, ROPE, SWIGLU,
+    ADAMW, CAST, CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, GRAD_NORM, PHILOX_DROPOUT, RMS_NORM,
+    ROPE, SWIGLU,
 };
 
 /// A kernel argument of `BYTES` bytes as the launch copies it: a device buffer is its pointer.

@@ -66,22 +66,16 @@ extern "C" {
         grid: u32,
         block: u32,
     );
+    /// `chunks` hold host addresses (`crate::param_chunks::chunks_of`).
     pub fn dynact_adamw_f32_on_host(
-        theta: *mut f32,
-        m: *mut f32,
-        v: *mut f32,
-        g: *const f32,
-        n: u64,
-        scale: f32,
+        chunks: *const crate::param_chunks::ParamChunk,
+        count: u32,
+        state: *const crate::param_chunks::OptimizerState,
         keep1: f32,
         take1: f32,
         keep2: f32,
         take2: f32,
-        inv_bias1: f32,
-        inv_bias2: f32,
         eps: f32,
-        lr: f32,
-        decay: f32,
         grid: u32,
         block: u32,
     );

@@ -32,6 +32,7 @@ pub mod host_emulation;
 mod init;
 pub mod layers;
 pub mod ops;
+pub mod param_chunks;
 pub mod param_kind;
 pub mod philox;
 pub mod philox_dropout;

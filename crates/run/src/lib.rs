@@ -32,6 +32,7 @@ pub mod lock;
 pub mod records;
 pub mod resume;
 pub mod state;
+pub mod tensorboard;
 
 pub use checkpoint::{CheckpointContents, TrainingCheckpoint, OPTIMIZER_FORMAT_VERSION};
 pub use hub_folder::RunFacts;

@@ -27,7 +27,8 @@ pub struct RunLock {
     pub notice: Option<String>,
 }
 
-fn this_host() -> String {
+/// This machine's name (also in TensorBoard's file names).
+pub(crate) fn this_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())

@@ -1,8 +1,13 @@
-//! AdamW's update of one parameter as three in-place passes (first moment, second moment, the
-//! parameter) instead of the dozen allocating Candle ops of `optim::AdamW`'s reference
-//! composition, which every other case runs and which the tests compare this with: on a CPU
-//! here, on a CUDA GPU by the kernels of `crates/model/kernels/adamw.cu` (three launches per
-//! parameter instead of about a dozen), with the same arithmetic.
+//! AdamW's update as fused in-place passes instead of the dozen allocating Candle ops of
+//! `optim::AdamW`'s reference composition, which every other case runs and which the tests
+//! compare these with, with the same arithmetic per element:
+//! - on a CPU, three passes per parameter (first moment, second moment, the parameter);
+//! - on a CUDA GPU, one launch for all of a step's parameters (`crates/model/kernels/adamw.cu`
+//!   over a table of chunks, `dynact_model::param_chunks`), after two that reduce the
+//!   gradients' global norm and decide the step on the device as the host would (skip, clip,
+//!   bias correction: `grad_norm.cu`), recording its loss and norm for the host to read at
+//!   logging steps ([`DeviceSteps`]): three launches and no wait a step, instead of about six
+//!   launches per parameter and two waits.
 
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
@@ -46,6 +51,57 @@ pub fn update(theta: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: UpdateScala
     m.inplace_op2(&g, &Moment { first: true, s })?;
     v.inplace_op2(&g, &Moment { first: false, s })?;
     theta.inplace_op3(m, v, &Parameter { s })
+}
+
+/// One parameter's part in [`update_all`].
+pub struct ParamUpdate<'a> {
+    pub theta: &'a Tensor,
+    pub m: &'a Tensor,
+    pub v: &'a Tensor,
+    pub g: &'a Tensor,
+    pub s: UpdateScalars,
+}
+
+/// [`update`] for every parameter of `updates` (each of which [`applies`]): on a CPU one after
+/// the other, on a CUDA GPU in one launch. Only the learning rate and the decay may differ
+/// from one parameter to the next.
+pub fn update_all(updates: &[ParamUpdate]) -> Result<()> {
+    let Some(first) = updates.first() else {
+        return Ok(());
+    };
+    if first.theta.device().is_cpu() {
+        for u in updates {
+            update(u.theta, u.m, u.v, u.g, u.s)?;
+        }
+        return Ok(());
+    }
+    #[cfg(feature = "cuda")]
+    return cuda::update_all(updates);
+    #[cfg(not(feature = "cuda"))]
+    candle_core::bail!("adamw: a fused update on {:?}", first.theta.device())
+}
+
+#[cfg(feature = "cuda")]
+pub use cuda::DeviceSteps;
+
+/// The optimizer's steps decided on a CUDA GPU; a build without CUDA never makes one.
+#[cfg(not(feature = "cuda"))]
+pub enum DeviceSteps {}
+
+#[cfg(not(feature = "cuda"))]
+impl DeviceSteps {
+    pub fn new(_: &candle_core::Device, _: u64, _: usize) -> Result<Self> {
+        candle_core::bail!("adamw: steps on a CUDA GPU in a build without CUDA")
+    }
+    pub fn pending(&self) -> usize {
+        match *self {}
+    }
+    pub fn queue(&mut self, _: &[ParamUpdate], _: &Tensor, _: f64) -> Result<()> {
+        match *self {}
+    }
+    pub fn read(&mut self) -> Result<Vec<dynact_model::param_chunks::StepRecord>> {
+        match *self {}
+    }
 }
 
 /// Elements per rayon task.
@@ -123,38 +179,6 @@ impl InplaceOp2 for Moment {
             });
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let n = same_length(l1, l2, self.name())?;
-        use cuda::{PushKernelArg, WrapErr};
-        let dev = candle_core::backend::BackendStorage::device(s1).clone();
-        let g = cuda::f32_view(s2, l2, self.name())?;
-        let mut m = cuda::view_mut(s1, l1, self.name())?;
-        let (scale, keep, take) = self.scalars();
-        let (n, first) = (n as u64, self.first as i32);
-        // The arguments checked against the kernel's parameters when this compiles.
-        cuda::entries::adamw_moment_f32(&m, &g, &n, &scale, &keep, &take, &first);
-        let func = dev.get_or_load_custom_func("adamw_moment_f32", "adamw", cuda::ADAMW)?;
-        let mut launch = func.builder();
-        launch
-            .arg(&mut m)
-            .arg(&g)
-            .arg(&n)
-            .arg(&scale)
-            .arg(&keep)
-            .arg(&take)
-            .arg(&first);
-        // SAFETY: the arguments follow the kernel's signature, over buffers of n elements.
-        unsafe { launch.launch(cuda::one_thread_each(n)) }.w()?;
-        Ok(())
-    }
 }
 
 /// theta <- decay theta - lr (m / bias1) / (sqrt(v / bias2) + eps).
@@ -192,83 +216,235 @@ impl InplaceOp3 for Parameter {
             });
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let n = same_length(l1, l2, self.name())?.min(same_length(l1, l3, self.name())?);
-        use cuda::{PushKernelArg, WrapErr};
-        let dev = candle_core::backend::BackendStorage::device(s1).clone();
-        let (m, v) = (
-            cuda::f32_view(s2, l2, self.name())?,
-            cuda::f32_view(s3, l3, self.name())?,
-        );
-        let mut theta = cuda::view_mut(s1, l1, self.name())?;
-        let s = self.s;
-        let (inv_bias1, inv_bias2) = ((1.0 / s.bias1) as f32, (1.0 / s.bias2) as f32);
-        let (eps, lr, decay, n) = (s.eps as f32, s.lr as f32, s.decay as f32, n as u64);
-        cuda::entries::adamw_parameter_f32(
-            &theta, &m, &v, &n, &inv_bias1, &inv_bias2, &eps, &lr, &decay,
-        );
-        let func = dev.get_or_load_custom_func("adamw_parameter_f32", "adamw", cuda::ADAMW)?;
-        let mut launch = func.builder();
-        launch
-            .arg(&mut theta)
-            .arg(&m)
-            .arg(&v)
-            .arg(&n)
-            .arg(&inv_bias1)
-            .arg(&inv_bias2)
-            .arg(&eps)
-            .arg(&lr)
-            .arg(&decay);
-        // SAFETY: the arguments follow the kernel's signature, over buffers of n elements.
-        unsafe { launch.launch(cuda::one_thread_each(n)) }.w()?;
-        Ok(())
-    }
 }
 
-/// The element count of `a`, which `b` must match (a gradient or moment of another shape is a
-/// bug, not a rounding matter).
-#[cfg(feature = "cuda")]
-fn same_length(a: &Layout, b: &Layout, op: &str) -> Result<usize> {
-    let (n, nb) = (a.shape().elem_count(), b.shape().elem_count());
-    if n != nb {
-        candle_core::bail!("{op}: {nb} values for a parameter of {n}");
-    }
-    Ok(n)
-}
-
-/// What the CUDA passes share to launch `crates/model/kernels/adamw.cu` on the tensors' own
-/// stream.
+/// The CUDA launches of [`update_all`] and of the device's steps ([`DeviceSteps`]) on the
+/// tensors' stream.
 #[cfg(feature = "cuda")]
 mod cuda {
-    pub use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, LaunchConfig};
-    pub use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaStorage, Layout, Result};
-    pub use dynact_model::cuda_kernels::{entries, f32_view, ADAMW};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaDevice, Device, Result, Storage, Tensor};
+    use dynact_model::cuda_kernels::{entries, ADAMW, GRAD_NORM};
+    use dynact_model::param_chunks::{chunks_of, OptimizerState, ParamChunk, StepRecord};
 
-    pub fn view_mut<'a>(
-        s: &'a mut CudaStorage,
-        l: &Layout,
-        op: &str,
-    ) -> Result<CudaViewMut<'a, f32>> {
-        match l.contiguous_offsets() {
-            Some((start, end)) => Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(start..end)),
-            None => candle_core::bail!("{op}: the parameter must be contiguous"),
+    use super::{ParamUpdate, UpdateScalars};
+
+    /// Threads per block: a chunk's elements are strided over them.
+    const THREADS: u32 = 256;
+
+    fn cuda_device(device: &Device) -> Result<CudaDevice> {
+        match device {
+            Device::Cuda(dev) => Ok(dev.clone()),
+            other => candle_core::bail!("adamw: a tensor on {other:?} among CUDA ones"),
         }
     }
 
-    pub fn one_thread_each(n: u64) -> LaunchConfig {
-        LaunchConfig::for_num_elems(n.max(1) as u32)
+    /// The device address of the first element of a contiguous f32 CUDA tensor. The kernels
+    /// reach it through the table, after this borrow ends: the caller keeps the tensor alive
+    /// until the launch is queued, and the stream orders its later uses and its release.
+    fn address(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else {
+            candle_core::bail!("adamw: a tensor on {:?} among CUDA ones", t.device())
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("adamw: the parameters and their moments must be contiguous")
+        };
+        let view = s.as_cuda_slice::<f32>()?.slice(start..end);
+        let stream = dev.cuda_stream();
+        let (ptr, _recorded) = view.device_ptr(&stream);
+        Ok(ptr)
+    }
+
+    /// One block per chunk.
+    fn per_chunk(count: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (count.max(1), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// The chunk table of `updates` on the device, its length, and the gradients it points
+    /// at (contiguous copies where they were not), to be kept alive until the launches are
+    /// queued.
+    fn upload_table(
+        dev: &CudaDevice,
+        updates: &[ParamUpdate],
+    ) -> Result<(CudaSlice<ParamChunk>, u32, Vec<Tensor>)> {
+        let grads = updates
+            .iter()
+            .map(|u| u.g.contiguous())
+            .collect::<Result<Vec<_>>>()?;
+        let mut chunks = Vec::new();
+        for (u, g) in updates.iter().zip(&grads) {
+            let n = u.theta.elem_count();
+            if [u.m, u.v, g].iter().any(|t| t.elem_count() != n) {
+                candle_core::bail!(
+                    "adamw: a gradient or moment of another size than its parameter"
+                );
+            }
+            let at = |t: &Tensor| address(t, dev);
+            let addresses = [at(u.theta)?, at(u.m)?, at(u.v)?, at(g)?];
+            chunks.extend(chunks_of(addresses, n, u.s.lr as f32, u.s.decay as f32));
+        }
+        let count = chunks.len() as u32;
+        Ok((dev.clone_htod(&chunks)?, count, grads))
+    }
+
+    /// The update over `table`, reading its gradient scale, bias corrections and skip flag
+    /// from `state`.
+    fn launch_update(
+        dev: &CudaDevice,
+        table: &CudaSlice<ParamChunk>,
+        count: u32,
+        state: &CudaSlice<OptimizerState>,
+        s: UpdateScalars,
+    ) -> Result<()> {
+        let (keep1, take1) = (s.beta1 as f32, (1.0 - s.beta1) as f32);
+        let (keep2, take2, eps) = (s.beta2 as f32, (1.0 - s.beta2) as f32, s.eps as f32);
+        entries::adamw_update_f32(table, &count, state, &keep1, &take1, &keep2, &take2, &eps);
+        let func = dev.get_or_load_custom_func("adamw_update_f32", "adamw", ADAMW)?;
+        let mut launch = func.builder();
+        launch
+            .arg(table)
+            .arg(&count)
+            .arg(state)
+            .arg(&keep1)
+            .arg(&take1)
+            .arg(&keep2)
+            .arg(&take2)
+            .arg(&eps);
+        // SAFETY: the arguments follow the kernel's signature; the table's addresses are of
+        // live buffers of the lengths it gives.
+        unsafe { launch.launch(per_chunk(count)) }.w()?;
+        Ok(())
+    }
+
+    /// One update with the host's scalars: the state uploaded as the gradient reduction would
+    /// have left it.
+    pub fn update_all(updates: &[ParamUpdate]) -> Result<()> {
+        let dev = cuda_device(updates[0].theta.device())?;
+        let (table, count, _grads) = upload_table(&dev, updates)?;
+        let s = updates[0].s;
+        let state = OptimizerState {
+            scale: s.grad_scale as f32,
+            inv_bias1: (1.0 / s.bias1) as f32,
+            inv_bias2: (1.0 / s.bias2) as f32,
+            ..OptimizerState::default()
+        };
+        let state = dev.clone_htod(&[state])?;
+        launch_update(&dev, &table, count, &state, s)
+    }
+
+    /// The optimizer's state on the device and the records of the steps the host has not
+    /// read.
+    pub struct DeviceSteps {
+        dev: CudaDevice,
+        state: CudaSlice<OptimizerState>,
+        history: CudaSlice<StepRecord>,
+        /// Steps recorded since the last read.
+        pending: usize,
+    }
+
+    impl DeviceSteps {
+        /// On `device` (a CUDA GPU), after `updates` updates, with room for the records of
+        /// `capacity` steps between reads.
+        pub fn new(device: &Device, updates: u64, capacity: usize) -> Result<Self> {
+            let dev = cuda_device(device)?;
+            let state = OptimizerState {
+                updates: u32::try_from(updates)
+                    .map_err(|_| candle_core::Error::Msg("adamw: over 2^32 updates".into()))?,
+                ..OptimizerState::default()
+            };
+            Ok(DeviceSteps {
+                state: dev.clone_htod(&[state])?,
+                history: dev.alloc_zeros::<StepRecord>(capacity)?,
+                pending: 0,
+                dev,
+            })
+        }
+
+        pub fn capacity(&self) -> usize {
+            self.history.len()
+        }
+
+        /// Steps queued since the last read.
+        pub fn pending(&self) -> usize {
+            self.pending
+        }
+
+        /// Queues the step: the gradients' norm, the decision (skip, clip, bias correction)
+        /// and the update, recorded with `loss` for [`DeviceSteps::read`].
+        pub fn queue(&mut self, updates: &[ParamUpdate], loss: &Tensor, clip: f64) -> Result<()> {
+            if self.pending == self.capacity() {
+                candle_core::bail!("adamw: {} steps queued unread", self.pending);
+            }
+            let dev = self.dev.clone();
+            let loss = loss.to_dtype(candle_core::DType::F32)?.contiguous()?;
+            let (table, count, _grads) = upload_table(&dev, updates)?;
+            // SAFETY: the first kernel writes all `count` sums.
+            let mut sums = unsafe { dev.alloc::<f32>(count as usize) }?;
+            entries::grad_sum_squares_f32(&table, &count, &sums);
+            let func =
+                dev.get_or_load_custom_func("grad_sum_squares_f32", "grad_norm", GRAD_NORM)?;
+            let mut launch = func.builder();
+            launch.arg(&table).arg(&count).arg(&mut sums);
+            // SAFETY: the arguments follow the kernel's signature.
+            unsafe { launch.launch(per_chunk(count)) }.w()?;
+
+            let s = updates[0].s;
+            let (loss_at, slot) = (address(&loss, &dev)?, self.pending as u32);
+            let (beta1, beta2) = (s.beta1, s.beta2);
+            entries::grad_clip_f32(
+                &sums,
+                &count,
+                &loss_at,
+                &clip,
+                &beta1,
+                &beta2,
+                &self.state,
+                &self.history,
+                &slot,
+            );
+            let func = dev.get_or_load_custom_func("grad_clip_f32", "grad_norm", GRAD_NORM)?;
+            let mut launch = func.builder();
+            launch
+                .arg(&sums)
+                .arg(&count)
+                .arg(&loss_at)
+                .arg(&clip)
+                .arg(&beta1)
+                .arg(&beta2)
+                .arg(&mut self.state)
+                .arg(&mut self.history)
+                .arg(&slot);
+            let one_block = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the arguments follow the kernel's signature; `loss_at` is a live scalar
+            // and `slot` is below the history's capacity.
+            unsafe { launch.launch(one_block) }.w()?;
+            launch_update(&dev, &table, count, &self.state, s)?;
+            self.pending += 1;
+            Ok(())
+        }
+
+        /// The records of the steps queued since the last read, in order: one copy, which
+        /// waits for them.
+        pub fn read(&mut self) -> Result<Vec<StepRecord>> {
+            if self.pending == 0 {
+                return Ok(vec![]);
+            }
+            let records = self.dev.clone_dtoh(&self.history.slice(..self.pending))?;
+            self.pending = 0;
+            Ok(records)
+        }
     }
 }
 
@@ -281,56 +457,90 @@ mod tests {
 
     #[test]
     fn the_cuda_adamw_kernel_source_updates_as_the_cpu_passes_do() {
-        let n = 1000;
-        let wave = |k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
-        let (theta0, g) = (wave(0.37), wave(1.3));
-        let (m0, v0) = (wave(0.11), wave(0.05).iter().map(|x| x * x).collect());
-        let s = UpdateScalars {
+        use dynact_model::param_chunks::{chunks_of, CHUNK};
+        // Three parameters: one of several chunks with a remainder, one short, one of a
+        // single element, each with its own learning rate and decay.
+        let sizes = [2 * CHUNK + 37, 1000, 1];
+        let wave = |n: usize, k: f32| {
+            (0..n)
+                .map(|i| (i as f32 * k + 0.5).sin())
+                .collect::<Vec<f32>>()
+        };
+        let shared = UpdateScalars {
             grad_scale: 0.43,
             beta1: 0.9,
             beta2: 0.95,
             bias1: 1.0 - 0.9f64.powi(3),
             bias2: 1.0 - 0.95f64.powi(3),
             eps: 1e-8,
-            lr: 3e-3,
-            decay: 1.0 - 3e-3 * 0.1,
+            lr: 0.0,
+            decay: 1.0,
         };
-        let t = |v: &Vec<f32>| Tensor::from_slice(v, n, &Device::Cpu).unwrap();
-        let (theta, m, v, grad) = (t(&theta0), t(&m0), t(&v0), t(&g));
-        update(&theta, &m, &v, &grad, s).unwrap();
+        let k1 = Moment {
+            first: true,
+            s: shared,
+        }
+        .scalars();
+        let k2 = Moment {
+            first: false,
+            s: shared,
+        }
+        .scalars();
+        let t = |v: &Vec<f32>| Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
         let flat = |t: &Tensor| t.to_vec1::<f32>().unwrap();
-        let (k1, k2) = (
-            Moment { first: true, s }.scalars(),
-            Moment { first: false, s }.scalars(),
-        );
-        for (grid, block) in [(1u32, 1024u32), (3, 7)] {
-            let (mut theta_k, mut m_k, mut v_k) = (theta0.clone(), m0.clone(), v0.clone());
-            // SAFETY: every buffer holds n values.
+        for (grid, block) in [(1u32, 256u32), (3, 7)] {
+            let mut table = Vec::new();
+            let mut host = Vec::new();
+            for (p, &n) in sizes.iter().enumerate() {
+                let k = 1.0 + p as f32;
+                let (theta, g, m) = (wave(n, 0.37 * k), wave(n, 1.3 * k), wave(n, 0.11 * k));
+                let v: Vec<f32> = wave(n, 0.05 * k).iter().map(|x| x * x).collect();
+                let lr = 3e-3 * k as f64;
+                let s = UpdateScalars {
+                    lr,
+                    decay: if p == 1 { 1.0 } else { 1.0 - lr * 0.1 },
+                    ..shared
+                };
+                // The CPU passes' result.
+                let (ct, cm, cv) = (t(&theta), t(&m), t(&v));
+                update(&ct, &cm, &cv, &t(&g), s).unwrap();
+                host.push(([theta, m, v, g], [flat(&ct), flat(&cm), flat(&cv)]));
+                let [theta, m, v, g] = &mut host.last_mut().unwrap().0;
+                let at = |b: &mut Vec<f32>| b.as_mut_ptr() as u64;
+                let addresses = [at(theta), at(m), at(v), at(g)];
+                table.extend(chunks_of(addresses, n, s.lr as f32, s.decay as f32));
+            }
+            let state = dynact_model::param_chunks::OptimizerState {
+                scale: k1.0,
+                inv_bias1: (1.0 / shared.bias1) as f32,
+                inv_bias2: (1.0 / shared.bias2) as f32,
+                ..Default::default()
+            };
+            // SAFETY: the table's addresses are of the live buffers of `host`, of its lengths.
             unsafe {
                 dynact_adamw_f32_on_host(
-                    theta_k.as_mut_ptr(),
-                    m_k.as_mut_ptr(),
-                    v_k.as_mut_ptr(),
-                    g.as_ptr(),
-                    n as u64,
-                    k1.0,
+                    table.as_ptr(),
+                    table.len() as u32,
+                    &state,
                     k1.1,
                     k1.2,
                     k2.1,
                     k2.2,
-                    (1.0 / s.bias1) as f32,
-                    (1.0 / s.bias2) as f32,
-                    s.eps as f32,
-                    s.lr as f32,
-                    s.decay as f32,
+                    shared.eps as f32,
                     grid,
                     block,
                 );
             }
-            assert_eq!(m_k, flat(&m), "m, grid {grid}x{block}");
-            assert_eq!(v_k, flat(&v), "v, grid {grid}x{block}");
-            assert_eq!(theta_k, flat(&theta), "theta, grid {grid}x{block}");
+            for (p, ([theta, m, v, _], [ct, cm, cv])) in host.iter().enumerate() {
+                assert_eq!(m, cm, "m of parameter {p}, grid {grid}x{block}");
+                assert_eq!(v, cv, "v of parameter {p}, grid {grid}x{block}");
+                assert_eq!(theta, ct, "theta of parameter {p}, grid {grid}x{block}");
+                assert_ne!(
+                    theta,
+                    &wave(sizes[p], 0.37 * (1.0 + p as f32)),
+                    "theta moved"
+                );
+            }
         }
-        assert_ne!(flat(&theta), theta0, "the update moved the parameter");
     }
 }

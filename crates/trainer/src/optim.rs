@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
 use dynact_model::ParamKind;
 
-use crate::adamw_kernels::{self, UpdateScalars};
+use crate::adamw_kernels::{self, DeviceSteps, ParamUpdate, UpdateScalars};
 use crate::config::OptimConfig;
 
 struct Slot {
@@ -40,9 +40,21 @@ impl Slot {
 
 pub struct AdamW {
     slots: Vec<Slot>,
-    /// Updates applied so far (for bias correction).
+    /// Updates applied so far (for bias correction); with steps queued on a GPU, as of the
+    /// last [`AdamW::read_queued`].
     pub step: u64,
     cfg: OptimConfig,
+    /// The steps decided on a CUDA GPU ([`AdamW::queue_step`]), made at the first.
+    device_steps: Option<DeviceSteps>,
+}
+
+/// What a step did: its loss (summed over its micro-batches), the global gradient norm before
+/// clipping, and whether the update was skipped (the loss or the norm not finite).
+#[derive(Clone, Copy, Debug)]
+pub struct StepOutcome {
+    pub loss_sum: f32,
+    pub grad_norm: f64,
+    pub skipped: bool,
 }
 
 /// Whether parameter `name` gets weight decay: the model says what kind of parameter it is
@@ -78,6 +90,7 @@ impl AdamW {
             slots,
             step: 0,
             cfg: cfg.clone(),
+            device_steps: None,
         })
     }
 
@@ -90,7 +103,7 @@ impl AdamW {
             .collect()
     }
 
-    /// Euclidean norm of all gradients together.
+    /// Euclidean norm of all gradients together, as a composition of Candle ops.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total: Option<Tensor> = None;
         for s in &self.slots {
@@ -108,14 +121,45 @@ impl AdamW {
         }
     }
 
+    /// The step decided and applied on the host, the twin of [`AdamW::queue_step`]: the
+    /// loss (summed over the micro-batches) and the global gradient norm read, the update
+    /// skipped where either is not finite, else made at learning rate `lr` with the
+    /// gradients clipped to `optim.grad_clip`.
+    pub fn step_on_host(
+        &mut self,
+        loss_sum: &Tensor,
+        grads: &GradStore,
+        lr: f64,
+    ) -> Result<StepOutcome> {
+        let loss_sum = loss_sum
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()?;
+        let grad_norm = self.grad_norm(grads)?;
+        let skipped = !loss_sum.is_finite() || !grad_norm.is_finite();
+        if !skipped {
+            let clip = self.cfg.grad_clip;
+            let scale = if clip > 0.0 && grad_norm > clip {
+                clip / grad_norm
+            } else {
+                1.0
+            };
+            self.step(grads, lr, scale)?;
+        }
+        Ok(StepOutcome {
+            loss_sum,
+            grad_norm,
+            skipped,
+        })
+    }
+
     /// One update at learning rate `lr`; gradients are first scaled by `grad_scale` (clipping).
-    /// On a CPU, and for f32 on a CUDA GPU, each parameter takes the fused in-place kernels of
-    /// [`crate::adamw_kernels`].
+    /// On a CPU, and for f32 on a CUDA GPU, the parameters take the fused in-place kernels of
+    /// [`crate::adamw_kernels`] (on a GPU all of them in one launch).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.step_with(grads, lr, grad_scale, true)
     }
 
-    /// [`AdamW::step`] with `fused` choosing between the CPU kernel and the reference
+    /// [`AdamW::step`] with `fused_kernels` choosing between the fused kernels and the reference
     /// composition of Candle ops (what other devices run, and what the kernel is tested
     /// against).
     pub fn step_with(
@@ -123,36 +167,134 @@ impl AdamW {
         grads: &GradStore,
         lr: f64,
         grad_scale: f64,
-        fused: bool,
+        fused_kernels: bool,
     ) -> Result<()> {
+        if self.queued() > 0 {
+            candle_core::bail!("adamw: a step on the host with steps on the device unread");
+        }
+        // The device's count would fall behind the host's: it is made anew at the next queue.
+        self.device_steps = None;
         self.step += 1;
-        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        for s in &mut self.slots {
-            let Some(g) = grads.get(&s.var) else {
+        let mut fused = Vec::new();
+        for i in 0..self.slots.len() {
+            let Some(g) = grads.get(&self.slots[i].var) else {
                 continue;
             };
-            let lr = lr * s.lr_mult;
-            let scalars = UpdateScalars {
-                grad_scale,
-                beta1: b1,
-                beta2: b2,
-                bias1: 1.0 - b1.powi(self.step as i32),
-                bias2: 1.0 - b2.powi(self.step as i32),
-                eps: self.cfg.eps,
-                lr,
-                decay: match s.decay {
-                    true => 1.0 - lr * self.cfg.weight_decay,
-                    false => 1.0,
-                },
-            };
-            let theta = s.var.as_tensor();
-            if fused && adamw_kernels::applies(&[theta, &s.m, &s.v, g]) {
-                adamw_kernels::update(theta, &s.m, &s.v, g, scalars)?;
+            let scalars = self.scalars(&self.slots[i], lr, grad_scale);
+            let s = &self.slots[i];
+            if fused_kernels && adamw_kernels::applies(&[s.var.as_tensor(), &s.m, &s.v, g]) {
+                fused.push((i, g, scalars));
             } else {
-                s.update_reference(g, scalars)?;
+                self.slots[i].update_reference(g, scalars)?;
             }
         }
-        Ok(())
+        let fused_updates: Vec<ParamUpdate> = fused
+            .into_iter()
+            .map(|(i, g, s)| {
+                let slot = &self.slots[i];
+                ParamUpdate {
+                    theta: slot.var.as_tensor(),
+                    m: &slot.m,
+                    v: &slot.v,
+                    g,
+                    s,
+                }
+            })
+            .collect();
+        adamw_kernels::update_all(&fused_updates)
+    }
+
+    /// The scalars of `slot`'s update at learning rate `lr`, the `self.step`-th update.
+    fn scalars(&self, slot: &Slot, lr: f64, grad_scale: f64) -> UpdateScalars {
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let lr = lr * slot.lr_mult;
+        UpdateScalars {
+            grad_scale,
+            beta1: b1,
+            beta2: b2,
+            bias1: 1.0 - b1.powi(self.step as i32),
+            bias2: 1.0 - b2.powi(self.step as i32),
+            eps: self.cfg.eps,
+            lr,
+            decay: match slot.decay {
+                true => 1.0 - lr * self.cfg.weight_decay,
+                false => 1.0,
+            },
+        }
+    }
+
+    /// Steps the device can record between two [`AdamW::read_queued`]s.
+    pub const QUEUE_CAPACITY: usize = 1024;
+
+    /// Whether [`AdamW::queue_step`] takes these gradients: every one f32 on a CUDA GPU, as
+    /// its parameter and moments are.
+    pub fn decides_on_device(&self, grads: &GradStore) -> bool {
+        let mut any = false;
+        for s in &self.slots {
+            if let Some(g) = grads.get(&s.var) {
+                let tensors = [s.var.as_tensor(), &s.m, &s.v, g];
+                if !(g.device().is_cuda() && adamw_kernels::applies(&tensors)) {
+                    return false;
+                }
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// The step on the GPU without waiting for it (where [`AdamW::decides_on_device`]): the
+    /// global gradient norm, then the decision [`AdamW::step_on_host`] makes (skip where the
+    /// loss or the norm is not finite, else clip to `optim.grad_clip` and count the update for
+    /// bias correction), then the update at learning rate `lr`. Its
+    /// outcome is read with the others queued by [`AdamW::read_queued`], which must come at
+    /// least every [`AdamW::QUEUE_CAPACITY`] steps.
+    pub fn queue_step(&mut self, loss_sum: &Tensor, grads: &GradStore, lr: f64) -> Result<()> {
+        if self.device_steps.is_none() {
+            let steps = DeviceSteps::new(loss_sum.device(), self.step, Self::QUEUE_CAPACITY)?;
+            self.device_steps = Some(steps);
+        }
+        // The bias corrections and the scale come from the device; these are placeholders.
+        let updates: Vec<ParamUpdate> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let g = grads.get(&s.var)?;
+                Some(ParamUpdate {
+                    theta: s.var.as_tensor(),
+                    m: &s.m,
+                    v: &s.v,
+                    g,
+                    s: self.scalars(s, lr, 1.0),
+                })
+            })
+            .collect();
+        let steps = self.device_steps.as_mut().expect("made above");
+        steps.queue(&updates, loss_sum, self.cfg.grad_clip)
+    }
+
+    /// Steps queued and not read yet.
+    pub fn queued(&self) -> usize {
+        self.device_steps.as_ref().map_or(0, |d| d.pending())
+    }
+
+    /// The outcomes of the steps queued since the last read, in order (one copy from the
+    /// device, which waits for them); the update count follows the device's.
+    pub fn read_queued(&mut self) -> Result<Vec<StepOutcome>> {
+        let Some(steps) = self.device_steps.as_mut() else {
+            return Ok(vec![]);
+        };
+        let records = steps.read()?;
+        if let Some(last) = records.last() {
+            self.step = last.updates as u64;
+        }
+        Ok(records
+            .iter()
+            .map(|r| StepOutcome {
+                loss_sum: r.loss,
+                grad_norm: (r.sum_squares as f64).sqrt(),
+                skipped: r.skipped != 0,
+            })
+            .collect())
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`), as a training checkpoint
@@ -187,6 +329,7 @@ impl AdamW {
             }
         }
         self.step = step;
+        self.device_steps = None;
         Ok(())
     }
 }
@@ -327,20 +470,54 @@ mod tests {
         assert!((flat(fused_vars[1].as_tensor())[0] - 1.0).abs() > 0.02);
     }
 
-    /// The CUDA kernels against the CPU passes: the same fixture and steps on both devices
-    /// (needs a GPU; scripts/gpu-check.sh runs it).
+    /// The CUDA kernels against the CPU passes: the same fixture and steps, one of them with a
+    /// non-finite loss, decided on the host on the CPU, decided on the host on the GPU
+    /// ([`AdamW::step`] there: the update kernel alone), and queued on the GPU
+    /// ([`AdamW::queue_step`]: the device decides, and its records are read at the end). Needs
+    /// a GPU or the simulator (scripts/gpu-sim.sh runs it).
     #[cfg(feature = "cuda")]
     #[test]
-    fn cuda_the_fused_gpu_update_matches_the_cpu_update() {
+    fn cuda_steps_queued_on_the_gpu_match_the_host_s_steps_on_the_cpu() {
         let gpu = Device::new_cuda(0).expect("this test needs an NVIDIA GPU (cuda:0)");
         let (cpu_vars, mut cpu) = adamw_fixture();
-        let (gpu_vars, mut on_gpu) = adamw_fixture_on(&gpu);
+        let (host_vars, mut host) = adamw_fixture_on(&gpu);
+        let (queued_vars, mut queued) = adamw_fixture_on(&gpu);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs());
+        let loss = |vars: &[Var], step: usize| match step {
+            3 => Tensor::new(f32::NAN, vars[1].device()).unwrap(),
+            _ => vars[1].as_tensor().sum_all().unwrap(),
+        };
+        let host_step = |opt: &mut AdamW, vars: &[Var], step: usize, lr: f64| {
+            let grads = loss_grads(vars);
+            let o = opt.step_on_host(&loss(vars, step), &grads, lr).unwrap();
+            (o.loss_sum, o.grad_norm, o.skipped)
+        };
+        let mut expected = vec![];
         for step in 0..6 {
-            let clip = if step % 2 == 0 { 1.0 } else { 0.37 };
             let lr = 1e-2 / (1 + step) as f64;
-            cpu.step(&loss_grads(&cpu_vars), lr, clip).unwrap();
-            on_gpu.step(&loss_grads(&gpu_vars), lr, clip).unwrap();
+            expected.push(host_step(&mut cpu, &cpu_vars, step, lr));
+            host_step(&mut host, &host_vars, step, lr);
+            let grads = loss_grads(&queued_vars);
+            queued
+                .queue_step(&loss(&queued_vars, step), &grads, lr)
+                .unwrap();
         }
+        assert_eq!(queued.queued(), 6);
+        let outcomes = queued.read_queued().unwrap();
+        assert_eq!(queued.queued(), 0);
+        assert_eq!(
+            (cpu.step, queued.step),
+            (5, 5),
+            "the skipped step is not counted"
+        );
+        for (o, (loss_sum, norm, skipped)) in outcomes.iter().zip(&expected) {
+            assert_eq!(o.skipped, *skipped);
+            if !skipped {
+                assert!(close(o.loss_sum as f64, *loss_sum as f64));
+                assert!(close(o.grad_norm, *norm), "{} against {norm}", o.grad_norm);
+            }
+        }
+        assert!(expected[3].2 && expected.iter().filter(|e| e.2).count() == 1);
         let flat = |t: &Tensor| {
             t.to_device(&Device::Cpu)
                 .unwrap()
@@ -349,14 +526,16 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap()
         };
-        for (a, b) in cpu_vars.iter().zip(&gpu_vars) {
-            let (a, b) = (flat(a.as_tensor()), flat(b.as_tensor()));
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = a
-                .iter()
-                .zip(&b)
-                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(worst <= 1e-5 * scale, "off by {worst} of {scale}");
+        for gpu_vars in [&host_vars, &queued_vars] {
+            for (a, b) in cpu_vars.iter().zip(gpu_vars) {
+                let (a, b) = (flat(a.as_tensor()), flat(b.as_tensor()));
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(worst <= 1e-5 * scale, "off by {worst} of {scale}");
+            }
         }
     }
 }

@@ -53,14 +53,11 @@ void dynact_swiglu_f32_on_host(const float* gate, const float* up, const float* 
     RUN_GRID(grid, block, swiglu_backward_f32(gate, up, grad, out, n));
 }
 
-void dynact_adamw_f32_on_host(float* theta, float* m, float* v, const float* g, uint64_t n,
-                              float scale, float keep1, float take1, float keep2, float take2,
-                              float inv_bias1, float inv_bias2, float eps, float lr, float decay,
-                              unsigned grid, unsigned block) {
-    RUN_GRID(grid, block, adamw_moment_f32(m, g, n, scale, keep1, take1, 1));
-    RUN_GRID(grid, block, adamw_moment_f32(v, g, n, scale, keep2, take2, 0));
+void dynact_adamw_f32_on_host(const ParamChunk* chunks, uint32_t count,
+                              const OptimizerState* state, float keep1, float take1, float keep2,
+                              float take2, float eps, unsigned grid, unsigned block) {
     RUN_GRID(grid, block,
-             adamw_parameter_f32(theta, m, v, n, inv_bias1, inv_bias2, eps, lr, decay));
+             adamw_update_f32(chunks, count, state, keep1, take1, keep2, take2, eps));
 }
 
 void dynact_cast_f32_to_bf16_on_host(const float* x, uint16_t* y, uint64_t n, unsigned grid,

@@ -1,6 +1,6 @@
 //! The run configuration: one TOML file (`configs/*.toml`) with `[model]`, `[data]`, `[train]`,
-//! `[optim]` and `[eval]` tables, then command-line overrides (`--set table.key=value` and the
-//! named flags), then validation. Every default is written out into the run's `run.toml`, so a
+//! `[optim]`, `[eval]` and `[log]` tables, then command-line overrides (`--set table.key=value`
+//! and the named flags), then validation. Every default is written out into the run's `run.toml`, so a
 //! run directory says exactly what ran.
 
 use std::path::{Path, PathBuf};
@@ -155,6 +155,16 @@ impl Default for EvalConfig {
     }
 }
 
+/// Where a run's logs go besides metrics.jsonl, eval.jsonl and the console (a resumed run may
+/// change these).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// TensorBoard event files in the run directory: every logged step's and evaluation's
+    /// numbers (`tensorboard --logdir checkpoints/`).
+    pub tensorboard: bool,
+}
+
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
@@ -177,6 +187,7 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub optim: OptimConfig,
     pub eval: EvalConfig,
+    pub log: LogConfig,
 }
 
 impl Default for RunConfig {
@@ -193,6 +204,7 @@ impl Default for RunConfig {
             train: TrainConfig::default(),
             optim: OptimConfig::default(),
             eval: EvalConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! The logger seam: what a run reports as it goes goes through [`Logger`], which the trainer
 //! calls on rank 0 at every logged step (`train.log_every` and the last), every evaluation and
 //! every checkpoint. Each record is built once from the step's or the evaluation's results
-//! (`records.rs`); the sinks only write it. The first two sinks: [`JsonlLogger`] (the run
-//! directory's metrics.jsonl and eval.jsonl) and [`ConsoleLogger`] (the progress bar's
-//! message, or plain lines without a terminal). A new sink is one more implementation.
+//! (`records.rs`); the sinks only write it: [`JsonlLogger`] (the run directory's metrics.jsonl
+//! and eval.jsonl), [`ConsoleLogger`] (the progress bar's message, or plain lines without a
+//! terminal) and [`TensorBoardLogger`] (`log.tensorboard`). A new sink is one more
+//! implementation.
 
 use std::path::Path;
 
 use anyhow::Result;
+use dynact_run::tensorboard::EventWriter;
 use dynact_run::{EvalRecord, MetricsRecord, RunDir, EVAL_FILE, METRICS_FILE};
 use indicatif::ProgressBar;
 
@@ -92,5 +94,55 @@ impl Logger for ConsoleLogger {
     fn checkpoint(&mut self, step: u64, dir: &Path) -> Result<()> {
         tracing::info!(step, dir = %dir.display(), "checkpoint saved");
         Ok(())
+    }
+}
+
+/// TensorBoard event files in the run directory (`log.tensorboard`): each logged step's loss,
+/// learning rate, gradient norm, tokens/s, MFU and, for dynActGLU, alpha and beta of every
+/// layer; each evaluation's scores. A resumed run starts a new file, which tells TensorBoard
+/// to drop what the earlier files logged after its checkpoint.
+pub struct TensorBoardLogger {
+    writer: EventWriter,
+}
+
+impl TensorBoardLogger {
+    /// A new event file in `run_dir`, for a run going on from its checkpoint at `step` (0:
+    /// a new run).
+    pub fn create(run_dir: &Path, step: u64) -> Result<Self> {
+        Ok(TensorBoardLogger {
+            writer: EventWriter::create(run_dir, step + 1)?,
+        })
+    }
+}
+
+impl Logger for TensorBoardLogger {
+    fn step(&mut self, r: &MetricsRecord) -> Result<()> {
+        let mut values = vec![
+            ("train/loss".to_string(), r.loss as f64),
+            ("train/lr".to_string(), r.lr),
+            ("train/grad_norm".to_string(), r.grad_norm),
+            ("train/tokens_per_s".to_string(), r.tokens_per_s),
+        ];
+        values.extend(r.mfu.map(|m| ("train/mfu".to_string(), m)));
+        for (name, per_layer) in [("alpha", &r.alpha), ("beta", &r.beta)] {
+            for (layer, v) in per_layer.iter().flatten().enumerate() {
+                values.push((format!("dynact/{name}/layer_{layer:02}"), *v));
+            }
+        }
+        self.writer.scalars(r.step, &values)
+    }
+
+    fn eval(&mut self, r: &EvalRecord, _: &EvalResult) -> Result<()> {
+        let optional = [
+            ("val_bpb", r.val_bpb),
+            ("train_ce", r.train_ce),
+            ("train_ppl", r.train_ppl),
+        ];
+        let values: Vec<(String, f64)> = [("val_ce", Some(r.val_ce)), ("val_ppl", Some(r.val_ppl))]
+            .into_iter()
+            .chain(optional)
+            .filter_map(|(name, v)| v.map(|v| (format!("eval/{name}"), v)))
+            .collect();
+        self.writer.scalars(r.step, &values)
     }
 }

@@ -32,7 +32,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{NonFinitePolicy, RunConfig};
 use crate::eval::{evaluate_on, EvalResult};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, StepOutcome};
 use crate::peak_flops::{peak_flops, Peak};
 use crate::resolve::{Resolution, ResolvedRun};
 use crate::row_shards;
@@ -276,6 +276,8 @@ pub struct Trainer {
     comm: Rc<Communicator>,
     /// The parameters sorted by name: the same order on every rank, for the gradient buffer.
     params_by_name: Vec<Var>,
+    /// Steps run and not yet reported ([`Trainer::settle`]).
+    unsettled: Vec<step::Unsettled>,
 }
 
 impl Trainer {
@@ -330,6 +332,7 @@ impl Trainer {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Trainer {
             params_by_name: named.into_iter().map(|(_, v)| v).collect(),
+            unsettled: Vec::new(),
             _lock: setup.lock,
             comm: setup.comm,
             flops_per_token: training_flops_per_token(&cfg.model, cfg.train.seq_len)?,

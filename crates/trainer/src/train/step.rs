@@ -1,5 +1,6 @@
 //! One optimizer step: the step's micro-batches (this rank's share), their gradients summed
-//! over the ranks, clipping and the AdamW update.
+//! over the ranks, clipping and the AdamW update; and the reports of the steps run, read from
+//! the device where it decided them.
 
 use super::*;
 
@@ -10,35 +11,80 @@ fn micro_seed(seed: u64, step: u64, micro: usize) -> u64 {
         ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
+/// A step run and not yet reported: its outcome is on the device until [`Trainer::settle`]
+/// reads it (None), or already known (decided on the host).
+pub(super) struct Unsettled {
+    step: u64,
+    lr: f64,
+    seconds: f64,
+    outcome: Option<StepOutcome>,
+}
+
 impl Trainer {
-    /// One optimizer step: forward and backward over `grad_accum` micro-batches, the global
-    /// gradient norm, clipping, and an AdamW update at `lr_at(step)`. A non-finite loss or
-    /// norm stops the run (the last checkpoint stays) or, with `on_nonfinite = "skip"`, skips
-    /// the update.
+    /// One optimizer step, as [`Trainer::run_step`] runs it, and its report (which, on a GPU,
+    /// waits for it).
     pub fn train_step(&mut self, step: u64) -> Result<StepStats> {
+        self.run_step(step)?;
+        let mut settled = self.settle()?;
+        Ok(settled.pop().expect("the step just run"))
+    }
+
+    /// One optimizer step: forward and backward over `grad_accum` micro-batches, the global
+    /// gradient norm, clipping, and an AdamW update at `lr_at(step)`; skipped where the loss
+    /// or the norm is not finite. With f32 gradients on a CUDA GPU the host does not wait for
+    /// the step: the device decides it ([`AdamW::queue_step`]), and [`Trainer::settle`] reads
+    /// what it did later, at logging steps.
+    pub(super) fn run_step(&mut self, step: u64) -> Result<()> {
         let start = Instant::now();
         let lr = lr_at(step, self.cfg.train.steps, &self.cfg.optim);
-        let (loss, grads) = self.accumulate(step)?;
-        let grad_norm = self.opt.grad_norm(&grads)?;
-        let nonfinite = if !loss.is_finite() {
-            Some("loss")
-        } else if !grad_norm.is_finite() {
-            Some("gradient norm")
-        } else {
+        let (loss_sum, grads) = self.accumulate(step)?;
+        let outcome = if self.opt.decides_on_device(&grads) {
+            self.opt.queue_step(&loss_sum, &grads, lr)?;
             None
+        } else {
+            Some(self.opt.step_on_host(&loss_sum, &grads, lr)?)
         };
-        match (nonfinite, self.cfg.train.on_nonfinite) {
-            (None, _) => {
-                let clip = self.cfg.optim.grad_clip;
-                let scale = if clip > 0.0 && grad_norm > clip {
-                    clip / grad_norm
-                } else {
-                    1.0
-                };
-                self.opt.step(&grads, lr, scale)?;
-            }
-            (Some(_), NonFinitePolicy::Skip) => {}
-            (Some(what), NonFinitePolicy::Stop) => {
+        self.state.step = step;
+        self.state.tokens_seen += self.cfg.tokens_per_step() as u64;
+        self.state.loader = self.loader.state();
+        self.unsettled.push(Unsettled {
+            step,
+            lr,
+            seconds: start.elapsed().as_secs_f64(),
+            outcome,
+        });
+        Ok(())
+    }
+
+    /// The reports of the steps run since the last call, in order, with what the device
+    /// recorded of those it decided (one copy, which waits for them; the wait counts in the
+    /// last step's seconds). A step whose loss or gradient norm was not finite stops the run
+    /// here (its update was skipped, and the last checkpoint stays), unless
+    /// `train.on_nonfinite = "skip"`.
+    pub(super) fn settle(&mut self) -> Result<Vec<StepStats>> {
+        let start = Instant::now();
+        let mut read = match self.unsettled.iter().any(|u| u.outcome.is_none()) {
+            true => self.opt.read_queued()?.into_iter(),
+            false => Vec::new().into_iter(),
+        };
+        self.state.optimizer_steps = self.opt.step;
+        let waited = start.elapsed().as_secs_f64();
+        let accum = self.cfg.train.grad_accum as f32;
+        let mut settled = Vec::with_capacity(self.unsettled.len());
+        for u in std::mem::take(&mut self.unsettled) {
+            let o = match u.outcome {
+                Some(o) => o,
+                None => read
+                    .next()
+                    .expect("a record of every step queued on the device"),
+            };
+            let loss = o.loss_sum / accum;
+            let skipped = match (o.skipped, loss.is_finite()) {
+                (false, _) => None,
+                (true, false) => Some("loss"),
+                (true, true) => Some("gradient norm"),
+            };
+            if let (Some(what), NonFinitePolicy::Stop) = (skipped, self.cfg.train.on_nonfinite) {
                 let last = self
                     .run_dir
                     .latest_checkpoint()
@@ -47,29 +93,31 @@ impl Trainer {
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "none yet".into());
                 bail!(
-                    "non-finite {what} at step {step}; the last good checkpoint ({last}) is kept; lower optim.lr or set train.on_nonfinite = \"skip\""
+                    "non-finite {what} at step {}; the last good checkpoint ({last}) is kept; lower optim.lr or set train.on_nonfinite = \"skip\"",
+                    u.step
                 );
             }
+            settled.push(StepStats {
+                step: u.step,
+                loss,
+                lr: u.lr,
+                grad_norm: o.grad_norm,
+                skipped,
+                seconds: u.seconds,
+            });
         }
-        self.state.step = step;
-        self.state.optimizer_steps = self.opt.step;
-        self.state.tokens_seen += self.cfg.tokens_per_step() as u64;
-        self.state.loader = self.loader.state();
-        Ok(StepStats {
-            step,
-            loss,
-            lr,
-            grad_norm,
-            skipped: nonfinite,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        if let Some(last) = settled.last_mut() {
+            last.seconds += waited;
+        }
+        Ok(settled)
     }
 
     /// Forward and backward over this rank's share of the step's `grad_accum` micro-batches
-    /// (all of them in a single process); returns the mean loss and the gradients of the mean
-    /// loss over all of them, summed over the ranks. Micro-batch m of a step has the same
+    /// (all of them in a single process); returns the sum of their losses (a scalar left on
+    /// the device) and the gradients of the mean loss over all of them, summed over the
+    /// ranks. Micro-batch m of a step has the same
     /// windows and dropout masks whatever the number of ranks.
-    fn accumulate(&mut self, step: u64) -> Result<(f32, GradStore)> {
+    fn accumulate(&mut self, step: u64) -> Result<(Tensor, GradStore)> {
         let accum = self.cfg.train.grad_accum;
         let per_rank = accum / self.comm.size();
         let mine = self.comm.rank() * per_rank..(self.comm.rank() + 1) * per_rank;
@@ -111,16 +159,20 @@ impl Trainer {
             None => Tensor::zeros((), DType::F32, &self.device)?,
         };
         let loss_sum = match self.comm.size() {
-            1 if !self.comm.on_gpu() => loss_sum.to_scalar::<f32>()?,
+            1 if !self.comm.on_gpu() => loss_sum,
             _ => self.all_reduce_grads_and_loss(&mut grads, &loss_sum)?,
         };
-        Ok((loss_sum / accum as f32, grads))
+        Ok((loss_sum, grads))
     }
 
     /// Sums the gradients and `loss_sum` over the ranks as one flat f32 buffer in
     /// parameter-name order with the loss last (one collective): on the GPUs for NCCL ranks,
-    /// else on the host (MPI). Returns the summed loss.
-    fn all_reduce_grads_and_loss(&self, grads: &mut GradStore, loss_sum: &Tensor) -> Result<f32> {
+    /// else on the host (MPI). Returns the summed loss, a scalar on the device.
+    fn all_reduce_grads_and_loss(
+        &self,
+        grads: &mut GradStore,
+        loss_sum: &Tensor,
+    ) -> Result<Tensor> {
         let vars = &self.params_by_name;
         let mut parts = Vec::with_capacity(vars.len() + 1);
         for var in vars {
@@ -149,7 +201,7 @@ impl Trainer {
             }
             at += n;
         }
-        Ok(sum.narrow(0, at, 1)?.squeeze(0)?.to_scalar::<f32>()?)
+        Ok(sum.narrow(0, at, 1)?.squeeze(0)?)
     }
 
     /// `flat` summed over NCCL ranks on the GPUs.

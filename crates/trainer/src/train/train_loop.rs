@@ -1,7 +1,7 @@
 //! The loop: steps until `train.steps` or an interrupt, logging every `log_every` steps and
 //! evaluating and saving at every evaluation step.
 
-use super::logger::{ConsoleLogger, JsonlLogger, Logger};
+use super::logger::{ConsoleLogger, JsonlLogger, Logger, TensorBoardLogger};
 use super::report::progress_bar;
 use super::*;
 
@@ -27,6 +27,10 @@ impl Trainer {
             ],
             false => vec![],
         };
+        if root && self.cfg.log.tensorboard {
+            let path = &self.run_dir.path;
+            loggers.push(Box::new(TensorBoardLogger::create(path, start_step)?));
+        }
         let mut report =
             RunReport::new(self.run_dir.path.clone(), self.unigram_ppl, self.state.step);
         let tokens_per_step = self.cfg.tokens_per_step() as u64;
@@ -36,34 +40,8 @@ impl Trainer {
         let mut train_time = 0f64;
 
         while self.state.step < total {
-            let stats = self.train_step(self.state.step + 1)?;
-            let step = stats.step;
-            if let Some(what) = stats.skipped {
-                bar.suspend(|| {
-                    eprintln!("warning: step {step}: non-finite {what}; batch skipped, no update")
-                });
-            }
-            train_time += stats.seconds;
-            report.last_step = step;
-            report.losses.push((step, stats.loss));
-            window_tokens += tokens_per_step;
-
-            if root && (step.is_multiple_of(self.cfg.train.log_every) || step == total) {
-                let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
-                // At this invocation's pace so far, evaluations and checkpoints included.
-                let done = (step - start_step) as f64;
-                let eta = run_start.elapsed().as_secs_f64() / done * (total - step) as f64;
-                let mfu = self
-                    .peak
-                    .as_ref()
-                    .map(|p| tps * self.flops_per_token / p.flops);
-                let record = self.metrics_record(&stats, tps, elapsed, eta, mfu)?;
-                for logger in &mut loggers {
-                    logger.step(&record)?;
-                }
-                (window_start, window_tokens) = (Instant::now(), 0);
-            }
+            self.run_step(self.state.step + 1)?;
+            let step = self.state.step;
             bar.set_position(step);
 
             let asked = opts
@@ -76,7 +54,50 @@ impl Trainer {
                 _ => self.comm.all_reduce_max_u64(asked as u64) == 1,
             };
             let interrupted = asked || opts.stop_after == Some(step);
-            if self.cfg.is_eval_step(step) {
+            let logged = step.is_multiple_of(self.cfg.train.log_every) || step == total;
+            let evaluated = self.cfg.is_eval_step(step);
+            // Steps queued on a GPU are read when something needs them (the same steps on
+            // every rank): logging, evaluating, saving, or a full queue.
+            if logged
+                || evaluated
+                || interrupted
+                || self.opt.queued() == 0
+                || self.opt.queued() == AdamW::QUEUE_CAPACITY
+            {
+                for stats in self.settle()? {
+                    if let Some(what) = stats.skipped {
+                        let step = stats.step;
+                        bar.suspend(|| {
+                            eprintln!(
+                                "warning: step {step}: non-finite {what}; batch skipped, no update"
+                            )
+                        });
+                    }
+                    train_time += stats.seconds;
+                    report.last_step = stats.step;
+                    report.losses.push((stats.step, stats.loss));
+                    window_tokens += tokens_per_step;
+                    if root && logged && stats.step == step {
+                        let tps =
+                            window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                        let elapsed = elapsed_before + run_start.elapsed().as_secs_f64();
+                        // At this invocation's pace so far, evaluations and checkpoints included.
+                        let done = (step - start_step) as f64;
+                        let eta = run_start.elapsed().as_secs_f64() / done * (total - step) as f64;
+                        let mfu = self
+                            .peak
+                            .as_ref()
+                            .map(|p| tps * self.flops_per_token / p.flops);
+                        let record = self.metrics_record(&stats, tps, elapsed, eta, mfu)?;
+                        for logger in &mut loggers {
+                            logger.step(&record)?;
+                        }
+                        (window_start, window_tokens) = (Instant::now(), 0);
+                    }
+                }
+            }
+
+            if evaluated {
                 self.state.elapsed_s = elapsed_before + run_start.elapsed().as_secs_f64();
                 let result = bar.suspend(|| self.evaluate_and_log(step, &mut loggers))?;
                 report.evals.push((step, self.state.tokens_seen, result));
