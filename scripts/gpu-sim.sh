@@ -13,7 +13,19 @@ eval "$(scripts/cuda-toolchain.sh)"
 scripts/gpu-bundle.sh --link-only >/dev/null
 
 bins=(target/release/train-lm)
-newest() { find target/release/deps -maxdepth 1 -type f -executable -name "$1-*" -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2; }
+# The newest test binary of that name built with CUDA: `cargo test --workspace` builds one
+# without it (no cu* imports), which may be newer.
+newest() {
+  local b
+  mapfile -t found < <(find target/release/deps -maxdepth 1 -type f -executable -name "$1-*" -printf '%T@ %p\n' | sort -rn | cut -d' ' -f2)
+  for b in "${found[@]}"; do
+    # grep reads all of nm's output: with -q, nm could die of SIGPIPE and fail the pipeline.
+    if nm -D --undefined-only "$b" 2>/dev/null | grep ' cuInit' >/dev/null; then
+      echo "$b"
+      return
+    fi
+  done
+}
 gpu_kernels=$(newest gpu_kernels)
 trainer_unit=$(newest dynact_trainer)
 bins+=("$gpu_kernels" "$trainer_unit")
@@ -112,12 +124,26 @@ for name, keys in [("metrics.jsonl", ["loss", "grad_norm", "alpha", "beta"]), ("
 print(f"{a} and {b} agree (tolerance {tol})")
 PY
 }
+# Every logged step on the GPU has the device's memory in use (this model's weights, gradients
+# and AdamW moments take about 0.6 MB, its weights alone 0.15 MB), and
+# none on the CPU.
+memory_logged() {
+  python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
+import json, sys
+gpu = [json.loads(l) for l in open(sys.argv[1])]
+cpu = [json.loads(l) for l in open(sys.argv[2])]
+assert all(r.get("device_memory_mb", 0) > 0.3 for r in gpu), [r.get("device_memory_mb") for r in gpu]
+assert not any("device_memory_mb" in r for r in cpu)
+print(f"device memory in use logged: {gpu[-1]['device_memory_mb']:.1f} MB")
+PY
+}
 cuda_matches_cpu() {
   train --device cpu --run-dir "$work/cpu" && train --device cuda:0 --run-dir "$work/cuda" &&
     train --device cuda:0 --dtype bf16 --run-dir "$work/bf16" &&
-    same_run "$work/cuda" "$work/cpu" 1e-5 && same_run "$work/bf16" "$work/cpu" 2e-2
+    same_run "$work/cuda" "$work/cpu" 1e-5 && same_run "$work/bf16" "$work/cpu" 2e-2 &&
+    memory_logged "$work/cuda" "$work/cpu"
 }
-check "8 training steps on cuda (f32 and bf16) against the CPU" cuda_matches_cpu
+check "8 training steps on cuda (f32 and bf16) against the CPU, device memory logged" cuda_matches_cpu
 # Logged every 4 steps, so the GPU's steps are read in batches (steps 1-2 at the step-3
 # evaluation, then 4, then 5-7 at 8): the same records as the CPU's, decided step by step.
 read_in_batches() {

@@ -1,8 +1,11 @@
-//! Seeded experiment grids: every (ffn, seed) pair of a config trained one after another (or
-//! `jobs` at a time, each a child `train-lm` process with its share of the cores), each seed
-//! seeing the same data order and the same initial weights for both FFNs, then compared with
-//! dynact-compare into `<experiment>/comparison/`. An interrupted grid, started again with the
-//! same command, skips finished runs and resumes unfinished ones.
+//! Seeded experiment grids: every (ffn, swept values, seed) cell of a config trained one after
+//! another (or `jobs` at a time, each a child `train-lm` process with its share of the cores),
+//! each seed seeing the same data order and the same initial weights for both FFNs, then
+//! compared with dynact-compare into `<experiment>/comparison/`. An interrupted grid, started
+//! again with the same command, skips finished runs and resumes unfinished ones.
+//!
+//! A sweep (`--sweep KEY=V1,V2,...`) crosses the values of any config key with the FFNs and
+//! seeds; a key the FFN does not read (`model.dynact.*` for SwiGLU) is not crossed with it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,10 +21,139 @@ use dynact_trainer::config::{DeviceSpec, RunConfig};
 
 #[derive(Clone, Debug)]
 pub struct Grid {
-    pub ffns: Vec<FfnKind>,
+    /// Each FFN with each combination of the swept values it reads, each run once per seed.
+    pub variants: Vec<Variant>,
+    /// The `--sweep`s the variants come from (none for a grid of FFNs and seeds alone).
+    pub sweeps: Vec<Sweep>,
     pub seeds: Vec<u64>,
     /// Runs at a time (None: one, or one per GPU when several are visible).
     pub jobs: Option<usize>,
+}
+
+/// One FFN with one combination of swept values, and the config they make.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub ffn: FfnKind,
+    /// The swept keys this FFN reads, each with its value here (as given).
+    pub settings: Vec<(String, String)>,
+    pub config: RunConfig,
+}
+
+impl Variant {
+    /// The run's name within the experiment: `dynactglu-dynact_lr_mult=10-seed1` (each swept
+    /// key by its last part, unless two swept keys share it).
+    fn cell_name(&self, seed: u64, sweeps: &[Sweep]) -> String {
+        let mut name = self.ffn.name().to_string();
+        for (key, value) in &self.settings {
+            let last = key.rsplit('.').next().unwrap_or(key);
+            let shared = sweeps
+                .iter()
+                .filter(|s| s.key.rsplit('.').next() == Some(last))
+                .count()
+                > 1;
+            let key = if shared { key.as_str() } else { last };
+            name.push_str(&format!("-{key}={}", file_name_safe(value)));
+        }
+        format!("{name}-seed{seed}")
+    }
+}
+
+/// `--sweep KEY=V1,V2,...`: the values of one config key to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sweep {
+    pub key: String,
+    /// As given, each parsed as `--set KEY=VALUE` would parse it.
+    pub values: Vec<String>,
+}
+
+impl std::str::FromStr for Sweep {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Sweep> {
+        let example = "e.g. --sweep optim.dynact_lr_mult=1,10,100";
+        let Some((key, list)) = text.split_once('=') else {
+            bail!("--sweep {text}: expected KEY=V1,V2,..., {example}");
+        };
+        let key = key.trim().to_string();
+        match key.as_str() {
+            "model.ffn" => bail!("--sweep {text}: the FFNs are swept by --ffn swiglu,dynactglu"),
+            "seed" => bail!("--sweep {text}: seeds are swept by --seeds 0,1,2"),
+            "name" | "run_dir" => {
+                bail!("--sweep {text}: each run's name and directory come from the grid's")
+            }
+            _ => {}
+        }
+        let values = split_values(list);
+        if key.is_empty() || values.iter().any(|v| v.is_empty()) {
+            bail!("--sweep {text}: a key and values separated by commas are needed, {example}");
+        }
+        if let Some(v) = values
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| values[..i].contains(v).then_some(v))
+        {
+            bail!("--sweep {text}: the value {v} is given twice");
+        }
+        Ok(Sweep { key, values })
+    }
+}
+
+/// Splits `1,10,100` at commas outside brackets and quotes, so `[1,2],[3]` is two arrays.
+fn split_values(list: &str) -> Vec<String> {
+    let (mut values, mut current) = (vec![], String::new());
+    let (mut depth, mut quote) = (0i32, None);
+    for c in list.chars() {
+        match (c, quote) {
+            ('"' | '\'', None) => quote = Some(c),
+            (c, Some(q)) if c == q => quote = None,
+            ('[' | '{', None) => depth += 1,
+            (']' | '}', None) => depth -= 1,
+            (',', None) if depth == 0 => {
+                values.push(current.trim().to_string());
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    values.push(current.trim().to_string());
+    values
+}
+
+/// Every combination of the sweeps' values, in order (the last sweep varying fastest); one
+/// empty combination without sweeps.
+pub fn combinations(sweeps: &[&Sweep]) -> Vec<Vec<(String, String)>> {
+    let mut combos = vec![vec![]];
+    for sweep in sweeps {
+        combos = combos
+            .into_iter()
+            .flat_map(|c: Vec<(String, String)>| {
+                sweep.values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((sweep.key.clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+/// A value as part of a file name: letters, digits and `.+-_` kept, anything else `_`.
+fn file_name_safe(value: &str) -> String {
+    let safe: String = value
+        .trim_matches('"')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    safe
 }
 
 /// One run of the grid.
@@ -30,6 +162,8 @@ struct Cell {
     name: String,
     dir: PathBuf,
     config_path: PathBuf,
+    /// Its `train.steps` (a sweep may set them).
+    steps: u64,
 }
 
 enum Progress {
@@ -68,7 +202,12 @@ pub fn run_grid(
     std::fs::create_dir_all(base.join("configs"))
         .with_context(|| format!("cannot create experiment dir {}", base.display()))?;
     // Whatever would stop a run (missing data, a bad config) stops the grid before any run.
-    dynact_trainer::resolve::preflight(cfg, vocab_size_given)?;
+    for v in &grid.variants {
+        dynact_trainer::resolve::preflight(&v.config, vocab_size_given).with_context(|| {
+            let set: Vec<String> = v.settings.iter().map(|(k, x)| format!("{k}={x}")).collect();
+            format!("the {} runs with {}", v.ffn.name(), set.join(" "))
+        })?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // On a machine with several GPUs, one run per GPU (unless --jobs says otherwise).
     let gpus = match cfg.device {
@@ -93,7 +232,7 @@ pub fn run_grid(
         cells.len()
     );
     let start = Instant::now();
-    run_cells(&cells, cfg.train.steps, jobs, threads, &gpus, &base, exe)?;
+    run_cells(&cells, jobs, threads, &gpus, &base, exe)?;
     eprintln!(
         "experiment finished in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
@@ -108,8 +247,8 @@ pub fn run_grid(
     Ok(base)
 }
 
-/// One config per (seed, ffn) under `<experiment>/configs/`: the base config with the cell's
-/// FFN, seed, name, run directory and thread count.
+/// One config per (seed, variant) under `<experiment>/configs/`: the variant's config with the
+/// cell's seed, name, run directory and thread count.
 fn write_cell_configs(
     cfg: &RunConfig,
     vocab_size_given: bool,
@@ -119,11 +258,10 @@ fn write_cell_configs(
     let base = cfg.run_dir();
     let mut cells = vec![];
     for &seed in &grid.seeds {
-        for &ffn in &grid.ffns {
-            let name = format!("{}-seed{seed}", ffn.name());
+        for variant in &grid.variants {
+            let name = variant.cell_name(seed, &grid.sweeps);
             let dir = base.join(&name);
-            let mut c = cfg.clone();
-            c.model.ffn = ffn;
+            let mut c = variant.config.clone();
             c.seed = seed;
             c.name = format!("{}-{name}", cfg.name);
             c.run_dir = Some(dir.clone());
@@ -141,6 +279,7 @@ fn write_cell_configs(
                 dir,
                 name,
                 config_path,
+                steps: c.train.steps,
             });
         }
     }
@@ -189,7 +328,6 @@ fn least_busy(gpus: usize, busy: &[usize]) -> usize {
 /// (`CUDA_VISIBLE_DEVICES`), as its `cuda:0`.
 fn run_cells(
     cells: &[Cell],
-    steps: u64,
     jobs: usize,
     threads: usize,
     gpus: &[String],
@@ -204,7 +342,7 @@ fn run_cells(
         while running.len() < jobs {
             let Some(cell) = pending.pop() else { break };
             let mut cmd = Command::new(exe);
-            match progress(&cell.dir, steps)? {
+            match progress(&cell.dir, cell.steps)? {
                 Progress::Done => {
                     eprintln!("  {}: already finished", cell.name);
                     continue;
@@ -303,6 +441,40 @@ fn show_new_evals<'a>(cell: &'a Cell, shown: &mut HashMap<&'a str, u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeps_parse_split_and_combine() {
+        let s: Sweep = "optim.dynact_lr_mult=1, 10,100".parse().unwrap();
+        assert_eq!(s.key, "optim.dynact_lr_mult");
+        assert_eq!(s.values, ["1", "10", "100"]);
+        let arrays: Sweep = r#"eval.eval_at=[2,4],[4],"a,b""#.parse().unwrap();
+        assert_eq!(arrays.values, ["[2,4]", "[4]", r#""a,b""#]);
+        for bad in [
+            "optim.lr",
+            "optim.lr=",
+            "optim.lr=1,,2",
+            "=1,2",
+            "optim.lr=1,1",
+        ] {
+            assert!(bad.parse::<Sweep>().is_err(), "{bad}");
+        }
+        let e = "seed=1,2".parse::<Sweep>().unwrap_err().to_string();
+        assert!(e.contains("--seeds"), "{e}");
+
+        let lr: Sweep = "optim.lr=1e-3,3e-3".parse().unwrap();
+        let combos = combinations(&[&lr, &s]);
+        assert_eq!(combos.len(), 6);
+        assert_eq!(
+            combos[1],
+            [
+                ("optim.lr".to_string(), "1e-3".to_string()),
+                ("optim.dynact_lr_mult".to_string(), "10".to_string())
+            ]
+        );
+        assert_eq!(combinations(&[]), vec![Vec::<(String, String)>::new()]);
+        assert_eq!(file_name_safe("[2,4]"), "_2_4_");
+        assert_eq!(file_name_safe("\"a/b\""), "a_b");
+    }
 
     #[test]
     fn runs_go_to_the_least_busy_visible_gpu() {

@@ -8,14 +8,16 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
 use dynact_dist::Communicator;
 use dynact_model::FfnKind;
+use dynact_run::config_keys::applies_to_ffn;
 use dynact_trainer::config::RunConfig;
 use dynact_trainer::launch::{self, Launch};
 use dynact_trainer::train::{run, RunOptions};
 
-use crate::experiment::{self, Grid};
+use crate::experiment::{self, Grid, Sweep, Variant};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +35,12 @@ pub struct Args {
     /// Run an experiment grid over these seeds (with every --ffn), then compare the runs.
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
+    /// Run an experiment grid over these values of a config key (with every --ffn and seed),
+    /// e.g. --sweep optim.dynact_lr_mult=1,10,100 (repeatable: the values of several keys are
+    /// crossed). A key SwiGLU does not read (model.dynact.*, optim.dynact_*) is not crossed
+    /// with it.
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+    sweep: Vec<String>,
     /// Grid runs at a time, each with its share of the CPU cores (default: 1, or one per GPU
     /// with device = "cuda" and several GPUs visible).
     #[arg(long)]
@@ -74,6 +82,10 @@ pub struct Args {
     /// Any other config key, e.g. --set optim.weight_decay=0.05 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Write a Chrome trace of the run to FILE (open it in https://ui.perfetto.dev): spans for
+    /// data, forward, backward, all-reduce, optimizer, evaluation and checkpoints (host time).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     /// Only tokenize the data into the cache and check the config against it, then exit (a
     /// run then starts at once; e.g. on a login node before a long job).
     #[arg(long)]
@@ -112,6 +124,15 @@ impl Args {
 
 /// The run's config and options from the flags, and the notices about the config to print.
 fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
+    build_with(args, &[])
+}
+
+/// As [`build`], with `extra` assignments (`KEY=VALUE`: a grid cell's FFN and swept values)
+/// applied last; one of them for a key a flag or `--set` gives too is an error.
+fn build_with(
+    args: &Args,
+    extra: &[(String, String)],
+) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
     let launch = args.launch();
     let mut b = launch.builder(&args.set)?;
     let s = |v: &str| toml::Value::String(v.to_string());
@@ -153,13 +174,23 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, RunOptions, Vec<String>)> {
     for kv in &args.set {
         b.set(kv)?;
     }
+    for (key, value) in extra {
+        if key != "model.ffn" && b.has_cli(key) {
+            anyhow::bail!(
+                "--sweep {key}: its value is also given by a flag or --set; drop one of them"
+            );
+        }
+        b.set(&format!("{key}={value}"))?;
+    }
     launch.finish(b)
 }
 
-/// The grid asked for by `--ffn a,b` and/or `--seeds`, if any.
+/// The grid asked for by `--ffn a,b`, `--seeds` and/or `--sweep`, if any: each cell's config
+/// is built as a single run's would be, with the cell's FFN and swept values, so a bad value
+/// stops the grid before any run.
 fn grid(args: &Args, cfg: &RunConfig) -> anyhow::Result<Option<Grid>> {
     let ffns = args.ffn.clone().unwrap_or_default();
-    if ffns.len() <= 1 && args.seeds.is_none() {
+    if ffns.len() <= 1 && args.seeds.is_none() && args.sweep.is_empty() {
         return Ok(None);
     }
     if args.resume.is_some() {
@@ -175,8 +206,52 @@ fn grid(args: &Args, cfg: &RunConfig) -> anyhow::Result<Option<Grid>> {
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     let seeds = args.seeds.clone().unwrap_or_else(|| vec![cfg.seed]);
+    let sweeps = args
+        .sweep
+        .iter()
+        .map(|s| s.parse::<Sweep>())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, sweep) in sweeps.iter().enumerate() {
+        if sweeps[..i].iter().any(|s| s.key == sweep.key) {
+            anyhow::bail!(
+                "--sweep {}: the key is swept twice; give all its values in one --sweep",
+                sweep.key
+            );
+        }
+        if !ffns.iter().any(|f| applies_to_ffn(&sweep.key, f.name())) {
+            anyhow::bail!(
+                "--sweep {}: {} does not read this key; add --ffn dynactglu",
+                sweep.key,
+                ffns.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut variants = vec![];
+    for &ffn in &ffns {
+        let read: Vec<&Sweep> = sweeps
+            .iter()
+            .filter(|s| applies_to_ffn(&s.key, ffn.name()))
+            .collect();
+        for settings in experiment::combinations(&read) {
+            let mut extra = vec![("model.ffn".to_string(), ffn.name().to_string())];
+            extra.extend(settings.iter().cloned());
+            let (config, ..) = build_with(args, &extra).with_context(|| {
+                let set: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                match set.is_empty() {
+                    true => format!("the grid's {} runs", ffn.name()),
+                    false => format!("the grid's {} runs with {}", ffn.name(), set.join(" ")),
+                }
+            })?;
+            variants.push(Variant {
+                ffn,
+                settings,
+                config,
+            });
+        }
+    }
     Ok(Some(Grid {
-        ffns,
+        variants,
+        sweeps,
         seeds,
         jobs: args.jobs,
     }))
@@ -185,8 +260,14 @@ fn grid(args: &Args, cfg: &RunConfig) -> anyhow::Result<Option<Grid>> {
 /// `train-lm`'s whole run: parse the flags, then one run (on this rank), a grid or
 /// `--prepare-data`; exits with the run's status.
 pub fn main() {
-    dynact_trainer::init_logging();
     let args = Args::parse();
+    let mut trace = match dynact_trainer::init_logging_and_trace(args.trace.as_deref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            dynact_trainer::report_error(&e);
+            std::process::exit(1);
+        }
+    };
     let mut rank = 0;
     // Kept past the run so that an error can stop the other ranks (MPI_Abort) instead of
     // finalizing MPI, which would wait for them.
@@ -203,7 +284,11 @@ pub fn main() {
                 dynact_trainer::eprint_line(&n);
             }
         }
-        if comm.size() > 1 && (args.prepare_data || grid(&args, &cfg)?.is_some()) {
+        let grid = grid(&args, &cfg)?;
+        if args.trace.is_some() && (args.prepare_data || grid.is_some()) {
+            anyhow::bail!("--trace records one run; drop it for --prepare-data and grids");
+        }
+        if comm.size() > 1 && (args.prepare_data || grid.is_some()) {
             anyhow::bail!(
                 "--prepare-data and experiment grids run as one process; start them without mpirun/srun"
             );
@@ -219,7 +304,7 @@ pub fn main() {
             );
             std::process::exit(0);
         }
-        if let Some(grid) = grid(&args, &cfg)? {
+        if let Some(grid) = grid {
             let exe = std::env::current_exe()?;
             let dir = experiment::run_grid(&cfg, opts.vocab_size_given, &grid, &exe)?;
             let table = std::fs::read_to_string(dir.join("comparison").join("comparison.md"))?;
@@ -249,6 +334,8 @@ pub fn main() {
                     report.last_step,
                     report.run_dir.display()
                 );
+                // Exiting skips destructors: the trace is completed first.
+                drop(trace.take());
                 std::process::exit(130);
             }
         }
@@ -259,6 +346,7 @@ pub fn main() {
                 e
             };
             dynact_trainer::report_error(&e);
+            drop(trace.take());
             if let Some(comm) = ranks.filter(|c| c.size() > 1) {
                 comm.abort(1);
             }

@@ -74,3 +74,91 @@ fn a_grid_with_missing_data_stops_before_any_run_starts() {
     common::assert_error(&r, &["no/such/corpus.txt", "no such file"]);
     assert!(!tmp.path().join("exp").join("swiglu-seed0").exists());
 }
+
+/// A sweep over a key only dynActGLU reads: one SwiGLU run, one dynActGLU run per value, each
+/// value really used, and each compared with SwiGLU in the report.
+#[test]
+fn a_sweep_crosses_its_values_with_the_ffns_that_read_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = common::tiny_train_lm(tmp.path());
+    cmd.args([
+        "--ffn",
+        "swiglu,dynactglu",
+        "--seeds",
+        "0",
+        "--sweep",
+        "optim.dynact_lr_mult=1,30",
+        "--steps",
+        "4",
+    ])
+    .arg("--run-dir")
+    .arg(tmp.path().join("exp"))
+    .args(["--set", "optim.warmup_steps=1", "--set", "eval.eval_at=[2]"]);
+    let r = common::finish(&mut cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let exp = tmp.path().join("exp");
+    let mut runs: Vec<String> = std::fs::read_dir(&exp)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().join("eval.jsonl").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        [
+            "dynactglu-dynact_lr_mult=1-seed0",
+            "dynactglu-dynact_lr_mult=30-seed0",
+            "swiglu-seed0"
+        ]
+    );
+    let run_toml = std::fs::read_to_string(exp.join(&runs[1]).join("run.toml")).unwrap();
+    assert!(run_toml.contains("dynact_lr_mult = 30.0"), "{run_toml}");
+    // Alpha and beta move about 30 times as far with 30 times their learning rate (Adam's
+    // steps scale with it), so the value reached the optimizer.
+    let moved = |run: &str| -> f64 {
+        let m = std::fs::read_to_string(exp.join(run).join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(m.lines().last().unwrap()).unwrap();
+        (last["alpha"][0].as_f64().unwrap() - 1.0).abs() + last["beta"][0].as_f64().unwrap().abs()
+    };
+    let (slow, fast) = (moved(&runs[0]), moved(&runs[1]));
+    assert!(slow > 0.0 && fast > 10.0 * slow, "{slow} {fast}");
+
+    let table = std::fs::read_to_string(exp.join("comparison").join("comparison.md")).unwrap();
+    assert!(
+        table.contains("## Each setting against SwiGLU with the same settings"),
+        "{table}"
+    );
+    for value in ["1.0", "30.0"] {
+        let row = format!(
+            "| 4 | dynactglu (optim.dynact_lr_mult={value}) | swiglu (optim.dynact_lr_mult=n/a) |"
+        );
+        assert!(table.contains(&row), "{row} not in {table}");
+    }
+}
+
+#[test]
+fn bad_sweeps_stop_before_any_run_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["--sweep", "optim.no_such_key=1,2"],
+            &["optim.no_such_key"],
+        ),
+        (
+            &["--ffn", "swiglu", "--sweep", "model.dynact.alpha_init=1,2"],
+            &["model.dynact.alpha_init", "swiglu does not read"],
+        ),
+        (
+            &["--sweep", "optim.lr=1e-3,3e-3", "--set", "optim.lr=1e-3"],
+            &["optim.lr", "drop one"],
+        ),
+        (&["--sweep", "optim.lr"], &["--sweep optim.lr", "KEY=V1,V2"]),
+    ];
+    for (args, needles) in cases {
+        let mut cmd = common::tiny_train_lm(tmp.path());
+        cmd.arg("--run-dir").arg(tmp.path().join("exp")).args(args);
+        common::assert_error(&common::finish(&mut cmd), needles);
+        assert!(!tmp.path().join("exp").exists(), "{args:?}");
+    }
+}

@@ -14,6 +14,11 @@
 //! an output path that contains the run name). All per-step numbers use only the evaluation
 //! steps that every run has; the others are named in [`Comparison::notices`]. The baseline is a
 //! group (its mean curve) or one run; by default the `swiglu` group, else the first run.
+//!
+//! A key that SwiGLU does not read (`model.dynact.*`, `optim.dynact_*`) does not split SwiGLU
+//! runs (its value shows as `n/a`). With groups split by settings, as a sweep makes them, each
+//! other group is also compared with the SwiGLU group of its own settings
+//! ([`GroupSummary::paired`]), so every swept value has its own dynActGLU-vs-SwiGLU difference.
 
 pub mod grouping;
 pub mod plot;
@@ -24,6 +29,7 @@ pub mod table;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use dynact_run::config_keys::applies_to_ffn;
 pub use dynact_run::{EvalRecord, MetricsRecord};
 pub use grouping::grouping_keys;
 pub use runs::{find_runs, Run};
@@ -112,6 +118,9 @@ pub struct RunSummary {
     pub ppl: Vec<f64>,
     /// Validation cross-entropy (nats) at each shared step.
     pub ce: Vec<f64>,
+    /// Cross-entropy on the slice of the training stream (`eval.train_tokens`) at each shared
+    /// step, where the run evaluated it.
+    pub train_ce: Vec<Option<f64>>,
     /// (ppl - baseline ppl) / baseline ppl at each shared step.
     pub rel_ppl: Vec<f64>,
     /// Trapezoidal area under val_ce over the shared steps.
@@ -149,9 +158,26 @@ pub struct GroupSummary {
     pub auc_rel: f64,
     /// Welch's test of the members' AUCs against the baseline group's.
     pub auc_welch: Option<Welch>,
+    /// The generalisation gap, val_ce - train_ce (nats), averaged over the members, at each
+    /// shared step where every member evaluated the training slice.
+    pub mean_gap: Vec<Option<f64>>,
     /// Steps-to-target of the mean perplexity curve.
     pub steps_to_target: Option<f64>,
     pub speedup: Option<f64>,
+    /// Against the SwiGLU group with the same settings (of the keys SwiGLU reads); `None` for
+    /// SwiGLU groups and where no such group was run.
+    pub paired: Option<Paired>,
+}
+
+/// A group's difference to the SwiGLU group run with the same settings.
+#[derive(Debug, Clone)]
+pub struct Paired {
+    /// Index into [`Comparison::groups`]: the SwiGLU group.
+    pub group: usize,
+    /// Relative difference of the mean perplexity to that group's, per shared step.
+    pub rel_ppl: Vec<f64>,
+    /// Welch's test against that group's perplexities per step (two seeds or more in each).
+    pub welch: Vec<Option<Welch>>,
 }
 
 /// The result of [`compare`]: plain numbers, ready to render or inspect.
@@ -214,8 +240,29 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
         })
         .collect();
     let aucs: Vec<f64> = curves.iter().map(|(_, ce)| stats::auc(&xs, ce)).collect();
+    let train_ces: Vec<Vec<Option<f64>>> = loaded
+        .iter()
+        .map(|r| {
+            steps
+                .iter()
+                .map(|&s| r.evals.iter().find(|e| e.step == s)?.train_ce)
+                .collect()
+        })
+        .collect();
 
     summarize_groups(&mut groups, &curves, &aucs);
+    for g in groups.iter_mut() {
+        g.mean_gap = (0..steps.len())
+            .map(|k| {
+                let gaps: Option<Vec<f64>> = g
+                    .members
+                    .iter()
+                    .map(|&i| Some(curves[i].1[k] - train_ces[i][k]?))
+                    .collect();
+                gaps.map(|v| stats::mean(&v))
+            })
+            .collect();
+    }
 
     let baseline = resolve_baseline(opts.baseline.as_deref(), &loaded, &groups, &run_group)?;
     let (baseline_ppl, baseline_auc) = match baseline.run {
@@ -245,12 +292,14 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
         steps_to_target: baseline_steps_to_target,
     };
     compare_groups(&mut groups, &against, &curves, &aucs, &xs, target_ppl);
+    pair_with_swiglu(&mut groups, &curves);
 
     let runs = loaded
         .into_iter()
         .zip(curves)
+        .zip(train_ces)
         .enumerate()
-        .map(|(i, (run, (ppl, ce)))| {
+        .map(|(i, ((run, (ppl, ce)), train_ce))| {
             let steps_to_target = stats::steps_to_target(&xs, &ppl, target_ppl);
             RunSummary {
                 group: run_group[i],
@@ -266,6 +315,7 @@ pub fn compare(dirs: &[PathBuf], opts: &CompareOptions) -> Result<Comparison, Co
                 run,
                 ppl,
                 ce,
+                train_ce,
             }
         })
         .collect();
@@ -329,7 +379,11 @@ fn group_runs(loaded: &[Run], group_keys: &[String]) -> (Vec<GroupSummary>, Vec<
         let settings: Vec<(String, String)> = group_keys
             .iter()
             .map(|k| {
-                let v = r.config.get(k).map(|v| runs::unquote(v));
+                let v = if !applies_to_ffn(k, &r.ffn) {
+                    Some(NOT_READ.to_string())
+                } else {
+                    r.config.get(k).map(|v| runs::unquote(v))
+                };
                 (k.clone(), v.unwrap_or_else(|| "(unset)".into()))
             })
             .collect();
@@ -347,6 +401,47 @@ fn group_runs(loaded: &[Run], group_keys: &[String]) -> (Vec<GroupSummary>, Vec<
         run_group.push(g);
     }
     (groups, run_group)
+}
+
+/// The value shown for a key the group's FFN does not read.
+const NOT_READ: &str = "n/a";
+
+/// Each non-SwiGLU group against the SwiGLU group whose settings are its own on every key
+/// SwiGLU reads: the per-step relative difference of the means and Welch's test.
+fn pair_with_swiglu(groups: &mut [GroupSummary], curves: &[(Vec<f64>, Vec<f64>)]) {
+    let same_for_swiglu = |a: &GroupSummary, swiglu: &GroupSummary| {
+        a.settings
+            .iter()
+            .zip(&swiglu.settings)
+            .all(|((k, va), (_, vb))| !applies_to_ffn(k, "swiglu") || va == vb)
+    };
+    for gi in 0..groups.len() {
+        if groups[gi].ffn == "swiglu" {
+            continue;
+        }
+        let Some(si) = (0..groups.len())
+            .find(|&s| groups[s].ffn == "swiglu" && same_for_swiglu(&groups[gi], &groups[s]))
+        else {
+            continue;
+        };
+        let (g, s) = (&groups[gi], &groups[si]);
+        let ppls = |members: &[usize], k: usize| -> Vec<f64> {
+            members.iter().map(|&i| curves[i].0[k]).collect()
+        };
+        let paired = Paired {
+            group: si,
+            rel_ppl: g
+                .mean_ppl
+                .iter()
+                .zip(&s.mean_ppl)
+                .map(|(m, b)| stats::rel_diff(*m, *b))
+                .collect(),
+            welch: (0..g.mean_ppl.len())
+                .map(|k| stats::welch(&ppls(&g.members, k), &ppls(&s.members, k)))
+                .collect(),
+        };
+        groups[gi].paired = Some(paired);
+    }
 }
 
 /// Per group and shared step: mean, standard deviation, minimum and maximum perplexity; and
@@ -445,6 +540,7 @@ pub fn write_tables(cmp: &Comparison, out_dir: &Path) -> Result<Vec<PathBuf>, Co
         ("per_run.csv", table::per_run_csv(cmp)),
         ("per_group.csv", table::per_group_csv(cmp)),
         ("summary.csv", table::summary_csv(cmp)),
+        ("paired.csv", table::paired_csv(cmp)),
     ];
     let mut written = Vec::new();
     for (name, text) in files {
@@ -480,8 +576,10 @@ fn empty_group(ffn: &str, settings: Vec<(String, String)>) -> GroupSummary {
         auc_std: None,
         auc_rel: f64::NAN,
         auc_welch: None,
+        mean_gap: Vec::new(),
         steps_to_target: None,
         speedup: None,
+        paired: None,
     }
 }
 

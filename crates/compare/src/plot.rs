@@ -1,7 +1,8 @@
 //! Plots of a [`Comparison`], each written as PNG and SVG with `plotters`: validation
 //! perplexity against step (log y, one band per group: mean line, min-max band), EMA-smoothed
-//! training loss, alpha and beta of every layer over training (one file per dynActGLU group),
-//! and final alpha and beta against depth.
+//! training loss, the generalisation gap (val_ce - train_ce, where the runs evaluated a slice
+//! of their training data), alpha and beta of every layer over training (one file per
+//! dynActGLU group), and final alpha and beta against depth.
 //!
 //! Only pure-Rust backends are used, so no system font or image library is needed: text is
 //! drawn with `ab_glyph` from the Ubuntu Light TTF that the `epaint_default_fonts` crate ships
@@ -10,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -87,7 +89,8 @@ pub fn slug(label: &str) -> String {
 }
 
 /// Writes every applicable plot as `<name>.png` and `<name>.svg` into `out_dir` and returns
-/// the paths: `val_ppl`, `train_loss` (runs with metrics.jsonl), `alpha_beta-<group>` (per
+/// the paths: `val_ppl`, `train_loss` (runs with metrics.jsonl), `generalisation_gap` (runs
+/// with train_ce), `alpha_beta-<group>` (per
 /// group with alpha/beta logs) and `final_alpha_beta` (when any run has them).
 pub fn write_plots(cmp: &Comparison, out_dir: &Path) -> Result<Vec<PathBuf>, CompareError> {
     register_font();
@@ -110,6 +113,19 @@ pub fn write_plots(cmp: &Comparison, out_dir: &Path) -> Result<Vec<PathBuf>, Com
             &mut written,
             |a| loss_plot(a, cmp),
             |a| loss_plot(a, cmp),
+        )?;
+    }
+    if cmp
+        .groups
+        .iter()
+        .any(|g| g.mean_gap.iter().any(Option::is_some))
+    {
+        write_both(
+            out_dir,
+            "generalisation_gap",
+            &mut written,
+            |a| gap_plot(a, cmp),
+            |a| gap_plot(a, cmp),
         )?;
     }
     for (gi, g) in cmp.groups.iter().enumerate() {
@@ -242,24 +258,91 @@ fn ppl_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison)
             .zip(g.mean_ppl.iter().map(|p| p.ln()))
             .collect();
         let label = format!("{} (n={})", g.label, g.members.len());
-        chart
-            .draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))
-            .map_err(e2s)?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(line.into_iter().map(|p| Circle::new(p, 3, c.filled())))
-            .map_err(e2s)?;
+        draw_group_line(&mut chart, line, c, label)?;
     }
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A group's mean curve: a line with its points marked, named `label` in the legend.
+fn draw_group_line<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    points: Vec<(f64, f64)>,
+    c: RGBColor,
+    label: String,
+) -> DrawResult {
+    chart
+        .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+        .map_err(e2s)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    chart
+        .draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+        .map_err(e2s)?;
+    Ok(())
+}
+
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    position: SeriesLabelPosition,
+) -> DrawResult {
     chart
         .configure_series_labels()
         .label_font((FONT, 15))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
+        .draw()
+        .map_err(e2s)
+}
+
+/// val_ce - train_ce against step: per group the mean over its seeds, at the steps where every
+/// member scored the training slice.
+fn gap_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison) -> DrawResult {
+    root.fill(&WHITE).map_err(e2s)?;
+    let curves: Vec<(usize, Vec<(f64, f64)>)> = cmp
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| {
+            let pts = cmp
+                .steps
+                .iter()
+                .zip(&g.mean_gap)
+                .filter_map(|(&s, gap)| Some((s as f64, (*gap)?)))
+                .collect();
+            (gi, pts)
+        })
+        .collect();
+    let (x0, x1, y0, y1) = bounds(curves.iter().flat_map(|(_, c)| c.iter()));
+    let (x0, x1) = padded(x0, x1, 0.02);
+    let (y0, y1) = padded(y0.min(0.0), y1.max(0.0), 0.05);
+    let mut chart = ChartBuilder::on(root)
+        .caption("Generalisation gap (val_ce - train_ce)", (FONT, 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(e2s)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("val_ce - train_ce (nats, mean over seeds)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT, 14))
         .draw()
         .map_err(e2s)?;
-    Ok(())
+    for (gi, pts) in curves.into_iter().filter(|(_, p)| !p.is_empty()) {
+        let c = color(gi);
+        let label = format!(
+            "{} (n={})",
+            cmp.groups[gi].label,
+            cmp.groups[gi].members.len()
+        );
+        draw_group_line(&mut chart, pts, c, label)?;
+    }
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// EMA-smoothed training loss against step, one line per run coloured by group.

@@ -1,6 +1,7 @@
 //! Renders a [`Comparison`] as text: one Markdown report (`comparison.md`, also printed by
 //! `compare-runs`) with rounded numbers, and CSV files with full-precision numbers for further
-//! analysis (`per_run.csv`, `per_group.csv`, `summary.csv`; empty fields mean "not available").
+//! analysis (`per_run.csv`, `per_group.csv`, `summary.csv`, `paired.csv`; empty fields mean "not
+//! available").
 
 use std::fmt::Write;
 
@@ -149,6 +150,9 @@ pub fn markdown(cmp: &Comparison) -> String {
         }
     }
 
+    write_paired(&mut md, cmp);
+    write_gap(&mut md, cmp);
+
     let _ = writeln!(md, "\n## Convergence AUC and steps to target per run\n");
     let _ = writeln!(
         md,
@@ -200,6 +204,72 @@ pub fn markdown(cmp: &Comparison) -> String {
     md
 }
 
+/// With groups split by settings (a sweep): each group against the SwiGLU group of its own
+/// settings, per step.
+fn write_paired(md: &mut String, cmp: &Comparison) {
+    let paired: Vec<_> = cmp
+        .groups
+        .iter()
+        .filter_map(|g| g.paired.as_ref().map(|p| (g, p)))
+        .collect();
+    if cmp.group_keys.is_empty() || paired.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Each setting against SwiGLU with the same settings\n\nSwiGLU reads no `model.dynact.*` or `optim.dynact_*` key (n/a), so one SwiGLU group can pair with several.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| step | group | against | mean ppl | SwiGLU mean ppl | difference | Welch t | df | p |"
+    );
+    let _ = writeln!(md, "|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    for (k, step) in cmp.steps.iter().enumerate() {
+        for (g, p) in &paired {
+            let s = &cmp.groups[p.group];
+            let _ = writeln!(
+                md,
+                "| {step} | {} | {} | {} | {} | {} | {} |",
+                md_cell(&g.label),
+                md_cell(&s.label),
+                fmt_ppl(g.mean_ppl[k]),
+                fmt_ppl(s.mean_ppl[k]),
+                fmt_pct(p.rel_ppl[k]),
+                welch_cells(p.welch[k].as_ref())
+            );
+        }
+    }
+}
+
+/// Where the runs evaluated a slice of their training data: each group's val_ce - train_ce.
+fn write_gap(md: &mut String, cmp: &Comparison) {
+    let groups: Vec<_> = cmp
+        .groups
+        .iter()
+        .filter(|g| g.mean_gap.iter().any(Option::is_some))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Generalisation gap (val_ce - train_ce, nats, mean over seeds)\n\ntrain_ce scores the first `eval.train_tokens` tokens of the training stream with dropout off.\n"
+    );
+    let _ = write!(md, "| step |");
+    for g in &groups {
+        let _ = write!(md, " {} |", md_cell(&g.label));
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(md, "|---:|{}", "---:|".repeat(groups.len()));
+    for (k, step) in cmp.steps.iter().enumerate() {
+        let _ = write!(md, "| {step} |");
+        for g in &groups {
+            let _ = write!(md, " {} |", fmt_opt(g.mean_gap[k], 4));
+        }
+        let _ = writeln!(md);
+    }
+}
+
 /// Quotes a CSV field when it holds a comma, quote or line break.
 pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -221,19 +291,20 @@ fn opt(x: Option<f64>) -> String {
     x.map_or(String::new(), num)
 }
 
-/// `run,group,step,val_ppl,val_ce,rel_diff_ppl`: one row per run and shared step.
+/// `run,group,step,val_ppl,val_ce,rel_diff_ppl,train_ce`: one row per run and shared step.
 pub fn per_run_csv(cmp: &Comparison) -> String {
-    let mut s = String::from("run,group,step,val_ppl,val_ce,rel_diff_ppl\n");
+    let mut s = String::from("run,group,step,val_ppl,val_ce,rel_diff_ppl,train_ce\n");
     for r in &cmp.runs {
         for (k, step) in cmp.steps.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{},{},{step},{},{},{}",
+                "{},{},{step},{},{},{},{}",
                 csv_field(&r.run.name),
                 csv_field(&cmp.groups[r.group].label),
                 num(r.ppl[k]),
                 num(r.ce[k]),
-                num(r.rel_ppl[k])
+                num(r.rel_ppl[k]),
+                opt(r.train_ce[k])
             );
         }
     }
@@ -258,6 +329,34 @@ pub fn per_group_csv(cmp: &Comparison) -> String {
                 num(g.min_ppl[k]),
                 num(g.max_ppl[k]),
                 num(g.rel_ppl[k]),
+                opt(w.map(|w| w.t)),
+                opt(w.map(|w| w.df)),
+                opt(w.map(|w| w.p))
+            );
+        }
+    }
+    s
+}
+
+/// One row per group paired with a SwiGLU group of its settings and per shared step (header
+/// only when no group is).
+pub fn paired_csv(cmp: &Comparison) -> String {
+    let mut s = String::from(
+        "group,against,step,mean_ppl,against_mean_ppl,rel_diff_ppl,welch_t,welch_df,p_value\n",
+    );
+    for g in &cmp.groups {
+        let Some(p) = &g.paired else { continue };
+        let against = &cmp.groups[p.group];
+        for (k, step) in cmp.steps.iter().enumerate() {
+            let w = p.welch[k];
+            let _ = writeln!(
+                s,
+                "{},{},{step},{},{},{},{},{},{}",
+                csv_field(&g.label),
+                csv_field(&against.label),
+                num(g.mean_ppl[k]),
+                num(against.mean_ppl[k]),
+                num(p.rel_ppl[k]),
                 opt(w.map(|w| w.t)),
                 opt(w.map(|w| w.df)),
                 opt(w.map(|w| w.p))

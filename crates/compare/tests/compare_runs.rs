@@ -80,7 +80,7 @@ fn two_groups_give_expected_table() {
 fn write_tables_and_read(cmp: &dynact_compare::Comparison, root: &Path) -> String {
     let out = root.join("out-tables");
     let written = dynact_compare::write_tables(cmp, &out).unwrap();
-    assert_eq!(written.len(), 4);
+    assert_eq!(written.len(), 5);
     let csv = fs::read_to_string(out.join("per_group.csv")).unwrap();
     assert!(csv.starts_with("group,step,seeds,mean_ppl"));
     assert!(
@@ -422,4 +422,97 @@ fn error_cases_are_one_clear_line() {
         compare(&[good], &opts).unwrap_err(),
         CompareError::BadTarget(_)
     ));
+}
+
+/// Gives a run's evaluations a train_ce of val_ce - `gap`.
+fn add_train_ce(dir: &Path, gap: f64) {
+    let path = dir.join("eval.jsonl");
+    let text: String = fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let ce = e["val_ce"].as_f64().unwrap();
+            e["train_ce"] = serde_json::json!(ce - gap);
+            e["train_ppl"] = serde_json::json!((ce - gap).exp());
+            format!("{e}\n")
+        })
+        .collect();
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_sweep_pairs_each_setting_with_swiglu_and_tables_the_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mult = |m: u32| format!("[optim]\ndynact_lr_mult = {m}");
+    let run = |name: &str, ffn: &str, seed: u64, ppl: &[f64], m: u32| {
+        write_run(tmp.path(), name, ffn, seed, &STEPS, ppl, &mult(m))
+    };
+    // As a grid writes them: SwiGLU with the base value of the dynActGLU-only key.
+    let dirs = vec![
+        run("sw-s1", "swiglu", 1, &[10.0, 6.0, 5.0], 1),
+        run("sw-s2", "swiglu", 2, &[12.0, 7.0, 5.2], 1),
+        run("m1-s1", "dynactglu", 1, &[10.0, 6.0, 5.0], 1),
+        run("m1-s2", "dynactglu", 2, &[12.0, 7.0, 5.2], 1),
+        run("m10-s1", "dynactglu", 1, &[8.0, 5.5, 4.6], 10),
+        run("m10-s2", "dynactglu", 2, &[9.0, 5.0, 4.4], 10),
+    ];
+    add_train_ce(&dirs[4], 0.25);
+    add_train_ce(&dirs[5], 0.35);
+    let cmp = compare(&dirs, &CompareOptions::default()).unwrap();
+    assert_eq!(cmp.group_keys, ["optim.dynact_lr_mult"]);
+    let labels: Vec<&str> = cmp.groups.iter().map(|g| g.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "swiglu (optim.dynact_lr_mult=n/a)",
+            "dynactglu (optim.dynact_lr_mult=1)",
+            "dynactglu (optim.dynact_lr_mult=10)"
+        ]
+    );
+    assert!(cmp.groups[0].paired.is_none());
+    let p10 = cmp.groups[2].paired.as_ref().unwrap();
+    assert_eq!(p10.group, 0);
+    // Step 300: mean 4.5 against SwiGLU's 5.1 (-11.76%), Welch p 0.0513 as in
+    // two_groups_give_expected_table; the value 1 equals SwiGLU run for run.
+    assert!((p10.rel_ppl[2] - (4.5 / 5.1 - 1.0)).abs() < 1e-12);
+    assert!((p10.welch[2].unwrap().p - 0.0513).abs() < 1e-4);
+    let p1 = cmp.groups[1].paired.as_ref().unwrap();
+    assert_eq!(p1.rel_ppl, [0.0, 0.0, 0.0]);
+    // The gap: val_ce - train_ce = 0.25 and 0.35, mean 0.3; none for the other groups.
+    let gap = &cmp.groups[2].mean_gap;
+    assert!(
+        gap.iter().all(|g| (g.unwrap() - 0.3).abs() < 1e-12),
+        "{gap:?}"
+    );
+    assert!(cmp.groups[0].mean_gap.iter().all(Option::is_none));
+
+    let out = tmp.path().join("report");
+    write_report(&cmp, &out).unwrap();
+    let md = fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert!(
+        md.contains("| 300 | dynactglu (optim.dynact_lr_mult=10) | swiglu (optim.dynact_lr_mult=n/a) | 4.5000 | 5.1000 | -11.76% | -4.243 | 2.00 | 0.0513 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| step | dynactglu (optim.dynact_lr_mult=10) |\n|---:|---:|\n| 100 | 0.3000 |"
+        ),
+        "{md}"
+    );
+    let csv = fs::read_to_string(out.join("paired.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 3, "{csv}");
+    let csv = fs::read_to_string(out.join("per_run.csv")).unwrap();
+    // m10-s1 at step 100: train_ce = ln 8 - 0.25 (to a last-digit rounding of the JSON reader).
+    let train_ce: f64 = csv
+        .lines()
+        .find(|l| l.starts_with("m10-s1,") && l.contains(",100,"))
+        .and_then(|l| l.rsplit(',').next()?.parse().ok())
+        .unwrap();
+    assert!((train_ce - (8f64.ln() - 0.25)).abs() < 1e-12, "{csv}");
+    assert_png(&out.join("generalisation_gap.png"));
+    assert_svg(
+        &out.join("generalisation_gap.svg"),
+        &["Generalisation gap", "lr_mult=10) (n=2)"],
+    );
 }

@@ -30,6 +30,14 @@ pub fn flatten(value: &Value) -> BTreeMap<String, Value> {
     out
 }
 
+/// Whether a run with FFN `ffn` (`"swiglu"`, `"dynactglu"`) reads `key`: SwiGLU has no
+/// trainable activation, so it reads none of `model.dynact.*` and `optim.dynact_*`. A sweep
+/// does not cross such a key with SwiGLU, and compare-runs does not split SwiGLU runs by it.
+pub fn applies_to_ffn(key: &str, ffn: &str) -> bool {
+    let dynact_only = key.starts_with("model.dynact.") || key.starts_with("optim.dynact_");
+    !(dynact_only && ffn == "swiglu")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +59,15 @@ mod tests {
             ]
         );
         assert_eq!(flat["eval.eval_at"], serde_json::json!([5, 10]));
+    }
+
+    #[test]
+    fn swiglu_reads_no_dynact_key() {
+        assert!(!applies_to_ffn("model.dynact.alpha_init", "swiglu"));
+        assert!(!applies_to_ffn("optim.dynact_lr_mult", "swiglu"));
+        assert!(applies_to_ffn("optim.dynact_lr_mult", "dynactglu"));
+        assert!(applies_to_ffn("optim.lr", "swiglu"));
+        // `model.dynactish` is not the dynact table.
+        assert!(applies_to_ffn("model.dynactish", "swiglu"));
     }
 }

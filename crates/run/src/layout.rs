@@ -18,6 +18,8 @@ pub const RUN_CONFIG_FILE: &str = "run.toml";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const EVAL_FILE: &str = "eval.jsonl";
+/// Text sampled at each evaluation (`eval.sample_tokens`).
+pub const SAMPLES_FILE: &str = "samples.jsonl";
 pub const LATEST_FILE: &str = "latest";
 /// Names the checkpoint with the lowest val_ppl so far, which pruning keeps.
 pub const BEST_FILE: &str = "best";

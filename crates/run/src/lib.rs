@@ -38,8 +38,8 @@ pub use checkpoint::{CheckpointContents, TrainingCheckpoint, OPTIMIZER_FORMAT_VE
 pub use hub_folder::RunFacts;
 pub use layout::{
     step_dir_name, RunDir, BEST_FILE, EVAL_FILE, LATEST_FILE, METRICS_FILE, OPTIMIZER_FILE,
-    RUN_CONFIG_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE,
+    RUN_CONFIG_FILE, SAMPLES_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE,
 };
 pub use lock::{RunLock, LOCK_FILE};
-pub use records::{EvalRecord, MetricsRecord};
+pub use records::{EvalRecord, MetricsRecord, SampleRecord};
 pub use state::{TrainerState, TRAINER_STATE_VERSION};

@@ -1,5 +1,6 @@
-//! The two logs of a run, one JSON object per line: `metrics.jsonl` (a [`MetricsRecord`] every
-//! `train.log_every` steps) and `eval.jsonl` (an [`EvalRecord`] per evaluation). `train-lm`
+//! The logs of a run, one JSON object per line: `metrics.jsonl` (a [`MetricsRecord`] every
+//! `train.log_every` steps), `eval.jsonl` (an [`EvalRecord`] per evaluation) and
+//! `samples.jsonl` (a [`SampleRecord`] per evaluation, with `eval.sample_tokens`). `train-lm`
 //! writes these types and `compare-runs` reads them, so the two cannot drift apart. Fields
 //! added later are optional, so logs of older runs still read.
 
@@ -27,6 +28,20 @@ pub struct EvalRecord {
     pub train_ce: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_ppl: Option<f64>,
+}
+
+/// Text the model wrote at an evaluation: the same prompt and sampling seed every time, so
+/// the samples of one run differ only by the weights.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SampleRecord {
+    pub step: u64,
+    pub prompt: String,
+    /// The continuation alone (without the prompt).
+    pub text: String,
+    /// Tokens drawn (at most `eval.sample_tokens`; fewer at the end of the context).
+    pub tokens: usize,
+    pub temperature: f64,
+    pub seed: u64,
 }
 
 /// One logged training step. `alpha`/`beta` hold one value per layer (per-layer means under
@@ -59,6 +74,10 @@ pub struct MetricsRecord {
     pub alpha_std: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta_std: Option<Vec<f64>>,
+    /// On a CUDA GPU: its memory in use (total less free, as the driver reports it, so the
+    /// memory pool's reserve is included), MB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_mb: Option<f64>,
 }
 
 #[cfg(test)]
@@ -80,6 +99,7 @@ mod tests {
             beta: Some(vec![0.0, -0.1]),
             alpha_std: None,
             beta_std: None,
+            device_memory_mb: None,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert!(

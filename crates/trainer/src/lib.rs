@@ -75,15 +75,53 @@ pub fn set_cpu_threads(threads: usize) {
 
 /// Logging for the binaries: tracing to stderr, filtered by RUST_LOG (default: warnings).
 pub fn init_logging() {
-    tracing_subscriber::fmt()
+    init_logging_and_trace(None).expect("no trace file to create");
+}
+
+/// Logging as [`init_logging`]; with `trace`, also every span of the run (data, forward,
+/// backward, all-reduce, optimizer, evaluation, checkpoint; host time, so on a GPU the time
+/// to queue the kernels) into that Chrome trace file, for Perfetto or chrome://tracing. Under
+/// an MPI launcher, rank N > 0 writes `FILE.rankN`. The file is complete when the returned
+/// guard is dropped.
+pub fn init_logging_and_trace(
+    trace: Option<&std::path::Path>,
+) -> anyhow::Result<Option<tracing_chrome::FlushGuard>> {
+    use tracing_subscriber::prelude::*;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
         .with_target(false)
         .without_time()
-        .init();
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        );
+    let (chrome, guard) = match trace {
+        Some(path) => {
+            let path = match dynact_dist::launch_from_env() {
+                Some(l) if l.rank > 0 => {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(format!(".rank{}", l.rank));
+                    std::path::PathBuf::from(p)
+                }
+                _ => path.to_path_buf(),
+            };
+            // The layer would panic on a file it cannot create: say so as an error first.
+            std::fs::File::create(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "--trace {}: cannot create the trace file: {e}",
+                    path.display()
+                )
+            })?;
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+                .file(path)
+                .include_args(true)
+                .build();
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt).with(chrome).init();
+    Ok(guard)
 }
 
 /// Prints an error as one line, `error: <message: cause: cause>`, and returns exit code 1.

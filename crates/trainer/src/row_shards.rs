@@ -49,13 +49,16 @@ pub fn loss_and_grads(
     let rows = inputs.dim(0)?;
     let shard = |s: usize| -> Result<(Tensor, GradStore)> {
         let (first, len) = shard_rows(rows, shards, s);
+        let forward = tracing::info_span!("forward", shard = s).entered();
         let loss = model.loss(
             &inputs.narrow(0, first, len)?,
             &targets.narrow(0, first, len)?,
             &ctx.from_row(first),
         )?;
+        drop(forward);
         // This shard's share of the mean over all rows (every row has T targets).
         let share = len as f64 / rows as f64;
+        let _backward = tracing::info_span!("backward", shard = s).entered();
         let grads = (&loss * (weight * share))?.backward()?;
         Ok(((loss * share)?, grads))
     };

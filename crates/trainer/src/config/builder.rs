@@ -149,7 +149,8 @@ impl ConfigBuilder {
         set_key(&mut self.table, key, value)
     }
 
-    fn has_cli(&self, key: &str) -> bool {
+    /// Whether `key` was set on the command line (a flag or `--set`).
+    pub fn has_cli(&self, key: &str) -> bool {
         self.cli_keys.iter().any(|k| k == key)
     }
 

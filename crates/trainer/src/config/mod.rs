@@ -141,6 +141,12 @@ pub struct EvalConfig {
     /// Also score the first this many tokens of the training stream (whole windows, dropout
     /// off) at every evaluation, as train_ce and train_ppl in eval.jsonl; 0: off.
     pub train_tokens: u64,
+    /// At every evaluation, continue `sample_prompt` by this many tokens into samples.jsonl
+    /// (the run's seed, so each evaluation draws alike); 0: off.
+    pub sample_tokens: usize,
+    pub sample_prompt: String,
+    /// 0: greedy.
+    pub sample_temperature: f64,
 }
 
 impl Default for EvalConfig {
@@ -151,6 +157,9 @@ impl Default for EvalConfig {
             batch_size: 16,
             max_tokens: 0,
             train_tokens: 0,
+            sample_tokens: 0,
+            sample_prompt: "\n".to_string(),
+            sample_temperature: 0.8,
         }
     }
 }
@@ -264,6 +273,16 @@ pub fn validate(cfg: &RunConfig) -> Result<(), ConfigError> {
         return err(format!(
             "eval.train_tokens {} is less than one window of train.seq_len {}; raise it, or set 0 (off)",
             cfg.eval.train_tokens, t.seq_len
+        ));
+    }
+    let e = &cfg.eval;
+    if e.sample_tokens > 0 && e.sample_prompt.is_empty() {
+        return err("eval.sample_prompt is empty; give the text to continue (e.g. \"\\n\"), or set eval.sample_tokens = 0 (off)");
+    }
+    if !(e.sample_temperature >= 0.0 && e.sample_temperature.is_finite()) {
+        return err(format!(
+            "eval.sample_temperature {} must be 0 (greedy) or positive",
+            e.sample_temperature
         ));
     }
     if t.seq_len > cfg.model.max_position_embeddings {

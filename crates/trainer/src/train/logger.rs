@@ -4,13 +4,15 @@
 //! (`records.rs`); the sinks only write it: [`JsonlLogger`] (the run directory's metrics.jsonl
 //! and eval.jsonl), [`ConsoleLogger`] (the progress bar's message, or plain lines without a
 //! terminal) and [`TensorBoardLogger`] (`log.tensorboard`). A new sink is one more
-//! implementation.
+//! implementation. Samples (`eval.sample_tokens`) go to samples.jsonl and the console.
 
 use std::path::Path;
 
 use anyhow::Result;
 use dynact_run::tensorboard::EventWriter;
-use dynact_run::{EvalRecord, MetricsRecord, RunDir, EVAL_FILE, METRICS_FILE};
+use dynact_run::{
+    EvalRecord, MetricsRecord, RunDir, SampleRecord, EVAL_FILE, METRICS_FILE, SAMPLES_FILE,
+};
 use indicatif::ProgressBar;
 
 use crate::eval::EvalResult;
@@ -22,6 +24,10 @@ pub trait Logger {
     fn step(&mut self, record: &MetricsRecord) -> Result<()>;
     /// An evaluation of the validation set (`result` has what the record does not keep).
     fn eval(&mut self, record: &EvalRecord, result: &EvalResult) -> Result<()>;
+    /// Text sampled at an evaluation.
+    fn sample(&mut self, _record: &SampleRecord) -> Result<()> {
+        Ok(())
+    }
     /// A training checkpoint written whole to `dir`.
     fn checkpoint(&mut self, _step: u64, _dir: &Path) -> Result<()> {
         Ok(())
@@ -40,6 +46,10 @@ impl Logger for JsonlLogger {
 
     fn eval(&mut self, record: &EvalRecord, _: &EvalResult) -> Result<()> {
         self.run_dir.append_jsonl(EVAL_FILE, record)
+    }
+
+    fn sample(&mut self, record: &SampleRecord) -> Result<()> {
+        self.run_dir.append_jsonl(SAMPLES_FILE, record)
     }
 }
 
@@ -91,6 +101,15 @@ impl Logger for ConsoleLogger {
         Ok(())
     }
 
+    fn sample(&mut self, r: &SampleRecord) -> Result<()> {
+        if !self.quiet {
+            // One line: escapes show line breaks; a long sample is cut (samples.jsonl has it).
+            let text: String = format!("{:?}", r.text).chars().take(160).collect();
+            eprintln!("sample step {}: {:?} -> {text}", r.step, r.prompt);
+        }
+        Ok(())
+    }
+
     fn checkpoint(&mut self, step: u64, dir: &Path) -> Result<()> {
         tracing::info!(step, dir = %dir.display(), "checkpoint saved");
         Ok(())
@@ -124,6 +143,10 @@ impl Logger for TensorBoardLogger {
             ("train/tokens_per_s".to_string(), r.tokens_per_s),
         ];
         values.extend(r.mfu.map(|m| ("train/mfu".to_string(), m)));
+        values.extend(
+            r.device_memory_mb
+                .map(|m| ("train/device_memory_mb".to_string(), m)),
+        );
         for (name, per_layer) in [("alpha", &r.alpha), ("beta", &r.beta)] {
             for (layer, v) in per_layer.iter().flatten().enumerate() {
                 values.push((format!("dynact/{name}/layer_{layer:02}"), *v));

@@ -25,17 +25,19 @@ use dynact_dist::Communicator;
 use dynact_model::flops::training_flops_per_token;
 use dynact_model::{init_model, Checkpoint, ForwardCtx, ParamSummary, Transformer};
 use dynact_run::{
-    CheckpointContents, EvalRecord, MetricsRecord, RunDir, RunFacts, RunLock, TrainerState,
-    TrainingCheckpoint, EVAL_FILE, METRICS_FILE,
+    CheckpointContents, EvalRecord, MetricsRecord, RunDir, RunFacts, RunLock, SampleRecord,
+    TrainerState, TrainingCheckpoint, EVAL_FILE, METRICS_FILE, SAMPLES_FILE,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{NonFinitePolicy, RunConfig};
 use crate::eval::{evaluate_on, EvalResult};
+use crate::language_model::TransformerDecoder;
 use crate::optim::{AdamW, StepOutcome};
 use crate::peak_flops::{peak_flops, Peak};
 use crate::resolve::{Resolution, ResolvedRun};
 use crate::row_shards;
+use crate::sample::{generate, Sampler, SamplingConfig};
 use crate::schedule::lr_at;
 
 pub mod logger;
@@ -237,7 +239,7 @@ fn restore(
     if !writer {
         return Ok(start);
     }
-    for file in [METRICS_FILE, EVAL_FILE] {
+    for file in [METRICS_FILE, EVAL_FILE, SAMPLES_FILE] {
         run_dir.truncate_jsonl(file, start.state.step)?;
     }
     // Checkpoints after it (written, but never named in `latest`, when the run stopped) are of

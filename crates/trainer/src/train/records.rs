@@ -4,6 +4,17 @@
 use super::logger::Logger;
 use super::*;
 
+/// A CUDA device's memory in use (total less free), MB; `None` elsewhere.
+fn device_memory_mb(device: &Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some(total.saturating_sub(free) as f64 / 1e6);
+    }
+    let _ = device;
+    None
+}
+
 impl Trainer {
     /// The record of a logged step, with alpha and beta of every layer for dynActGLU (from
     /// the model).
@@ -29,6 +40,7 @@ impl Trainer {
             beta: dynact.as_ref().map(|d| d.beta.clone()),
             alpha_std: dynact.as_ref().and_then(|d| d.alpha_std.clone()),
             beta_std: dynact.and_then(|d| d.beta_std),
+            device_memory_mb: device_memory_mb(&self.device),
         })
     }
 
@@ -37,6 +49,7 @@ impl Trainer {
         step: u64,
         loggers: &mut [Box<dyn Logger>],
     ) -> Result<EvalResult> {
+        let _span = tracing::info_span!("evaluation", step).entered();
         let lens = self.dataset.tokenizer.token_byte_lengths();
         // The same weights, detached: evaluation records no autograd graph.
         let model = self.inference_model()?;
@@ -80,10 +93,48 @@ impl Trainer {
         if !self.comm.is_root() {
             return Ok(r);
         }
-        for logger in loggers {
+        for logger in loggers.iter_mut() {
             logger.eval(&record, &r)?;
         }
+        if self.cfg.eval.sample_tokens > 0 {
+            let _span = tracing::info_span!("sample").entered();
+            let sample = self.sample(step, model)?;
+            for logger in loggers {
+                logger.sample(&sample)?;
+            }
+        }
         Ok(r)
+    }
+
+    /// Continues `eval.sample_prompt` with the run's seed (the same draws at every evaluation).
+    fn sample(&self, step: u64, model: Transformer) -> Result<SampleRecord> {
+        let e = &self.cfg.eval;
+        let tokenizer = &self.dataset.tokenizer;
+        let prompt = tokenizer.encode(&e.sample_prompt)?;
+        let mut sampler = Sampler::new(SamplingConfig {
+            temperature: e.sample_temperature,
+            seed: self.cfg.seed,
+            ..SamplingConfig::default()
+        })?;
+        let mut decoder = TransformerDecoder::new(model);
+        let ids = generate(
+            &mut decoder,
+            &prompt,
+            e.sample_tokens,
+            &mut sampler,
+            None,
+            &self.device,
+            |_| Ok(()),
+        )
+        .context("eval.sample_prompt")?;
+        Ok(SampleRecord {
+            step,
+            prompt: e.sample_prompt.clone(),
+            text: tokenizer.decode(&ids)?,
+            tokens: ids.len(),
+            temperature: e.sample_temperature,
+            seed: self.cfg.seed,
+        })
     }
 
     pub(super) fn save(&self, step: u64, loggers: &mut [Box<dyn Logger>]) -> Result<()> {
@@ -99,6 +150,7 @@ impl Trainer {
     }
 
     fn write_checkpoint(&self, step: u64, loggers: &mut [Box<dyn Logger>]) -> Result<()> {
+        let _span = tracing::info_span!("checkpoint", step).entered();
         let contents = CheckpointContents {
             model_config: &self.cfg.model,
             varmap: &self.varmap,

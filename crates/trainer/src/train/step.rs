@@ -35,9 +35,11 @@ impl Trainer {
     /// the step: the device decides it ([`AdamW::queue_step`]), and [`Trainer::settle`] reads
     /// what it did later, at logging steps.
     pub(super) fn run_step(&mut self, step: u64) -> Result<()> {
+        let _span = tracing::info_span!("step", step).entered();
         let start = Instant::now();
         let lr = lr_at(step, self.cfg.train.steps, &self.cfg.optim);
         let (loss_sum, grads) = self.accumulate(step)?;
+        let _optimizer = tracing::info_span!("optimizer").entered();
         let outcome = if self.opt.decides_on_device(&grads) {
             self.opt.queue_step(&loss_sum, &grads, lr)?;
             None
@@ -62,6 +64,7 @@ impl Trainer {
     /// here (its update was skipped, and the last checkpoint stays), unless
     /// `train.on_nonfinite = "skip"`.
     pub(super) fn settle(&mut self) -> Result<Vec<StepStats>> {
+        let _span = tracing::info_span!("settle").entered();
         let start = Instant::now();
         let mut read = match self.unsettled.iter().any(|u| u.outcome.is_none()) {
             true => self.opt.read_queued()?.into_iter(),
@@ -124,6 +127,7 @@ impl Trainer {
         let mut total: Option<GradStore> = None;
         let mut loss_sum: Option<Tensor> = None;
         for micro in 0..accum {
+            let data = tracing::info_span!("data", micro).entered();
             // Every rank draws every batch, so the loader's state is the same on all of them.
             let batch = self.loader.next_batch();
             if !mine.contains(&micro) {
@@ -132,6 +136,7 @@ impl Trainer {
             let (b, t) = (batch.batch_size, batch.seq_len);
             let x = Tensor::from_vec(batch.inputs, (b, t), &self.device)?;
             let y = Tensor::from_vec(batch.targets, (b, t), &self.device)?;
+            drop(data);
             let ctx = ForwardCtx::train(micro_seed(self.cfg.seed, step, micro))
                 .with_rng(self.cfg.train.dropout_rng);
             let (loss, grads) = row_shards::loss_and_grads(
@@ -160,7 +165,10 @@ impl Trainer {
         };
         let loss_sum = match self.comm.size() {
             1 if !self.comm.on_gpu() => loss_sum,
-            _ => self.all_reduce_grads_and_loss(&mut grads, &loss_sum)?,
+            _ => {
+                let _span = tracing::info_span!("all_reduce").entered();
+                self.all_reduce_grads_and_loss(&mut grads, &loss_sum)?
+            }
         };
         Ok((loss_sum, grads))
     }
