@@ -208,9 +208,11 @@ impl ConfigBuilder {
     }
 
     fn typed(&self) -> Result<RunConfig, ConfigError> {
-        toml::Value::Table(self.table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(format!("invalid config: {}", e.message())))
+        serde_path_to_error::deserialize(toml::Value::Table(self.table.clone())).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                ConfigError(format!("{}: {}", e.path(), e.inner().message()))
+            },
+        )
     }
 
     /// A shorter run than the config was written for keeps the evaluations that fit (an
@@ -276,6 +278,21 @@ mod tests {
         b.set("optim.lrr=0.1").unwrap();
         let e = b.build().unwrap_err().to_string();
         assert!(e.contains("`optim.lrr`") && e.contains("`optim.lr`"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_key() {
+        for (set, key) in [
+            ("optim.lr=abc", "optim.lr: "),
+            ("model.dynact.alpha_init=yes", "model.dynact.alpha_init: "),
+            ("eval.sample_tokens=-3", "eval.sample_tokens: "),
+            ("seed=1.5", "seed: "),
+        ] {
+            let mut b = ConfigBuilder::new();
+            b.set(set).unwrap();
+            let e = b.build().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{set}: {e}");
+        }
     }
 
     #[test]
