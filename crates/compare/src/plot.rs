@@ -265,6 +265,32 @@ fn ppl_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison)
 
 type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
+/// Axes of a quantity against the training step, linear in both, with its mesh drawn.
+fn step_chart<'a, DB: DrawingBackend + 'a>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    y_desc: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Result<Chart<'a, DB>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)
+        .map_err(e2s)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(e2s)?;
+    Ok(chart)
+}
+
 /// A group's mean curve: a line with its points marked, named `label` in the legend.
 fn draw_group_line<'a, DB: DrawingBackend + 'a>(
     chart: &mut Chart<'a, DB>,
@@ -318,21 +344,13 @@ fn gap_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison)
     let (x0, x1, y0, y1) = bounds(curves.iter().flat_map(|(_, c)| c.iter()));
     let (x0, x1) = padded(x0, x1, 0.02);
     let (y0, y1) = padded(y0.min(0.0), y1.max(0.0), 0.05);
-    let mut chart = ChartBuilder::on(root)
-        .caption("Generalisation gap (val_ce - train_ce)", (FONT, 24))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(e2s)?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("val_ce - train_ce (nats, mean over seeds)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .label_style((FONT, 14))
-        .draw()
-        .map_err(e2s)?;
+    let mut chart = step_chart(
+        root,
+        "Generalisation gap (val_ce - train_ce)",
+        "val_ce - train_ce (nats, mean over seeds)",
+        x0..x1,
+        y0..y1,
+    )?;
     for (gi, pts) in curves.into_iter().filter(|(_, p)| !p.is_empty()) {
         let c = color(gi);
         let label = format!(
@@ -368,24 +386,13 @@ fn loss_plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, cmp: &Comparison
     let (x0, x1, y0, y1) = bounds(curves.iter().flat_map(|(_, c)| c.iter()));
     let (x0, x1) = padded(x0, x1, 0.02);
     let (y0, y1) = padded(y0, y1, 0.05);
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            format!("Training loss (EMA, weight {})", cmp.ema_weight),
-            (FONT, 24),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(e2s)?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("training loss (nats)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .label_style((FONT, 14))
-        .draw()
-        .map_err(e2s)?;
+    let mut chart = step_chart(
+        root,
+        &format!("Training loss (EMA, weight {})", cmp.ema_weight),
+        "training loss (nats)",
+        x0..x1,
+        y0..y1,
+    )?;
     let mut labelled = vec![false; cmp.groups.len()];
     for (g, pts) in curves {
         let c = color(g);
