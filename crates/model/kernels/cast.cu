@@ -1,5 +1,6 @@
-// f32 <-> bf16, the casts around every bf16 matrix product (its inputs down, its result and the
-// gradients up), one element per thread so that a warp's loads and stores cover whole 32-byte
+// f32 <-> bf16: the operands of every bf16 matrix product down (their products come back in
+// f32 from the GEMM, crates/model/src/ops/matmul.rs), and bf16 up where a model holds one, one
+// element per thread so that a warp's loads and stores cover whole 32-byte
 // sectors. (Candle 0.11's cast kernel converts eight elements per thread and writes them as
 // eight scalar stores, so each of its store instructions touches 32 sectors, one per lane.)
 // The rounding is written out in integer arithmetic: to nearest, ties to even, a NaN kept with

@@ -117,8 +117,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _c) = x.dims3()?;
         let (h, g, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let x = self.q_proj.cast_input(x)?; // once for the three products
         let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-            proj.forward(x)?
+            proj.forward(&x)?
                 .reshape((b, t, n, d))?
                 .transpose(1, 2)?
                 .contiguous() // (B, n, T, D)

@@ -5,11 +5,12 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::ops::cast;
+use crate::ops::{cast, product, Form};
 
 /// `y = x W^T`, weight shape (out, in) as in PyTorch and Hugging Face checkpoints. The product
 /// runs in `matmul_dtype` (bf16 under mixed precision: matmul inputs are the only bf16 in the
-/// model) and the result comes back in the input's dtype.
+/// model, and the product comes back in f32 from the GEMM, [`product`]); the result is in the
+/// weight's dtype (f32 master weights).
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
@@ -36,23 +37,30 @@ impl Linear {
     pub fn set_matmul_dtype(&mut self, dtype: DType) {
         self.matmul_dtype = dtype;
     }
+
+    /// `x` as the product takes it. Layers that feed one input to several products (q, k and
+    /// v; gate and up) cast it once: [`Linear::forward`] takes an input already cast as it is.
+    pub fn cast_input(&self, x: &Tensor) -> Result<Tensor> {
+        cast(x, self.matmul_dtype)
+    }
 }
 
 impl Module for Linear {
-    /// x: (..., in) -> (..., out). Leading dimensions are flattened so that Candle runs one
-    /// multithreaded GEMM instead of one small GEMM per batch element.
+    /// x: (..., in) -> (..., out). Leading dimensions are flattened so that one large GEMM
+    /// runs instead of one small GEMM per batch element.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = cast(&self.weight, self.matmul_dtype)?;
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
-        let product = cast(x, self.matmul_dtype)?
-            .reshape((rows, in_dim))?
-            .matmul(&w.t()?)?;
-        let y = cast(&product, x.dtype())?;
+        let y = product(
+            &x.reshape((rows, in_dim))?,
+            &self.weight,
+            Form::ABt,
+            self.matmul_dtype,
+        )?;
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
-        y.reshape(out_dims)
+        *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        cast(&y, self.weight.dtype())?.reshape(out_dims)
     }
 }
 

@@ -152,6 +152,22 @@ fn casts_to_bf16_and_back_match_the_cpu_bit_for_bit() {
 }
 
 #[test]
+fn widened_products_match_the_cpu() {
+    // f32 inputs cast to bf16, one cuBLAS GEMM with an f32 result on the GPU; Candle's f32
+    // product of the widened operands on the CPU. Only the order of the sums differs.
+    for (form, a, b) in [
+        (ops::Form::AB, [3, 6, 10], [3, 10, 4]),
+        (ops::Form::ABt, [3, 6, 10], [3, 4, 10]),
+        (ops::Form::AtB, [3, 10, 6], [3, 10, 4]),
+    ] {
+        let (a, b, w) = (randn(&a, 41), randn(&b, 42), randn(&[3, 6, 4], 43));
+        compare_on_both(&[&a, &b], &w, 1e-4, &format!("product {form:?}"), |t| {
+            ops::product(&t[0], &t[1], form, DType::BF16).unwrap()
+        });
+    }
+}
+
+#[test]
 fn swiglu_matches_the_cpu_kernel() {
     let (g, u, w) = (
         randn(&[3, 40, 96], 14),

@@ -67,8 +67,9 @@ impl Mlp {
 impl Module for Mlp {
     /// x: (B, T, C) -> (B, T, C), through a hidden width F.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?; // (B, T, F)
-        let up = self.up_proj.forward(x)?;
+        let x = self.gate_proj.cast_input(x)?; // once for both products
+        let gate = self.gate_proj.forward(&x)?; // (B, T, F)
+        let up = self.up_proj.forward(&x)?;
         let hidden = match &self.act_fn {
             GateActivation::Silu => swiglu(&gate, &up)?,
             GateActivation::DynAct(act) => dynact_glu(act, &gate, &up)?,

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cast, causal_softmax, f32_slice, fused, lane_sum};
+use super::{cast, causal_softmax, f32_slice, fused, lane_sum, product, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
 
@@ -60,11 +60,10 @@ pub fn causal_attention_reference(
 ) -> Result<Tensor> {
     let rep = q.dim(1)? / k.dim(1)?;
     let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?); // (B, H, S, D)
-    let md = matmul_dtype;
-    let scores = cast(&cast(q, md)?.matmul(&cast(&k, md)?.t()?)?, DType::F32)?; // (B, H, T, S)
+    let scores = product(q, &k, Form::ABt, matmul_dtype)?; // (B, H, T, S), f32
     let probs = dropout(causal_softmax(&scores, scale, mask)?)?;
     cast(
-        &cast(&probs, md)?.matmul(&cast(&v, md)?.contiguous()?)?,
+        &product(&probs, &v.contiguous()?, Form::AB, matmul_dtype)?,
         q.dtype(),
     )
 }

@@ -1,7 +1,8 @@
-//! f32 <-> bf16, the casts around every bf16 matrix product: on a CUDA GPU this crate's kernel
+//! f32 <-> bf16, the casts of every bf16 matrix product's operands: on a CUDA GPU this crate's kernel
 //! (`kernels/cast.cu`, whose loads and stores are coalesced), everywhere else Candle's
 //! `to_dtype`, which is also the reference the kernel is tested against (the same rounding,
 //! bit for bit). The gradient of a cast is the gradient cast back, through the same op.
+//! (Candle's `to_dtype` and this op both pass on a gradient already in the source dtype.)
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
@@ -70,7 +71,12 @@ impl CustomOp1 for Cast {
         Ok((out, l.shape().clone()))
     }
 
+    /// The gradient cast back. A widened product (`super::matmul`) hands its bf16 operands
+    /// gradients already in f32, which pass through as they are.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if grad.dtype() == arg.dtype() {
+            return Ok(Some(grad.clone()));
+        }
         Ok(Some(cast(&grad.contiguous()?, arg.dtype())?))
     }
 }

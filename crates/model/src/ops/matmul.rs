@@ -1,0 +1,318 @@
+//! Matrix products under mixed precision: bf16 (or f16) operands, f32 accumulation and an f32
+//! result, as cuBLAS computes them in one GEMM. Candle's own product returns its operands'
+//! dtype, so a bf16 product cost a cast of the result back to f32 on top of the GEMM, and two
+//! more casts in the backward pass; here the result and the gradients are f32 straight from
+//! the GEMM, and gradients come back in each operand's natural layout (no transposed copy).
+//!
+//! [`product`] is what the layers call; [`widened_product`] is the op; [`widened_product_reference`]
+//! is the composition of Candle ops (operands widened to f32, Candle's f32 product) that it is
+//! tested against.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use super::cast;
+
+/// Which product of two matrices (each a trailing pair of dimensions, after equal leading
+/// batch dimensions) to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// a (m, k) times b (k, n).
+    AB,
+    /// a (m, k) times the transpose of b (n, k): a linear layer `x W^T`, or attention scores
+    /// `q k^T`.
+    ABt,
+    /// The transpose of a (k, m) times b (k, n): a weight's gradient `g^T x`.
+    AtB,
+}
+
+/// The product of `a` and `b` in `form`, computed in `dtype`. In bf16 or f16 the operands are
+/// cast ([`cast`], so an operand already in `dtype` is used as it is: a caller that feeds one
+/// input to several products casts it once) and [`widened_product`] returns f32, with f32
+/// gradients for `a` and `b`. In f32 or f64 it is Candle's product in that dtype.
+pub fn product(a: &Tensor, b: &Tensor, form: Form, dtype: DType) -> Result<Tensor> {
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        return widened_product(&cast(a, dtype)?, &cast(b, dtype)?, form);
+    }
+    let (a, b) = (cast(a, dtype)?, cast(b, dtype)?);
+    match form {
+        Form::AB => a.matmul(&b),
+        Form::ABt => a.matmul(&b.t()?),
+        Form::AtB => a.t()?.matmul(&b),
+    }
+}
+
+/// The product of `a` and `b` (bf16 or f16, both the same) in `form`, accumulated and returned
+/// in f32. Leading dimensions are batch dimensions, equal for both. The gradients are f32
+/// tensors, though the operands are not: the incoming gradient is rounded to the operands'
+/// dtype (the GEMMs of the backward pass take it so), each operand's gradient is one f32 GEMM
+/// in that operand's layout, and a cast that made the operand passes an f32 gradient through.
+pub fn widened_product(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
+    let shape = ProductShape::of(a.dims(), b.dims(), form)?;
+    if a.dtype() != b.dtype() || !matches!(a.dtype(), DType::BF16 | DType::F16) {
+        candle_core::bail!(
+            "widened product: the operands must both be bf16 or both f16, not {:?} and {:?}",
+            a.dtype(),
+            b.dtype()
+        );
+    }
+    let (a3, b3) = (
+        a.contiguous()?.reshape(shape.a_dims())?,
+        b.contiguous()?.reshape(shape.b_dims())?,
+    );
+    let y = a3.apply_op2(&b3, WidenedProduct(form))?;
+    y.reshape(shape.out_dims(a.dims()))
+}
+
+/// [`widened_product`] as Candle ops: both operands widened to f32, then Candle's f32 product.
+/// The values are the op's (on a CPU, the same GEMM); its gradients are those of the widened
+/// operands, cast back to the operands' dtype.
+pub fn widened_product_reference(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
+    product(
+        &a.to_dtype(DType::F32)?,
+        &b.to_dtype(DType::F32)?,
+        form,
+        DType::F32,
+    )
+}
+
+/// The sizes of one product: `batch` products of (m, k) by (k, n).
+#[derive(Clone, Copy, Debug)]
+struct ProductShape {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    form: Form,
+}
+
+impl ProductShape {
+    fn of(a: &[usize], b: &[usize], form: Form) -> Result<Self> {
+        let (ra, rb) = (a.len(), b.len());
+        if ra < 2 || ra != rb || a[..ra - 2] != b[..rb - 2] {
+            candle_core::bail!(
+                "product: operands {a:?} and {b:?} must be matrices with the same leading (batch) dimensions"
+            );
+        }
+        let batch = a[..ra - 2].iter().product();
+        let ([a0, a1], [b0, b1]) = ([a[ra - 2], a[ra - 1]], [b[rb - 2], b[rb - 1]]);
+        let (m, k, k_b, n) = match form {
+            Form::AB => (a0, a1, b0, b1),
+            Form::ABt => (a0, a1, b1, b0),
+            Form::AtB => (a1, a0, b0, b1),
+        };
+        if k != k_b {
+            candle_core::bail!("product {form:?}: operands {a:?} and {b:?} do not fit");
+        }
+        Ok(ProductShape {
+            batch,
+            m,
+            n,
+            k,
+            form,
+        })
+    }
+
+    /// a as stored: (batch, m, k), or (batch, k, m) for AtB.
+    fn a_dims(&self) -> (usize, usize, usize) {
+        match self.form {
+            Form::AtB => (self.batch, self.k, self.m),
+            _ => (self.batch, self.m, self.k),
+        }
+    }
+
+    /// b as stored: (batch, k, n), or (batch, n, k) for ABt.
+    fn b_dims(&self) -> (usize, usize, usize) {
+        match self.form {
+            Form::ABt => (self.batch, self.n, self.k),
+            _ => (self.batch, self.k, self.n),
+        }
+    }
+
+    /// The result: a's batch dimensions, then (m, n).
+    fn out_dims(&self, a: &[usize]) -> Vec<usize> {
+        let mut dims = a[..a.len() - 2].to_vec();
+        dims.extend([self.m, self.n]);
+        dims
+    }
+
+    /// The operands' layouts for Candle's product of (batch, m, k) by (batch, k, n): the
+    /// transposed form is a transposed view of the operand as stored.
+    fn candle_layouts(&self) -> Result<(Layout, Layout)> {
+        let a = Layout::contiguous(self.a_dims());
+        let b = Layout::contiguous(self.b_dims());
+        Ok(match self.form {
+            Form::AB => (a, b),
+            Form::ABt => (a, b.transpose(1, 2)?),
+            Form::AtB => (a.transpose(1, 2)?, b),
+        })
+    }
+}
+
+/// The op on (batch, ., .) operands stored contiguously as [`ProductShape`] says.
+struct WidenedProduct(Form);
+
+impl WidenedProduct {
+    fn shape(&self, l1: &Layout, l2: &Layout) -> Result<ProductShape> {
+        if !l1.is_contiguous() || !l2.is_contiguous() {
+            candle_core::bail!("widened product: the operands must be contiguous");
+        }
+        ProductShape::of(l1.dims(), l2.dims(), self.0)
+    }
+}
+
+impl CustomOp2 for WidenedProduct {
+    fn name(&self) -> &'static str {
+        "widened-product"
+    }
+
+    /// Both operands widened to f32 (exactly), then Candle's f32 product.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = self.shape(l1, l2)?;
+        let (a, b) = (s1.to_dtype(l1, DType::F32)?, s2.to_dtype(l2, DType::F32)?);
+        let (la, lb) = p.candle_layouts()?;
+        let y = a.matmul(&b, (p.batch, p.m, p.n, p.k), &la, &lb)?;
+        Ok((y, Shape::from((p.batch, p.m, p.n))))
+    }
+
+    /// One cuBLAS GEMM: bf16 or f16 operands, f32 accumulation and result.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let p = self.shape(l1, l2)?;
+        let y = cuda::gemm(s1, l1, s2, l2, &p)?;
+        Ok((y, Shape::from((p.batch, p.m, p.n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = cast(&grad.contiguous()?, a.dtype())?.detach();
+        let (a, b) = (a.detach(), b.detach());
+        let p = |x: &Tensor, y: &Tensor, form| widened_product(x, y, form);
+        // y = a b: da = g b^T, db = a^T g. y = a b^T: da = g b, db = g^T a.
+        // y = a^T b: da = b g^T, db = a g.
+        let (da, db) = match self.0 {
+            Form::AB => (p(&g, &b, Form::ABt)?, p(&a, &g, Form::AtB)?),
+            Form::ABt => (p(&g, &b, Form::AB)?, p(&g, &a, Form::AtB)?),
+            Form::AtB => (p(&b, &g, Form::ABt)?, p(&a, &g, Form::AB)?),
+        };
+        Ok((Some(da), Some(db)))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::cublas::{result, sys};
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, DType, Layout, Result};
+    use half::{bf16, f16};
+
+    use super::{Form, ProductShape};
+
+    /// y (batch, m, n, row-major f32) = op(a) op(b). cuBLAS is column-major: a row-major
+    /// matrix is its transpose there, so it computes y^T = op(b)^T op(a)^T, with b first.
+    pub(super) fn gemm(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        p: &ProductShape,
+    ) -> Result<CudaStorage> {
+        let dev = s1.device().clone();
+        let stream = dev.cuda_stream();
+        let (m, n, k) = (p.m as i32, p.n as i32, p.k as i32);
+        let (op_b, ld_b) = match p.form {
+            Form::ABt => (sys::cublasOperation_t::CUBLAS_OP_T, k),
+            _ => (sys::cublasOperation_t::CUBLAS_OP_N, n),
+        };
+        let (op_a, ld_a) = match p.form {
+            Form::AtB => (sys::cublasOperation_t::CUBLAS_OP_T, m),
+            _ => (sys::cublasOperation_t::CUBLAS_OP_N, k),
+        };
+        let data_type = match s1.dtype() {
+            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+            DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+            other => candle_core::bail!("widened product: {other:?} operands on CUDA"),
+        };
+        let ((a0, a1), (b0, b1)) = (offsets(l1)?, offsets(l2)?);
+        // SAFETY: cuBLAS writes all batch * m * n elements (beta is 0).
+        let mut y = unsafe { dev.alloc::<f32>(p.batch * p.m * p.n) }?;
+        let (alpha, beta) = (1f32, 0f32);
+        {
+            let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
+            let gemm = |a_ptr: u64, b_ptr: u64| {
+                // SAFETY: the operands hold batch matrices of the sizes and leading dimensions
+                // given (checked by ProductShape), y holds batch (m, n) matrices, and the
+                // handle runs on the storages' stream.
+                unsafe {
+                    result::gemm_strided_batched_ex(
+                        *dev.cublas_handle().handle(),
+                        op_b,
+                        op_a,
+                        n,
+                        m,
+                        k,
+                        &alpha as *const f32 as *const _,
+                        b_ptr as *const _,
+                        data_type,
+                        ld_b,
+                        (p.k * p.n) as i64,
+                        a_ptr as *const _,
+                        data_type,
+                        ld_a,
+                        (p.m * p.k) as i64,
+                        &beta as *const f32 as *const _,
+                        y_ptr as *mut _,
+                        sys::cudaDataType_t::CUDA_R_32F,
+                        n,
+                        (p.m * p.n) as i64,
+                        p.batch as i32,
+                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                    )
+                }
+                .w()
+            };
+            match s1.dtype() {
+                DType::BF16 => {
+                    let a = s1.as_cuda_slice::<bf16>()?.slice(a0..a1);
+                    let b = s2.as_cuda_slice::<bf16>()?.slice(b0..b1);
+                    let ((a_ptr, _a_guard), (b_ptr, _b_guard)) =
+                        (a.device_ptr(&stream), b.device_ptr(&stream));
+                    gemm(a_ptr, b_ptr)?;
+                }
+                _ => {
+                    let a = s1.as_cuda_slice::<f16>()?.slice(a0..a1);
+                    let b = s2.as_cuda_slice::<f16>()?.slice(b0..b1);
+                    let ((a_ptr, _a_guard), (b_ptr, _b_guard)) =
+                        (a.device_ptr(&stream), b.device_ptr(&stream));
+                    gemm(a_ptr, b_ptr)?;
+                }
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    }
+
+    fn offsets(l: &Layout) -> Result<(usize, usize)> {
+        l.contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("widened product: not contiguous".into()))
+    }
+}
