@@ -1,7 +1,9 @@
 """One training step's profile from two DYNACT_CUDA_SIM_PROFILE files of scripts/gpu-sim.sh
 --profile: a run of one step and a run of two, identical otherwise. Prints one JSON object per
 kernel (or GEMM shape), the second run's counts minus the first's, with a rough H200 time
-floor (estimate_ms_h200), slowest first, then a totals object.
+floor (estimate_ms_h200) and the share of its sectors' bytes it used (sector_use), slowest
+first; then the kernels short of the GPU-speed targets (moving over 1 MB a step with
+sector_use under 0.8, or on fewer blocks than the 132 SMs); then a totals object.
 
     python3 scripts/sim_profile.py ONE_STEP.jsonl TWO_STEPS.jsonl
 """
@@ -36,7 +38,8 @@ def launch_floor_s(r):
 
 
 COUNTERS = ["warp_instructions", "thread_instructions", "sectors_read", "sectors_written",
-            "global_loads", "global_stores", "shared_accesses", "atomics"]
+            "bytes_read", "bytes_written", "global_loads", "global_stores", "shared_accesses",
+            "atomics"]
 
 
 def summarize(path):
@@ -64,9 +67,16 @@ def summarize(path):
             k = kernels[key]
             k["launches"] += 1
             for c in COUNTERS:
-                k[c] += r[c]
+                k[c] += r.get(c, 0)
             k["estimate_us_h200"] += 1e6 * launch_floor_s(r)
     return kernels, shapes
+
+
+def sector_use(r):
+    """The share of the bytes of the sectors a kernel touched that its lanes accessed."""
+    sectors = r.get("sectors_read", 0) + r.get("sectors_written", 0)
+    used = r.get("bytes_read", 0) + r.get("bytes_written", 0)
+    return round(used / (32 * sectors), 3) if sectors else 1.0
 
 
 one, shapes_one = summarize(sys.argv[1])
@@ -89,12 +99,25 @@ for key, d in step.items():
         totals[c] += d.get(c, 0)
     row = {"name": key.split(" ")[0], **shapes.get(key, {}), **d}
     row["estimate_ms_h200"] = round(row.pop("estimate_us_h200", 0) / 1e3, 3)
+    if "sectors_read" in row:
+        row["sector_use"] = sector_use(row)
     totals["estimate_ms_h200"] += row["estimate_ms_h200"]
     totals["estimate_ms_h200_gemm" if "flops" in row else "estimate_ms_h200_kernels"] += row["estimate_ms_h200"]
     rows.append(row)
 rows.sort(key=lambda r: -r["estimate_ms_h200"])
 for r in rows:
     print(json.dumps(r))
+short = []
+for r in rows:
+    moved = 32 * (r.get("sectors_read", 0) + r.get("sectors_written", 0))
+    if "flops" in r or moved <= 1e6:
+        continue
+    blocks = r["grid"][0] * r["grid"][1] * r["grid"][2]
+    if r["sector_use"] < 0.8 or blocks < SMS:
+        short.append({"name": r["name"], "grid": r["grid"], "launches": r["launches"],
+                      "mb_moved": round(moved / 1e6, 1), "sector_use": r["sector_use"]})
+print(json.dumps({"short_of_targets": short}))
+totals["sector_use"] = sector_use(totals)
 totals = {k: round(v, 2) if isinstance(v, float) else v for k, v in totals.items()}
 # A copy to the host waits for the stream as a synchronisation does.
 totals["host_syncs"] = totals.pop("stream_synchronize_calls", 0) + totals.get("memcpy_device_to_host_calls", 0)

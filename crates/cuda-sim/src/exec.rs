@@ -53,8 +53,9 @@ pub(crate) struct Block<'a> {
     pub(crate) status: Vec<Status>,
     pub(crate) shared: Vec<u8>,
     pub(crate) local: Vec<u8>,
-    /// Sectors touched by the current warp step: (sector, is_write).
-    pub(crate) sectors: Vec<(u64, bool)>,
+    /// Sectors touched by the current warp step: (sector, is_write, the bytes of it the lane
+    /// accessed as a bit mask).
+    pub(crate) sectors: Vec<(u64, bool, u32)>,
     /// Instructions each warp has issued: the longest is the launch's serial chain.
     pub(crate) issued: Vec<u64>,
 }
@@ -270,11 +271,25 @@ impl<'a> Block<'a> {
             return;
         }
         self.sectors.sort_unstable();
-        self.sectors.dedup();
-        let written = self.sectors.iter().filter(|s| s.1).count() as u64;
-        let read = self.sectors.len() as u64 - written;
-        self.counters.sectors_read += read;
-        self.counters.sectors_written += written;
+        // Merge the lanes' byte masks of each (sector, direction): a byte many lanes read (a
+        // broadcast) is one byte of the sector used.
+        let mut merged: Vec<(u64, bool, u32)> = Vec::with_capacity(self.sectors.len());
+        for &(sector, write, bytes) in &self.sectors {
+            match merged.last_mut() {
+                Some(last) if (last.0, last.1) == (sector, write) => last.2 |= bytes,
+                _ => merged.push((sector, write, bytes)),
+            }
+        }
+        for (_, write, bytes) in merged {
+            let used = bytes.count_ones() as u64;
+            if write {
+                self.counters.sectors_written += 1;
+                self.counters.bytes_written += used;
+            } else {
+                self.counters.sectors_read += 1;
+                self.counters.bytes_read += used;
+            }
+        }
         match inst.op {
             Op::St => self.counters.global_stores += 1,
             Op::Atom(_) | Op::Red(_) => {}

@@ -11,6 +11,11 @@ pub struct KernelCounters {
     pub thread_instructions: u64,
     pub sectors_read: u64,
     pub sectors_written: u64,
+    /// The bytes of those sectors the warps' lanes accessed (each byte of a warp-level access
+    /// once, however many lanes read it): of `32 * sectors`, the share a coalesced kernel
+    /// uses.
+    pub bytes_read: u64,
+    pub bytes_written: u64,
     /// Warp-level global load and store instructions.
     pub global_loads: u64,
     pub global_stores: u64,
@@ -32,6 +37,8 @@ impl KernelCounters {
             thread_instructions: s(self.thread_instructions),
             sectors_read: s(self.sectors_read),
             sectors_written: s(self.sectors_written),
+            bytes_read: s(self.bytes_read),
+            bytes_written: s(self.bytes_written),
             global_loads: s(self.global_loads),
             global_stores: s(self.global_stores),
             shared_accesses: s(self.shared_accesses),

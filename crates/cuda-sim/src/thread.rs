@@ -219,7 +219,10 @@ impl Block<'_> {
 
     fn record_sectors(&mut self, a: u64, len: u64, write: bool) {
         for s in a / 32..=(a + len - 1) / 32 {
-            self.sectors.push((s, write));
+            // The bytes of sector s in [a, a + len), as bits 0..32.
+            let (from, to) = (a.max(s * 32) - s * 32, (a + len).min(s * 32 + 32) - s * 32);
+            let bytes = (((1u64 << to) - 1) & !((1u64 << from) - 1)) as u32;
+            self.sectors.push((s, write, bytes));
         }
     }
 

@@ -443,14 +443,14 @@ fn launches_outside_sm90_limits_or_with_wrong_arguments_are_refused() {
 }
 
 #[test]
-fn global_memory_is_counted_in_distinct_sectors_per_warp_access() {
+fn global_memory_is_counted_in_distinct_sectors_per_warp_access_and_the_bytes_used_of_them() {
     let Some((mut gpu, m)) = features() else {
         return;
     };
     let x = gpu.upload(&vec![1f32; 64 * 32]);
     let y = gpu.upload(&[0f32; 64]);
     let mut per_stride = Vec::new();
-    for stride in [1, 2, 8, 32] {
+    for stride in [0, 1, 2, 8, 32] {
         launch(
             &mut gpu,
             m,
@@ -460,17 +460,26 @@ fn global_memory_is_counted_in_distinct_sectors_per_warp_access() {
         );
         let c = gpu.launches.last().unwrap().counters.clone();
         per_stride.push((
-            c.sectors_read,
-            c.sectors_written,
+            (c.sectors_read, c.bytes_read),
+            (c.sectors_written, c.bytes_written),
             c.global_loads,
             c.global_stores,
         ));
     }
-    // Two warps; each writes 128 contiguous bytes (4 sectors) and reads 32 floats `stride` apart:
-    // 4 sectors when contiguous, 8 at stride 2, one sector per lane from stride 8 on.
+    // Two warps; each writes 128 contiguous bytes (4 sectors, all of their bytes) and reads 32
+    // floats `stride` apart: at stride 0 every lane reads one float (one sector, 4 bytes of it
+    // used), 4 sectors when contiguous, 8 at stride 2 (half of each used), one sector per lane
+    // from stride 8 on (an eighth).
+    let written = (8, 256);
     assert_eq!(
         per_stride,
-        vec![(8, 8, 2, 2), (16, 8, 2, 2), (64, 8, 2, 2), (64, 8, 2, 2)]
+        vec![
+            ((2, 8), written, 2, 2),
+            ((8, 256), written, 2, 2),
+            ((16, 256), written, 2, 2),
+            ((64, 256), written, 2, 2),
+            ((64, 256), written, 2, 2)
+        ]
     );
 }
 
