@@ -118,11 +118,19 @@ fn on_cpu(
 }
 
 fn philox_dropout(ptx: &str) -> Vec<Output> {
-    let x = values(5_003, 1, 2.0);
-    let n = x.len() as u64;
+    let all = values(5_004, 1, 2.0);
     let seed = 0x0123_4567_89AB_CDEFu64;
     let mut outs = Vec::new();
-    for (first, keep) in [(0u64, 0.9), (6, 0.5), (u32::MAX as u64 + 3, 0.7)] {
+    // Mask offsets a multiple of 4 and not (16-byte accesses, and scalar ones), and an input
+    // that starts 4 bytes into its allocation (scalar, though the offset is a multiple of 4).
+    for (first, keep, skip) in [
+        (0u64, 0.9, 0usize),
+        (6, 0.5, 0),
+        (u32::MAX as u64 + 3, 0.7, 0),
+        (8, 0.6, 1),
+    ] {
+        let x = &all[skip..all.len() - 1 + skip];
+        let n = x.len() as u64;
         let scale = (1.0 / keep) as f32;
         let threshold = dynact_model::philox::keep_threshold(keep);
         let mut host = vec![f32::NAN; x.len()];
@@ -142,7 +150,7 @@ fn philox_dropout(ptx: &str) -> Vec<Output> {
             )
         };
         let mut sim = Sim::new(ptx);
-        let (dx, dy) = (sim.gpu.upload(&x), sim.zeros(x.len()));
+        let (dx, dy) = (sim.gpu.upload(&all) + 4 * skip as u64, sim.zeros(x.len()));
         let blocks = ((first + n - 1) / 4 - first / 4 + 1) as usize;
         let args = [
             Arg::Ptr(dx),
@@ -156,7 +164,7 @@ fn philox_dropout(ptx: &str) -> Vec<Output> {
         ];
         sim.run("philox_dropout_f32", blocks, &args);
         outs.push(out(
-            &format!("dropout first {first} keep {keep}"),
+            &format!("dropout first {first} keep {keep} input at element {skip}"),
             sim.get(dy, x.len()),
             host,
         ));
@@ -405,7 +413,8 @@ fn rms_norm(ptx: &str) -> Vec<Output> {
 }
 
 fn rope(ptx: &str) -> Vec<Output> {
-    let (rows, t, d) = (2 * 3 * 5usize, 5u32, 8u32);
+    // (B, T, heads, D) = (2, 5, 3, 8) to (B, heads, T, D), and back with `inverse`.
+    let (rows, t, heads, d) = (2 * 3 * 5usize, 5u32, 3u32, 8u32);
     let x = values(rows * d as usize, 12, 1.0);
     let cos = values((t * d) as usize, 13, 1.0);
     let sin = values((t * d) as usize, 14, 1.0);
@@ -421,6 +430,7 @@ fn rope(ptx: &str) -> Vec<Output> {
                 host.as_mut_ptr(),
                 rows as u64,
                 t,
+                heads,
                 d,
                 inverse,
                 HOST_GRID.0,
@@ -444,6 +454,7 @@ fn rope(ptx: &str) -> Vec<Output> {
                 Arg::Ptr(dy),
                 Arg::U64(rows as u64),
                 Arg::U32(t),
+                Arg::U32(heads),
                 Arg::U32(d),
                 Arg::I32(inverse),
             ],

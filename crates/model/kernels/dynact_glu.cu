@@ -26,13 +26,17 @@ __device__ __forceinline__ float param_of(const float* p, uint32_t per, uint32_t
     return per == 1 ? p[0] : p[channel];
 }
 
-// One thread per element.
+// One thread per element. Per layer, alpha and beta are read once, not at every element.
 DYNACT_KERNEL void dynact_glu_f32(const float* gate, const float* up, const float* params,
                                   float* y, uint64_t n, uint32_t c, uint32_t per, int relu) {
     const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
+    float a = params[0], b = params[per];
     for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const uint32_t j = (uint32_t)(i % c);
-        const float a = param_of(params, per, j), b = param_of(params + per, per, j);
+        if (per != 1) {
+            a = params[j];
+            b = params[per + j];
+        }
         const float scale = a - b;
         const float g = gate[i];
         const float w = gate_weight(g, relu);
@@ -65,9 +69,12 @@ DYNACT_KERNEL void dynact_glu_backward_f32(const float* gate, const float* up, c
             const float g = gate[i];
             const float w = gate_weight(g, relu);
             const float base = g * w, slope = w * (1.0f + g * (1.0f - w));
-            const float gu = grad[i] * up[i];
+            // grad[i] read once: after the store to out, which may alias it for all the
+            // compiler knows, it would be read again.
+            const float gr = grad[i];
+            const float gu = gr * up[i];
             out[i] = gu * (slope * scale + b);
-            out[n + i] = grad[i] * (base * scale + b * g);
+            out[n + i] = gr * (base * scale + b * g);
             acc_base += gu * base;
             acc_linear += gu * (g - base);
         }

@@ -40,9 +40,9 @@ impl RotaryTables {
         })
     }
 
-    /// x: (B, heads, T, D) at positions offset..offset+T -> same shape.
+    /// x: (B, T, heads, D) at positions offset..offset+T -> (B, heads, T, D).
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_b, _h, t, _d) = x.dims4()?;
+        let (_b, t, _h, _d) = x.dims4()?;
         let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         crate::ops::rope(x, &cos, &sin)
@@ -118,15 +118,11 @@ impl Attention {
         let (b, t, _c) = x.dims3()?;
         let (h, g, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let x = self.q_proj.cast_input(x)?; // once for the three products
-        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-            proj.forward(&x)?
-                .reshape((b, t, n, d))?
-                .transpose(1, 2)?
-                .contiguous() // (B, n, T, D)
-        };
+        let heads = |proj: &Linear, n: usize| proj.forward(&x)?.reshape((b, t, n, d));
+        // RoPE moves the heads ahead of the positions, (B, T, n, D) -> (B, n, T, D).
         let q = pos.rope.apply(&heads(&self.q_proj, h)?, pos.offset)?;
         let mut k = pos.rope.apply(&heads(&self.k_proj, g)?, pos.offset)?;
-        let mut v = heads(&self.v_proj, g)?;
+        let mut v = heads(&self.v_proj, g)?.transpose(1, 2)?.contiguous()?;
         if let Some(cache) = cache {
             if let Some((k_prev, v_prev)) = cache.as_ref() {
                 k = Tensor::cat(&[k_prev, &k], 2)?;

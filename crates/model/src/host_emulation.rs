@@ -51,6 +51,7 @@ extern "C" {
         y: *mut f32,
         rows: u64,
         t: u32,
+        heads: u32,
         d: u32,
         inverse: i32,
         grid: u32,

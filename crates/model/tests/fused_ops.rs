@@ -406,8 +406,9 @@ fn dynact_refuses_an_input_of_the_wrong_width() {
 
 #[test]
 fn fused_rope_matches_its_reference() {
-    // (B, H, T, D) = (2, 3, 5, 8); cos/sin as the model builds them (both halves equal).
-    let x = randn(&[2, 3, 5, 8], 10);
+    // (B, T, H, D) = (2, 5, 3, 8) in, (B, H, T, D) out; cos/sin as the model builds them (both
+    // halves equal).
+    let x = randn(&[2, 5, 3, 8], 10);
     let w = randn(&[2, 3, 5, 8], 11);
     let angles: Vec<f32> = (0..5)
         .flat_map(|p| (0..8).map(move |j| p as f32 * 0.3 / (1 + j % 4) as f32))
@@ -601,9 +602,9 @@ fn the_cuda_dynact_glu_kernel_source_computes_what_the_cpu_kernel_does() {
 
 #[test]
 fn the_cuda_rope_kernel_source_computes_what_the_cpu_kernel_does() {
-    // (B, H, T, D) = (2, 3, 5, 8): 30 rows of 4 pairs.
-    let (rows, t, d) = (30usize, 5usize, 8usize);
-    let x = Var::from_tensor(&randn(&[2, 3, t, d], 31)).unwrap();
+    // (B, T, H, D) = (2, 5, 3, 8) in, (B, H, T, D) out: 30 rows of 4 pairs.
+    let (rows, t, heads, d) = (30usize, 5usize, 3usize, 8usize);
+    let x = Var::from_tensor(&randn(&[2, t, heads, d], 31)).unwrap();
     let w = randn(&[2, 3, t, d], 32);
     let angles = randn(&[t, d], 33);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
@@ -624,6 +625,7 @@ fn the_cuda_rope_kernel_source_computes_what_the_cpu_kernel_does() {
                     out.as_mut_ptr(),
                     rows as u64,
                     t as u32,
+                    heads as u32,
                     d as u32,
                     inverse,
                     grid,

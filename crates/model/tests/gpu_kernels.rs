@@ -92,7 +92,8 @@ fn causal_softmax_matches_the_cpu_kernel() {
 
 #[test]
 fn rope_matches_the_cpu_kernel() {
-    let (x, w) = (randn(&[2, 4, 9, 16], 11), randn(&[2, 4, 9, 16], 12));
+    // (B, T, H, D) in, (B, H, T, D) out.
+    let (x, w) = (randn(&[2, 9, 4, 16], 11), randn(&[2, 4, 9, 16], 12));
     let angles = randn(&[9, 16], 13);
     let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
     compare_on_both(&[&x], &w, 1e-5, "rope", |t| {

@@ -9,6 +9,11 @@ struct dim3_host {
 };
 static struct dim3_host blockIdx, threadIdx, blockDim, gridDim;
 
+// CUDA's 16-byte vector of four floats (on a GPU one 16-byte load or store).
+typedef struct {
+    float x, y, z, w;
+} float4;
+
 #define __device__
 #define __forceinline__ static inline
 #define DYNACT_KERNEL static

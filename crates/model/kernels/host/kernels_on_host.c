@@ -42,9 +42,9 @@ void dynact_glu_backward_f32_on_host(const float* gate, const float* up, const f
 }
 
 void dynact_rope_f32_on_host(const float* x, const float* cos, const float* sin, float* y,
-                             uint64_t rows, uint32_t t, uint32_t d, int inverse, unsigned grid,
-                             unsigned block) {
-    RUN_GRID(grid, block, rope_f32(x, cos, sin, y, rows, t, d, inverse));
+                             uint64_t rows, uint32_t t, uint32_t heads, uint32_t d, int inverse,
+                             unsigned grid, unsigned block) {
+    RUN_GRID(grid, block, rope_f32(x, cos, sin, y, rows, t, heads, d, inverse));
 }
 
 void dynact_swiglu_f32_on_host(const float* gate, const float* up, const float* grad, float* y,

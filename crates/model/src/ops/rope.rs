@@ -1,6 +1,8 @@
 //! Rotary position embedding in the Hugging Face convention: the fused kernel (the rotation
 //! forward, its transpose backward) on a CPU and on a CUDA GPU (`kernels/rope.cu`), beside
-//! [`rope_reference`], the `rotate_half` composition every other device runs.
+//! [`rope_reference`], the `rotate_half` composition every other device runs. The fused kernel
+//! also moves the heads ahead of the positions, (B, T, heads, D) to (B, heads, T, D), which
+//! attention needs and which otherwise costs a transposed copy each way.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -8,7 +10,8 @@ use rayon::prelude::*;
 use super::{f32_slice, fused, rows_per_task};
 
 /// Rotary position embedding in the Hugging Face convention (`x cos + rotate_half(x) sin`, with
-/// `rotate_half([x1, x2]) = [-x2, x1]`). x: (B, heads, T, D); cos, sin: (T, D).
+/// `rotate_half([x1, x2]) = [-x2, x1]`) of x (B, T, heads, D), as a projection's output splits
+/// into heads, returned as (B, heads, T, D); cos, sin: (T, D).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if (fused(x) || super::fused_on_cuda(x)) && cos.dtype() == DType::F32 {
         return x
@@ -18,9 +21,11 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     rope_reference(x, cos, sin)
 }
 
-/// [`rope`] as a composition of differentiable Candle ops (`x cos + rotate_half(x) sin`): what
-/// runs off the CPU, and what the fused kernel is tested against.
+/// [`rope`] as a composition of differentiable Candle ops (the transpose to (B, heads, T, D),
+/// then `x cos + rotate_half(x) sin`): what runs off the CPU, and what the fused kernel is
+/// tested against.
 pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = x.transpose(1, 2)?.contiguous()?;
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
@@ -28,18 +33,63 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-/// y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2 (halves of the last dimension); with `inverse`, the
-/// transposed map dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1, which is the backward pass.
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], dims: &[usize], inverse: bool) -> Vec<f32> {
-    let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    let h = d / 2;
+/// The sizes of one rotation: `t` positions of `heads` rows of `d`.
+#[derive(Clone, Copy)]
+struct Rows {
+    t: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl Rows {
+    /// Of the forward pass's input (B, T, heads, D), or, with `inverse`, of the backward pass's
+    /// (B, heads, T, D).
+    fn of(l: &Layout, inverse: bool) -> Result<(Rows, Shape)> {
+        let &[b, t_or_heads, heads_or_t, d] = l.dims() else {
+            candle_core::bail!(
+                "rope: the input must be (B, T, heads, D), not {:?}",
+                l.dims()
+            );
+        };
+        let (t, heads) = match inverse {
+            false => (t_or_heads, heads_or_t),
+            true => (heads_or_t, t_or_heads),
+        };
+        let out = match inverse {
+            false => Shape::from((b, heads, t, d)),
+            true => Shape::from((b, t, heads, d)),
+        };
+        Ok((Rows { t, heads, d }, out))
+    }
+
+    /// The output row `row` comes from: its (batch, head, position) in the input's layout;
+    /// and its position.
+    fn source(&self, row: usize, inverse: bool) -> (usize, usize) {
+        let (t, heads) = (self.t, self.heads);
+        if inverse {
+            let (head, bt) = (row % heads, row / heads);
+            let position = bt % t;
+            (((bt / t) * heads + head) * t + position, position)
+        } else {
+            let (bh, position) = (row / t, row % t);
+            (((bh / heads) * t + position) * heads + bh % heads, position)
+        }
+    }
+}
+
+/// y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2 (halves of the last dimension), each output row from
+/// its [`Rows::source`]; with `inverse`, the transposed map dx1 = g1 c1 + g2 s2,
+/// dx2 = g2 c2 - g1 s1, which is the backward pass.
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: Rows, inverse: bool) -> Vec<f32> {
+    let (d, h) = (rows.d, rows.d / 2);
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
         .enumerate()
         .with_min_len(rows_per_task(d))
-        .for_each(|(row, (o, xr))| {
-            let p = (row % t) * d;
+        .for_each(|(row, o)| {
+            let (src, position) = rows.source(row, inverse);
+            let xr = &x[src * d..src * d + d];
+            let p = position * d;
             let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
             for j in 0..h {
                 let (x1, x2) = (xr[j], xr[j + h]);
@@ -76,8 +126,8 @@ impl CustomOp3 for Rope {
             f32_slice(s2, l2, self.name())?,
             f32_slice(s3, l3, self.name())?,
         );
-        let out = rotate(x, cos, sin, l1.dims(), false);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let (rows, shape) = Rows::of(l1, false)?;
+        Ok((CpuStorage::F32(rotate(x, cos, sin, rows, false)), shape))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -128,8 +178,8 @@ impl CustomOp3 for RopeBackward {
             f32_slice(s2, l2, self.name())?,
             f32_slice(s3, l3, self.name())?,
         );
-        let out = rotate(g, cos, sin, l1.dims(), true);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let (rows, shape) = Rows::of(l1, true)?;
+        Ok((CpuStorage::F32(rotate(g, cos, sin, rows, true)), shape))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -166,13 +216,18 @@ fn cuda_rotate(
         f32_view(s2, l2, op)?,
         f32_view(s3, l3, op)?,
     );
-    let dims = l1.dims();
-    let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let (sizes, shape) = Rows::of(l1, inverse)?;
     let n = l1.shape().elem_count();
-    let rows = n / d.max(1);
+    let rows = n / sizes.d.max(1);
     let y = output(dev, n)?;
-    let (rows_arg, t_arg, d_arg, inverse) = (rows as u64, t as u32, d as u32, inverse as i32);
-    launch!(dev, "rope", ROPE, rope_f32, rows * (d / 2);
-        &x, &cos, &sin, &y, &rows_arg, &t_arg, &d_arg, &inverse);
-    Ok((storage(y, dev), l1.shape().clone()))
+    let (rows_arg, t, heads, d) = (
+        rows as u64,
+        sizes.t as u32,
+        sizes.heads as u32,
+        sizes.d as u32,
+    );
+    let inverse = inverse as i32;
+    launch!(dev, "rope", ROPE, rope_f32, rows * (sizes.d / 2);
+        &x, &cos, &sin, &y, &rows_arg, &t, &heads, &d, &inverse);
+    Ok((storage(y, dev), shape))
 }
