@@ -2,8 +2,9 @@
 //! simulator with the launches the ops make (cudarc's `for_num_elems`: blocks of 1024), against
 //! the same source compiled as C and run on the host (crates/model/kernels/host), which the
 //! model's tests hold equal to the CPU kernels. The row kernels (RMSNorm, causal softmax,
-//! cross-entropy) reduce with warp shuffles, which the host emulation cannot run: they are
-//! compared with the CPU kernels themselves, which add in the same order.
+//! cross-entropy) reduce with warp shuffles, and the embedding's backward takes a ballot, which
+//! the host emulation cannot run: they are compared with the CPU kernels themselves, which add
+//! in the same order.
 //!
 //! Two comparisons, because nvcc and a C compiler do not compute the same thing from the same
 //! source: nvcc contracts a*b+c into one fma (one rounding instead of two), and its expf is
@@ -711,11 +712,89 @@ fn cast(ptx: &str) -> Vec<Output> {
     ]
 }
 
+fn heads(ptx: &str) -> Vec<Output> {
+    // (B, T, heads, D) = (2, 5, 3, 8) to (B, heads, T, D), and back with `inverse`.
+    let (rows, t, heads, d) = (2 * 3 * 5usize, 5u32, 3u32, 8u32);
+    let x = values(rows * d as usize, 15, 1.0);
+    let mut outs = Vec::new();
+    for inverse in [0, 1] {
+        let mut host = vec![f32::NAN; x.len()];
+        // SAFETY: x and host hold rows * d elements.
+        unsafe {
+            dynact_move_heads_f32_on_host(
+                x.as_ptr(),
+                host.as_mut_ptr(),
+                rows as u64,
+                t,
+                heads,
+                d,
+                inverse,
+                HOST_GRID.0,
+                HOST_GRID.1,
+            )
+        };
+        let mut sim = Sim::new(ptx);
+        let (dx, dy) = (sim.gpu.upload(&x), sim.zeros(x.len()));
+        let args = [
+            Arg::Ptr(dx),
+            Arg::Ptr(dy),
+            Arg::U64(rows as u64),
+            Arg::U32(t),
+            Arg::U32(heads),
+            Arg::U32(d),
+            Arg::I32(inverse),
+        ];
+        sim.run("move_heads_f32", x.len(), &args);
+        outs.push(out(
+            &format!("heads inverse {inverse}"),
+            sim.get(dy, x.len()),
+            host,
+        ));
+    }
+    outs
+}
+
+fn embedding(ptx: &str) -> Vec<Output> {
+    // 300 positions (not a whole number of warps) over a table of 37 rows of 70 channels (the
+    // last 32-channel chunk partial); ids repeat, and row 36 is never used (its gradient 0).
+    let (positions, vocab, c) = (300usize, 37usize, 70usize);
+    let ids: Vec<u32> = (0..positions)
+        .map(|p| ((p * 7 + p / 5) % (vocab - 1)) as u32)
+        .collect();
+    let table = values(vocab * c, 40, 1.0);
+    let g = values(positions * c, 41, 1.0);
+    let ids_cpu = candle_core::Tensor::from_slice(&ids, positions, &candle_core::Device::Cpu)
+        .expect("ids on the CPU");
+    let (_, cpu_grads) = on_cpu(&[(&table, &[vocab, c])], &g, |v| {
+        dynact_model::ops::embedding_op(&v[0], &ids_cpu).unwrap()
+    });
+    let mut sim = Sim::new(ptx);
+    let (d_ids, d_g, d_out) = (
+        sim.gpu.upload(&ids),
+        sim.gpu.upload(&g),
+        sim.zeros(vocab * c),
+    );
+    let args = [
+        Arg::Ptr(d_ids),
+        Arg::Ptr(d_g),
+        Arg::Ptr(d_out),
+        Arg::U64(positions as u64),
+        Arg::U32(vocab as u32),
+        Arg::U32(c as u32),
+    ];
+    // One warp per (row, 32 channels), as the op launches it.
+    let warps = vocab * c.div_ceil(32);
+    let sim_out = sim.run_rows("embedding_backward_f32", warps, &args, d_out, vocab * c);
+    vec![out("embedding d table", sim_out, cpu_grads[0].clone())]
+}
+
 type Runner = fn(&str) -> Vec<Output>;
 
 /// Every kernel file, whether its arithmetic has expf (then ex2.approx bounds the match).
-const KERNELS: [(&str, Runner, bool); 9] = [
+const KERNELS: [(&str, Runner, bool); 11] = [
     ("philox_dropout", philox_dropout, false),
+    ("embedding", embedding, false),
+    ("heads", heads, false),
     ("rms_norm", rms_norm, false),
     ("rope", rope, false),
     ("adamw", adamw, false),

@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "heads.cuh"
+
 #ifndef DYNACT_KERNEL
 #define DYNACT_KERNEL extern "C" __global__
 #endif
@@ -22,17 +24,8 @@ DYNACT_KERNEL void rope_f32(const float* x, const float* cos, const float* sin, 
          item += stride) {
         const uint64_t row = item / h;
         const uint32_t j = (uint32_t)(item % h);
-        // row of the output; src, the same (batch, head, position) in the input's layout.
-        uint64_t src, position;
-        if (inverse) {
-            const uint64_t head = row % heads, bt = row / heads;
-            position = bt % t;
-            src = ((bt / t) * heads + head) * t + position;
-        } else {
-            const uint64_t bh = row / t;
-            position = row % t;
-            src = ((bh / heads) * t + position) * heads + bh % heads;
-        }
+        uint64_t position;
+        const uint64_t src = heads_source_row(row, t, heads, inverse, &position);
         const float* c = cos + position * d;
         const float* s = sin + position * d;
         const float x1 = x[src * d + j], x2 = x[src * d + j + h];

@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use crate::config::ModelConfig;
 use crate::forward_ctx::{dropout, DropoutRng, ForwardCtx};
 use crate::layers::Linear;
-use crate::ops::{causal_attention, causal_attention_reference};
+use crate::ops::{causal_attention, causal_attention_reference, heads_first, heads_last};
 use crate::philox_dropout::PhiloxDropout;
 
 /// cos and sin of every position, (max_positions, D), both halves of each head already joined.
@@ -122,7 +122,7 @@ impl Attention {
         // RoPE moves the heads ahead of the positions, (B, T, n, D) -> (B, n, T, D).
         let q = pos.rope.apply(&heads(&self.q_proj, h)?, pos.offset)?;
         let mut k = pos.rope.apply(&heads(&self.k_proj, g)?, pos.offset)?;
-        let mut v = heads(&self.v_proj, g)?.transpose(1, 2)?.contiguous()?;
+        let mut v = heads_first(&heads(&self.v_proj, g)?)?;
         if let Some(cache) = cache {
             if let Some((k_prev, v_prev)) = cache.as_ref() {
                 k = Tensor::cat(&[k_prev, &k], 2)?;
@@ -152,7 +152,7 @@ impl Attention {
                 causal_attention(&q, &k, &v, scale, dropout, self.matmul_dtype, pos.mask)?
             }
         }; // (B, H, T, D)
-        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
+        let y = heads_last(&y)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }
 }

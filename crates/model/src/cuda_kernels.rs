@@ -10,8 +10,8 @@ mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
 pub use ptx::{
-    ADAMW, CAST, CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, GRAD_NORM, PHILOX_DROPOUT, RMS_NORM,
-    ROPE, SWIGLU,
+    ADAMW, CAST, CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, EMBEDDING, GRAD_NORM, HEADS,
+    PHILOX_DROPOUT, RMS_NORM, ROPE, SWIGLU,
 };
 
 /// A kernel argument of `BYTES` bytes as the launch copies it: a device buffer is its pointer.
@@ -57,9 +57,19 @@ pub fn output(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
     unsafe { dev.alloc::<f32>(n) }
 }
 
-/// A launch of one thread per item.
+/// A launch of one thread per item, in blocks of 1,024.
 pub fn one_thread_each(items: usize) -> LaunchConfig {
     LaunchConfig::for_num_elems(items.max(1) as u32)
+}
+
+/// A launch of one thread per item in blocks of `block` threads: for a kernel whose items are
+/// too few to give every SM of a large GPU a block of 1,024.
+pub fn one_thread_each_in_blocks_of(items: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((items.max(1) as u32).div_ceil(block), 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// `slice` as the storage of an op's result.
@@ -68,12 +78,21 @@ pub fn storage(slice: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
 }
 
 /// Launches kernel `name` of the PTX module `module` (`ptx`) on `dev`, one thread per item of
-/// `items`, with the arguments in the order of the kernel's signature, each a reference to a
-/// named value (the launch borrows them until it is queued). The arguments are checked against
-/// the kernel's parameters in the PTX when the crate compiles ([`entries`]). Launches on one
-/// device run in order on its stream.
+/// `items` (in blocks of 1,024, or of `block` threads), with the arguments in the order of the
+/// kernel's signature, each a reference to a named value (the launch borrows them until it is
+/// queued). The arguments are checked against the kernel's parameters in the PTX when the
+/// crate compiles ([`entries`]). Launches on one device run in order on its stream.
 macro_rules! launch {
-    ($dev:expr, $module:expr, $ptx:expr, $name:ident, $items:expr; $($arg:expr),+ $(,)?) => {{
+    ($dev:expr, $module:expr, $ptx:expr, $name:ident, $items:expr; $($arg:expr),+ $(,)?) => {
+        $crate::cuda_kernels::launch!($dev, $module, $ptx, $name,
+            $crate::cuda_kernels::one_thread_each($items); @config $($arg),+)
+    };
+    ($dev:expr, $module:expr, $ptx:expr, $name:ident, $items:expr, block $block:expr;
+        $($arg:expr),+ $(,)?) => {
+        $crate::cuda_kernels::launch!($dev, $module, $ptx, $name,
+            $crate::cuda_kernels::one_thread_each_in_blocks_of($items, $block); @config $($arg),+)
+    };
+    ($dev:expr, $module:expr, $ptx:expr, $name:ident, $config:expr; @config $($arg:expr),+) => {{
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
         $crate::cuda_kernels::entries::$name($($arg),+);
@@ -82,7 +101,7 @@ macro_rules! launch {
         $(builder.arg($arg);)+
         // SAFETY: the caller passes the kernel's arguments in the order of its signature, and
         // the buffers hold what the kernel indexes.
-        unsafe { builder.launch($crate::cuda_kernels::one_thread_each($items)) }.w()?;
+        unsafe { builder.launch($config) }.w()?;
     }};
 }
 pub(crate) use launch;

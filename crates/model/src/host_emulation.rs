@@ -44,6 +44,17 @@ extern "C" {
         grid: u32,
         block: u32,
     );
+    pub fn dynact_move_heads_f32_on_host(
+        x: *const f32,
+        y: *mut f32,
+        rows: u64,
+        t: u32,
+        heads: u32,
+        d: u32,
+        inverse: i32,
+        grid: u32,
+        block: u32,
+    );
     pub fn dynact_rope_f32_on_host(
         x: *const f32,
         cos: *const f32,

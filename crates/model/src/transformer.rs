@@ -257,7 +257,7 @@ impl Transformer {
         mut cache: Option<&mut KvCache>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let (_b, t) = ids.dims2()?;
         if offset + t > self.cfg.max_position_embeddings {
             candle_core::bail!(
                 "sequence of {} positions exceeds max_position_embeddings {}",
@@ -265,12 +265,9 @@ impl Transformer {
                 self.cfg.max_position_embeddings
             );
         }
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?; // (B, T, C), f32
-                                                     // Rows offset..offset+t and columns 0..offset+t of the full mask; a single query sees
-                                                     // every key and needs none.
+        let mut x = crate::ops::embedding(&self.embed_tokens, ids)?; // (B, T, C), f32
+                                                                     // Rows offset..offset+t and columns 0..offset+t of the full mask; a single query sees
+                                                                     // every key and needs none.
         let mask = match &self.causal_mask {
             Some(full) if t > 1 => Some(full.narrow(0, offset, t)?.narrow(1, 0, offset + t)?),
             _ => None,

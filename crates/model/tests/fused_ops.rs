@@ -7,7 +7,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use common::randn;
+use common::{max_abs_diff, randn};
 use dynact_model::host_emulation::*;
 use dynact_model::ops;
 use dynact_model::ops::causal_mask;
@@ -434,6 +434,69 @@ fn fused_rope_matches_its_reference() {
         },
         "rope",
     );
+}
+
+#[test]
+fn the_embedding_op_is_candle_s_index_select_and_index_add_bit_for_bit() {
+    // Ids repeating, in any shape, one row never used; under sum(y * w) each row's gradient is
+    // the sum of its positions' rows of w.
+    let table = Var::from_tensor(&randn(&[11, 6], 50)).unwrap();
+    let ids: Vec<u32> = (0..2 * 9u32).map(|p| (p * 5 + p / 3) % 10).collect();
+    let ids = Tensor::from_vec(ids, (2, 9), &Device::Cpu).unwrap();
+    let w = randn(&[2, 9, 6], 51);
+    let run = |f: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>| {
+        let y = f(table.as_tensor(), &ids).unwrap();
+        let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, grads.get(&table).unwrap().clone())
+    };
+    let (y, d_table) = run(&ops::embedding_op);
+    let (y_ref, d_ref) = run(&ops::embedding_reference);
+    assert_eq!(y.dims(), &[2, 9, 6]);
+    assert_eq!(max_abs_diff(&y, &y_ref), 0.0);
+    assert_eq!(max_abs_diff(&d_table, &d_ref), 0.0);
+    let unused = d_table.get(10).unwrap().abs().unwrap().sum_all().unwrap();
+    assert_eq!(unused.to_scalar::<f32>().unwrap(), 0.0);
+}
+
+#[test]
+fn moving_heads_is_candle_s_transpose_and_the_kernel_source_agrees() {
+    // (B, T, H, D) = (2, 5, 3, 4) to (B, H, T, D) and back: the values and the gradient are
+    // Candle's transpose's, bit for bit, and so is the CUDA kernel's source on the host.
+    let x = Var::from_tensor(&randn(&[2, 5, 3, 4], 60)).unwrap();
+    let w = randn(&[2, 3, 5, 4], 61);
+    let run = |f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>| {
+        let y = f(x.as_tensor()).unwrap();
+        let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, grads.get(&x).unwrap().clone())
+    };
+    let (y, dx) = run(&ops::heads_first);
+    let (y_ref, dx_ref) = run(&ops::heads_first_reference);
+    assert_eq!(y.dims(), &[2, 3, 5, 4]);
+    assert_eq!(max_abs_diff(&y, &y_ref), 0.0);
+    assert_eq!(max_abs_diff(&dx, &dx_ref), 0.0);
+    let back = ops::heads_last(&y).unwrap();
+    assert_eq!(max_abs_diff(&back, x.as_tensor()), 0.0);
+
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (input, expect, inverse) in [(x.as_tensor(), &y, 0), (&y, &back, 1)] {
+        let input = flat(input);
+        let mut out = vec![f32::NAN; input.len()];
+        // SAFETY: both buffers hold 2 * 5 * 3 rows of 4.
+        unsafe {
+            dynact_move_heads_f32_on_host(
+                input.as_ptr(),
+                out.as_mut_ptr(),
+                30,
+                5,
+                3,
+                4,
+                inverse,
+                2,
+                9,
+            )
+        };
+        assert_eq!(out, flat(expect), "inverse {inverse}");
+    }
 }
 
 #[test]

@@ -169,6 +169,29 @@ fn widened_products_match_the_cpu() {
 }
 
 #[test]
+fn the_embedding_and_its_backward_match_the_cpu_bit_for_bit() {
+    // Ids repeating over a table of 37 rows of 70 channels; the gradient's rows of one id are
+    // added in position order on both.
+    let table = randn(&[37, 70], 44);
+    let ids: Vec<u32> = (0..3 * 50u32).map(|p| (p * 7 + p / 5) % 36).collect();
+    let w = randn(&[3, 50, 70], 45);
+    compare_on_both(&[&table], &w, 0.0, "embedding", |t| {
+        let ids = Tensor::from_slice(&ids, (3, 50), t[0].device()).unwrap();
+        ops::embedding_op(&t[0], &ids).unwrap()
+    });
+}
+
+#[test]
+fn moving_heads_matches_the_cpu_bit_for_bit() {
+    let (x, w) = (randn(&[2, 9, 4, 16], 46), randn(&[2, 9, 4, 16], 47));
+    compare_on_both(&[&x], &w, 0.0, "heads first and back", |t| {
+        let first = ops::heads_first(&t[0]).unwrap();
+        assert_eq!(first.dims(), &[2, 4, 9, 16]);
+        ops::heads_last(&(first * 3.0).unwrap()).unwrap()
+    });
+}
+
+#[test]
 fn swiglu_matches_the_cpu_kernel() {
     let (g, u, w) = (
         randn(&[3, 40, 96], 14),

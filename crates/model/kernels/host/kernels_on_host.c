@@ -1,9 +1,9 @@
 // The CUDA kernels of kernels/ compiled as C and run on the host, one thread at a time, over the
 // grid a launch would use: what the tests run to check the kernels' own source without a GPU.
 // Not part of the library's API: src/host_emulation.rs declares these symbols for the tests.
-// The row kernels (rms_norm, causal_softmax, cross_entropy) reduce with warp shuffles, which
-// one thread at a time cannot run: the simulator's tests (crates/cuda-sim/tests) compare them
-// with the CPU kernels directly.
+// The row kernels (rms_norm, causal_softmax, cross_entropy) reduce with warp shuffles, and the
+// embedding's backward takes a ballot, which one thread at a time cannot run: the simulator's
+// tests (crates/cuda-sim/tests) compare them with the CPU kernels directly.
 
 #include <stdlib.h>
 
@@ -12,6 +12,7 @@
 #include "../adamw.cu"
 #include "../cast.cu"
 #include "../dynact_glu.cu"
+#include "../heads.cu"
 #include "../philox_dropout.cu"
 #include "../rope.cu"
 #include "../swiglu.cu"
@@ -39,6 +40,12 @@ void dynact_glu_backward_f32_on_host(const float* gate, const float* up, const f
     RUN_GRID(grid, block, dynact_glu_channel_sums_f64(partials, sums, blocks, c));
     RUN_GRID(grid, block, dynact_glu_param_grads_f32(sums, out, rows * c, c, per));
     free(sums);
+}
+
+void dynact_move_heads_f32_on_host(const float* x, float* y, uint64_t rows, uint32_t t,
+                                   uint32_t heads, uint32_t d, int inverse, unsigned grid,
+                                   unsigned block) {
+    RUN_GRID(grid, block, move_heads_f32(x, y, rows, t, heads, d, inverse));
 }
 
 void dynact_rope_f32_on_host(const float* x, const float* cos, const float* sin, float* y,

@@ -201,7 +201,9 @@ impl CustomOp3 for RmsNormBackward {
         let lanes = rows * super::LANES;
         launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_x_f32, lanes;
             &x, &w, &g, &out, &inv, &rows_arg, &c_arg, &self.eps);
-        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_partials_f32, blocks * c;
+        // Blocks of 256 threads: paper.toml's 256 row blocks of 384 channels make 384 blocks,
+        // not 96, for 132 SMs.
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_partials_f32, blocks * c, block 256;
             &x, &g, &inv, &partials, &rows_arg, &c_arg);
         launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_f32, c;
             &partials, &out, &rows_arg, &c_arg);

@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::heads::HeadRows;
 use super::{f32_slice, fused, rows_per_task};
 
 /// Rotary position embedding in the Hugging Face convention (`x cos + rotate_half(x) sin`, with
@@ -33,54 +34,10 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
 }
 
-/// The sizes of one rotation: `t` positions of `heads` rows of `d`.
-#[derive(Clone, Copy)]
-struct Rows {
-    t: usize,
-    heads: usize,
-    d: usize,
-}
-
-impl Rows {
-    /// Of the forward pass's input (B, T, heads, D), or, with `inverse`, of the backward pass's
-    /// (B, heads, T, D).
-    fn of(l: &Layout, inverse: bool) -> Result<(Rows, Shape)> {
-        let &[b, t_or_heads, heads_or_t, d] = l.dims() else {
-            candle_core::bail!(
-                "rope: the input must be (B, T, heads, D), not {:?}",
-                l.dims()
-            );
-        };
-        let (t, heads) = match inverse {
-            false => (t_or_heads, heads_or_t),
-            true => (heads_or_t, t_or_heads),
-        };
-        let out = match inverse {
-            false => Shape::from((b, heads, t, d)),
-            true => Shape::from((b, t, heads, d)),
-        };
-        Ok((Rows { t, heads, d }, out))
-    }
-
-    /// The output row `row` comes from: its (batch, head, position) in the input's layout;
-    /// and its position.
-    fn source(&self, row: usize, inverse: bool) -> (usize, usize) {
-        let (t, heads) = (self.t, self.heads);
-        if inverse {
-            let (head, bt) = (row % heads, row / heads);
-            let position = bt % t;
-            (((bt / t) * heads + head) * t + position, position)
-        } else {
-            let (bh, position) = (row / t, row % t);
-            (((bh / heads) * t + position) * heads + bh % heads, position)
-        }
-    }
-}
-
 /// y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2 (halves of the last dimension), each output row from
-/// its [`Rows::source`]; with `inverse`, the transposed map dx1 = g1 c1 + g2 s2,
+/// its [`HeadRows::source`]; with `inverse`, the transposed map dx1 = g1 c1 + g2 s2,
 /// dx2 = g2 c2 - g1 s1, which is the backward pass.
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: Rows, inverse: bool) -> Vec<f32> {
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: HeadRows, inverse: bool) -> Vec<f32> {
     let (d, h) = (rows.d, rows.d / 2);
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(d)
@@ -126,7 +83,7 @@ impl CustomOp3 for Rope {
             f32_slice(s2, l2, self.name())?,
             f32_slice(s3, l3, self.name())?,
         );
-        let (rows, shape) = Rows::of(l1, false)?;
+        let (rows, shape) = HeadRows::of(l1, false, self.name())?;
         Ok((CpuStorage::F32(rotate(x, cos, sin, rows, false)), shape))
     }
     #[cfg(feature = "cuda")]
@@ -178,7 +135,7 @@ impl CustomOp3 for RopeBackward {
             f32_slice(s2, l2, self.name())?,
             f32_slice(s3, l3, self.name())?,
         );
-        let (rows, shape) = Rows::of(l1, true)?;
+        let (rows, shape) = HeadRows::of(l1, true, self.name())?;
         Ok((CpuStorage::F32(rotate(g, cos, sin, rows, true)), shape))
     }
     #[cfg(feature = "cuda")]
@@ -216,7 +173,7 @@ fn cuda_rotate(
         f32_view(s2, l2, op)?,
         f32_view(s3, l3, op)?,
     );
-    let (sizes, shape) = Rows::of(l1, inverse)?;
+    let (sizes, shape) = HeadRows::of(l1, inverse, op)?;
     let n = l1.shape().elem_count();
     let rows = n / sizes.d.max(1);
     let y = output(dev, n)?;
