@@ -265,9 +265,10 @@ impl Transformer {
                 self.cfg.max_position_embeddings
             );
         }
-        let mut x = crate::ops::embedding(&self.embed_tokens, ids)?; // (B, T, C), f32
-                                                                     // Rows offset..offset+t and columns 0..offset+t of the full mask; a single query sees
-                                                                     // every key and needs none.
+        // (B, T, C), f32
+        let mut x = crate::ops::embedding(&self.embed_tokens, ids)?;
+        // Rows offset..offset+t and columns 0..offset+t of the full mask; a single query sees
+        // every key and needs none.
         let mask = match &self.causal_mask {
             Some(full) if t > 1 => Some(full.narrow(0, offset, t)?.narrow(1, 0, offset + t)?),
             _ => None,

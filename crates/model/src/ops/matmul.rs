@@ -4,9 +4,9 @@
 //! more casts in the backward pass; here the result and the gradients are f32 straight from
 //! the GEMM, and gradients come back in each operand's natural layout (no transposed copy).
 //!
-//! [`product`] is what the layers call; [`widened_product`] is the op; [`widened_product_reference`]
-//! is the composition of Candle ops (operands widened to f32, Candle's f32 product) that it is
-//! tested against.
+//! [`product`] is what the layers call; [`widened_product`] is the op;
+//! [`widened_product_reference`] is the composition of Candle ops (operands widened to f32,
+//! Candle's f32 product) that it is tested against.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
