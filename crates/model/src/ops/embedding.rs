@@ -26,17 +26,20 @@ pub fn embedding_op(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let rows = table
         .contiguous()?
         .apply_op2(&ids.flatten_all()?.contiguous()?, Embedding)?;
-    let mut dims = ids.dims().to_vec();
-    dims.push(table.dim(1)?);
-    rows.reshape(dims)
+    in_ids_shape(rows, ids)
 }
 
 /// [`embedding`] as Candle's `index_select` (and its backward pass, `index_add`): what the op
 /// is tested against.
 pub fn embedding_reference(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    in_ids_shape(table.index_select(&ids.flatten_all()?, 0)?, ids)
+}
+
+/// `rows` (N, C), one per id, shaped as `ids` plus (C).
+fn in_ids_shape(rows: Tensor, ids: &Tensor) -> Result<Tensor> {
     let mut dims = ids.dims().to_vec();
-    dims.push(table.dim(1)?);
-    table.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+    dims.push(rows.dim(1)?);
+    rows.reshape(dims)
 }
 
 /// table (V, C), ids (N) -> (N, C).

@@ -220,8 +220,10 @@ impl CustomOp2 for WidenedProduct {
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cublas::{result, sys};
-    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
-    use candle_core::cuda_backend::WrapErr;
+    use std::ops::Range;
+
+    use candle_core::cuda_backend::cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, Layout, Result};
     use half::{bf16, f16};
 
@@ -291,24 +293,29 @@ mod cuda {
                 }
                 .w()
             };
+            let (a, b) = ((s1, a0..a1), (s2, b0..b1));
             match s1.dtype() {
-                DType::BF16 => {
-                    let a = s1.as_cuda_slice::<bf16>()?.slice(a0..a1);
-                    let b = s2.as_cuda_slice::<bf16>()?.slice(b0..b1);
-                    let ((a_ptr, _a_guard), (b_ptr, _b_guard)) =
-                        (a.device_ptr(&stream), b.device_ptr(&stream));
-                    gemm(a_ptr, b_ptr)?;
-                }
-                _ => {
-                    let a = s1.as_cuda_slice::<f16>()?.slice(a0..a1);
-                    let b = s2.as_cuda_slice::<f16>()?.slice(b0..b1);
-                    let ((a_ptr, _a_guard), (b_ptr, _b_guard)) =
-                        (a.device_ptr(&stream), b.device_ptr(&stream));
-                    gemm(a_ptr, b_ptr)?;
-                }
+                DType::BF16 => with_operands::<bf16>(a, b, &stream, gemm)?,
+                _ => with_operands::<f16>(a, b, &stream, gemm)?,
             }
         }
         Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    }
+
+    /// `run` on the device addresses of the elements `a` and `b` (storage, element range) hold
+    /// as `T`; the addresses stay valid until it returns.
+    fn with_operands<T: CudaDType>(
+        (s1, a): (&CudaStorage, Range<usize>),
+        (s2, b): (&CudaStorage, Range<usize>),
+        stream: &CudaStream,
+        run: impl FnOnce(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let (a, b) = (
+            s1.as_cuda_slice::<T>()?.slice(a),
+            s2.as_cuda_slice::<T>()?.slice(b),
+        );
+        let ((a_ptr, _a_guard), (b_ptr, _b_guard)) = (a.device_ptr(stream), b.device_ptr(stream));
+        run(a_ptr, b_ptr)
     }
 
     fn offsets(l: &Layout) -> Result<(usize, usize)> {

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::heads::HeadRows;
+use super::heads::{heads_first_reference, HeadRows};
 use super::{f32_slice, fused, rows_per_task};
 
 /// Rotary position embedding in the Hugging Face convention (`x cos + rotate_half(x) sin`, with
@@ -26,7 +26,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// then `x cos + rotate_half(x) sin`): what runs off the CPU, and what the fused kernel is
 /// tested against.
 pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let x = x.transpose(1, 2)?.contiguous()?;
+    let x = heads_first_reference(x)?;
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
