@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::Device;
 
 use dynact_trainer::model_source::{load_model, CheckpointStep, LoadedModel, SourceOptions};
-use dynact_trainer::{parse_device, parse_dtype, set_cpu_threads};
+use dynact_trainer::{parse_device, parse_dtype, set_up_cpu};
 
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
@@ -38,7 +38,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Sets the CPU thread count, opens the device and loads the model onto it.
     pub fn load(&self) -> Result<(Device, LoadedModel)> {
-        set_cpu_threads(self.threads);
+        set_up_cpu(self.threads);
         let device = parse_device(&self.device)?;
         let opts = SourceOptions {
             config: self.config.clone(),

@@ -152,7 +152,7 @@ fn main() {
     if let Ok(row) = std::env::var("DYNACT_BENCH_ROW") {
         let (name, ffn) = row.split_once(',').unwrap();
         // The thread settings train-lm uses.
-        dynact_trainer::set_cpu_threads(0);
+        dynact_trainer::set_up_cpu(0);
         println!("{}", measure(name, ffn.parse().unwrap(), steps));
         return;
     }

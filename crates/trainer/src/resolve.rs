@@ -83,7 +83,7 @@ impl ResolvedRun {
         opts: &RunOptions,
         log: &dyn Fn(String),
     ) -> Result<Resolution> {
-        crate::set_cpu_threads(cfg.train.threads);
+        crate::set_up_cpu(cfg.train.threads);
         let comm = opts.comm.clone();
         let root = comm.is_root();
         let device = rank_device(cfg.device, &comm)?;
