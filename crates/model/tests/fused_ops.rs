@@ -265,8 +265,14 @@ fn fused_dynact_glu_matches_its_reference_for_every_input_and_parameter() {
 #[test]
 fn fused_causal_attention_matches_its_reference() {
     // Grouped heads (4 query heads on 2 key/value heads), 7 queries after 4 cached positions,
-    // heads of 8 (B, H, G, T, S, D) = (2, 4, 2, 7, 11, 8); and one query seeing everything.
-    for (t, s, salt) in [(7usize, 11usize, 0u64), (1, 5, 10)] {
+    // heads of 8 (B, H, G, T, S, D) = (2, 4, 2, 7, 11, 8); one query seeing everything; and
+    // queries over two and three of the kernel's causal row blocks of 64.
+    for (t, s, salt) in [
+        (7usize, 11usize, 0u64),
+        (1, 5, 10),
+        (128, 128, 20),
+        (150, 153, 30),
+    ] {
         let q = randn(&[2, 4, t, 8], 70 + salt);
         let k = randn(&[2, 2, s, 8], 71 + salt);
         let v = randn(&[2, 2, s, 8], 72 + salt);

@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::exp::exp_in_place;
 use super::{cast, causal_softmax, f32_slice, fused, lane_sum, product, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
@@ -146,18 +147,21 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// out (m, n, row-major) = a (m, k) b (k, n), plus out's old values when `accumulate`: the
-/// gemm crate's kernels (what Candle's CPU matmul runs), on one thread, since the callers
-/// already run one task per head in parallel.
+/// out (m, n, rows `out_stride` apart) = a (m, k) b (k, n), plus out's old values when
+/// `accumulate`: the gemm crate's kernels (what Candle's CPU matmul runs), on one thread,
+/// since the callers already run one task per head in parallel.
 fn matmul(
-    out: &mut [f32],
+    (out, out_stride): (&mut [f32], usize),
     a: MatRef,
     b: MatRef,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
 ) {
     assert!(
-        out.len() >= m * n && a.covers(m, k) && b.covers(k, n),
+        n <= out_stride
+            && (m == 0 || out.len() >= (m - 1) * out_stride + n)
+            && a.covers(m, k)
+            && b.covers(k, n),
         "matmul: operand sizes"
     );
     // SAFETY: the assertion keeps every index gemm forms, (m, n) of out and (m, k), (k, n) of
@@ -169,7 +173,7 @@ fn matmul(
             k,
             out.as_mut_ptr(),
             1,
-            n as isize,
+            out_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -184,6 +188,63 @@ fn matmul(
             false,
             gemm::Parallelism::None,
         )
+    }
+}
+
+/// Query rows per block of the causal tiling. The rows of a block see the keys up to its last
+/// row's, so the products skip the blocks above the diagonal: about half of the work when
+/// T = S.
+const ROW_BLOCK: usize = 64;
+
+/// The row blocks of a head: (first row, rows, keys the last row sees).
+fn row_blocks(Dims { t, s, .. }: Dims) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..t).step_by(ROW_BLOCK).map(move |first| {
+        let rows = ROW_BLOCK.min(t - first);
+        (first, rows, s - t + first + rows)
+    })
+}
+
+/// out (T, S) = A (T, D) B^T (D, S) where a row sees keys: the scores of the causal row
+/// blocks (each row past its last key is left as it was).
+fn causal_scores(out: &mut [f32], a: &[f32], b: &[f32], dims: Dims) {
+    let Dims { s, d, .. } = dims;
+    for (first, rows, keys) in row_blocks(dims) {
+        matmul(
+            (&mut out[first * s..], s),
+            MatRef::rows(&a[first * d..], d),
+            MatRef::transposed(b, d),
+            (rows, keys, d),
+            false,
+        );
+    }
+}
+
+/// out (T, D) = P (T, S) M (S, D) for a causal P (0 past the keys each row sees), block by
+/// block.
+fn causal_product(out: &mut [f32], p: &[f32], m: &[f32], dims: Dims) {
+    let Dims { s, d, .. } = dims;
+    for (first, rows, keys) in row_blocks(dims) {
+        matmul(
+            (&mut out[first * d..], d),
+            MatRef::rows(&p[first * s..], s),
+            MatRef::rows(m, d),
+            (rows, d, keys),
+            false,
+        );
+    }
+}
+
+/// out (S, D) += P^T (S, T) M (T, D) for a causal P, block by block.
+fn add_causal_product_transposed(out: &mut [f32], p: &[f32], m: &[f32], dims: Dims) {
+    let Dims { s, d, .. } = dims;
+    for (first, rows, keys) in row_blocks(dims) {
+        matmul(
+            (out, d),
+            MatRef::transposed(&p[first * s..], s),
+            MatRef::rows(&m[first * d..], d),
+            (keys, d, rows),
+            true,
+        );
     }
 }
 
@@ -214,25 +275,21 @@ impl CausalAttention {
     }
 
     /// The head's (T, S) probabilities before dropout into `p` (0 where a query may not
-    /// look), and after dropout into `kept` (a copy of `p` without dropout): the scores as one
-    /// matrix product, then the causal softmax row by row, as [`super::causal_softmax`] does.
+    /// look), and after dropout into `kept` (a copy of `p` without dropout): the scores as a
+    /// matrix product per row block, then the causal softmax row by row, as
+    /// [`super::causal_softmax`] does.
     fn probabilities(&self, head: &Head, dims: Dims, p: &mut [f32], kept: &mut [f32]) {
-        let Dims { t, s, d, .. } = dims;
-        matmul(
-            p,
-            MatRef::rows(head.q, d),
-            MatRef::transposed(head.keys, d),
-            (t, s, d),
-            false,
-        );
+        let Dims { t, s, .. } = dims;
+        causal_scores(p, head.q, head.keys, dims);
         for (i, row) in p.chunks_mut(s).enumerate() {
             let visible = s - t + i + 1;
             let max = row[..visible]
                 .iter()
                 .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
             for x in &mut row[..visible] {
-                *x = ((*x - max) * self.scale).exp();
+                *x = (*x - max) * self.scale;
             }
+            exp_in_place(&mut row[..visible]);
             let inv = 1.0 / lane_sum(visible, |j| row[j]);
             row[..visible].iter_mut().for_each(|x| *x *= inv);
             row[visible..].iter_mut().for_each(|x| *x = 0.0);
@@ -271,19 +328,16 @@ impl CustomOp3 for CausalAttention {
         );
         let Dims { t, s, d, .. } = dims;
         let mut out = vec![0f32; inputs.0.len()];
-        // One task per (batch, head): its (T, S) probabilities stay in a buffer of the task.
-        out.par_chunks_mut(t * d).enumerate().for_each(|(bh, y)| {
-            let head = self.head(dims, inputs, bh);
-            let (mut p, mut kept) = (vec![0f32; t * s], vec![0f32; t * s]);
-            self.probabilities(&head, dims, &mut p, &mut kept);
-            matmul(
-                y,
-                MatRef::rows(&kept, s),
-                MatRef::rows(head.values, d),
-                (t, d, s),
-                false,
-            );
-        });
+        // One task per (batch, head): its (T, S) probabilities stay in buffers that each
+        // worker reuses (every element is written before it is read).
+        let buffers = || (vec![0f32; t * s], vec![0f32; t * s]);
+        out.par_chunks_mut(t * d)
+            .enumerate()
+            .for_each_init(buffers, |(p, kept), (bh, y)| {
+                let head = self.head(dims, inputs, bh);
+                self.probabilities(&head, dims, p, kept);
+                causal_product(y, kept, head.values, dims);
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -359,56 +413,35 @@ impl CustomOp3 for CausalAttentionBackward {
         let (dq, dkv) = out.split_at_mut(nq);
         let (dk, dv) = dkv.split_at_mut(nk);
         // One task per (batch, key/value head): the d q of its query heads, and its d k and
-        // d v, which those heads add to in order.
+        // d v, which those heads add to in order. Each worker reuses its (T, S) buffers.
+        let buffers = || [(); 4].map(|_| vec![0f32; t * s]);
         let rep = h / g;
         dq.par_chunks_mut(rep * t * d)
             .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
             .enumerate()
-            .for_each(|(bg, (dq, (dk, dv)))| {
-                let [mut p, mut kept, mut dp_kept, mut dp] = [(); 4].map(|_| vec![0f32; t * s]);
+            .for_each_init(buffers, |buffers, (bg, (dq, (dk, dv)))| {
+                let [p, kept, dp_kept, dp] = buffers;
                 for (r, dq) in dq.chunks_mut(t * d).enumerate() {
                     let bh = (bg / g) * h + (bg % g) * rep + r;
                     let head = fwd.head(dims, (q, k, v), bh);
                     let gy = &grad[bh * t * d..(bh + 1) * t * d];
-                    fwd.probabilities(&head, dims, &mut p, &mut kept);
-                    let accumulate = r > 0;
-                    matmul(
-                        dv,
-                        MatRef::transposed(&kept, s),
-                        MatRef::rows(gy, d),
-                        (s, d, t),
-                        accumulate,
-                    );
-                    matmul(
-                        &mut dp_kept,
-                        MatRef::rows(gy, d),
-                        MatRef::transposed(head.values, d),
-                        (t, s, d),
-                        false,
-                    );
-                    fwd.drop(&head, &dp_kept, &mut dp);
-                    // d P becomes d S in place.
+                    fwd.probabilities(&head, dims, p, kept);
+                    // d k and d v add up over the heads, onto out's zeros.
+                    add_causal_product_transposed(dv, kept, gy, dims);
+                    causal_scores(dp_kept, gy, head.values, dims);
+                    fwd.drop(&head, dp_kept, dp);
+                    // d P becomes d S in place; 0 past the keys a row sees (the products above
+                    // left older values there).
                     for (i, (ds, pr)) in dp.chunks_mut(s).zip(p.chunks(s)).enumerate() {
                         let visible = s - t + i + 1;
                         let dot = lane_sum(visible, |j| pr[j] * ds[j]);
-                        for (x, pj) in ds.iter_mut().zip(pr) {
+                        for (x, pj) in ds[..visible].iter_mut().zip(pr) {
                             *x = fwd.scale * pj * (*x - dot);
                         }
+                        ds[visible..].fill(0.0);
                     }
-                    matmul(
-                        dq,
-                        MatRef::rows(&dp, s),
-                        MatRef::rows(head.keys, d),
-                        (t, d, s),
-                        false,
-                    );
-                    matmul(
-                        dk,
-                        MatRef::transposed(&dp, s),
-                        MatRef::rows(head.q, d),
-                        (s, d, t),
-                        accumulate,
-                    );
+                    causal_product(dq, dp, head.keys, dims);
+                    add_causal_product_transposed(dk, dp, head.q, dims);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))

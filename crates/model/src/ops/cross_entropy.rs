@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::exp::exp_in_place;
 use super::{f32_slice, fused, fused_on_cuda, lane_sum, last_dim, rows_per_task, u32_slice};
 
 /// log(softmax(x)) over the last dimension, stable for large logits.
@@ -43,10 +44,15 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_nll(logits, targets)?.mean_all()
 }
 
-/// log-sum-exp of a row, max-shifted, the exponentials added in the CUDA kernel's order.
-fn log_sum_exp(row: &[f32]) -> f32 {
+/// log-sum-exp of a row, max-shifted, the exponentials added in the CUDA kernel's order;
+/// they are made in `scratch`, the row's length.
+fn log_sum_exp(row: &[f32], scratch: &mut [f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    max + lane_sum(row.len(), |j| (row[j] - max).exp()).ln()
+    for (e, x) in scratch.iter_mut().zip(row) {
+        *e = x - max;
+    }
+    exp_in_place(scratch);
+    max + lane_sum(row.len(), |j| scratch[j]).ln()
 }
 
 struct CrossEntropy;
@@ -72,7 +78,10 @@ impl CustomOp2 for CrossEntropy {
         let out: Vec<f32> = x
             .par_chunks(v)
             .zip(t.par_iter())
-            .map(|(row, &t)| log_sum_exp(row) - row[t as usize])
+            .map_init(
+                || vec![0f32; v],
+                |scratch, (row, &t)| log_sum_exp(row, scratch) - row[t as usize],
+            )
             .collect();
         Ok((CpuStorage::F32(out), Shape::from((t.len(), 1))))
     }
@@ -144,10 +153,12 @@ impl CustomOp3 for CrossEntropyBackward {
             .zip(t.par_iter().zip(g.par_iter()))
             .with_min_len(rows_per_task(v))
             .for_each(|((o, row), (&t, &g))| {
-                let lse = log_sum_exp(row);
+                let lse = log_sum_exp(row, o);
                 for (o, x) in o.iter_mut().zip(row) {
-                    *o = g * (x - lse).exp();
+                    *o = x - lse;
                 }
+                exp_in_place(o);
+                o.iter_mut().for_each(|o| *o *= g);
                 o[t as usize] -= g;
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -20,6 +20,7 @@ pub mod attention;
 pub mod cast;
 pub mod cross_entropy;
 pub mod embedding;
+pub(crate) mod exp;
 pub mod heads;
 pub mod matmul;
 pub mod rms_norm;

@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Resul
 use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
+use super::exp::exp_in_place;
 use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task};
 
 /// Softmax over the last dimension.
@@ -108,8 +109,9 @@ impl CustomOp1 for CausalSoftmax {
                     .iter()
                     .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
                 for (o, v) in o[..visible].iter_mut().zip(xr) {
-                    *o = ((v - max) * self.scale).exp();
+                    *o = (v - max) * self.scale;
                 }
+                exp_in_place(&mut o[..visible]);
                 let inv = 1.0 / lane_sum(visible, |j| o[j]);
                 o[..visible].iter_mut().for_each(|o| *o *= inv);
             });
