@@ -1,13 +1,16 @@
 //! The widened product (bf16 or f16 operands, f32 accumulation and result) against Candle's
 //! f32 product of the widened operands: the same values, and the gradients the mixed-precision
 //! backward pass defines (the incoming gradient rounded to the operands' dtype, then f32
-//! products), written out here with Candle's ops.
+//! products), written out here with Candle's ops. The f32 product on a CPU, which takes the
+//! same op, against Candle's.
 
 mod common;
 
 use candle_core::{DType, Tensor, Var};
 use common::{max_abs_diff, randn};
-use dynact_model::ops::{cast, product, widened_product, widened_product_reference, Form};
+use dynact_model::ops::{
+    cast, product, product_reference, widened_product, widened_product_reference, Form,
+};
 
 /// Shapes of (a, b) as stored for `form`: batch dims, then (m, k) / (k, n) per the form.
 fn operand_dims(form: Form, batch: &[usize], (m, n, k): (usize, usize, usize)) -> [Vec<usize>; 2] {
@@ -49,6 +52,42 @@ fn widened_products_equal_candle_s_f32_product_of_the_widened_operands() {
                 let reference = widened_product_reference(&a, &b, form).unwrap();
                 // The same f32 GEMM of the same values on a CPU.
                 assert_eq!(max_abs_diff(&y, &reference), 0.0, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_products_on_a_cpu_are_candle_s_with_gradients_in_the_operands_layouts() {
+    for form in [Form::AB, Form::ABt, Form::AtB] {
+        for batch in [&[][..], &[2, 3][..]] {
+            let what = format!("{form:?} batch {batch:?}");
+            let [da, db] = operand_dims(form, batch, (6, 5, 11));
+            let (a, b) = (randn(&da, 11), randn(&db, 12));
+            let run = |reference: bool| {
+                let (va, vb) = (Var::from_tensor(&a).unwrap(), Var::from_tensor(&b).unwrap());
+                let (x, y) = (va.as_tensor(), vb.as_tensor());
+                let out = match reference {
+                    true => product_reference(x, y, form),
+                    false => product(x, y, form, DType::F32),
+                }
+                .unwrap();
+                let w = randn(out.dims(), 13);
+                let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let g = |v: &Var| grads.get(v).unwrap().clone();
+                (out, g(&va), g(&vb))
+            };
+            let ((y, ga, gb), (y_ref, ga_ref, gb_ref)) = (run(false), run(true));
+            // The same GEMM as Candle's, on the same values.
+            assert_eq!(max_abs_diff(&y, &y_ref), 0.0, "{what}");
+            assert_close(&ga, &ga_ref, 1e-6, &format!("{what}: gradient of a"));
+            assert_close(&gb, &gb_ref, 1e-6, &format!("{what}: gradient of b"));
+            for (g, x) in [(&ga, &a), (&gb, &b)] {
+                assert_eq!(g.dims(), x.dims(), "{what}");
+                assert!(
+                    g.is_contiguous(),
+                    "{what}: a gradient in a transposed layout"
+                );
             }
         }
     }

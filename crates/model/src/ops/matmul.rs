@@ -1,12 +1,15 @@
-//! Matrix products under mixed precision: bf16 (or f16) operands, f32 accumulation and an f32
-//! result, as cuBLAS computes them in one GEMM. Candle's own product returns its operands'
-//! dtype, so a bf16 product cost a cast of the result back to f32 on top of the GEMM, and two
-//! more casts in the backward pass; here the result and the gradients are f32 straight from
-//! the GEMM, and gradients come back in each operand's natural layout (no transposed copy).
+//! Matrix products whose gradients come back in each operand's own layout, and products under
+//! mixed precision: bf16 (or f16) operands, f32 accumulation and an f32 result, as cuBLAS
+//! computes them in one GEMM. Candle's own product returns its operands' dtype, so a bf16
+//! product cost a cast of the result back to f32 on top of the GEMM, and two more casts in the
+//! backward pass; here the result and the gradients are f32 straight from the GEMM. Candle's
+//! backward pass also returns the gradient of a transposed operand (a linear layer's weight)
+//! transposed, which cost a copy; and on a CPU it fills every result with zeros before the
+//! GEMM writes it.
 //!
-//! [`product`] is what the layers call; [`widened_product`] is the op;
-//! [`widened_product_reference`] is the composition of Candle ops (operands widened to f32,
-//! Candle's f32 product) that it is tested against.
+//! [`product`] is what the layers call; [`widened_product`] is the op for half operands (on a
+//! CPU, f32 operands take the same op); [`widened_product_reference`] and
+//! [`product_reference`] are the compositions of Candle ops they are tested against.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -29,16 +32,25 @@ pub enum Form {
 /// The product of `a` and `b` in `form`, computed in `dtype`. In bf16 or f16 the operands are
 /// cast ([`cast`], so an operand already in `dtype` is used as it is: a caller that feeds one
 /// input to several products casts it once) and [`widened_product`] returns f32, with f32
-/// gradients for `a` and `b`. In f32 or f64 it is Candle's product in that dtype.
+/// gradients for `a` and `b`. In f32 on a CPU it is the same op (one GEMM each way, gradients
+/// in the operands' layouts); otherwise (f64, f32 on a GPU) [`product_reference`].
 pub fn product(a: &Tensor, b: &Tensor, form: Form, dtype: DType) -> Result<Tensor> {
     if matches!(dtype, DType::BF16 | DType::F16) {
         return widened_product(&cast(a, dtype)?, &cast(b, dtype)?, form);
     }
     let (a, b) = (cast(a, dtype)?, cast(b, dtype)?);
+    if super::fused(&a) && super::fused(&b) {
+        return gemm_product(&a, &b, form);
+    }
+    product_reference(&a, &b, form)
+}
+
+/// The product of `a` and `b` in `form` as Candle's `matmul`, in their dtype.
+pub fn product_reference(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
     match form {
-        Form::AB => a.matmul(&b),
+        Form::AB => a.matmul(b),
         Form::ABt => a.matmul(&b.t()?),
-        Form::AtB => a.t()?.matmul(&b),
+        Form::AtB => a.t()?.matmul(b),
     }
 }
 
@@ -48,7 +60,6 @@ pub fn product(a: &Tensor, b: &Tensor, form: Form, dtype: DType) -> Result<Tenso
 /// dtype (the GEMMs of the backward pass take it so), each operand's gradient is one f32 GEMM
 /// in that operand's layout, and a cast that made the operand passes an f32 gradient through.
 pub fn widened_product(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
-    let shape = ProductShape::of(a.dims(), b.dims(), form)?;
     if a.dtype() != b.dtype() || !matches!(a.dtype(), DType::BF16 | DType::F16) {
         candle_core::bail!(
             "widened product: the operands must both be bf16 or both f16, not {:?} and {:?}",
@@ -56,11 +67,17 @@ pub fn widened_product(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
             b.dtype()
         );
     }
+    gemm_product(a, b, form)
+}
+
+/// The op of [`widened_product`] on operands of one dtype: bf16 or f16, or f32 on a CPU.
+fn gemm_product(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
+    let shape = ProductShape::of(a.dims(), b.dims(), form)?;
     let (a3, b3) = (
         a.contiguous()?.reshape(shape.a_dims())?,
         b.contiguous()?.reshape(shape.b_dims())?,
     );
-    let y = a3.apply_op2(&b3, WidenedProduct(form))?;
+    let y = a3.apply_op2(&b3, GemmProduct(form))?;
     y.reshape(shape.out_dims(a.dims()))
 }
 
@@ -68,12 +85,7 @@ pub fn widened_product(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
 /// The values are the op's (on a CPU, the same GEMM); its gradients are those of the widened
 /// operands, cast back to the operands' dtype.
 pub fn widened_product_reference(a: &Tensor, b: &Tensor, form: Form) -> Result<Tensor> {
-    product(
-        &a.to_dtype(DType::F32)?,
-        &b.to_dtype(DType::F32)?,
-        form,
-        DType::F32,
-    )
+    product_reference(&a.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?, form)
 }
 
 /// The sizes of one product: `batch` products of (m, k) by (k, n).
@@ -135,38 +147,93 @@ impl ProductShape {
         dims.extend([self.m, self.n]);
         dims
     }
+}
 
-    /// The operands' layouts for Candle's product of (batch, m, k) by (batch, k, n): the
-    /// transposed form is a transposed view of the operand as stored.
-    fn candle_layouts(&self) -> Result<(Layout, Layout)> {
-        let a = Layout::contiguous(self.a_dims());
-        let b = Layout::contiguous(self.b_dims());
-        Ok(match self.form {
-            Form::AB => (a, b),
-            Form::ABt => (a, b.transpose(1, 2)?),
-            Form::AtB => (a.transpose(1, 2)?, b),
-        })
+/// y (batch, m, n) = a b in the form `p` says, a and b stored contiguously as it says: the
+/// gemm crate's kernels with the arguments Candle's CPU product passes them, so the values
+/// are Candle's, written straight into the result.
+fn cpu_gemm(a: &[f32], b: &[f32], p: &ProductShape) -> Vec<f32> {
+    let ProductShape {
+        batch,
+        m,
+        n,
+        k,
+        form,
+    } = *p;
+    assert!(
+        a.len() == batch * m * k && b.len() == batch * k * n,
+        "gemm: operand sizes"
+    );
+    let len = batch * m * n;
+    if k == 0 {
+        return vec![0f32; len];
     }
+    // Element (r, c) of the product's left factor is a[r * a_rows + c * a_cols]; likewise b.
+    let (a_rows, a_cols) = match form {
+        Form::AtB => (1, m),
+        _ => (k, 1),
+    };
+    let (b_rows, b_cols) = match form {
+        Form::ABt => (1, k),
+        _ => (n, 1),
+    };
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = match threads {
+        1 => gemm::Parallelism::None,
+        _ => gemm::Parallelism::Rayon(threads),
+    };
+    let mut y = Vec::<f32>::with_capacity(len);
+    for i in 0..batch {
+        // SAFETY: the assertion keeps the i-th matrices of a and b, at these strides, inside
+        // the slices, and y has room for batch (m, n) matrices. gemm writes all m * n elements
+        // of the i-th without reading them (read_dst false).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr().add(i * m * n),
+                1,
+                n as isize,
+                false,
+                a.as_ptr().add(i * m * k),
+                a_cols as isize,
+                a_rows as isize,
+                b.as_ptr().add(i * k * n),
+                b_cols as isize,
+                b_rows as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    }
+    // SAFETY: gemm wrote every element.
+    unsafe { y.set_len(len) };
+    y
 }
 
 /// The op on (batch, ., .) operands stored contiguously as [`ProductShape`] says.
-struct WidenedProduct(Form);
+struct GemmProduct(Form);
 
-impl WidenedProduct {
+impl GemmProduct {
     fn shape(&self, l1: &Layout, l2: &Layout) -> Result<ProductShape> {
         if !l1.is_contiguous() || !l2.is_contiguous() {
-            candle_core::bail!("widened product: the operands must be contiguous");
+            candle_core::bail!("product: the operands must be contiguous");
         }
         ProductShape::of(l1.dims(), l2.dims(), self.0)
     }
 }
 
-impl CustomOp2 for WidenedProduct {
+impl CustomOp2 for GemmProduct {
     fn name(&self) -> &'static str {
-        "widened-product"
+        "product"
     }
 
-    /// Both operands widened to f32 (exactly), then Candle's f32 product.
+    /// Half operands widened to f32 (exactly), then an f32 GEMM.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -175,10 +242,26 @@ impl CustomOp2 for WidenedProduct {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = self.shape(l1, l2)?;
-        let (a, b) = (s1.to_dtype(l1, DType::F32)?, s2.to_dtype(l2, DType::F32)?);
-        let (la, lb) = p.candle_layouts()?;
-        let y = a.matmul(&b, (p.batch, p.m, p.n, p.k), &la, &lb)?;
-        Ok((y, Shape::from((p.batch, p.m, p.n))))
+        let y = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => cpu_gemm(
+                super::f32_slice(s1, l1, self.name())?,
+                super::f32_slice(s2, l2, self.name())?,
+                &p,
+            ),
+            _ => {
+                let (a, b) = (s1.to_dtype(l1, DType::F32)?, s2.to_dtype(l2, DType::F32)?);
+                let contiguous = (
+                    Layout::contiguous(l1.shape()),
+                    Layout::contiguous(l2.shape()),
+                );
+                cpu_gemm(
+                    super::f32_slice(&a, &contiguous.0, self.name())?,
+                    super::f32_slice(&b, &contiguous.1, self.name())?,
+                    &p,
+                )
+            }
+        };
+        Ok((CpuStorage::F32(y), Shape::from((p.batch, p.m, p.n))))
     }
 
     /// One cuBLAS GEMM: bf16 or f16 operands, f32 accumulation and result.
@@ -204,7 +287,7 @@ impl CustomOp2 for WidenedProduct {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = cast(&grad.contiguous()?, a.dtype())?.detach();
         let (a, b) = (a.detach(), b.detach());
-        let p = |x: &Tensor, y: &Tensor, form| widened_product(x, y, form);
+        let p = |x: &Tensor, y: &Tensor, form| gemm_product(x, y, form);
         // y = a b: da = g b^T, db = a^T g. y = a b^T: da = g b, db = g^T a.
         // y = a^T b: da = b g^T, db = a g.
         let (da, db) = match self.0 {
