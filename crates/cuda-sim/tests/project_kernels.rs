@@ -9,9 +9,10 @@
 //! Two comparisons, because nvcc and a C compiler do not compute the same thing from the same
 //! source: nvcc contracts a*b+c into one fma (one rounding instead of two), and its expf is
 //! ex2.approx (2 ulp) scaled, not the host's libm. With contraction off (`-fmad=false`), every
-//! kernel without expf must equal the host bit for bit: that checks the simulator's integer and
-//! IEEE arithmetic, addressing and launch geometry exactly. As built (contraction on), every
-//! output must be within 1e-6 of its largest value.
+//! kernel without expf (the FFN gates take the exp of kernels/exp.cuh, plain IEEE arithmetic)
+//! must equal the host bit for bit: that checks the simulator's integer and IEEE arithmetic,
+//! addressing and launch geometry exactly. As built (contraction on), every output must be
+//! within 1e-6 of its largest value.
 
 mod common;
 
@@ -800,8 +801,8 @@ const KERNELS: [(&str, Runner, bool); 11] = [
     ("adamw", adamw, false),
     ("cast", cast, false),
     ("causal_softmax", causal_softmax, true),
-    ("dynact_glu", dynact_glu, true),
-    ("swiglu", swiglu, true),
+    ("dynact_glu", dynact_glu, false),
+    ("swiglu", swiglu, false),
     ("cross_entropy", cross_entropy, true),
 ];
 

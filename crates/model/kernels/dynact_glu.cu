@@ -7,7 +7,8 @@
 // the blocks in order.
 
 #include <stdint.h>
-#include <math.h>
+
+#include "exp.cuh"
 
 #ifndef DYNACT_KERNEL
 #define DYNACT_KERNEL extern "C" __global__
@@ -19,7 +20,7 @@ __device__ __forceinline__ float gate_weight(float x, int relu) {
     if (relu) {
         return x > 0.0f ? 1.0f : 0.0f;
     }
-    return 1.0f / (1.0f + expf(-x));
+    return 1.0f / (1.0f + dynact_exp(-x));
 }
 
 __device__ __forceinline__ float param_of(const float* p, uint32_t per, uint32_t channel) {

@@ -506,42 +506,18 @@ fn moving_heads_is_candle_s_transpose_and_the_kernel_source_agrees() {
 }
 
 #[test]
-fn fused_swiglu_is_bit_identical_to_its_reference() {
-    let (g, u) = (
-        Var::from_tensor(&randn(&[6, 10], 12)).unwrap(),
-        Var::from_tensor(&randn(&[6, 10], 13)).unwrap(),
-    );
+fn fused_swiglu_matches_its_reference() {
+    // Candle's silu takes glibc's exp, the kernel its own (within 1 ulp): the values and
+    // gradients agree to a few ulp, with the f64 reference too.
+    let (g, u) = (randn(&[6, 10], 12), randn(&[6, 10], 13));
     let w = randn(&[6, 10], 14);
-    let fused = dynact_model::ffn::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
-    let plain = dynact_model::ffn::swiglu_reference(g.as_tensor(), u.as_tensor()).unwrap();
-    let gf = (&fused * &w)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let gp = (&plain * &w)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let bits = |t: &Tensor| -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
-    assert_eq!(bits(&fused), bits(&plain), "values");
-    assert_eq!(
-        bits(gf.get(&g).unwrap()),
-        bits(gp.get(&g).unwrap()),
-        "d gate"
+    compare(
+        &[&g, &u],
+        &w,
+        |x| dynact_model::ffn::swiglu(&x[0], &x[1]).unwrap(),
+        |x| dynact_model::ffn::swiglu_reference(&x[0], &x[1]).unwrap(),
+        "swiglu",
     );
-    assert_eq!(bits(gf.get(&u).unwrap()), bits(gp.get(&u).unwrap()), "d up");
 }
 
 #[test]

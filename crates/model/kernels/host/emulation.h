@@ -18,6 +18,22 @@ typedef struct {
 #define __forceinline__ static inline
 #define DYNACT_KERNEL static
 
+// CUDA's arithmetic intrinsics: each operation rounded on its own, as C does without
+// contraction (the build does not enable FMA instructions); a float's bits.
+#define __fmul_rn(a, b) ((a) * (b))
+#define __fadd_rn(a, b) ((a) + (b))
+#define __fsub_rn(a, b) ((a) - (b))
+static inline uint32_t __float_as_uint(float x) {
+    uint32_t u;
+    __builtin_memcpy(&u, &x, sizeof u);
+    return u;
+}
+static inline float __uint_as_float(uint32_t u) {
+    float x;
+    __builtin_memcpy(&x, &u, sizeof x);
+    return x;
+}
+
 // Runs `call` once per thread of a grid x block launch.
 #define RUN_GRID(grid, block, call)                 \
     do {                                            \

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
+use crate::ops::exp::exp_in_place;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
 
 /// `act(gate) * up`, gate and up of one shape (..., F). f32 inputs with a SiLU or ReLU base take
@@ -51,14 +52,16 @@ fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f
 }
 
 /// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
-/// sigmoid for SiLU, the step for ReLU. Its own loop (the one with the `exp`), so that the
-/// arithmetic after it vectorizes.
+/// sigmoid for SiLU, the step for ReLU. In loops of its own (the exp over the whole row), so
+/// that the arithmetic after it vectorizes.
 fn gate_weights(row: &[f32], base: BaseAct, out: &mut [f32]) {
     match base {
         BaseAct::Silu => {
             for (w, &x) in out.iter_mut().zip(row) {
-                *w = 1.0 / (1.0 + (-x).exp());
+                *w = -x;
             }
+            exp_in_place(out);
+            out.iter_mut().for_each(|w| *w = 1.0 / (1.0 + *w));
         }
         BaseAct::Relu => {
             for (w, &x) in out.iter_mut().zip(row) {
