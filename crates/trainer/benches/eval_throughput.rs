@@ -41,6 +41,8 @@ fn env_or(key: &str, default: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The thread and allocator settings eval-ppl uses.
+    dynact_trainer::set_up_cpu(0);
     let batches: usize = env_or("DYNACT_BENCH_BATCHES", "4").parse()?;
     let device_name = env_or("DYNACT_BENCH_DEVICE", "cpu");
     let dtype_name = env_or("DYNACT_BENCH_DTYPE", "f32");
