@@ -144,6 +144,19 @@ cuda_matches_cpu() {
     memory_logged "$work/cuda" "$work/cpu"
 }
 check "8 training steps on cuda (f32 and bf16) against the CPU, device memory logged" cuda_matches_cpu
+# bf16 on a GPU older than Ampere (the stand-in driver reports 7.5): one error line (after the
+# tiny config's notices), no run directory.
+older_gpu_refuses_bf16() {
+  if DYNACT_CUDA_SIM_COMPUTE_CAPABILITY=7.5 target/release/train-lm "${tiny[@]}" --device cuda:0 \
+    --dtype bf16 --run-dir "$work/old" >"$work/log" 2>&1; then
+    echo "a bf16 run started on a GPU of compute capability 7.5"
+    return 1
+  fi
+  cat "$work/log"
+  [ "$(grep -c '^error' "$work/log")" -eq 1 ] && tail -1 "$work/log" | grep -q "compute capability 8.0 or newer" &&
+    [ ! -e "$work/old" ]
+}
+check "bf16 on a GPU of compute capability 7.5 is refused in one line" older_gpu_refuses_bf16
 # Logged every 4 steps, so the GPU's steps are read in batches (steps 1-2 at the step-3
 # evaluation, then 4, then 5-7 at 8): the same records as the CPU's, decided step by step.
 read_in_batches() {

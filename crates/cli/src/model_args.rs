@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::Device;
 
 use dynact_trainer::model_source::{load_model, CheckpointStep, LoadedModel, SourceOptions};
-use dynact_trainer::{parse_device, parse_dtype, set_up_cpu};
+use dynact_trainer::{check_dtype_on, parse_device, parse_dtype, set_up_cpu};
 
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
@@ -40,11 +40,15 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(Device, LoadedModel)> {
         set_up_cpu(self.threads);
         let device = parse_device(&self.device)?;
+        let dtype = self.dtype.as_deref().map(parse_dtype).transpose()?;
+        if let Some(dtype) = dtype {
+            check_dtype_on(&device, dtype)?;
+        }
         let opts = SourceOptions {
             config: self.config.clone(),
             tokenizer: self.tokenizer.clone(),
             step: self.step,
-            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            dtype,
         };
         let model = load_model(&self.source, &opts, &device)?;
         Ok((device, model))

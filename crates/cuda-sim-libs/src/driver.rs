@@ -97,32 +97,44 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, _dev: c_int) -> 
     put(bytes, TOTAL_MEMORY as usize)
 }
 
+/// The compute capability the device reports: 9.0, or DYNACT_CUDA_SIM_COMPUTE_CAPABILITY
+/// (`7.5`), so that a test can stand in for an older GPU.
+fn compute_capability() -> (c_int, c_int) {
+    std::env::var("DYNACT_CUDA_SIM_COMPUTE_CAPABILITY")
+        .ok()
+        .and_then(|v| {
+            let (major, minor) = v.split_once('.')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+        .unwrap_or((9, 0))
+}
+
 /// The attributes of an H100 SXM (compute capability 9.0) that callers ask for.
 fn attribute(a: c_int) -> c_int {
     match a {
-        1 => 1024,              // MAX_THREADS_PER_BLOCK
-        2 | 3 => 1024,          // MAX_BLOCK_DIM_X, _Y
-        4 => 64,                // MAX_BLOCK_DIM_Z
-        5 => i32::MAX,          // MAX_GRID_DIM_X
-        6 | 7 => 65535,         // MAX_GRID_DIM_Y, _Z
-        8 => 48 * 1024,         // MAX_SHARED_MEMORY_PER_BLOCK
-        9 => 64 * 1024,         // TOTAL_CONSTANT_MEMORY
-        10 => 32,               // WARP_SIZE
-        12 => 65536,            // MAX_REGISTERS_PER_BLOCK
-        13 => 1_980_000,        // CLOCK_RATE (kHz)
-        16 => 132,              // MULTIPROCESSOR_COUNT
-        36 => 2_619_000,        // MEMORY_CLOCK_RATE (kHz)
-        37 => 5120,             // GLOBAL_MEMORY_BUS_WIDTH
-        38 => 50 * 1024 * 1024, // L2_CACHE_SIZE
-        39 => 2048,             // MAX_THREADS_PER_MULTIPROCESSOR
-        41 => 1,                // UNIFIED_ADDRESSING
-        75 => 9,                // COMPUTE_CAPABILITY_MAJOR
-        76 => 0,                // COMPUTE_CAPABILITY_MINOR
-        81 => 228 * 1024,       // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
-        82 => 65536,            // MAX_REGISTERS_PER_MULTIPROCESSOR
-        97 => 227 * 1024,       // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-        106 => 32,              // MAX_BLOCKS_PER_MULTIPROCESSOR
-        115 => 1,               // MEMORY_POOLS_SUPPORTED
+        1 => 1024,                    // MAX_THREADS_PER_BLOCK
+        2 | 3 => 1024,                // MAX_BLOCK_DIM_X, _Y
+        4 => 64,                      // MAX_BLOCK_DIM_Z
+        5 => i32::MAX,                // MAX_GRID_DIM_X
+        6 | 7 => 65535,               // MAX_GRID_DIM_Y, _Z
+        8 => 48 * 1024,               // MAX_SHARED_MEMORY_PER_BLOCK
+        9 => 64 * 1024,               // TOTAL_CONSTANT_MEMORY
+        10 => 32,                     // WARP_SIZE
+        12 => 65536,                  // MAX_REGISTERS_PER_BLOCK
+        13 => 1_980_000,              // CLOCK_RATE (kHz)
+        16 => 132,                    // MULTIPROCESSOR_COUNT
+        36 => 2_619_000,              // MEMORY_CLOCK_RATE (kHz)
+        37 => 5120,                   // GLOBAL_MEMORY_BUS_WIDTH
+        38 => 50 * 1024 * 1024,       // L2_CACHE_SIZE
+        39 => 2048,                   // MAX_THREADS_PER_MULTIPROCESSOR
+        41 => 1,                      // UNIFIED_ADDRESSING
+        75 => compute_capability().0, // COMPUTE_CAPABILITY_MAJOR
+        76 => compute_capability().1, // COMPUTE_CAPABILITY_MINOR
+        81 => 228 * 1024,             // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+        82 => 65536,                  // MAX_REGISTERS_PER_MULTIPROCESSOR
+        97 => 227 * 1024,             // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        106 => 32,                    // MAX_BLOCKS_PER_MULTIPROCESSOR
+        115 => 1,                     // MEMORY_POOLS_SUPPORTED
         _ => 0,
     }
 }

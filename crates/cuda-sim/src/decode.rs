@@ -163,6 +163,10 @@ pub(crate) fn decode(statement: &str, line: u32, names: &Names) -> Result<Inst, 
                 _ => BoolOp::Xor,
             }),
         },
+        "set" => Op::Set {
+            cmp: parse_cmp(cmp.unwrap_or(""), inst.ty2)
+                .ok_or_else(|| parse_error(line, statement, "a set without a comparison"))?,
+        },
         "selp" => Op::Selp,
         "rcp" => Op::Rcp,
         "sqrt" => Op::Sqrt,
@@ -356,12 +360,16 @@ fn decode_operand(
         return Ok(Operand::Addr { base, offset });
     }
     if let Some(inner) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-        let regs = inner
+        let parts = inner
             .split(',')
             .map(str::trim)
-            .map(|r| if r == "_" { Ok(None) } else { reg(r).map(Some) })
+            .map(|r| match (r, parse_immediate(r)) {
+                ("_", _) => Ok(Part::Sink),
+                (_, Some(v)) => Ok(Part::Imm(v)),
+                _ => reg(r).map(Part::Reg),
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Operand::Vector(regs));
+        return Ok(Operand::Vector(parts));
     }
     if let Some((a, b)) = text.split_once('|') {
         let p = |s: &str| {

@@ -196,6 +196,11 @@ pub enum Op {
         cmp: Cmp,
         combine: Option<BoolOp>,
     },
+    /// `set.cmp.dtype.stype`: the comparison as a value of the destination type (all ones or
+    /// 1.0 for true, 0 for false).
+    Set {
+        cmp: Cmp,
+    },
     Selp,
     Rcp,
     Sqrt,
@@ -246,14 +251,34 @@ pub enum Operand {
     Addr { base: AddrBase, offset: i64 },
     /// A variable's address in its state space (`mov.u64 %rd1, smem;`).
     Symbol(u32),
-    /// A vector of registers (`{%f1, %f2}`); `None` is the sink `_`.
-    Vector(Vec<Option<u32>>),
+    /// A vector (`{%f1, %f2}`, or `{0, %rs1}` where a part is a constant).
+    Vector(Vec<Part>),
     /// A branch target, as an instruction index.
     Label(u32),
     /// Two predicate destinations (`%p1|%p2`), or `_` for either.
     PredPair(Option<u32>, Option<u32>),
     /// The sink `_`.
     Sink,
+}
+
+/// One part of a vector operand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Part {
+    Reg(u32),
+    /// A constant, as raw bits (a source only: nvcc widens bf16 to f32 as `{0, %rs1}`).
+    Imm(u64),
+    /// The sink `_`.
+    Sink,
+}
+
+impl Part {
+    /// The register a destination part writes, if any.
+    pub fn dest(self) -> Option<u32> {
+        match self {
+            Part::Reg(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -290,7 +315,8 @@ pub struct Inst {
     pub op: Op,
     /// The instruction's type (the destination type of `cvt`).
     pub ty: Ty,
-    /// The source type of `cvt`, and of `setp`'s operands when they differ (never from nvcc).
+    /// The source type of `cvt` and `set`, and of `setp`'s operands when they differ (never
+    /// from nvcc).
     pub ty2: Ty,
     pub round: Round,
     /// `.rni`-style integer rounding of `cvt` (round to an integral value).

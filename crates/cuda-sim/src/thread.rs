@@ -12,6 +12,15 @@ impl Block<'_> {
         self.regs[t * self.nregs + r as usize]
     }
 
+    /// A source part of a vector operand: its register, its constant, or 0 for the sink.
+    fn part(&self, t: usize, part: Part) -> u64 {
+        match part {
+            Part::Reg(r) => self.reg(t, r),
+            Part::Imm(v) => v,
+            Part::Sink => 0,
+        }
+    }
+
     pub(crate) fn set_reg(&mut self, t: usize, r: u32, ty: Ty, v: u64) {
         self.regs[t * self.nregs + r as usize] = mask(v, ty);
     }
@@ -262,9 +271,9 @@ impl Block<'_> {
                     }
                 };
                 match &ops[0] {
-                    Operand::Vector(regs) => {
-                        for (k, r) in regs.iter().enumerate() {
-                            one(*r, k, self);
+                    Operand::Vector(parts) => {
+                        for (k, part) in parts.iter().enumerate() {
+                            one(part.dest(), k, self);
                         }
                     }
                     Operand::Reg(r) => one(Some(*r), 0, self),
@@ -278,9 +287,9 @@ impl Block<'_> {
                 let mut buf = [0u8; 64];
                 let total = size * inst.vec as usize;
                 match &ops[1] {
-                    Operand::Vector(regs) => {
-                        for (k, r) in regs.iter().enumerate() {
-                            let v = r.map(|r| self.reg(t, r)).unwrap_or(0);
+                    Operand::Vector(parts) => {
+                        for (k, part) in parts.iter().enumerate() {
+                            let v = self.part(t, *part);
                             buf[k * size..(k + 1) * size].copy_from_slice(&v.to_le_bytes()[..size]);
                         }
                     }
@@ -357,9 +366,8 @@ impl Block<'_> {
                 (dst, Operand::Vector(parts)) => {
                     let w = ty.bits() / parts.len() as u32;
                     let mut v = 0u64;
-                    for (k, r) in parts.iter().enumerate() {
-                        let part = r.map(|r| self.reg(t, r)).unwrap_or(0) & low_bits(w);
-                        v |= part << (w * k as u32);
+                    for (k, part) in parts.iter().enumerate() {
+                        v |= (self.part(t, *part) & low_bits(w)) << (w * k as u32);
                     }
                     self.set(t, dst, ty, v, pc)?;
                     return Ok(Flow::Next);
@@ -368,9 +376,9 @@ impl Block<'_> {
                 (Operand::Vector(parts), s) => {
                     let v = self.get(t, s, ty, pc)?;
                     let w = ty.bits() / parts.len() as u32;
-                    for (k, r) in parts.iter().enumerate() {
-                        if let Some(r) = r {
-                            self.regs[t * self.nregs + *r as usize] =
+                    for (k, part) in parts.iter().enumerate() {
+                        if let Some(r) = part.dest() {
+                            self.regs[t * self.nregs + r as usize] =
                                 (v >> (w * k as u32)) & low_bits(w);
                         }
                     }
@@ -429,6 +437,22 @@ impl Block<'_> {
                     }
                     op => self.set(t, op, Ty::Pred, combined(r) as u64, pc)?,
                 }
+                return Ok(Flow::Next);
+            }
+            Op::Set { cmp } => {
+                let (a, b) = (&ops[1], &ops[2]);
+                let r = compare(
+                    cmp,
+                    inst.ty2,
+                    self.get(t, a, inst.ty2, pc)?,
+                    self.get(t, b, inst.ty2, pc)?,
+                );
+                let v = match (r, inst.ty) {
+                    (false, _) => 0,
+                    (true, Ty::F32) => 1f32.to_bits() as u64,
+                    (true, _) => u64::MAX,
+                };
+                self.set(t, &ops[0], ty, v, pc)?;
                 return Ok(Flow::Next);
             }
             Op::Selp => {

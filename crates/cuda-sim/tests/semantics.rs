@@ -553,3 +553,38 @@ fn packed_bf16x2_and_f16x2_arithmetic_rounds_each_half_once() {
         }
     }
 }
+
+#[test]
+fn set_writes_a_comparison_as_a_float_or_a_mask() {
+    let Some((mut gpu, m)) = features() else {
+        return;
+    };
+    let mut a = values(300, 41, 4.0);
+    let mut b = values(300, 42, 4.0);
+    // Equal pairs, and NaN on either side (every ordered comparison with it is false).
+    a.extend([1.5, f32::NAN, 2.0, -0.0]);
+    b.extend([1.5, 2.0, f32::NAN, 0.0]);
+    let n = a.len();
+    let (da, db) = (gpu.upload(&a), gpu.upload(&b));
+    let (ge, lt) = (gpu.upload(&vec![7f32; n]), gpu.upload(&vec![7u32; n]));
+    launch(
+        &mut gpu,
+        m,
+        "compare_values",
+        LaunchConfig::linear(n.div_ceil(256) as u32, 256),
+        &[
+            Arg::Ptr(da),
+            Arg::Ptr(db),
+            Arg::Ptr(ge),
+            Arg::Ptr(lt),
+            Arg::I32(n as i32),
+        ],
+    );
+    let (ge, lt): (Vec<f32>, Vec<u32>) =
+        (gpu.download(ge, n).unwrap(), gpu.download(lt, n).unwrap());
+    for i in 0..n {
+        let want_ge = if a[i] >= b[i] { 1.0 } else { 0.0 };
+        let want_lt = if a[i] < b[i] { u32::MAX } else { 0 };
+        assert_eq!((ge[i], lt[i]), (want_ge, want_lt), "{} and {}", a[i], b[i]);
+    }
+}

@@ -37,6 +37,22 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     spec.parse::<config::DeviceSpec>()?.open()
 }
 
+/// Refuses a dtype the device cannot compute in: bf16 on an NVIDIA GPU older than compute
+/// capability 8.0 (Ampere), whose kernels have no bf16 arithmetic. f32 runs anywhere.
+pub fn check_dtype_on(device: &Device, dtype: DType) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let (Device::Cuda(gpu), DType::BF16) = (device, dtype) {
+        let (major, minor) = gpu.cuda_stream().context().compute_capability()?;
+        if major < 8 {
+            bail!(
+                "bf16 needs an NVIDIA GPU of compute capability 8.0 or newer (A100, RTX 30 series and later); this one is {major}.{minor}: use --dtype f32"
+            );
+        }
+    }
+    let _ = (device, dtype);
+    Ok(())
+}
+
 /// `f32`, `bf16` or `f16` -> the compute dtype of an evaluation (`eval-ppl`, `generate`); a
 /// run's `dtype` is f32 or bf16 ([`config::RunDtype`]).
 pub fn parse_dtype(spec: &str) -> Result<DType> {

@@ -88,6 +88,7 @@ impl ResolvedRun {
         let root = comm.is_root();
         let device = rank_device(cfg.device, &comm)?;
         let dtype = cfg.dtype.dtype();
+        crate::check_dtype_on(&device, dtype)?;
         check_world(&cfg, &device, &comm)?;
         let run_dir = RunDir::new(cfg.run_dir());
         if comm.size() > 1 {
@@ -359,7 +360,7 @@ fn same_config_on_every_rank(cfg: &RunConfig, comm: &Communicator) -> Result<()>
 /// calls it before it starts any run, `train-lm --prepare-data` alone. Returns the data's
 /// description.
 pub fn preflight(cfg: &RunConfig, vocab_size_given: bool) -> Result<String> {
-    cfg.device.open()?;
+    crate::check_dtype_on(&cfg.device.open()?, cfg.dtype.dtype())?;
     let mut cfg = cfg.clone();
     let opts = RunOptions {
         vocab_size_given,

@@ -31,7 +31,7 @@ pub fn nvcc() -> Option<PathBuf> {
     found
 }
 
-/// PTX of `crates/model/kernels/{name}.cu` for sm_90 with the flags of the product build
+/// PTX of `crates/model/kernels/{name}.cu` for the product build's GPU generation, with its flags
 /// (cudaforge's `--ptx --default-stream per-thread` plus build.rs's `-std=c++17 -O3`);
 /// `fmad = false` also turns off nvcc's contraction of a*b+c into fma, which the host
 /// emulation (plain C) does not do either.
@@ -39,14 +39,19 @@ pub fn project_ptx(nvcc: &Path, name: &str, fmad: bool) -> String {
     compile_ptx(nvcc, &format!("../model/kernels/{name}.cu"), fmad)
 }
 
-/// PTX of the CUDA source at `path` (relative to this crate) for sm_90, with the product
-/// build's flags.
+/// PTX of the CUDA source at `path` (relative to this crate) for the GPU generation the
+/// product build targets (CUDA_COMPUTE_CAP, as scripts/cuda-toolchain.sh sets it: 80 unless
+/// told otherwise), with the product build's flags.
 pub fn compile_ptx(nvcc: &Path, path: &str, fmad: bool) -> String {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ptx");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let status = Command::new(nvcc)
-        .args(["--ptx", "-gencode=arch=compute_90,code=sm_90"])
+        .args([
+            "--ptx",
+            &format!("-gencode=arch=compute_{cap},code=sm_{cap}"),
+        ])
         .args(["--default-stream", "per-thread", "-std=c++17", "-O3"])
         .arg(format!("-fmad={fmad}"))
         .arg(&src)

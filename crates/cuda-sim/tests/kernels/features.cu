@@ -169,3 +169,18 @@ extern "C" __global__ void packed_pairs(const __nv_bfloat162* a, const __nv_bflo
         h[3 * i + 2] = __hfma2(c[i], d[i], c[i]);
     }
 }
+
+// `set` (a comparison as a value, which Candle's bf16 comparisons use on sm_80): per pair,
+// a >= b as an f32 (1.0 or 0.0) and a < b as a u32 mask (all ones or 0).
+extern "C" __global__ void compare_values(const float* a, const float* b, float* ge,
+                                          unsigned* lt, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float r;
+        unsigned m;
+        asm("set.ge.f32.f32 %0, %1, %2;" : "=f"(r) : "f"(a[i]), "f"(b[i]));
+        asm("set.lt.u32.f32 %0, %1, %2;" : "=r"(m) : "f"(a[i]), "f"(b[i]));
+        ge[i] = r;
+        lt[i] = m;
+    }
+}
