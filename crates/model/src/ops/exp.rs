@@ -6,10 +6,10 @@
 //!
 //! The method is Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so
 //! that n ln 2 is exact), e^r from a degree-7 polynomial, 2^n put into the exponent bits.
-//! Within 1 ulp of the exact value (0.96 at worst in a sweep of every exponent); results under 2^-126
-//! (x < -87.34) are 0; NaN stays NaN. It is written as plain branch-free arithmetic that the
-//! compiler vectorizes, with multiplies and adds but no fused multiply-add, so the scalar,
-//! AVX2 and AVX-512 paths compute the same bits on every CPU.
+//! Within 1 ulp of the exact value (0.96 at worst in a sweep of every exponent); results
+//! under 2^-126 (x < -87.34) are 0; NaN stays NaN. It is written as plain branch-free
+//! arithmetic that the compiler vectorizes, with multiplies and adds but no fused
+//! multiply-add, so the scalar, AVX2 and AVX-512 paths compute the same bits on every CPU.
 
 /// Replaces every element of `xs` by its exponential.
 pub fn exp_in_place(xs: &mut [f32]) {
@@ -56,7 +56,8 @@ fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const OVERFLOW: f32 = 88.722_83; // ln(f32::MAX)
     const UNDERFLOW: f32 = -87.336_55; // ln(2^-126)
-                                       // Keeps n within the exponent's range; a NaN stays NaN.
+
+    // Keeps n within the exponent's range; a NaN stays NaN.
     let clamped = x.clamp(UNDERFLOW, OVERFLOW);
     let rounded = clamped * std::f32::consts::LOG2_E + ROUND;
     let n = rounded - ROUND;
