@@ -1,7 +1,7 @@
 // e^x as the CPU kernels compute it (crates/model/src/ops/exp.rs, Cephes' expf: within 1 ulp,
-// 0 under 2^-126), so that the SwiGLU and dynActGLU kernels give the CPU's bits. Each
-// multiply and add rounds on its own (__fmul_rn, __fadd_rn): nvcc would otherwise fuse pairs
-// into fmas, which round once. Shared by swiglu.cu and dynact_glu.cu.
+// 0 under 2^-126), bit for bit, so that the SwiGLU and dynActGLU kernels take the CPU's exp.
+// Each multiply and add rounds on its own (__fmul_rn, __fadd_rn): nvcc would otherwise fuse
+// pairs into fmas, which round once. Shared by swiglu.cu and dynact_glu.cu.
 #pragma once
 
 #include <stdint.h>

@@ -2,7 +2,7 @@
 //! softmax (attention's probabilities, the causal softmax, cross-entropy) spent about 12% of
 //! a `small` training step in glibc's `expf`, which Rust calls once per element, and the SiLU
 //! of the FFN gates (SwiGLU, dynActGLU) 3-6% more. Those gates' CUDA kernels compute the same
-//! steps (`kernels/exp.cuh`), so the GPU and the CPU give the same bits there.
+//! steps (`kernels/exp.cuh`), so their exp is the CPU's bit for bit on a GPU too.
 //!
 //! The method is Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so
 //! that n ln 2 is exact), e^r from a degree-7 polynomial, 2^n put into the exponent bits.
