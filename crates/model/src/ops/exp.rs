@@ -41,7 +41,7 @@ fn exp_avx2(xs: &mut [f32]) {
 
 /// The loop each path compiles with its own vector width.
 #[inline(always)]
-pub(crate) fn exp_loop(xs: &mut [f32]) {
+fn exp_loop(xs: &mut [f32]) {
     for x in xs {
         *x = exp(*x);
     }
