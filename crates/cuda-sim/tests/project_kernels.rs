@@ -349,7 +349,8 @@ fn dynact_glu(ptx: &str) -> Vec<Output> {
 }
 
 fn rms_norm(ptx: &str) -> Vec<Output> {
-    let (rows, c) = (130usize, 40usize);
+    // 2,100 rows: 33 blocks of 64, so one lane of the weight gradient's warp adds two.
+    let (rows, c) = (2100usize, 40usize);
     let n = rows * c;
     let x = values(n, 9, 2.0);
     let mut w = values(c, 10, 0.5);
@@ -401,9 +402,10 @@ fn rms_norm(ptx: &str) -> Vec<Output> {
             cc.clone(),
         ],
     );
+    // One warp per channel.
     sim.run(
         "rms_norm_backward_w_f32",
-        c,
+        c * 32,
         &[Arg::Ptr(part), Arg::Ptr(o), r, cc],
     );
     let mut cpu_out = cpu_grads[0].clone();
@@ -766,15 +768,59 @@ fn embedding(ptx: &str) -> Vec<Output> {
     let g = values(positions * c, 41, 1.0);
     let ids_cpu = candle_core::Tensor::from_slice(&ids, positions, &candle_core::Device::Cpu)
         .expect("ids on the CPU");
-    let (_, cpu_grads) = on_cpu(&[(&table, &[vocab, c])], &g, |v| {
+    let (cpu_rows, cpu_grads) = on_cpu(&[(&table, &[vocab, c])], &g, |v| {
         dynact_model::ops::embedding_op(&v[0], &ids_cpu).unwrap()
     });
     let mut sim = Sim::new(ptx);
-    let (d_ids, d_g, d_out) = (
+    let (d_table, d_ids, d_rows) = (
+        sim.gpu.upload(&table),
         sim.gpu.upload(&ids),
-        sim.gpu.upload(&g),
-        sim.zeros(vocab * c),
+        sim.zeros(positions * c),
     );
+    let forward_args = |ids| {
+        [
+            Arg::Ptr(d_table),
+            Arg::Ptr(ids),
+            Arg::Ptr(d_rows),
+            Arg::U64(positions as u64),
+            Arg::U32(vocab as u32),
+            Arg::U32(c as u32),
+        ]
+    };
+    // One warp per position, as the op launches it.
+    let sim_rows = sim.run_rows(
+        "embedding_f32",
+        positions,
+        &forward_args(d_ids),
+        d_rows,
+        positions * c,
+    );
+    // An id past the table: a row of NaN, the other rows as before.
+    let mut bad = ids.clone();
+    bad[7] = vocab as u32;
+    let bad = sim.gpu.upload(&bad);
+    let bad_rows = sim.run_rows(
+        "embedding_f32",
+        positions,
+        &forward_args(bad),
+        d_rows,
+        positions * c,
+    );
+    for (p, (row, good)) in bad_rows.chunks(c).zip(sim_rows.chunks(c)).enumerate() {
+        if p == 7 {
+            assert!(
+                row.iter().all(|v| v.is_nan()),
+                "an id past the table gives NaN"
+            );
+        } else {
+            assert_eq!(
+                max_ulp(row, good),
+                0,
+                "position {p} changes with another's id"
+            );
+        }
+    }
+    let (d_g, d_out) = (sim.gpu.upload(&g), sim.zeros(vocab * c));
     let args = [
         Arg::Ptr(d_ids),
         Arg::Ptr(d_g),
@@ -786,7 +832,10 @@ fn embedding(ptx: &str) -> Vec<Output> {
     // One warp per (row, 32 channels), as the op launches it.
     let warps = vocab * c.div_ceil(32);
     let sim_out = sim.run_rows("embedding_backward_f32", warps, &args, d_out, vocab * c);
-    vec![out("embedding d table", sim_out, cpu_grads[0].clone())]
+    vec![
+        out("embedding rows", sim_rows, cpu_rows),
+        out("embedding d table", sim_out, cpu_grads[0].clone()),
+    ]
 }
 
 type Runner = fn(&str) -> Vec<Output>;

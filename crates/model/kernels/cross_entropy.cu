@@ -1,6 +1,7 @@
 // Next-token cross-entropy from logits and its backward, the GPU twins of the CPU kernels in
 // crates/model/src/ops/cross_entropy.rs, with their arithmetic (a max-shifted log-sum-exp, the
-// exponentials summed in the CPU's lane order), one warp per row of V logits (warp_rows.cuh).
+// exponentials summed in the CPU's lane order), one warp per row of V logits (warp_rows.cuh),
+// walking the row by 128-byte line (`row_shift`: V is rarely a multiple of 32).
 // Launch one thread per (row, lane): rows * 32 items. A target id not below V gives a NaN
 // loss (the kernel cannot stop the op; the trainer's non-finite check does).
 
@@ -13,16 +14,22 @@
 #define DYNACT_KERNEL extern "C" __global__
 #endif
 
-// The row's log-sum-exp, the same in every lane of the warp.
-__device__ __forceinline__ float row_log_sum_exp(const float* x, uint32_t v, uint32_t lane) {
+// The row's log-sum-exp, the same in every lane of the warp. Position p of the walk is
+// element p - shift of the row.
+__device__ __forceinline__ float row_log_sum_exp(const float* x, uint32_t v, uint32_t shift,
+                                                 uint32_t lane) {
     float max = -INFINITY;
-    for (uint32_t j = lane; j < v; j += WARP_LANES) {
-        max = fmaxf(max, x[j]);
+    for (uint32_t p = lane; p < shift + v; p += WARP_LANES) {
+        if (p >= shift) {
+            max = fmaxf(max, x[p - shift]);
+        }
     }
     max = warp_max(max);
     float sum = 0.0f;
-    for (uint32_t j = lane; j < v; j += WARP_LANES) {
-        sum += expf(x[j] - max);
+    for (uint32_t p = lane; p < shift + v; p += WARP_LANES) {
+        if (p >= shift) {
+            sum += expf(x[p - shift] - max);
+        }
     }
     return max + logf(warp_sum(sum));
 }
@@ -32,7 +39,7 @@ DYNACT_KERNEL void cross_entropy_f32(const float* logits, const uint32_t* target
     const WarpRows wr = warp_rows();
     for (uint64_t r = wr.first_row; r < rows; r += wr.row_stride) {
         const float* x = logits + r * v;
-        const float lse = row_log_sum_exp(x, v, wr.lane);
+        const float lse = row_log_sum_exp(x, v, row_shift(r * v), wr.lane);
         const uint32_t t = targets[r];
         if (wr.lane == 0) {
             loss[r] = t < v ? lse - x[t] : nanf("");
@@ -48,13 +55,16 @@ DYNACT_KERNEL void cross_entropy_backward_f32(const float* logits, const uint32_
     for (uint64_t r = wr.first_row; r < rows; r += wr.row_stride) {
         const float* x = logits + r * v;
         float* o = out + r * v;
-        const float lse = row_log_sum_exp(x, v, wr.lane), g = grad[r];
-        for (uint32_t j = wr.lane; j < v; j += WARP_LANES) {
-            o[j] = g * expf(x[j] - lse);
+        const uint32_t shift = row_shift(r * v);
+        const float lse = row_log_sum_exp(x, v, shift, wr.lane), g = grad[r];
+        for (uint32_t p = wr.lane; p < shift + v; p += WARP_LANES) {
+            if (p >= shift) {
+                o[p - shift] = g * expf(x[p - shift] - lse);
+            }
         }
         // The lane that wrote o[t] takes g off it, as the CPU does after the row.
         const uint32_t t = targets[r];
-        if (t < v && t % WARP_LANES == wr.lane) {
+        if (t < v && (t + shift) % WARP_LANES == wr.lane) {
             o[t] -= g;
         }
     }

@@ -3,10 +3,12 @@
 //   y = x r w,  r = 1 / sqrt(mean(x^2) + eps)
 //   d x = r (g w - x_hat mean(g w x_hat)),  x_hat = x r
 //   d w = sum over rows of g x_hat: f32 over blocks of 64 rows (rows in order), then f64 over
-//   the blocks in order.
+//   the blocks in the lane order of the row sums.
 // y and d x take one warp per row (warp_rows.cuh: coalesced loads, the row sums in the lane
-// order the CPU uses); d w one thread per (block of rows, channel), then one per channel.
-// Launch one thread per (row, lane) for y and d x: rows * 32 items.
+// order the CPU uses); d w one thread per (block of rows, channel), then one warp per channel
+// (a thread per channel summing every block kept 384 threads of paper.toml busy: one SM).
+// Launch one thread per (row, lane) for y and d x, and per (channel, lane) for the sums of d w:
+// rows * 32 and c * 32 items.
 
 #include <stdint.h>
 #include <math.h>
@@ -67,7 +69,9 @@ DYNACT_KERNEL void rms_norm_backward_x_f32(const float* x, const float* w, const
     }
 }
 
-// One thread per (block of 64 rows, channel): the block's partial sum of g x_hat.
+// One thread per (block of 64 rows, channel): the block's partial sum of g x_hat, into
+// partials[channel * blocks + block], so that the next kernel reads a channel's partials
+// together.
 DYNACT_KERNEL void rms_norm_backward_w_partials_f32(const float* x, const float* g,
                                                     const float* inv, float* partials,
                                                     uint64_t rows, uint32_t c) {
@@ -85,21 +89,24 @@ DYNACT_KERNEL void rms_norm_backward_w_partials_f32(const float* x, const float*
             const float x_hat = x[r * c + j] * inv[r];
             acc += g[r * c + j] * x_hat;
         }
-        partials[block * c + j] = acc;
+        partials[(uint64_t)j * blocks + block] = acc;
     }
 }
 
-// One thread per channel: d w[j] = the f64 sum of the blocks' partials in order, written after
-// the rows * c values of d x.
+// One warp per channel: d w[j] = the f64 sum of the blocks' partials in lane order, written
+// after the rows * c values of d x.
 DYNACT_KERNEL void rms_norm_backward_w_f32(const float* partials, float* out, uint64_t rows,
                                            uint32_t c) {
+    const WarpRows wr = warp_rows();
     const uint64_t blocks = (rows + RMS_NORM_ROWS_PER_BLOCK - 1) / RMS_NORM_ROWS_PER_BLOCK;
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t j = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; j < c; j += stride) {
+    for (uint64_t j = wr.first_row; j < c; j += wr.row_stride) {
         double sum = 0.0;
-        for (uint64_t block = 0; block < blocks; block++) {
-            sum += (double)partials[block * c + j];
+        for (uint64_t block = wr.lane; block < blocks; block += WARP_LANES) {
+            sum += (double)partials[j * blocks + block];
         }
-        out[rows * c + j] = (float)sum;
+        sum = warp_sum_f64(sum);
+        if (wr.lane == 0) {
+            out[rows * c + j] = (float)sum;
+        }
     }
 }

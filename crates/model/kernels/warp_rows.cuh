@@ -6,6 +6,15 @@
 // elements in order, then the lanes' sums are added in a butterfly (lanes l and l ^ 16, then
 // ^ 8, ^ 4, ^ 2, ^ 1), which leaves the same total, bit for bit, in every lane.
 //
+// A row whose length is not a multiple of 32 (cross-entropy's V = 257) starts part-way into a
+// 128-byte line, so the loads above would each straddle two lines: five sectors where four
+// hold the data. Such a kernel walks the row by line instead (`row_shift`): position
+// p = shift + j of the row's first line, lane p % 32, the lanes before the row's first element
+// and after its last idle. Each lane then adds the same elements in the same order as above,
+// only in the lane `shift` further on, and the butterfly, which adds lanes 16, 8, 4, 2, 1
+// apart, does not change under that rotation: the sum is `lane_sum`'s bit for bit (tested
+// there).
+//
 // Launches give blocks of a multiple of 32 threads (cudarc's 1024), so a warp never straddles
 // two blocks; every lane of a warp runs the same rows, so the shuffles see the whole warp.
 
@@ -15,6 +24,13 @@
 #define ALL_LANES 0xffffffffu
 
 __device__ __forceinline__ float warp_sum(float v) {
+    for (uint32_t offset = WARP_LANES / 2; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(ALL_LANES, v, offset);
+    }
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
     for (uint32_t offset = WARP_LANES / 2; offset > 0; offset /= 2) {
         v += __shfl_xor_sync(ALL_LANES, v, offset);
     }
@@ -43,4 +59,10 @@ __device__ __forceinline__ WarpRows warp_rows() {
     w.first_row = thread / WARP_LANES;
     w.row_stride = (uint64_t)blockDim.x * gridDim.x / WARP_LANES;
     return w;
+}
+
+// Elements between a row's first element, `first_element` elements into the buffer, and the
+// 128-byte line it starts in (buffers start on a line).
+__device__ __forceinline__ uint32_t row_shift(uint64_t first_element) {
+    return (uint32_t)(first_element % WARP_LANES);
 }

@@ -1,8 +1,9 @@
-//! The token embedding: a row of the table per id, Candle's `index_select`, with a backward pass
-//! that sums the gradient's rows into the table's rows. Candle's own backward is `index_add`,
-//! which on a CUDA GPU runs on one block; here it runs on a CUDA GPU as `kernels/embedding.cu`
-//! (a warp per table row and 32 channels, the positions in order), and on a CPU as Candle's
-//! `index_add`, which adds in the same order, so the two agree bit for bit.
+//! The token embedding: a row of the table per id, with a backward pass that sums the
+//! gradient's rows into the table's rows. On a CPU both are Candle's (`index_select`, and
+//! `index_add` for the backward); on a CUDA GPU both are `kernels/embedding.cu`: the forward a
+//! warp per position (Candle's `index_select` reads the id once per element), the backward a
+//! warp per table row and 32 channels, the positions in order (Candle's `index_add` runs on one
+//! block), which adds in `index_add`'s order, so the two devices agree bit for bit.
 //! [`embedding_reference`] is Candle's `index_select` with its own backward pass.
 
 use candle_core::backend::BackendStorage;
@@ -68,7 +69,21 @@ impl CustomOp2 for Embedding {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        Ok((s1.index_select(s2, l1, l2, 0)?, rows_shape(l1, l2)))
+        use crate::cuda_kernels::{f32_view, launch, output, storage, u32_view, EMBEDDING};
+
+        let dev = s1.device();
+        let (table, ids) = (
+            f32_view(s1, l1, self.name())?,
+            u32_view(s2, l2, self.name())?,
+        );
+        let (vocab, c) = (l1.dims()[0], l1.dims()[1]);
+        let positions = l2.shape().elem_count();
+        let out = output(dev, positions * c)?;
+        let (positions_arg, vocab_arg, c_arg) = (positions as u64, vocab as u32, c as u32);
+        // One warp per position.
+        launch!(dev, "embedding", EMBEDDING, embedding_f32, positions * super::LANES;
+            &table, &ids, &out, &positions_arg, &vocab_arg, &c_arg);
+        Ok((storage(out, dev), rows_shape(l1, l2)))
     }
 
     fn bwd(

@@ -75,8 +75,9 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
 }
 
-/// Rows whose per-channel partial sums (a weight's or dynAct's gradient) one task accumulates
-/// in f32 before [`sum_block_partials`] adds them up; the CUDA kernels block the same way.
+/// Rows whose per-channel partial sums (RMSNorm's weight gradient, dynAct's) one task
+/// accumulates in f32 before they are added up in f64 ([`lane_sum`] for RMSNorm,
+/// [`sum_block_partials`] for dynAct); the CUDA kernels block the same way.
 pub(crate) const ROWS_PER_BLOCK: usize = 64;
 
 /// The per-channel partial sums of consecutive row blocks, added in f64 in block order: the
@@ -98,16 +99,16 @@ pub(crate) const LANES: usize = 32;
 /// butterfly (l and l ^ 16, then ^ 8, ^ 4, ^ 2, ^ 1). A CPU kernel and its CUDA twin therefore
 /// round alike; on a CPU the 32 independent sums also vectorize.
 #[inline]
-pub(crate) fn lane_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
-    let mut lanes = [0f32; LANES];
+pub(crate) fn lane_sum<T: LaneTerm>(n: usize, term: impl Fn(usize) -> T) -> T {
+    let mut lanes = [T::default(); LANES];
     let full = n - n % LANES;
     for start in (0..full).step_by(LANES) {
         for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane += term(start + l);
+            *lane = *lane + term(start + l);
         }
     }
     for (l, lane) in lanes.iter_mut().enumerate().take(n - full) {
-        *lane += term(full + l);
+        *lane = *lane + term(full + l);
     }
     let mut offset = LANES / 2;
     while offset > 0 {
@@ -119,6 +120,11 @@ pub(crate) fn lane_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
     }
     lanes[0]
 }
+
+/// What [`lane_sum`] adds: f32 (the row kernels), f64 (RMSNorm's weight gradient).
+pub(crate) trait LaneTerm: Copy + Default + std::ops::Add<Output = Self> {}
+impl LaneTerm for f32 {}
+impl LaneTerm for f64 {}
 
 /// The size of the last dimension (the row length the kernels work on).
 pub(crate) fn last_dim(l: &Layout) -> usize {
@@ -143,5 +149,28 @@ mod tests {
         let sequential = terms.iter().sum::<f32>();
         assert_eq!(sequential, 16_777_216.0);
         assert_eq!(lane_sum(3, |j| terms[j]), 16_777_218.0);
+    }
+
+    #[test]
+    fn a_warp_walking_a_row_by_line_sums_it_as_lane_sum_does() {
+        // A CUDA row kernel whose row starts `shift` elements into a 128-byte line walks it by
+        // line (`row_shift` in kernels/warp_rows.cuh): position p = shift + j, lane p % 32.
+        // Each lane still adds one residue class of j in order, only in another lane, and the
+        // butterfly adds lanes 16, 8, 4, 2, 1 apart, which a rotation of the lanes keeps: the
+        // same bits. Terms of very different sizes, so that any other grouping would show.
+        let term = |j: usize| (j as f32 * 0.754_8).sin() * 2f32.powi((j % 17) as i32);
+        for n in [0usize, 1, 7, 31, 32, 33, 70, 100, 257] {
+            for shift in 0..LANES {
+                // The first `shift` positions idle: adding 0 leaves a lane's 0 as it is.
+                let walked = lane_sum(shift + n, |p| if p < shift { 0.0 } else { term(p - shift) });
+                assert_eq!(
+                    walked.to_bits(),
+                    lane_sum(n, term).to_bits(),
+                    "n = {n}, shift = {shift}"
+                );
+            }
+        }
+        // Where the terms go matters: the same terms summed in sequence round otherwise.
+        assert_ne!(lane_sum(257, term), (0..257).map(term).sum::<f32>());
     }
 }

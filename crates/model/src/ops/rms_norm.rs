@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::ROWS_PER_BLOCK;
-use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task, sum_block_partials};
+use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task};
 
 /// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * weight.
 /// The input is cast to f32 first, so on CPU every input dtype takes the fused kernel.
@@ -121,7 +121,8 @@ impl CustomOp2 for RmsNorm {
 }
 
 /// With x_hat = x r, r = 1/rms(x) and gw = g weight:
-/// d x = r (gw - x_hat mean(gw x_hat)), d weight = sum over rows of g x_hat.
+/// d x = r (gw - x_hat mean(gw x_hat)), d weight = sum over rows of g x_hat (in f32 over
+/// blocks of 64 rows, then the blocks in f64 in [`lane_sum`]'s order).
 struct RmsNormBackward {
     eps: f32,
 }
@@ -165,8 +166,10 @@ impl CustomOp3 for RmsNormBackward {
                 acc
             })
             .collect();
-        let sums = sum_block_partials(partials, c);
-        dw.iter_mut().zip(&sums).for_each(|(d, s)| *d = *s as f32);
+        // Per channel, the blocks' partials added in f64 in the CUDA warp's lane order.
+        for (j, d) in dw.iter_mut().enumerate() {
+            *d = lane_sum(partials.len(), |b| partials[b][j] as f64) as f32;
+        }
         Ok((CpuStorage::F32(out), Shape::from(x.len() + c)))
     }
 
@@ -205,7 +208,8 @@ impl CustomOp3 for RmsNormBackward {
         // not 96, for 132 SMs.
         launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_partials_f32, blocks * c, block 256;
             &x, &g, &inv, &partials, &rows_arg, &c_arg);
-        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_f32, c;
+        // One warp per channel, in blocks of 2 warps: 192 blocks for paper.toml's 384.
+        launch!(dev, "rms_norm", RMS_NORM, rms_norm_backward_w_f32, c * super::LANES, block 64;
             &partials, &out, &rows_arg, &c_arg);
         Ok((storage(out, dev), Shape::from(rows * c + c)))
     }
