@@ -275,10 +275,9 @@ impl CausalAttention {
     }
 
     /// The head's (T, S) probabilities before dropout into `p` (0 where a query may not
-    /// look), and after dropout into `kept` (a copy of `p` without dropout): the scores as a
-    /// matrix product per row block, then the causal softmax row by row, as
-    /// [`super::causal_softmax`] does.
-    fn probabilities(&self, head: &Head, dims: Dims, p: &mut [f32], kept: &mut [f32]) {
+    /// look): the scores as a matrix product per row block, then the causal softmax row by
+    /// row, as [`super::causal_softmax`] does.
+    fn probabilities(&self, head: &Head, dims: Dims, p: &mut [f32]) {
         let Dims { t, s, .. } = dims;
         causal_scores(p, head.q, head.keys, dims);
         for (i, row) in p.chunks_mut(s).enumerate() {
@@ -294,14 +293,17 @@ impl CausalAttention {
             row[..visible].iter_mut().for_each(|x| *x *= inv);
             row[visible..].iter_mut().for_each(|x| *x = 0.0);
         }
-        self.drop(head, p, kept);
     }
 
-    /// `to` = `from` with the head's dropout mask applied (a copy without dropout).
-    fn drop(&self, head: &Head, from: &[f32], to: &mut [f32]) {
+    /// `from` with the head's dropout mask applied, in `to`; without dropout, `from` itself
+    /// (no copy).
+    fn drop<'a>(&self, head: &Head, from: &'a [f32], to: &'a mut [f32]) -> &'a [f32] {
         match self.dropout {
-            Some(dr) => apply_dropout_from(dr.seed, head.mask_first, dr.keep, dr.scale, from, to),
-            None => to.copy_from_slice(from),
+            Some(dr) => {
+                apply_dropout_from(dr.seed, head.mask_first, dr.keep, dr.scale, from, to);
+                to
+            }
+            None => from,
         }
     }
 }
@@ -329,14 +331,16 @@ impl CustomOp3 for CausalAttention {
         let Dims { t, s, d, .. } = dims;
         let mut out = vec![0f32; inputs.0.len()];
         // One task per (batch, head): its (T, S) probabilities stay in buffers that each
-        // worker reuses (every element is written before it is read).
-        let buffers = || (vec![0f32; t * s], vec![0f32; t * s]);
+        // worker reuses (every element is written before it is read); the one for them after
+        // dropout only with dropout.
+        let kept_len = self.dropout.map_or(0, |_| t * s);
+        let buffers = || (vec![0f32; t * s], vec![0f32; kept_len]);
         out.par_chunks_mut(t * d)
             .enumerate()
             .for_each_init(buffers, |(p, kept), (bh, y)| {
                 let head = self.head(dims, inputs, bh);
-                self.probabilities(&head, dims, p, kept);
-                causal_product(y, kept, head.values, dims);
+                self.probabilities(&head, dims, p);
+                causal_product(y, self.drop(&head, p, kept), head.values, dims);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -413,8 +417,10 @@ impl CustomOp3 for CausalAttentionBackward {
         let (dq, dkv) = out.split_at_mut(nq);
         let (dk, dv) = dkv.split_at_mut(nk);
         // One task per (batch, key/value head): the d q of its query heads, and its d k and
-        // d v, which those heads add to in order. Each worker reuses its (T, S) buffers.
-        let buffers = || [(); 4].map(|_| vec![0f32; t * s]);
+        // d v, which those heads add to in order. Each worker reuses its (T, S) buffers (the
+        // two for values after dropout only with dropout).
+        let kept_len = fwd.dropout.map_or(0, |_| t * s);
+        let buffers = || [t * s, kept_len, kept_len, t * s].map(|n| vec![0f32; n]);
         let rep = h / g;
         dq.par_chunks_mut(rep * t * d)
             .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
@@ -425,11 +431,25 @@ impl CustomOp3 for CausalAttentionBackward {
                     let bh = (bg / g) * h + (bg % g) * rep + r;
                     let head = fwd.head(dims, (q, k, v), bh);
                     let gy = &grad[bh * t * d..(bh + 1) * t * d];
-                    fwd.probabilities(&head, dims, p, kept);
+                    fwd.probabilities(&head, dims, p);
                     // d k and d v add up over the heads, onto out's zeros.
-                    add_causal_product_transposed(dv, kept, gy, dims);
-                    causal_scores(dp_kept, gy, head.values, dims);
-                    fwd.drop(&head, dp_kept, dp);
+                    add_causal_product_transposed(dv, fwd.drop(&head, p, kept), gy, dims);
+                    // d P: the mask applied to d (P after dropout); without dropout, the
+                    // scores go straight into d P.
+                    match fwd.dropout {
+                        Some(dr) => {
+                            causal_scores(dp_kept, gy, head.values, dims);
+                            apply_dropout_from(
+                                dr.seed,
+                                head.mask_first,
+                                dr.keep,
+                                dr.scale,
+                                dp_kept,
+                                dp,
+                            );
+                        }
+                        None => causal_scores(dp, gy, head.values, dims),
+                    }
                     // d P becomes d S in place; 0 past the keys a row sees (the products above
                     // left older values there).
                     for (i, (ds, pr)) in dp.chunks_mut(s).zip(p.chunks(s)).enumerate() {
