@@ -216,61 +216,103 @@ fn causal_softmax(ptx: &str) -> Vec<Output> {
     ]
 }
 
-fn dynact_glu(ptx: &str) -> Vec<Output> {
-    let (rows, c) = (130usize, 24u32);
+/// dynActGLU's cases: gate, up and the upstream gradient (rows, C), and per case the
+/// parameters [alpha; beta] (per layer or per channel) with SiLU or ReLU, and what the host
+/// emulation of kernels/dynact_glu.cu computes from them: y, [d gate; d up; (unwritten)] and the
+/// blocks' partial sums.
+struct DynactCase {
+    per: u32,
+    relu: i32,
+    params: Vec<f32>,
+    host_y: Vec<f32>,
+    host_out: Vec<f32>,
+    host_partials: Vec<f32>,
+}
+
+/// 2,100 rows: 33 blocks of 64, so that a lane of the sums' warp adds two blocks.
+const DYNACT_ROWS: usize = 2100;
+const DYNACT_C: u32 = 24;
+
+fn dynact_inputs() -> [Vec<f32>; 3] {
+    let n = DYNACT_ROWS * DYNACT_C as usize;
+    [values(n, 4, 4.0), values(n, 5, 1.0), values(n, 6, 1.0)]
+}
+
+fn dynact_cases() -> Vec<DynactCase> {
+    let (rows, c) = (DYNACT_ROWS, DYNACT_C);
     let n = rows * c as usize;
-    let gate = values(n, 4, 4.0);
-    let up = values(n, 5, 1.0);
-    let grad = values(n, 6, 1.0);
+    let [gate, up, grad] = dynact_inputs();
+    let blocks = rows.div_ceil(64);
+    [(1u32, 0i32), (c, 0), (1, 1)]
+        .into_iter()
+        .map(|(per, relu)| {
+            let mut params = values(per as usize, 7, 0.5);
+            params.iter_mut().for_each(|a| *a += 1.0);
+            params.extend(values(per as usize, 8, 0.3));
+            let mut host_y = vec![f32::NAN; n];
+            let mut host_out = vec![f32::NAN; 2 * n + 2 * per as usize];
+            let mut host_partials = vec![f32::NAN; blocks * 2 * c as usize];
+            // SAFETY: the buffers have the sizes the kernels index (see kernels/dynact_glu.cu).
+            unsafe {
+                dynact_glu_f32_on_host(
+                    gate.as_ptr(),
+                    up.as_ptr(),
+                    params.as_ptr(),
+                    host_y.as_mut_ptr(),
+                    n as u64,
+                    c,
+                    per,
+                    relu,
+                    HOST_GRID.0,
+                    HOST_GRID.1,
+                );
+                dynact_glu_backward_f32_on_host(
+                    gate.as_ptr(),
+                    up.as_ptr(),
+                    grad.as_ptr(),
+                    params.as_ptr(),
+                    host_out.as_mut_ptr(),
+                    host_partials.as_mut_ptr(),
+                    rows as u64,
+                    c,
+                    per,
+                    relu,
+                    HOST_GRID.0,
+                    HOST_GRID.1,
+                );
+            }
+            DynactCase {
+                per,
+                relu,
+                params,
+                host_y,
+                host_out,
+                host_partials,
+            }
+        })
+        .collect()
+}
+
+/// kernels/dynact_glu.cu: the gate product and the backward's first stage, against the host.
+fn dynact_glu(ptx: &str) -> Vec<Output> {
+    let (rows, c) = (DYNACT_ROWS, DYNACT_C);
+    let n = rows * c as usize;
+    let [gate, up, grad] = dynact_inputs();
     let blocks = rows.div_ceil(64);
     let mut outs = Vec::new();
-    for (per, relu) in [(1u32, 0i32), (c, 0), (1, 1)] {
-        let mut params = values(per as usize, 7, 0.5);
-        params.iter_mut().for_each(|a| *a += 1.0);
-        params.extend(values(per as usize, 8, 0.3));
-        let mut host_y = vec![f32::NAN; n];
-        let mut host_out = vec![f32::NAN; 2 * n + 2 * per as usize];
-        let mut host_partials = vec![f32::NAN; blocks * 2 * c as usize];
-        // SAFETY: the buffers have the sizes the kernels index (see kernels/dynact_glu.cu).
-        unsafe {
-            dynact_glu_f32_on_host(
-                gate.as_ptr(),
-                up.as_ptr(),
-                params.as_ptr(),
-                host_y.as_mut_ptr(),
-                n as u64,
-                c,
-                per,
-                relu,
-                HOST_GRID.0,
-                HOST_GRID.1,
-            );
-            dynact_glu_backward_f32_on_host(
-                gate.as_ptr(),
-                up.as_ptr(),
-                grad.as_ptr(),
-                params.as_ptr(),
-                host_out.as_mut_ptr(),
-                host_partials.as_mut_ptr(),
-                rows as u64,
-                c,
-                per,
-                relu,
-                HOST_GRID.0,
-                HOST_GRID.1,
-            );
-        }
+    for case in dynact_cases() {
+        let (per, relu) = (case.per, case.relu);
         let mut sim = Sim::new(ptx);
         let (g, u, dg, p) = (
             sim.gpu.upload(&gate),
             sim.gpu.upload(&up),
             sim.gpu.upload(&grad),
-            sim.gpu.upload(&params),
+            sim.gpu.upload(&case.params),
         );
         let (y, o, part) = (
             sim.zeros(n),
-            sim.zeros(host_out.len()),
-            sim.zeros(host_partials.len()),
+            sim.zeros(case.host_out.len()),
+            sim.zeros(case.host_partials.len()),
         );
         sim.run(
             "dynact_glu_f32",
@@ -302,15 +344,41 @@ fn dynact_glu(ptx: &str) -> Vec<Output> {
                 Arg::I32(relu),
             ],
         );
-        // The parameter gradients from the host's partials, so the stages are compared apart.
-        let hp = sim.gpu.upload(&host_partials);
-        let o2 = sim.zeros(host_out.len());
+        let label = format!("dynact_glu per {per} relu {relu}");
+        outs.push(out(&format!("{label} y"), sim.get(y, n), case.host_y));
+        outs.push(out(
+            &format!("{label} d gate, d up"),
+            sim.get(o, 2 * n),
+            case.host_out[..2 * n].to_vec(),
+        ));
+        outs.push(out(
+            &format!("{label} partials"),
+            sim.get(part, case.host_partials.len()),
+            case.host_partials,
+        ));
+    }
+    outs
+}
+
+/// kernels/dynact_glu_sums.cu: the parameter gradients from the host's partials (so that the
+/// stages are compared apart), a warp per (parameter, channel) and then a thread per
+/// parameter, against the CPU op's.
+fn dynact_glu_sums(ptx: &str) -> Vec<Output> {
+    let (rows, c) = (DYNACT_ROWS, DYNACT_C);
+    let n = rows * c as usize;
+    let [gate, up, grad] = dynact_inputs();
+    let blocks = rows.div_ceil(64);
+    let mut outs = Vec::new();
+    for case in dynact_cases() {
+        let mut sim = Sim::new(ptx);
+        let partials = sim.gpu.upload(&case.host_partials);
+        let o = sim.zeros(case.host_out.len());
         let sums = sim.gpu.upload(&vec![f64::NAN; 2 * c as usize]);
         sim.run(
             "dynact_glu_channel_sums_f64",
-            2 * c as usize,
+            2 * c as usize * 32,
             &[
-                Arg::Ptr(hp),
+                Arg::Ptr(partials),
                 Arg::Ptr(sums),
                 Arg::U64(blocks as u64),
                 Arg::U32(c),
@@ -318,34 +386,102 @@ fn dynact_glu(ptx: &str) -> Vec<Output> {
         );
         sim.run(
             "dynact_glu_param_grads_f32",
-            2 * per as usize,
+            2 * case.per as usize,
             &[
                 Arg::Ptr(sums),
-                Arg::Ptr(o2),
+                Arg::Ptr(o),
                 Arg::U64(n as u64),
                 Arg::U32(c),
-                Arg::U32(per),
+                Arg::U32(case.per),
             ],
         );
-        let label = format!("dynact_glu per {per} relu {relu}");
-        outs.push(out(&format!("{label} y"), sim.get(y, n), host_y));
+        let cpu = dynact_param_grads_on_cpu(
+            &gate,
+            &up,
+            &grad,
+            &case.params,
+            (rows, c as usize),
+            case.relu,
+        );
         outs.push(out(
-            &format!("{label} d gate, d up"),
-            sim.get(o, 2 * n),
-            host_out[..2 * n].to_vec(),
-        ));
-        outs.push(out(
-            &format!("{label} partials"),
-            sim.get(part, host_partials.len()),
-            host_partials,
-        ));
-        outs.push(out(
-            &format!("{label} d alpha, d beta"),
-            sim.get(o2, host_out.len())[2 * n..].to_vec(),
-            host_out[2 * n..].to_vec(),
+            &format!(
+                "dynact_glu per {} relu {} d alpha, d beta",
+                case.per, case.relu
+            ),
+            sim.get(o, case.host_out.len())[2 * n..].to_vec(),
+            cpu,
         ));
     }
     outs
+}
+
+/// d alpha then d beta of sum(dynact_glu(gate, up) * grad) from the CPU op, with `params`
+/// [alpha; beta] (each 1 or C long) and gate, up and grad (rows, C).
+fn dynact_param_grads_on_cpu(
+    gate: &[f32],
+    up: &[f32],
+    grad: &[f32],
+    params: &[f32],
+    (rows, c): (usize, usize),
+    relu: i32,
+) -> Vec<f32> {
+    use candle_core::{DType, Device, Tensor, Var};
+    use candle_nn::{VarBuilder, VarMap};
+    use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
+    let per = params.len() / 2;
+    let cfg = DynActConfig {
+        base: if relu == 1 {
+            BaseAct::Relu
+        } else {
+            BaseAct::Silu
+        },
+        granularity: if per == 1 {
+            Granularity::PerLayer
+        } else {
+            Granularity::PerChannel
+        },
+        alpha_init: 1.0,
+        beta_init: 0.0,
+    };
+    let vm = VarMap::new();
+    let act = DynAct::new(
+        &cfg,
+        c,
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let (alpha, beta) = {
+        let data = vm.data().lock().unwrap();
+        (data["alpha"].clone(), data["beta"].clone())
+    };
+    for (var, values) in [(&alpha, &params[..per]), (&beta, &params[per..])] {
+        var.set(&Tensor::from_slice(values, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let tensor = |v: &[f32]| Tensor::from_slice(v, (rows, c), &Device::Cpu).unwrap();
+    let (gate, up) = (
+        Var::from_tensor(&tensor(gate)).unwrap(),
+        Var::from_tensor(&tensor(up)).unwrap(),
+    );
+    let y = dynact_model::ffn::dynact_glu(&act, gate.as_tensor(), up.as_tensor()).unwrap();
+    let grads = (&y * &tensor(grad))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let flat = |v: &Var| {
+        grads
+            .get(v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut out = flat(&alpha);
+    out.extend(flat(&beta));
+    out
 }
 
 fn rms_norm(ptx: &str) -> Vec<Output> {
@@ -841,7 +977,7 @@ fn embedding(ptx: &str) -> Vec<Output> {
 type Runner = fn(&str) -> Vec<Output>;
 
 /// Every kernel file, whether its arithmetic has expf (then ex2.approx bounds the match).
-const KERNELS: [(&str, Runner, bool); 11] = [
+const KERNELS: [(&str, Runner, bool); 12] = [
     ("philox_dropout", philox_dropout, false),
     ("embedding", embedding, false),
     ("heads", heads, false),
@@ -851,6 +987,7 @@ const KERNELS: [(&str, Runner, bool); 11] = [
     ("cast", cast, false),
     ("causal_softmax", causal_softmax, true),
     ("dynact_glu", dynact_glu, false),
+    ("dynact_glu_sums", dynact_glu_sums, false),
     ("swiglu", swiglu, false),
     ("cross_entropy", cross_entropy, true),
 ];

@@ -2,9 +2,10 @@
 // crates/model/src/ffn/dynact_glu.rs (same arithmetic, same order of every sum):
 //   y = (base(g)(alpha - beta) + beta g) u,   base(g) = g w(g), w = sigmoid (SiLU) or step (ReLU)
 // `params` is [alpha; beta], each of length 1 (per layer) or C (per channel); rows have C
-// channels. The parameter gradients are reduced in two deterministic stages: f32 partial sums
-// over blocks of 64 rows (one thread per block and channel, rows in order), then f64 sums over
-// the blocks in order.
+// channels. The parameter gradients are reduced in deterministic stages: f32 partial sums over
+// blocks of 64 rows (one thread per block and channel, rows in order), f64 sums over the blocks
+// in the lanes' order of a warp per channel (dynact_glu_sums.cu: it takes warp shuffles, which
+// the host's one thread at a time cannot run), then per layer the channels in order.
 
 #include <stdint.h>
 
@@ -47,7 +48,8 @@ DYNACT_KERNEL void dynact_glu_f32(const float* gate, const float* up, const floa
 
 // One thread per (block of 64 rows, channel): writes d gate (out[0..n]) and d up (out[n..2n])
 // for its column of the block, and its partial sums of g up base(gate) and
-// g up (gate - base(gate)) to partials[block * 2c + j] and partials[block * 2c + c + j].
+// g up (gate - base(gate)) to partials[j * blocks + block] and partials[(c + j) * blocks + block]
+// (channel by channel, so that the next stage reads a channel's partials together).
 DYNACT_KERNEL void dynact_glu_backward_f32(const float* gate, const float* up, const float* grad,
                                            const float* params, float* out, float* partials,
                                            uint64_t rows, uint32_t c, uint32_t per, int relu) {
@@ -79,46 +81,7 @@ DYNACT_KERNEL void dynact_glu_backward_f32(const float* gate, const float* up, c
             acc_base += gu * base;
             acc_linear += gu * (g - base);
         }
-        partials[block * 2 * c + j] = acc_base;
-        partials[block * 2 * c + c + j] = acc_linear;
-    }
-}
-
-// The f64 sums of the blocks' partials, in two kernels so that no thread runs a long serial
-// sum (one block of two threads summing every channel and block took 2.7 ms a layer at
-// paper.toml's size). The order of every addition is the CPU kernel's, so the bits are too.
-//
-// First, one thread per (parameter, channel) w = which * c + j (which 0: alpha, 1: beta): the
-// f64 sum over the blocks in order, to sums[w].
-DYNACT_KERNEL void dynact_glu_channel_sums_f64(const float* partials, double* sums,
-                                               uint64_t blocks, uint32_t c) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t w = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; w < 2 * (uint64_t)c;
-         w += stride) {
-        const uint64_t which = w / c, j = w % c;
-        double sum = 0.0;
-        for (uint64_t block = 0; block < blocks; block++) {
-            sum += (double)partials[block * 2 * c + which * c + j];
-        }
-        sums[w] = sum;
-    }
-}
-
-// Then one thread per output parameter k (2 per layer, 2c per channel): d alpha then d beta,
-// after the n + n values of d gate and d up. Per channel: its sum. Per layer: the channels'
-// sums added in order.
-DYNACT_KERNEL void dynact_glu_param_grads_f32(const double* sums, float* out, uint64_t n,
-                                              uint32_t c, uint32_t per) {
-    const uint64_t stride = (uint64_t)blockDim.x * gridDim.x;
-    for (uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; k < 2 * (uint64_t)per;
-         k += stride) {
-        const uint64_t which = k / per;  // 0: alpha, 1: beta
-        double total = 0.0;
-        const uint32_t first = per == 1 ? 0 : (uint32_t)(k % per);
-        const uint32_t last = per == 1 ? c : first + 1;
-        for (uint32_t j = first; j < last; j++) {
-            total += sums[which * c + j];
-        }
-        out[2 * n + k] = (float)total;
+        partials[(uint64_t)j * blocks + block] = acc_base;
+        partials[((uint64_t)c + j) * blocks + block] = acc_linear;
     }
 }

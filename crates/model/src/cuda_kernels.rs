@@ -10,8 +10,8 @@ mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
 pub use ptx::{
-    ADAMW, CAST, CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, EMBEDDING, GRAD_NORM, HEADS,
-    PHILOX_DROPOUT, RMS_NORM, ROPE, SWIGLU,
+    ADAMW, CAST, CAUSAL_SOFTMAX, CROSS_ENTROPY, DYNACT_GLU, DYNACT_GLU_SUMS, EMBEDDING, GRAD_NORM,
+    HEADS, PHILOX_DROPOUT, RMS_NORM, ROPE, SWIGLU,
 };
 
 /// A kernel argument of `BYTES` bytes as the launch copies it: a device buffer is its pointer.

@@ -1,11 +1,10 @@
 // The CUDA kernels of kernels/ compiled as C and run on the host, one thread at a time, over the
 // grid a launch would use: what the tests run to check the kernels' own source without a GPU.
 // Not part of the library's API: src/host_emulation.rs declares these symbols for the tests.
-// The row kernels (rms_norm, causal_softmax, cross_entropy) reduce with warp shuffles, and the
-// embedding's backward takes a ballot, which one thread at a time cannot run: the simulator's
-// tests (crates/cuda-sim/tests) compare them with the CPU kernels directly.
-
-#include <stdlib.h>
+// The row kernels (rms_norm, causal_softmax, cross_entropy) and dynActGLU's parameter sums
+// (dynact_glu_sums.cu) reduce with warp shuffles, and the embedding's backward takes a ballot,
+// which one thread at a time cannot run: the simulator's tests (crates/cuda-sim/tests) compare
+// them with the CPU kernels directly.
 
 #include "emulation.h"
 
@@ -35,11 +34,6 @@ void dynact_glu_backward_f32_on_host(const float* gate, const float* up, const f
                                      unsigned grid, unsigned block) {
     RUN_GRID(grid, block,
              dynact_glu_backward_f32(gate, up, grad, params, out, partials, rows, c, per, relu));
-    uint64_t blocks = (rows + DYNACT_GLU_ROWS_PER_BLOCK - 1) / DYNACT_GLU_ROWS_PER_BLOCK;
-    double* sums = malloc(2 * (size_t)c * sizeof(double));
-    RUN_GRID(grid, block, dynact_glu_channel_sums_f64(partials, sums, blocks, c));
-    RUN_GRID(grid, block, dynact_glu_param_grads_f32(sums, out, rows * c, c, per));
-    free(sums);
 }
 
 void dynact_move_heads_f32_on_host(const float* x, float* y, uint64_t rows, uint32_t t,

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::exp::exp_in_place;
-use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
+use crate::ops::{f32_slice, lane_sum, ROWS_PER_BLOCK};
 
 /// `act(gate) * up`, gate and up of one shape (..., F). f32 inputs with a SiLU or ReLU base take
 /// the fused kernel on a CPU and on a CUDA GPU (`kernels/dynact_glu.cu`).
@@ -256,7 +256,11 @@ impl CustomOp3 for DynActGluBackward {
                 acc
             })
             .collect();
-        let sums = sum_block_partials(partials, 2 * c);
+        // Per (parameter, channel), the blocks' partials added in f64 in the CUDA warp's lane
+        // order.
+        let sums: Vec<f64> = (0..2 * c)
+            .map(|w| lane_sum(partials.len(), |b| partials[b][w] as f64))
+            .collect();
         if per_param == 1 {
             d_params[0] = sums[..c].iter().sum::<f64>() as f32;
             d_params[1] = sums[c..].iter().sum::<f64>() as f32;
@@ -279,7 +283,7 @@ impl CustomOp3 for DynActGluBackward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use crate::cuda_kernels::{f32_view, launch, output, storage, DYNACT_GLU};
+        use crate::cuda_kernels::{f32_view, launch, output, storage, DYNACT_GLU, DYNACT_GLU_SUMS};
         use candle_core::backend::BackendStorage;
 
         let dev = s1.device();
@@ -305,13 +309,16 @@ impl CustomOp3 for DynActGluBackward {
         let (c_arg, relu) = (c as u32, (self.base == BaseAct::Relu) as i32);
         launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_backward_f32, blocks * c;
             &gate, &up, &grad, &params, &out, &partials, &rows_arg, &c_arg, &per, &relu);
-        // The blocks' partials summed per channel in f64, then per parameter (two kernels,
-        // so that no thread sums every channel and block in series).
+        // The blocks' partials summed per (parameter, channel) in f64 by a warp each, in
+        // blocks of 2 warps (2,048 of paper.toml's make 1,024 blocks), then per parameter (two
+        // kernels, so that no thread sums every channel and block in series).
         // SAFETY: the first kernel writes all 2c sums before the second reads them.
         let sums = unsafe { dev.alloc::<f64>(2 * c) }?;
-        launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_channel_sums_f64, 2 * c;
+        launch!(dev, "dynact_glu_sums", DYNACT_GLU_SUMS, dynact_glu_channel_sums_f64,
+            2 * c * crate::ops::LANES, block 64;
             &partials, &sums, &blocks_arg, &c_arg);
-        launch!(dev, "dynact_glu", DYNACT_GLU, dynact_glu_param_grads_f32, 2 * per as usize;
+        launch!(dev, "dynact_glu_sums", DYNACT_GLU_SUMS, dynact_glu_param_grads_f32,
+            2 * per as usize;
             &sums, &out, &n_arg, &c_arg, &per);
         Ok((storage(out, dev), Shape::from(2 * n + 2 * per as usize)))
     }

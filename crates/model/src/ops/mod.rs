@@ -76,19 +76,9 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
 }
 
 /// Rows whose per-channel partial sums (RMSNorm's weight gradient, dynAct's) one task
-/// accumulates in f32 before they are added up in f64 ([`lane_sum`] for RMSNorm,
-/// [`sum_block_partials`] for dynAct); the CUDA kernels block the same way.
+/// accumulates in f32 before they are added up over the blocks in f64 in [`lane_sum`]'s
+/// order; the CUDA kernels block the same way.
 pub(crate) const ROWS_PER_BLOCK: usize = 64;
-
-/// The per-channel partial sums of consecutive row blocks, added in f64 in block order: the
-/// result does not depend on thread timing, and the CUDA kernels sum in the same order.
-pub(crate) fn sum_block_partials(partials: Vec<Vec<f32>>, width: usize) -> Vec<f64> {
-    let mut sums = vec![0f64; width];
-    for p in partials {
-        sums.iter_mut().zip(p).for_each(|(s, v)| *s += v as f64);
-    }
-    sums
-}
 
 /// Lanes of a GPU warp: the CUDA row kernels (`kernels/warp_rows.cuh`) reduce a row with one
 /// warp, and [`lane_sum`] adds in their order.
