@@ -67,6 +67,32 @@ impl HeadRows {
     }
 }
 
+impl HeadRows {
+    /// How many consecutive output rows form a group: going forward the `t` rows of one
+    /// (batch, head), back the `heads` rows of one (batch, position).
+    pub fn group_len(&self, inverse: bool) -> usize {
+        if inverse {
+            self.heads
+        } else {
+            self.t
+        }
+    }
+
+    /// [`HeadRows::source`] of each row of group `g` in order, without a division per row:
+    /// within a group the source rows are evenly spaced and the position steps by 1 (forward)
+    /// or stays (back).
+    pub fn group_sources(&self, g: usize, inverse: bool) -> impl Iterator<Item = (usize, usize)> {
+        let len = self.group_len(inverse);
+        let (first, position) = self.source(g * len, inverse);
+        let (step, position_step) = if inverse {
+            (self.t, 0)
+        } else {
+            (self.heads, 1)
+        };
+        (0..len).map(move |i| (first + i * step, position + i * position_step))
+    }
+}
+
 /// The move, with `inverse` the move back; each is the other's backward pass.
 struct MoveHeads {
     inverse: bool,
@@ -80,14 +106,16 @@ impl CustomOp1 for MoveHeads {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let (rows, shape) = HeadRows::of(l, self.inverse, self.name())?;
-        let d = rows.d;
+        let (d, inverse) = (rows.d, self.inverse);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(d.max(1))
+        let group = rows.group_len(inverse) * d;
+        out.par_chunks_mut(group.max(1))
             .enumerate()
-            .with_min_len(rows_per_task(d))
-            .for_each(|(row, o)| {
-                let (src, _) = rows.source(row, self.inverse);
-                o.copy_from_slice(&x[src * d..src * d + d]);
+            .with_min_len(rows_per_task(group))
+            .for_each(|(g, group)| {
+                for (o, (src, _)) in group.chunks_mut(d).zip(rows.group_sources(g, inverse)) {
+                    o.copy_from_slice(&x[src * d..src * d + d]);
+                }
             });
         Ok((CpuStorage::F32(out), shape))
     }
@@ -122,5 +150,28 @@ impl CustomOp1 for MoveHeads {
             inverse: !self.inverse,
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_of_rows_come_from_where_each_row_does() {
+        let rows = HeadRows {
+            t: 5,
+            heads: 3,
+            d: 4,
+        };
+        for inverse in [false, true] {
+            let len = rows.group_len(inverse);
+            // Two batches of t * heads rows.
+            for g in 0..2 * rows.t * rows.heads / len {
+                for (i, got) in rows.group_sources(g, inverse).enumerate() {
+                    assert_eq!(got, rows.source(g * len + i, inverse), "group {g}, row {i}");
+                }
+            }
+        }
     }
 }

@@ -40,22 +40,25 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: HeadRows, inverse: bool) -> Vec<f32> {
     let (d, h) = (rows.d, rows.d / 2);
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(d)
+    // A group of rows at a time: their sources without a division per row.
+    let group = rows.group_len(inverse) * d;
+    out.par_chunks_mut(group.max(1))
         .enumerate()
-        .with_min_len(rows_per_task(d))
-        .for_each(|(row, o)| {
-            let (src, position) = rows.source(row, inverse);
-            let xr = &x[src * d..src * d + d];
-            let p = position * d;
-            let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
-            for j in 0..h {
-                let (x1, x2) = (xr[j], xr[j + h]);
-                if inverse {
-                    o[j] = x1 * c[j] + x2 * s[j + h];
-                    o[j + h] = x2 * c[j + h] - x1 * s[j];
-                } else {
-                    o[j] = x1 * c[j] - x2 * s[j];
-                    o[j + h] = x2 * c[j + h] + x1 * s[j + h];
+        .with_min_len(rows_per_task(group))
+        .for_each(|(g, group)| {
+            for (o, (src, position)) in group.chunks_mut(d).zip(rows.group_sources(g, inverse)) {
+                let xr = &x[src * d..src * d + d];
+                let p = position * d;
+                let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
+                for j in 0..h {
+                    let (x1, x2) = (xr[j], xr[j + h]);
+                    if inverse {
+                        o[j] = x1 * c[j] + x2 * s[j + h];
+                        o[j + h] = x2 * c[j + h] - x1 * s[j];
+                    } else {
+                        o[j] = x1 * c[j] - x2 * s[j];
+                        o[j + h] = x2 * c[j + h] + x1 * s[j + h];
+                    }
                 }
             }
         });
