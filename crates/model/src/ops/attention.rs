@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::exp::exp_in_place;
-use super::{cast, causal_softmax, f32_slice, fused, lane_sum, product, Form};
+use super::{cast, causal_softmax, f32_slice, fused, lane_sum, product, row_max, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
 
@@ -282,9 +282,7 @@ impl CausalAttention {
         causal_scores(p, head.q, head.keys, dims);
         for (i, row) in p.chunks_mut(s).enumerate() {
             let visible = s - t + i + 1;
-            let max = row[..visible]
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            let max = row_max(&row[..visible]);
             for x in &mut row[..visible] {
                 *x = (*x - max) * self.scale;
             }

@@ -7,7 +7,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::exp::exp_in_place;
-use super::{f32_slice, fused, fused_on_cuda, lane_sum, last_dim, rows_per_task, u32_slice};
+use super::{
+    f32_slice, fused, fused_on_cuda, lane_sum, last_dim, row_max, rows_per_task, u32_slice,
+};
 
 /// log(softmax(x)) over the last dimension, stable for large logits.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
@@ -47,7 +49,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// log-sum-exp of a row, max-shifted, the exponentials added in the CUDA kernel's order;
 /// they are made in `scratch`, the row's length.
 fn log_sum_exp(row: &[f32], scratch: &mut [f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let max = row_max(row);
     for (e, x) in scratch.iter_mut().zip(row) {
         *e = x - max;
     }

@@ -8,7 +8,7 @@ use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
 use super::exp::exp_in_place;
-use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task};
+use super::{f32_slice, fused, lane_sum, last_dim, row_max, rows_per_task};
 
 /// Softmax over the last dimension.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
@@ -105,9 +105,7 @@ impl CustomOp1 for CausalSoftmax {
             .with_min_len(rows_per_task(n))
             .for_each(|(row, (o, xr))| {
                 let visible = offset + row % t + 1;
-                let max = xr[..visible]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+                let max = row_max(&xr[..visible]);
                 for (o, v) in o[..visible].iter_mut().zip(xr) {
                     *o = (v - max) * self.scale;
                 }
