@@ -100,11 +100,12 @@ pub(crate) fn lane_sum<T: LaneTerm>(n: usize, term: impl Fn(usize) -> T) -> T {
     for (l, lane) in lanes.iter_mut().enumerate().take(n - full) {
         *lane = *lane + term(full + l);
     }
+    // The butterfly's lane 0: at each step lanes l and l ^ offset hold the same sum, so only
+    // the lower half is carried on (lane l + offset is l's partner).
     let mut offset = LANES / 2;
     while offset > 0 {
-        let before = lanes;
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane = before[l] + before[l ^ offset];
+        for l in 0..offset {
+            lanes[l] = lanes[l] + lanes[l + offset];
         }
         offset /= 2;
     }
