@@ -65,9 +65,7 @@ impl HeadRows {
             (((bh / heads) * t + position) * heads + bh % heads, position)
         }
     }
-}
 
-impl HeadRows {
     /// How many consecutive output rows form a group: going forward the `t` rows of one
     /// (batch, head), back the `heads` rows of one (batch, position).
     pub fn group_len(&self, inverse: bool) -> usize {

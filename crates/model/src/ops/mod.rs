@@ -134,7 +134,8 @@ pub(crate) fn row_max(values: &[f32]) -> f32 {
     lanes.iter().fold(rest, |m, v| larger(m, *v))
 }
 
-/// What [`lane_sum`] adds: f32 (the row kernels), f64 (RMSNorm's weight gradient).
+/// What [`lane_sum`] adds: f32 (the row kernels), f64 (the weight gradients of RMSNorm and
+/// dynAct summed over row blocks).
 pub(crate) trait LaneTerm: Copy + Default + std::ops::Add<Output = Self> {}
 impl LaneTerm for f32 {}
 impl LaneTerm for f64 {}
