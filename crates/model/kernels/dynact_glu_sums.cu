@@ -1,9 +1,9 @@
 // The last stages of dynActGLU's parameter gradients (dynact_glu.cu has the first, and the
 // arithmetic), the GPU twins of the sums in crates/model/src/ffn/dynact_glu.rs:
 // 1. one warp per (parameter, channel) w = which * c + j (which 0: alpha, 1: beta): the f64 sum
-//    of the blocks' partials, lane l adding blocks l, l + 32, ... in order, then the lanes in a
-//    butterfly (warp_rows.cuh; `lane_sum` on the CPU), to sums[w]. A thread per w summing
-//    every block in order kept 2,048 threads (two blocks) busy at paper.toml's size.
+//    of the blocks' partials in the lanes' order (`channel_sum_f64` in warp_rows.cuh;
+//    `sum_block_partials` on the CPU), to sums[w]. A thread per w summing every block in order
+//    kept 2,048 threads (two blocks) busy at paper.toml's size.
 // 2. one thread per output parameter.
 // Separate from dynact_glu.cu because warp shuffles cannot run one thread at a time, as the
 // host's checks of that file's kernels do: these are checked on the simulator.
@@ -21,11 +21,7 @@ DYNACT_KERNEL void dynact_glu_channel_sums_f64(const float* partials, double* su
                                                uint64_t blocks, uint32_t c) {
     const WarpRows wr = warp_rows();
     for (uint64_t w = wr.first_row; w < 2 * (uint64_t)c; w += wr.row_stride) {
-        double sum = 0.0;
-        for (uint64_t block = wr.lane; block < blocks; block += WARP_LANES) {
-            sum += (double)partials[w * blocks + block];
-        }
-        sum = warp_sum_f64(sum);
+        const double sum = channel_sum_f64(partials, w, blocks, wr.lane);
         if (wr.lane == 0) {
             sums[w] = sum;
         }

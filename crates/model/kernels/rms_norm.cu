@@ -100,11 +100,7 @@ DYNACT_KERNEL void rms_norm_backward_w_f32(const float* partials, float* out, ui
     const WarpRows wr = warp_rows();
     const uint64_t blocks = (rows + RMS_NORM_ROWS_PER_BLOCK - 1) / RMS_NORM_ROWS_PER_BLOCK;
     for (uint64_t j = wr.first_row; j < c; j += wr.row_stride) {
-        double sum = 0.0;
-        for (uint64_t block = wr.lane; block < blocks; block += WARP_LANES) {
-            sum += (double)partials[j * blocks + block];
-        }
-        sum = warp_sum_f64(sum);
+        const double sum = channel_sum_f64(partials, j, blocks, wr.lane);
         if (wr.lane == 0) {
             out[rows * c + j] = (float)sum;
         }

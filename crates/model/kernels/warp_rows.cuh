@@ -61,6 +61,19 @@ __device__ __forceinline__ WarpRows warp_rows() {
     return w;
 }
 
+// The f64 sum of a channel's partial sums over `blocks` row blocks, stored channel by channel
+// (`partials[channel * blocks + block]`), the same in every lane: lane l adds blocks l, l + 32,
+// ... in order, then the butterfly (`sum_block_partials` on the CPU). What RMSNorm's and
+// dynActGLU's weight gradients take, a warp per channel.
+__device__ __forceinline__ double channel_sum_f64(const float* partials, uint64_t channel,
+                                                  uint64_t blocks, uint32_t lane) {
+    double sum = 0.0;
+    for (uint64_t block = lane; block < blocks; block += WARP_LANES) {
+        sum += (double)partials[channel * blocks + block];
+    }
+    return warp_sum_f64(sum);
+}
+
 // Elements between a row's first element, `first_element` elements into the buffer, and the
 // 128-byte line it starts in (buffers start on a line).
 __device__ __forceinline__ uint32_t row_shift(uint64_t first_element) {

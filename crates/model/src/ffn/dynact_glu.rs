@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::exp::exp_in_place;
-use crate::ops::{f32_slice, lane_sum, ROWS_PER_BLOCK};
+use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
 
 /// `act(gate) * up`, gate and up of one shape (..., F). f32 inputs with a SiLU or ReLU base take
 /// the fused kernel on a CPU and on a CUDA GPU (`kernels/dynact_glu.cu`).
@@ -256,11 +256,7 @@ impl CustomOp3 for DynActGluBackward {
                 acc
             })
             .collect();
-        // Per (parameter, channel), the blocks' partials added in f64 in the CUDA warp's lane
-        // order.
-        let sums: Vec<f64> = (0..2 * c)
-            .map(|w| lane_sum(partials.len(), |b| partials[b][w] as f64))
-            .collect();
+        let sums = sum_block_partials(&partials, 2 * c);
         if per_param == 1 {
             d_params[0] = sums[..c].iter().sum::<f64>() as f32;
             d_params[1] = sums[c..].iter().sum::<f64>() as f32;

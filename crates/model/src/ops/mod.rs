@@ -76,9 +76,19 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
 }
 
 /// Rows whose per-channel partial sums (RMSNorm's weight gradient, dynAct's) one task
-/// accumulates in f32 before they are added up over the blocks in f64 in [`lane_sum`]'s
-/// order; the CUDA kernels block the same way.
+/// accumulates in f32 before [`sum_block_partials`] adds them up; the CUDA kernels block the
+/// same way.
 pub(crate) const ROWS_PER_BLOCK: usize = 64;
+
+/// Per channel, the sum of the row blocks' partial sums (`partials[block][channel]`, f32), in
+/// f64 in [`lane_sum`]'s order: the order of the CUDA warps that sum a channel each
+/// (`channel_sum_f64` in `kernels/warp_rows.cuh`), so the result does not depend on thread
+/// timing and is the GPU's bit for bit.
+pub(crate) fn sum_block_partials(partials: &[Vec<f32>], width: usize) -> Vec<f64> {
+    (0..width)
+        .map(|j| lane_sum(partials.len(), |b| partials[b][j] as f64))
+        .collect()
+}
 
 /// Lanes of a GPU warp: the CUDA row kernels (`kernels/warp_rows.cuh`) reduce a row with one
 /// warp, and [`lane_sum`] adds in their order.

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::ROWS_PER_BLOCK;
-use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task};
+use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task, sum_block_partials};
 
 /// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * weight.
 /// The input is cast to f32 first, so on CPU every input dtype takes the fused kernel.
@@ -122,7 +122,7 @@ impl CustomOp2 for RmsNorm {
 
 /// With x_hat = x r, r = 1/rms(x) and gw = g weight:
 /// d x = r (gw - x_hat mean(gw x_hat)), d weight = sum over rows of g x_hat (in f32 over
-/// blocks of 64 rows, then the blocks in f64 in [`lane_sum`]'s order).
+/// blocks of 64 rows, then the blocks by [`sum_block_partials`]).
 struct RmsNormBackward {
     eps: f32,
 }
@@ -166,10 +166,8 @@ impl CustomOp3 for RmsNormBackward {
                 acc
             })
             .collect();
-        // Per channel, the blocks' partials added in f64 in the CUDA warp's lane order.
-        for (j, d) in dw.iter_mut().enumerate() {
-            *d = lane_sum(partials.len(), |b| partials[b][j] as f64) as f32;
-        }
+        let sums = sum_block_partials(&partials, c);
+        dw.iter_mut().zip(&sums).for_each(|(d, s)| *d = *s as f32);
         Ok((CpuStorage::F32(out), Shape::from(x.len() + c)))
     }
 
