@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::exp::exp_in_place;
+use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
 
 /// `act(gate) * up`, gate and up of one shape (..., F). f32 inputs with a SiLU or ReLU base take
@@ -113,13 +114,15 @@ impl CustomOp3 for FusedDynActGlu {
             .zip(gate.par_chunks(c).zip(up.par_chunks(c)))
             .with_min_len(crate::ops::rows_per_task(c))
             .for_each(|(o, (gr, ur))| {
-                // Every slice has length c: the loop runs without bounds checks.
-                let (o, gr, ur) = (&mut o[..c], &gr[..c], &ur[..c]);
-                gate_weights(gr, self.base, o);
-                for j in 0..c {
-                    let g = gr[j];
-                    o[j] = (g * o[j] * scale[j] + beta[j] * g) * ur[j];
-                }
+                widest(|| {
+                    // Every slice has length c: the loop runs without bounds checks.
+                    let (o, gr, ur) = (&mut o[..c], &gr[..c], &ur[..c]);
+                    gate_weights(gr, self.base, o);
+                    for j in 0..c {
+                        let g = gr[j];
+                        o[j] = (g * o[j] * scale[j] + beta[j] * g) * ur[j];
+                    }
+                })
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -229,31 +232,33 @@ impl CustomOp3 for DynActGluBackward {
             .zip(gate.par_chunks(block).zip(up.par_chunks(block)))
             .zip(grad.par_chunks(block))
             .map(|(((dg, du), (gb, ub)), yb)| {
-                // [sum g up base(gate); sum g up (gate - base(gate))] per channel.
-                let mut acc = vec![0f32; 2 * c];
-                let (acc_base, acc_linear) = acc.split_at_mut(c);
-                let mut weights = vec![0f32; c];
-                let rows = dg
-                    .chunks_mut(c)
-                    .zip(du.chunks_mut(c))
-                    .zip(gb.chunks(c).zip(ub.chunks(c)))
-                    .zip(yb.chunks(c));
-                for (((dg, du), (gr, ur)), yr) in rows {
-                    // Every slice has length c: the loop runs without bounds checks.
-                    let (dg, du, gr, ur, yr) =
-                        (&mut dg[..c], &mut du[..c], &gr[..c], &ur[..c], &yr[..c]);
-                    gate_weights(gr, self.base, &mut weights);
-                    for j in 0..c {
-                        let (g, b, w) = (gr[j], beta[j], weights[j]);
-                        let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
-                        let gu = yr[j] * ur[j];
-                        dg[j] = gu * (slope * scale[j] + b);
-                        du[j] = yr[j] * (base * scale[j] + b * g);
-                        acc_base[j] += gu * base;
-                        acc_linear[j] += gu * (g - base);
+                widest(|| {
+                    // [sum g up base(gate); sum g up (gate - base(gate))] per channel.
+                    let mut acc = vec![0f32; 2 * c];
+                    let (acc_base, acc_linear) = acc.split_at_mut(c);
+                    let mut weights = vec![0f32; c];
+                    let rows = dg
+                        .chunks_mut(c)
+                        .zip(du.chunks_mut(c))
+                        .zip(gb.chunks(c).zip(ub.chunks(c)))
+                        .zip(yb.chunks(c));
+                    for (((dg, du), (gr, ur)), yr) in rows {
+                        // Every slice has length c: the loop runs without bounds checks.
+                        let (dg, du, gr, ur, yr) =
+                            (&mut dg[..c], &mut du[..c], &gr[..c], &ur[..c], &yr[..c]);
+                        gate_weights(gr, self.base, &mut weights);
+                        for j in 0..c {
+                            let (g, b, w) = (gr[j], beta[j], weights[j]);
+                            let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
+                            let gu = yr[j] * ur[j];
+                            dg[j] = gu * (slope * scale[j] + b);
+                            du[j] = yr[j] * (base * scale[j] + b * g);
+                            acc_base[j] += gu * base;
+                            acc_linear[j] += gu * (g - base);
+                        }
                     }
-                }
-                acc
+                    acc
+                })
             })
             .collect();
         let sums = sum_block_partials(&partials, 2 * c);

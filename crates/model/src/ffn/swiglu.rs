@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::ops::exp::exp_in_place;
+use crate::ops::wide::widest;
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
 
 /// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
@@ -58,11 +59,13 @@ impl CustomOp2 for SwiGlu {
         out.par_chunks_mut(chunk)
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
             .for_each(|(o, (gc, uc))| {
-                // exp(-g) in a loop of its own, so that the arithmetic after it vectorizes.
-                exp_neg(gc, o);
-                for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
-                    *o = g / (1.0 + *o) * u;
-                }
+                widest(|| {
+                    // exp(-g) in a loop of its own, so that the arithmetic after it vectorizes.
+                    exp_neg(gc, o);
+                    for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
+                        *o = g / (1.0 + *o) * u;
+                    }
+                })
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -141,16 +144,21 @@ impl CustomOp3 for SwiGluBackward {
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
             .zip(grad.par_chunks(chunk))
             .for_each(|(((dg, du), (gc, uc)), yc)| {
-                // exp(-g) once per element, in a loop of its own (in d up until it is used).
-                exp_neg(gc, du);
-                for i in 0..gc.len() {
-                    let (g, u, dy, e) = (gc[i], uc[i], yc[i], du[i]);
-                    let node = g / (1.0 + e);
-                    let sigmoid = 1.0 / (e * 1.0 + 1.0);
-                    let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
-                    dg[i] = (dy * u) * silu_grad;
-                    du[i] = dy * node;
-                }
+                widest(|| {
+                    // exp(-g) once per element, in a loop of its own (in d up until it is used).
+                    exp_neg(gc, du);
+                    let n = gc.len();
+                    // Every slice has length n: the loop runs without bounds checks.
+                    let (dg, du, uc, yc) = (&mut dg[..n], &mut du[..n], &uc[..n], &yc[..n]);
+                    for i in 0..n {
+                        let (g, u, dy, e) = (gc[i], uc[i], yc[i], du[i]);
+                        let node = g / (1.0 + e);
+                        let sigmoid = 1.0 / (e * 1.0 + 1.0);
+                        let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
+                        dg[i] = (dy * u) * silu_grad;
+                        du[i] = dy * node;
+                    }
+                })
             });
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }

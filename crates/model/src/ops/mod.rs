@@ -26,6 +26,7 @@ pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
+pub(crate) mod wide;
 
 pub use attention::{causal_attention, causal_attention_reference, repeat_kv};
 pub use cast::cast;

@@ -38,7 +38,7 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 /// its [`HeadRows::source`]; with `inverse`, the transposed map dx1 = g1 c1 + g2 s2,
 /// dx2 = g2 c2 - g1 s1, which is the backward pass.
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: HeadRows, inverse: bool) -> Vec<f32> {
-    let (d, h) = (rows.d, rows.d / 2);
+    let d = rows.d;
     let mut out = vec![0f32; x.len()];
     // A group of rows at a time: their sources without a division per row.
     let group = rows.group_len(inverse) * d;
@@ -47,22 +47,35 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: HeadRows, inverse: bool) ->
         .with_min_len(rows_per_task(group))
         .for_each(|(g, group)| {
             for (o, (src, position)) in group.chunks_mut(d).zip(rows.group_sources(g, inverse)) {
-                let xr = &x[src * d..src * d + d];
                 let p = position * d;
-                let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
-                for j in 0..h {
-                    let (x1, x2) = (xr[j], xr[j + h]);
-                    if inverse {
-                        o[j] = x1 * c[j] + x2 * s[j + h];
-                        o[j + h] = x2 * c[j + h] - x1 * s[j];
-                    } else {
-                        o[j] = x1 * c[j] - x2 * s[j];
-                        o[j + h] = x2 * c[j + h] + x1 * s[j + h];
-                    }
-                }
+                let (x, c, s) = (&x[src * d..][..d], &cos[p..][..d], &sin[p..][..d]);
+                rotate_row(o, x, c, s, inverse);
             }
         });
     out
+}
+
+/// One row of [`rotate`]. Every half is cut to the same length first, so that the loops carry
+/// no bounds checks and vectorize (with an index check per element they ran one element at a
+/// time: RoPE took 5% of an evaluation pass).
+#[inline(always)]
+fn rotate_row(o: &mut [f32], x: &[f32], c: &[f32], s: &[f32], inverse: bool) {
+    let h = o.len() / 2;
+    let (o1, o2) = o.split_at_mut(h);
+    let o2 = &mut o2[..h];
+    let (x1, x2) = (&x[..h], &x[h..][..h]);
+    let (c1, c2, s1, s2) = (&c[..h], &c[h..][..h], &s[..h], &s[h..][..h]);
+    if inverse {
+        for j in 0..h {
+            o1[j] = x1[j] * c1[j] + x2[j] * s2[j];
+            o2[j] = x2[j] * c2[j] - x1[j] * s1[j];
+        }
+    } else {
+        for j in 0..h {
+            o1[j] = x1[j] * c1[j] - x2[j] * s1[j];
+            o2[j] = x2[j] * c2[j] + x1[j] * s2[j];
+        }
+    }
 }
 
 struct Rope;
