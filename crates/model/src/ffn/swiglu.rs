@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::ops::exp::exp_in_place;
+use crate::ops::fresh::par_fresh_chunks;
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
 
@@ -54,19 +55,18 @@ impl CustomOp2 for SwiGlu {
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        let mut out = vec![0f32; g.len()];
-        let chunk = rows_per_task(1);
-        out.par_chunks_mut(chunk)
-            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
-            .for_each(|(o, (gc, uc))| {
-                widest(|| {
-                    // exp(-g) in a loop of its own, so that the arithmetic after it vectorizes.
-                    exp_neg(gc, o);
-                    for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
-                        *o = g / (1.0 + *o) * u;
-                    }
-                })
-            });
+        let out = par_fresh_chunks(g.len(), rows_per_task(1), |range, fresh| {
+            let (gc, uc) = (&g[range.clone()], &u[range]);
+            widest(|| {
+                // exp(-g) in a loop of its own, so that the arithmetic after it vectorizes.
+                let (o, filled) = fresh.fill(gc.iter().map(|&x| -x));
+                exp_in_place(o);
+                for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
+                    *o = g / (1.0 + *o) * u;
+                }
+                filled
+            })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -6,9 +6,9 @@
 //! [`HeadRows`] is the index map, which RoPE (`super::rope`) shares.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{f32_slice, fused, fused_on_cuda, rows_per_task};
+use super::fresh::par_fresh_chunks;
+use super::{f32_slice, fused, fused_on_cuda};
 
 /// x (B, T, heads, D) -> (B, heads, T, D).
 pub fn heads_first(x: &Tensor) -> Result<Tensor> {
@@ -105,16 +105,16 @@ impl CustomOp1 for MoveHeads {
         let x = f32_slice(s, l, self.name())?;
         let (rows, shape) = HeadRows::of(l, self.inverse, self.name())?;
         let (d, inverse) = (rows.d, self.inverse);
-        let mut out = vec![0f32; x.len()];
-        let group = rows.group_len(inverse) * d;
-        out.par_chunks_mut(group.max(1))
-            .enumerate()
-            .with_min_len(rows_per_task(group))
-            .for_each(|(g, group)| {
-                for (o, (src, _)) in group.chunks_mut(d).zip(rows.group_sources(g, inverse)) {
-                    o.copy_from_slice(&x[src * d..src * d + d]);
-                }
-            });
+        let group = (rows.group_len(inverse) * d).max(1);
+        let out = par_fresh_chunks(x.len(), group, |range, fresh| {
+            let mut sources = rows.group_sources(range.start / group, inverse);
+            fresh
+                .fill_rows(d, |_, row| {
+                    let (src, _) = sources.next().expect("a source per row");
+                    row.fill(x[src * d..][..d].iter().copied()).1
+                })
+                .1
+        });
         Ok((CpuStorage::F32(out), shape))
     }
 

@@ -21,6 +21,7 @@ pub mod cast;
 pub mod cross_entropy;
 pub mod embedding;
 pub(crate) mod exp;
+pub(crate) mod fresh;
 pub mod heads;
 pub mod matmul;
 pub mod rms_norm;

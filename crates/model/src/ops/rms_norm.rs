@@ -6,8 +6,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::fresh::par_fresh_chunks;
 use super::ROWS_PER_BLOCK;
-use super::{f32_slice, fused, lane_sum, last_dim, rows_per_task, sum_block_partials};
+use super::{f32_slice, fused, lane_sum, last_dim, sum_block_partials};
 
 /// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * weight.
 /// The input is cast to f32 first, so on CPU every input dtype takes the fused kernel.
@@ -62,16 +63,11 @@ impl CustomOp2 for RmsNorm {
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
         let n = last_dim(l1);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .with_min_len(rows_per_task(n))
-            .for_each(|(o, row)| {
-                let r = inv_rms(row, self.eps);
-                for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
-                    *o = v * r * w;
-                }
-            });
+        let out = par_fresh_chunks(x.len(), n, |row, fresh| {
+            let row = &x[row];
+            let r = inv_rms(row, self.eps);
+            fresh.fill(row.iter().zip(w).map(|(v, w)| v * r * w)).1
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

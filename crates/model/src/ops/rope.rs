@@ -5,10 +5,10 @@
 //! attention needs and which otherwise costs a transposed copy each way.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
-use rayon::prelude::*;
 
+use super::fresh::par_fresh_chunks;
 use super::heads::{heads_first_reference, HeadRows};
-use super::{f32_slice, fused, rows_per_task};
+use super::{f32_slice, fused};
 
 /// Rotary position embedding in the Hugging Face convention (`x cos + rotate_half(x) sin`, with
 /// `rotate_half([x1, x2]) = [-x2, x1]`) of x (B, T, heads, D), as a projection's output splits
@@ -39,41 +39,42 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 /// dx2 = g2 c2 - g1 s1, which is the backward pass.
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: HeadRows, inverse: bool) -> Vec<f32> {
     let d = rows.d;
-    let mut out = vec![0f32; x.len()];
     // A group of rows at a time: their sources without a division per row.
-    let group = rows.group_len(inverse) * d;
-    out.par_chunks_mut(group.max(1))
-        .enumerate()
-        .with_min_len(rows_per_task(group))
-        .for_each(|(g, group)| {
-            for (o, (src, position)) in group.chunks_mut(d).zip(rows.group_sources(g, inverse)) {
+    let group = (rows.group_len(inverse) * d).max(1);
+    par_fresh_chunks(x.len(), group, |range, fresh| {
+        let mut sources = rows.group_sources(range.start / group, inverse);
+        fresh
+            .fill_rows(d, |_, row| {
+                let (src, position) = sources.next().expect("a source per row");
                 let p = position * d;
-                let (x, c, s) = (&x[src * d..][..d], &cos[p..][..d], &sin[p..][..d]);
-                rotate_row(o, x, c, s, inverse);
-            }
-        });
-    out
+                let (o, filled) = row.fill(x[src * d..][..d].iter().copied());
+                rotate_row(o, &cos[p..][..d], &sin[p..][..d], inverse);
+                filled
+            })
+            .1
+    })
 }
 
-/// One row of [`rotate`]. Every half is cut to the same length first, so that the loops carry
-/// no bounds checks and vectorize (with an index check per element they ran one element at a
-/// time: RoPE took 5% of an evaluation pass).
+/// One row of [`rotate`], in place (`row` holds x on entry). Every half is cut to the same
+/// length first, so that the loops carry no bounds checks and vectorize (with an index check
+/// per element they ran one element at a time: RoPE took 5% of an evaluation pass).
 #[inline(always)]
-fn rotate_row(o: &mut [f32], x: &[f32], c: &[f32], s: &[f32], inverse: bool) {
-    let h = o.len() / 2;
-    let (o1, o2) = o.split_at_mut(h);
-    let o2 = &mut o2[..h];
-    let (x1, x2) = (&x[..h], &x[h..][..h]);
+fn rotate_row(row: &mut [f32], c: &[f32], s: &[f32], inverse: bool) {
+    let h = row.len() / 2;
+    let (x1, x2) = row.split_at_mut(h);
+    let x2 = &mut x2[..h];
     let (c1, c2, s1, s2) = (&c[..h], &c[h..][..h], &s[..h], &s[h..][..h]);
     if inverse {
         for j in 0..h {
-            o1[j] = x1[j] * c1[j] + x2[j] * s2[j];
-            o2[j] = x2[j] * c2[j] - x1[j] * s1[j];
+            let (a, b) = (x1[j], x2[j]);
+            x1[j] = a * c1[j] + b * s2[j];
+            x2[j] = b * c2[j] - a * s1[j];
         }
     } else {
         for j in 0..h {
-            o1[j] = x1[j] * c1[j] - x2[j] * s1[j];
-            o2[j] = x2[j] * c2[j] + x1[j] * s2[j];
+            let (a, b) = (x1[j], x2[j]);
+            x1[j] = a * c1[j] - b * s1[j];
+            x2[j] = b * c2[j] + a * s2[j];
         }
     }
 }
