@@ -1,7 +1,8 @@
 // e^x as the CPU kernels compute it (crates/model/src/ops/exp.rs, Cephes' expf: within 1 ulp,
 // 0 under 2^-126), bit for bit, so that the SwiGLU and dynActGLU kernels take the CPU's exp.
-// Each multiply and add rounds on its own (__fmul_rn, __fadd_rn): nvcc would otherwise fuse
-// pairs into fmas, which round once. Shared by swiglu.cu and dynact_glu.cu.
+// The same steps: each fused multiply-add rounds once (__fmaf_rn, the CPU's mul_add), each
+// other multiply and add on its own (__fmul_rn, __fadd_rn), since nvcc would otherwise fuse
+// them. Shared by swiglu.cu and dynact_glu.cu.
 #pragma once
 
 #include <stdint.h>
@@ -13,16 +14,16 @@ __device__ __forceinline__ float dynact_exp(float x) {
     // Keeps n within the exponent's range; a NaN stays NaN.
     float c = x < underflow ? underflow : x;
     c = c > overflow ? overflow : c;
-    const float rounded = __fadd_rn(__fmul_rn(c, 1.4426950408889634f), round);
+    const float rounded = __fmaf_rn(c, 1.4426950408889634f, round);
     const float n = __fsub_rn(rounded, round);
-    const float r = __fsub_rn(__fsub_rn(c, __fmul_rn(n, ln2_hi)), __fmul_rn(n, ln2_lo));
+    const float r = __fmaf_rn(n, -ln2_lo, __fmaf_rn(n, -ln2_hi, c));
     float p = 1.9875692e-4f;
-    p = __fadd_rn(__fmul_rn(p, r), 1.3981999e-3f);
-    p = __fadd_rn(__fmul_rn(p, r), 8.333452e-3f);
-    p = __fadd_rn(__fmul_rn(p, r), 4.1665796e-2f);
-    p = __fadd_rn(__fmul_rn(p, r), 1.6666665e-1f);
-    p = __fadd_rn(__fmul_rn(p, r), 0.5f);
-    const float e_r = __fadd_rn(__fadd_rn(__fmul_rn(p, __fmul_rn(r, r)), r), 1.0f);
+    p = __fmaf_rn(p, r, 1.3981999e-3f);
+    p = __fmaf_rn(p, r, 8.333452e-3f);
+    p = __fmaf_rn(p, r, 4.1665796e-2f);
+    p = __fmaf_rn(p, r, 1.6666665e-1f);
+    p = __fmaf_rn(p, r, 0.5f);
+    const float e_r = __fadd_rn(__fmaf_rn(p, __fmul_rn(r, r), r), 1.0f);
     // 2^n as two factors, since 2^128 is not a float; n is in the low bits of `rounded`.
     const int32_t k = (int32_t)(__float_as_uint(rounded) - __float_as_uint(round));
     const int32_t low = k < 127 ? k : 127;

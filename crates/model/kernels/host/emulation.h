@@ -2,6 +2,7 @@
 // globals that a launcher loop sets, one thread at a time (kernels may not use shared memory,
 // warp shuffles or barriers), and the CUDA qualifiers defined away.
 
+#include <math.h>
 #include <stdint.h>
 
 struct dim3_host {
@@ -19,7 +20,9 @@ typedef struct {
 #define DYNACT_KERNEL static
 
 // CUDA's arithmetic intrinsics: each operation rounded on its own, as C does without
-// contraction (the build does not enable FMA instructions); a float's bits.
+// contraction (the build does not enable FMA instructions), a fused multiply-add rounded once
+// (C's fmaf); a float's bits.
+#define __fmaf_rn(a, b, c) fmaf((a), (b), (c))
 #define __fmul_rn(a, b) ((a) * (b))
 #define __fadd_rn(a, b) ((a) + (b))
 #define __fsub_rn(a, b) ((a) - (b))

@@ -6,10 +6,14 @@
 //!
 //! The method is Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts, so
 //! that n ln 2 is exact), e^r from a degree-7 polynomial, 2^n put into the exponent bits.
-//! Within 1 ulp of the exact value (0.96 at worst in a sweep of every exponent); results
+//! Within 1 ulp of the exact value (0.97 at worst in a sweep of every exponent); results
 //! under 2^-126 (x < -87.34) are 0; NaN stays NaN. It is written as plain branch-free
-//! arithmetic that the compiler vectorizes, with multiplies and adds but no fused
-//! multiply-add, so the scalar, AVX2 and AVX-512 paths compute the same bits on every CPU.
+//! arithmetic that the compiler vectorizes. Its products and sums are fused multiply-adds
+//! (`mul_add`, rounded once) where the steps allow: a third fewer operations than separate
+//! multiplies and adds (exp fell from 9.3% to 6.6% of an evaluation pass). A fused multiply-add
+//! has one correct result, so the AVX-512 and AVX2 paths (with their FMA instructions) and the
+//! scalar one (where `mul_add` may call the C library's `fmaf`, slowly, on a CPU without them)
+//! compute the same bits on every CPU.
 
 /// Replaces every element of `xs` by its exponential.
 pub fn exp_in_place(xs: &mut [f32]) {
@@ -19,7 +23,7 @@ pub fn exp_in_place(xs: &mut [f32]) {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { exp_avx512(xs) };
         }
-        if is_x86_feature_detected!("avx2") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
             return unsafe { exp_avx2(xs) };
         }
@@ -28,13 +32,13 @@ pub fn exp_in_place(xs: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 fn exp_avx512(xs: &mut [f32]) {
     exp_loop(xs)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn exp_avx2(xs: &mut [f32]) {
     exp_loop(xs)
 }
@@ -59,16 +63,16 @@ fn exp(x: f32) -> f32 {
 
     // Keeps n within the exponent's range; a NaN stays NaN.
     let clamped = x.clamp(UNDERFLOW, OVERFLOW);
-    let rounded = clamped * std::f32::consts::LOG2_E + ROUND;
+    let rounded = clamped.mul_add(std::f32::consts::LOG2_E, ROUND);
     let n = rounded - ROUND;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_2e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e_r = p * (r * r) + r + 1.0;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, clamped));
+    let mut p: f32 = 1.987_569_2e-4;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e_r = p.mul_add(r * r, r) + 1.0;
     // 2^n as two factors, since 2^128 (n at the top of the range) is not an f32. The integer
     // n is in the low bits of `rounded` (a conversion with `as` would not vectorize).
     let n = rounded.to_bits() as i32 - ROUND.to_bits() as i32;
