@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::exp::exp_in_place;
+use super::exp::exp_shifted_sum;
 use super::{cast, causal_softmax, f32_slice, fused, lane_sum, product, row_max, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
@@ -283,11 +283,7 @@ impl CausalAttention {
         for (i, row) in p.chunks_mut(s).enumerate() {
             let visible = s - t + i + 1;
             let max = row_max(&row[..visible]);
-            for x in &mut row[..visible] {
-                *x = (*x - max) * self.scale;
-            }
-            exp_in_place(&mut row[..visible]);
-            let inv = 1.0 / lane_sum(visible, |j| row[j]);
+            let inv = 1.0 / exp_shifted_sum(&mut row[..visible], max, self.scale);
             row[..visible].iter_mut().for_each(|x| *x *= inv);
             row[visible..].iter_mut().for_each(|x| *x = 0.0);
         }

@@ -6,10 +6,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::exp::exp_in_place;
-use super::{
-    f32_slice, fused, fused_on_cuda, lane_sum, last_dim, row_max, rows_per_task, u32_slice,
-};
+use super::exp::{exp_in_place, exp_shifted_sum};
+use super::{f32_slice, fused, fused_on_cuda, last_dim, row_max, rows_per_task, u32_slice};
 
 /// log(softmax(x)) over the last dimension, stable for large logits.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
@@ -50,11 +48,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// they are made in `scratch`, the row's length.
 fn log_sum_exp(row: &[f32], scratch: &mut [f32]) -> f32 {
     let max = row_max(row);
-    for (e, x) in scratch.iter_mut().zip(row) {
-        *e = x - max;
-    }
-    exp_in_place(scratch);
-    max + lane_sum(row.len(), |j| scratch[j]).ln()
+    scratch.copy_from_slice(row);
+    // (x - max) * 1 is x - max exactly.
+    max + exp_shifted_sum(scratch, max, 1.0).ln()
 }
 
 struct CrossEntropy;

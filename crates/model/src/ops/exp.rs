@@ -15,6 +15,8 @@
 //! scalar one (where `mul_add` may call the C library's `fmaf`, slowly, on a CPU without them)
 //! compute the same bits on every CPU.
 
+use super::{fold_lanes, LANES};
+
 /// Replaces every element of `xs` by its exponential.
 pub fn exp_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -49,6 +51,61 @@ fn exp_loop(xs: &mut [f32]) {
     for x in xs {
         *x = exp(*x);
     }
+}
+
+/// Replaces every x of `xs` by e^((x - shift) scale) and returns their sum, added in
+/// [`lane_sum`]'s order: a softmax row's exponentials and their sum in one pass over it, where
+/// the shift, the exponentials and the sum took three.
+pub fn exp_shifted_sum(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { exp_shifted_sum_avx512(xs, shift, scale) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { exp_shifted_sum_avx2(xs, shift, scale) };
+        }
+    }
+    exp_shifted_sum_loop(xs, shift, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn exp_shifted_sum_avx512(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
+    exp_shifted_sum_loop(xs, shift, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_shifted_sum_avx2(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
+    exp_shifted_sum_loop(xs, shift, scale)
+}
+
+/// Lane l adds elements l, l + 32, ... in order, as [`lane_sum`] does, then [`fold_lanes`].
+#[inline(always)]
+fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut blocks = xs.chunks_exact_mut(LANES);
+    for block in &mut blocks {
+        for (x, lane) in block.iter_mut().zip(&mut lanes) {
+            *x = exp((*x - shift) * scale);
+            *lane += *x;
+        }
+    }
+    // The last few elements as a whole block, so that they take vectors as well (attention's
+    // rows of 1 to T keys end in up to 31 of them); the lanes past them add 0, which leaves
+    // a lane's sum (>= +0) as it is.
+    let tail = blocks.into_remainder();
+    let mut block = [0f32; LANES];
+    block[..tail.len()].copy_from_slice(tail);
+    for (l, (x, lane)) in block.iter_mut().zip(&mut lanes).enumerate() {
+        *x = exp((*x - shift) * scale);
+        *lane += if l < tail.len() { *x } else { 0.0 };
+    }
+    tail.copy_from_slice(&block[..tail.len()]);
+    fold_lanes(lanes)
 }
 
 /// e^x, as described in the module's comment.
@@ -144,6 +201,31 @@ mod tests {
         exp_in_place(&mut xs);
         assert_eq!(xs[..5], [0.0, 0.0, 0.0, f32::INFINITY, f32::INFINITY]);
         assert!(xs[5].is_nan());
+    }
+
+    #[test]
+    fn shifted_exponentials_and_their_sum_are_those_of_the_separate_passes() {
+        // The passes the fused one replaces: shift and scale, exp, lane_sum; every length up
+        // to three warps and a row of 257, through the dispatched path and the baseline one.
+        for n in (0..=96).chain([257]) {
+            let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * 9.0).collect();
+            let (shift, scale) = (2.5f32, 0.177);
+            let mut separate: Vec<f32> = xs.iter().map(|x| (x - shift) * scale).collect();
+            exp_in_place(&mut separate);
+            let sum = crate::ops::lane_sum(n, |j| separate[j]);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let (mut fused, mut plain) = (xs.clone(), xs.clone());
+            assert_eq!(
+                exp_shifted_sum(&mut fused, shift, scale).to_bits(),
+                sum.to_bits()
+            );
+            assert_eq!(
+                exp_shifted_sum_loop(&mut plain, shift, scale).to_bits(),
+                sum.to_bits()
+            );
+            assert_eq!(bits(&fused), bits(&separate), "n = {n}");
+            assert_eq!(bits(&plain), bits(&separate), "n = {n}");
+        }
     }
 
     #[test]

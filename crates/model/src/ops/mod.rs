@@ -112,6 +112,12 @@ pub(crate) fn lane_sum<T: LaneTerm>(n: usize, term: impl Fn(usize) -> T) -> T {
     for (l, lane) in lanes.iter_mut().enumerate().take(n - full) {
         *lane = *lane + term(full + l);
     }
+    fold_lanes(lanes)
+}
+
+/// The 32 lanes' sums added as [`lane_sum`] ends: the warp's butterfly.
+#[inline]
+pub(crate) fn fold_lanes<T: LaneTerm>(mut lanes: [T; LANES]) -> T {
     // The butterfly's lane 0: at each step lanes l and l ^ offset hold the same sum, so only
     // the lower half is carried on (lane l + offset is l's partner).
     let mut offset = LANES / 2;

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Resul
 use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
-use super::exp::exp_in_place;
+use super::exp::exp_shifted_sum;
 use super::{f32_slice, fused, lane_sum, last_dim, row_max, rows_per_task};
 
 /// Softmax over the last dimension.
@@ -106,11 +106,8 @@ impl CustomOp1 for CausalSoftmax {
             .for_each(|(row, (o, xr))| {
                 let visible = offset + row % t + 1;
                 let max = row_max(&xr[..visible]);
-                for (o, v) in o[..visible].iter_mut().zip(xr) {
-                    *o = (v - max) * self.scale;
-                }
-                exp_in_place(&mut o[..visible]);
-                let inv = 1.0 / lane_sum(visible, |j| o[j]);
+                o[..visible].copy_from_slice(&xr[..visible]);
+                let inv = 1.0 / exp_shifted_sum(&mut o[..visible], max, self.scale);
                 o[..visible].iter_mut().for_each(|o| *o *= inv);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
