@@ -4,10 +4,9 @@
 //! f32 on a GPU, and [`swiglu_reference`], the two Candle ops every other case runs.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::ops::exp::exp_in_place;
-use crate::ops::fresh::par_fresh_chunks;
+use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
 
@@ -27,14 +26,6 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// and what the fused kernels are tested against.
 pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
-}
-
-/// exp(-x) of every element; Candle's f32 silu is x / (1 + exp(-x)).
-fn exp_neg(x: &[f32], out: &mut [f32]) {
-    for (o, &x) in out.iter_mut().zip(x) {
-        *o = -x;
-    }
-    exp_in_place(out);
 }
 
 struct SwiGlu;
@@ -58,7 +49,8 @@ impl CustomOp2 for SwiGlu {
         let out = par_fresh_chunks(g.len(), rows_per_task(1), |range, fresh| {
             let (gc, uc) = (&g[range.clone()], &u[range]);
             widest(|| {
-                // exp(-g) in a loop of its own, so that the arithmetic after it vectorizes.
+                // Candle's f32 silu is g / (1 + exp(-g)); exp(-g) in a loop of its own, so that
+                // the arithmetic after it vectorizes.
                 let (o, filled) = fresh.fill(gc.iter().map(|&x| -x));
                 exp_in_place(o);
                 for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
@@ -135,31 +127,27 @@ impl CustomOp3 for SwiGluBackward {
             f32_slice(s3, l3, self.name())?,
         );
         let n = g.len();
-        let mut out = vec![0f32; 2 * n];
-        let (d_gate, d_up) = out.split_at_mut(n);
-        let chunk = rows_per_task(1);
-        d_gate
-            .par_chunks_mut(chunk)
-            .zip(d_up.par_chunks_mut(chunk))
-            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
-            .zip(grad.par_chunks(chunk))
-            .for_each(|(((dg, du), (gc, uc)), yc)| {
-                widest(|| {
-                    // exp(-g) once per element, in a loop of its own (in d up until it is used).
-                    exp_neg(gc, du);
-                    let n = gc.len();
-                    // Every slice has length n: the loop runs without bounds checks.
-                    let (dg, du, uc, yc) = (&mut dg[..n], &mut du[..n], &uc[..n], &yc[..n]);
-                    for i in 0..n {
-                        let (g, u, dy, e) = (gc[i], uc[i], yc[i], du[i]);
-                        let node = g / (1.0 + e);
-                        let sigmoid = 1.0 / (e * 1.0 + 1.0);
-                        let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
-                        dg[i] = (dy * u) * silu_grad;
-                        du[i] = dy * node;
-                    }
-                })
-            });
+        // [d gate; d up].
+        let out = par_fresh_pairs(n, rows_per_task(1), |range, d_gate, d_up| {
+            let (gc, uc, yc) = (&g[range.clone()], &u[range.clone()], &grad[range]);
+            widest(|| {
+                // exp(-g) once per element, in a loop of its own (in d up until it is used).
+                let (du, du_filled) = d_up.fill(gc.iter().map(|&x| -x));
+                exp_in_place(du);
+                let n = gc.len();
+                // Every slice has length n: the loop runs without bounds checks.
+                let (du, uc, yc) = (&mut du[..n], &uc[..n], &yc[..n]);
+                let d_gate_values = (0..n).map(|i| {
+                    let (g, u, dy, e) = (gc[i], uc[i], yc[i], du[i]);
+                    let node = g / (1.0 + e);
+                    let sigmoid = 1.0 / (e * 1.0 + 1.0);
+                    let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
+                    du[i] = dy * node;
+                    (dy * u) * silu_grad
+                });
+                (d_gate.fill(d_gate_values).1, du_filled)
+            })
+        });
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }
 

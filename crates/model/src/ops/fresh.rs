@@ -93,6 +93,37 @@ pub(crate) fn par_fresh_chunks(
     out
 }
 
+/// [`par_fresh_chunks`] of two parts of `len` each, one vector [first; second]: `fill` gets the
+/// i-th chunk of both (an op with two outputs of one shape, such as a gate's two gradients).
+pub(crate) fn par_fresh_pairs(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(Range<usize>, Fresh<'_>, Fresh<'_>) -> (Filled, Filled) + Sync,
+) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let mut out = Vec::with_capacity(2 * len);
+    let (first, second) = out.spare_capacity_mut()[..2 * len].split_at_mut(len);
+    first
+        .par_chunks_mut(chunk)
+        .zip(second.par_chunks_mut(chunk))
+        .enumerate()
+        .with_min_len(rows_per_task(chunk))
+        .for_each(|(i, (a, b))| {
+            let at = (a.as_ptr() as usize, b.as_ptr() as usize);
+            let range = i * chunk..i * chunk + a.len();
+            let (Filled(filled_a), Filled(filled_b)) = fill(range, Fresh(a), Fresh(b));
+            assert_eq!(
+                (filled_a, filled_b),
+                at,
+                "chunk {i}: the closure filled others"
+            );
+        });
+    // SAFETY: the chunks of both parts cover 0..2 len, and each was filled, as in
+    // par_fresh_chunks.
+    unsafe { out.set_len(2 * len) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +152,33 @@ mod tests {
                 .1
         });
         assert_eq!(out, (0..10).map(|j| j as f32 * 2.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn pairs_of_chunks_are_filled_in_both_parts() {
+        for (len, chunk) in [(0usize, 4usize), (10, 3), (40_000, 7)] {
+            let out = par_fresh_pairs(len, chunk, |range, a, b| {
+                let second = range.clone().map(|j| -(j as f32));
+                (a.fill(range.map(|j| j as f32)).1, b.fill(second).1)
+            });
+            let expected: Vec<f32> = (0..len)
+                .map(|j| j as f32)
+                .chain((0..len).map(|j| -(j as f32)))
+                .collect();
+            assert_eq!(out, expected, "len {len}, chunk {chunk}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "filled others")]
+    fn a_pair_filled_crosswise_panics() {
+        par_fresh_pairs(8, 4, |_, a, b| {
+            let (b, a) = (
+                a.fill([0.0; 4].into_iter()).1,
+                b.fill([1.0; 4].into_iter()).1,
+            );
+            (a, b)
+        });
     }
 
     #[test]
