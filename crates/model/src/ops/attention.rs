@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::exp::exp_shifted_sum;
-use super::{cast, causal_softmax, f32_slice, fused, lane_sum, product, row_max, Form};
+use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
 
@@ -448,7 +448,7 @@ impl CustomOp3 for CausalAttentionBackward {
                     // left older values there).
                     for (i, (ds, pr)) in dp.chunks_mut(s).zip(p.chunks(s)).enumerate() {
                         let visible = s - t + i + 1;
-                        let dot = lane_sum(visible, |j| pr[j] * ds[j]);
+                        let dot = lane_dot(&pr[..visible], &ds[..visible]);
                         for (x, pj) in ds[..visible].iter_mut().zip(pr) {
                             *x = fwd.scale * pj * (*x - dot);
                         }

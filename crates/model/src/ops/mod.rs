@@ -115,6 +115,26 @@ pub(crate) fn lane_sum<T: LaneTerm>(n: usize, term: impl Fn(usize) -> T) -> T {
     fold_lanes(lanes)
 }
 
+/// `lane_sum(n, |j| a[j] * b[j])` over slices of one length n, as whole blocks of 32 lanes
+/// that vectorize: the closure's index checks kept [`lane_sum`]'s loop from vectorizing, and
+/// RMSNorm's sum of squares took 2.5% of an evaluation pass.
+#[inline]
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lane_dot: slices of different lengths");
+    let mut lanes = [0f32; LANES];
+    let (mut a_blocks, mut b_blocks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (a, b) in (&mut a_blocks).zip(&mut b_blocks) {
+        for ((lane, a), b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += a * b;
+        }
+    }
+    let tail = a_blocks.remainder().iter().zip(b_blocks.remainder());
+    for (lane, (a, b)) in lanes.iter_mut().zip(tail) {
+        *lane += a * b;
+    }
+    fold_lanes(lanes)
+}
+
 /// The 32 lanes' sums added as [`lane_sum`] ends: the warp's butterfly.
 #[inline]
 pub(crate) fn fold_lanes<T: LaneTerm>(mut lanes: [T; LANES]) -> T {
@@ -181,6 +201,17 @@ mod tests {
         let sequential = terms.iter().sum::<f32>();
         assert_eq!(sequential, 16_777_216.0);
         assert_eq!(lane_sum(3, |j| terms[j]), 16_777_218.0);
+    }
+
+    #[test]
+    fn lane_dot_is_lane_sum_of_the_products() {
+        let a = |j: usize| (j as f32 * 0.754_8).sin() * 2f32.powi((j % 17) as i32);
+        let b = |j: usize| (j as f32 * 0.31).cos() + 0.5;
+        for n in [0usize, 1, 7, 31, 32, 33, 70, 128, 257] {
+            let (xs, ys): (Vec<f32>, Vec<f32>) = (0..n).map(|j| (a(j), b(j))).unzip();
+            let expected = lane_sum(n, |j| xs[j] * ys[j]);
+            assert_eq!(lane_dot(&xs, &ys).to_bits(), expected.to_bits(), "n = {n}");
+        }
     }
 
     #[test]

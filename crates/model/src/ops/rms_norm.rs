@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::fresh::par_fresh_chunks;
 use super::ROWS_PER_BLOCK;
-use super::{f32_slice, fused, lane_sum, last_dim, sum_block_partials};
+use super::{f32_slice, fused, lane_dot, lane_sum, last_dim, sum_block_partials};
 
 /// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * weight.
 /// The input is cast to f32 first, so on CPU every input dtype takes the fused kernel.
@@ -44,7 +44,7 @@ struct RmsNorm {
 }
 
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ms = lane_sum(row.len(), |j| row[j] * row[j]) / row.len() as f32;
+    let ms = lane_dot(row, row) / row.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
 

@@ -8,7 +8,7 @@ use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
 use super::exp::exp_shifted_sum;
-use super::{f32_slice, fused, lane_sum, last_dim, row_max, rows_per_task};
+use super::{f32_slice, fused, lane_dot, last_dim, row_max, rows_per_task};
 
 /// Softmax over the last dimension.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
@@ -170,7 +170,7 @@ impl CustomOp2 for SoftmaxBackward {
             .zip(y.par_chunks(n).zip(g.par_chunks(n)))
             .with_min_len(rows_per_task(n))
             .for_each(|(o, (yr, gr))| {
-                let dot = lane_sum(yr.len(), |j| yr[j] * gr[j]);
+                let dot = lane_dot(yr, gr);
                 for ((o, y), g) in o.iter_mut().zip(yr).zip(gr) {
                     *o = self.scale * y * (g - dot);
                 }
