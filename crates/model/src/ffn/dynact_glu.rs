@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::exp::exp_in_place;
+use crate::ops::fresh::{par_fresh_chunks, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
 
@@ -53,22 +54,17 @@ fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f
 }
 
 /// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
-/// sigmoid for SiLU, the step for ReLU. In loops of its own (the exp over the whole row), so
-/// that the arithmetic after it vectorizes.
-fn gate_weights(row: &[f32], base: BaseAct, out: &mut [f32]) {
+/// sigmoid for SiLU, the step for ReLU, filled into `out`. In loops of their own (the exp over
+/// the whole row), so that the arithmetic after them vectorizes.
+fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled) {
     match base {
         BaseAct::Silu => {
-            for (w, &x) in out.iter_mut().zip(row) {
-                *w = -x;
-            }
-            exp_in_place(out);
-            out.iter_mut().for_each(|w| *w = 1.0 / (1.0 + *w));
+            let (w, filled) = out.fill(row.iter().map(|&x| -x));
+            exp_in_place(w);
+            w.iter_mut().for_each(|w| *w = 1.0 / (1.0 + *w));
+            (w, filled)
         }
-        BaseAct::Relu => {
-            for (w, &x) in out.iter_mut().zip(row) {
-                *w = if x > 0.0 { 1.0 } else { 0.0 };
-            }
-        }
+        BaseAct::Relu => out.fill(row.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 })),
         BaseAct::Gelu | BaseAct::Mish => unreachable!("no fused kernel for {base:?}"),
     }
 }
@@ -109,21 +105,20 @@ impl CustomOp3 for FusedDynActGlu {
         let (alpha, beta) = channel_params(params, c, self.name())?;
         let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
         let (scale, beta) = (&scale[..c], &beta[..c]);
-        let mut out = vec![0f32; gate.len()];
-        out.par_chunks_mut(c)
-            .zip(gate.par_chunks(c).zip(up.par_chunks(c)))
-            .with_min_len(crate::ops::rows_per_task(c))
-            .for_each(|(o, (gr, ur))| {
-                widest(|| {
-                    // Every slice has length c: the loop runs without bounds checks.
-                    let (o, gr, ur) = (&mut o[..c], &gr[..c], &ur[..c]);
-                    gate_weights(gr, self.base, o);
-                    for j in 0..c {
-                        let g = gr[j];
-                        o[j] = (g * o[j] * scale[j] + beta[j] * g) * ur[j];
-                    }
-                })
-            });
+        let out = par_fresh_chunks(gate.len(), c, |rows, fresh| {
+            let (gr, ur) = (&gate[rows.clone()], &up[rows]);
+            widest(|| {
+                // Every slice has length c: the loop runs without bounds checks.
+                let (gr, ur) = (&gr[..c], &ur[..c]);
+                let (o, filled) = gate_weights(gr, self.base, fresh);
+                let o = &mut o[..c];
+                for j in 0..c {
+                    let g = gr[j];
+                    o[j] = (g * o[j] * scale[j] + beta[j] * g) * ur[j];
+                }
+                filled
+            })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -246,7 +241,7 @@ impl CustomOp3 for DynActGluBackward {
                         // Every slice has length c: the loop runs without bounds checks.
                         let (dg, du, gr, ur, yr) =
                             (&mut dg[..c], &mut du[..c], &gr[..c], &ur[..c], &yr[..c]);
-                        gate_weights(gr, self.base, &mut weights);
+                        gate_weights(gr, self.base, Fresh::reuse(&mut weights));
                         for j in 0..c {
                             let (g, b, w) = (gr[j], beta[j], weights[j]);
                             let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));

@@ -19,6 +19,14 @@ pub(crate) struct Fresh<'a>(&'a mut [MaybeUninit<f32>]);
 pub(crate) struct Filled(usize);
 
 impl<'a> Fresh<'a> {
+    /// A buffer already written (a kernel's scratch, reused row after row) as a chunk to
+    /// fill: sound, since a Fresh only ever writes f32 values into it.
+    pub fn reuse(buffer: &'a mut [f32]) -> Self {
+        // SAFETY: f32 and MaybeUninit<f32> have one layout, and nothing writes an
+        // uninitialised value through a Fresh.
+        Fresh(unsafe { &mut *(buffer as *mut [f32] as *mut [MaybeUninit<f32>]) })
+    }
+
     /// Writes `values` into the chunk, which must be exactly as many as its elements (else
     /// panics), and returns it as f32s, with the proof.
     #[inline(always)]
@@ -152,6 +160,14 @@ mod tests {
                 .1
         });
         assert_eq!(out, (0..10).map(|j| j as f32 * 2.0).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_reused_buffer_is_filled_again() {
+        let mut scratch = vec![7.0f32; 5];
+        let (row, _) = Fresh::reuse(&mut scratch).fill((0..5).map(|j| j as f32));
+        row[4] = 9.0;
+        assert_eq!(scratch, [0.0, 1.0, 2.0, 3.0, 9.0]);
     }
 
     #[test]
