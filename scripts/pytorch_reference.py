@@ -7,7 +7,8 @@ global-norm clipping, the same configs and batch shapes, timed the same way.
 
 On the CPU it prints the table `cargo bench -p dynact-trainer --bench cpu_train` prints (median
 seconds per training step, tokens/s, GFLOP/s and share of the measured f32 matmul peak,
-evaluation tokens/s, peak RSS), so the two can be read side by side. On a GPU (what
+evaluation tokens/s and its model FLOPs' share of that peak, peak RSS), so the two can be read
+side by side. On a GPU (what
 scripts/gpu-check.sh runs) the peak is a measured bf16 (or f32) matmul, memory is the CUDA peak
 allocation, and `paper` is configs/paper.toml's model (dropout 0.2, bf16 autocast as train-lm's
 bf16: matmul inputs only). Needs torch (pip install torch); never needed by the tests or CI."""
@@ -174,13 +175,17 @@ def bench(name, ffn, steps, peak, args):
         sync(device)
         eval_s = (time.perf_counter() - t) / 3
         model.train()
-    gflops = tokens * flops_per_token(vocab, d, layers, heads, hidden, seq) / step / 1e9
+    flops = flops_per_token(vocab, d, layers, heads, hidden, seq)
+    gflops = tokens * flops / step / 1e9
+    # A forward pass: a third of a training step's FLOPs per token.
+    eval_gflops = tokens * flops / 3 / eval_s / 1e9
     if device == "cuda":
         mem_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"| {name} | {ffn} | {step:.4f} | {tokens / step:.0f} | {gflops:.1f} | "
-          f"{100 * gflops * 1e9 / peak:.0f}% | {tokens / eval_s:.0f} | {mem_mb:.0f} |", flush=True)
+          f"{100 * gflops * 1e9 / peak:.0f}% | {tokens / eval_s:.0f} | "
+          f"{100 * eval_gflops * 1e9 / peak:.0f}% | {mem_mb:.0f} |", flush=True)
 
 
 def main():
@@ -202,8 +207,9 @@ def main():
     print(f"PyTorch {torch.__version__} ({mode}, {args.dtype}), {where}, "
           f"{args.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s (measured, best of 5)")
     memory = "peak RSS MB" if args.device == "cpu" else "peak CUDA MB"
-    print(f"| config | ffn | step s (median) | tokens/s | GFLOP/s | of peak | eval tokens/s | {memory} |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| config | ffn | step s (median) | tokens/s | GFLOP/s | of peak | eval tokens/s | "
+          f"eval of peak | {memory} |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.configs.split(","):
         for ffn in args.ffns.split(","):
             bench(name, ffn, args.steps, peak, args)

@@ -2,7 +2,8 @@
 //! `Trainer::train_step`) for the cpu-repro, micro and small configs and both FFNs. Prints a
 //! table with the median step time, tokens/s, achieved GFLOP/s (model FLOPs, as nanoGPT counts
 //! them) and their share of this machine's f32 matmul peak measured in the same run,
-//! evaluation tokens/s (forward only), peak RSS, and the speed-up from 1 thread to all cores.
+//! evaluation tokens/s (forward only) and its model FLOPs' share of that peak (a third of a
+//! training step's per token), peak RSS, and the speed-up from 1 thread to all cores.
 //! `scripts/pytorch_reference.py` prints the same table for PyTorch.
 //!
 //! Run: `cargo bench -p dynact-trainer --bench cpu_train`. Environment: `DYNACT_BENCH_STEPS`
@@ -123,7 +124,8 @@ fn measure(name: &str, ffn: FfnKind, steps: usize) -> serde_json::Value {
     serde_json::json!({
         "step_s": median, "tokens_per_s": tokens / median,
         "gflops": tokens * flops / median / 1e9, "peak_gflops": peak / 1e9,
-        "eval_tokens_per_s": eval_tps, "peak_rss_mb": dynact_trainer::peak_memory_mb(),
+        "eval_tokens_per_s": eval_tps, "eval_gflops": eval_tps * flops / 3.0 / 1e9,
+        "peak_rss_mb": dynact_trainer::peak_memory_mb(),
     })
 }
 
@@ -161,8 +163,8 @@ fn main() {
     let scaling = std::env::var("DYNACT_BENCH_SCALING").map_or(true, |v| v != "0");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("dynact-lm (Candle), {cores} threads, {steps} timed steps per row (median)");
-    println!("| config | ffn | step s (median) | tokens/s | GFLOP/s | of peak | eval tokens/s | peak RSS MB | 1 -> {cores} threads |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| config | ffn | step s (median) | tokens/s | GFLOP/s | of peak | eval tokens/s | eval of peak | peak RSS MB | 1 -> {cores} threads |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for name in configs.split(',') {
         for ffn in [FfnKind::Swiglu, FfnKind::Dynactglu] {
             let all = child(name, ffn, None);
@@ -177,13 +179,14 @@ fn main() {
             };
             let f = |k: &str| all[k].as_f64().unwrap();
             println!(
-                "| {name} | {} | {:.4} | {:.0} | {:.1} | {:.0}% | {:.0} | {:.0} | {speedup} |",
+                "| {name} | {} | {:.4} | {:.0} | {:.1} | {:.0}% | {:.0} | {:.0}% | {:.0} | {speedup} |",
                 ffn.name(),
                 f("step_s"),
                 f("tokens_per_s"),
                 f("gflops"),
                 100.0 * f("gflops") / f("peak_gflops"),
                 f("eval_tokens_per_s"),
+                100.0 * f("eval_gflops") / f("peak_gflops"),
                 f("peak_rss_mb"),
             );
         }
