@@ -411,6 +411,15 @@ fn dynact_refuses_an_input_of_the_wrong_width() {
 }
 
 #[test]
+fn rope_refuses_an_odd_head_width() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 2, 1, 3), DType::F32, &dev).unwrap();
+    let table = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+    let err = ops::rope(&x, &table, &table).unwrap_err().to_string();
+    assert!(err.contains("head width 3 is odd"), "{err}");
+}
+
+#[test]
 fn fused_rope_matches_its_reference() {
     // (B, T, H, D) = (2, 5, 3, 8) in, (B, H, T, D) out; cos/sin as the model builds them (both
     // halves equal).

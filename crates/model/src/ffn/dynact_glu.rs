@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
-use crate::ops::exp::exp_in_place;
+use crate::ops::exp::exp_of_negated;
 use crate::ops::fresh::{par_fresh_chunks, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
@@ -56,11 +56,10 @@ fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f
 /// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
 /// sigmoid for SiLU, the step for ReLU, filled into `out`. In loops of their own (the exp over
 /// the whole row), so that the arithmetic after them vectorizes.
-fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled) {
+fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
     match base {
         BaseAct::Silu => {
-            let (w, filled) = out.fill(row.iter().map(|&x| -x));
-            exp_in_place(w);
+            let (w, filled) = exp_of_negated(row, out);
             w.iter_mut().for_each(|w| *w = 1.0 / (1.0 + *w));
             (w, filled)
         }

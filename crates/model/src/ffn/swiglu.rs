@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use crate::ops::exp::exp_in_place;
+use crate::ops::exp::exp_of_negated;
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
@@ -49,10 +49,8 @@ impl CustomOp2 for SwiGlu {
         let out = par_fresh_chunks(g.len(), rows_per_task(1), |range, fresh| {
             let (gc, uc) = (&g[range.clone()], &u[range]);
             widest(|| {
-                // Candle's f32 silu is g / (1 + exp(-g)); exp(-g) in a loop of its own, so that
-                // the arithmetic after it vectorizes.
-                let (o, filled) = fresh.fill(gc.iter().map(|&x| -x));
-                exp_in_place(o);
+                // Candle's f32 silu is g / (1 + exp(-g)).
+                let (o, filled) = exp_of_negated(gc, fresh);
                 for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
                     *o = g / (1.0 + *o) * u;
                 }
@@ -131,9 +129,8 @@ impl CustomOp3 for SwiGluBackward {
         let out = par_fresh_pairs(n, rows_per_task(1), |range, d_gate, d_up| {
             let (gc, uc, yc) = (&g[range.clone()], &u[range.clone()], &grad[range]);
             widest(|| {
-                // exp(-g) once per element, in a loop of its own (in d up until it is used).
-                let (du, du_filled) = d_up.fill(gc.iter().map(|&x| -x));
-                exp_in_place(du);
+                // exp(-g) once per element, in d up until it is used.
+                let (du, du_filled) = exp_of_negated(gc, d_up);
                 let n = gc.len();
                 // Every slice has length n: the loop runs without bounds checks.
                 let (du, uc, yc) = (&mut du[..n], &uc[..n], &yc[..n]);

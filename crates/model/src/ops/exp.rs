@@ -13,15 +13,28 @@
 //! multiplies and adds (exp fell from 9.3% to 6.6% of an evaluation pass). A fused multiply-add
 //! has one correct result, so the AVX-512 and AVX2 paths (with their FMA instructions) and the
 //! scalar one (where `mul_add` may call the C library's `fmaf`, slowly, on a CPU without them)
-//! compute the same bits on every CPU.
+//! compute the same bits on every CPU. [`exp_shifted_sum`] is a softmax row's pass: the
+//! shifted exponentials and their sum at once. Each has its loop compiled three times
+//! (AVX-512, AVX2, the baseline) behind explicit wrappers with `target_feature`: inlining a
+//! closure into such a wrapper is up to the compiler, and a missed one would leave exp on the
+//! baseline's 4 lanes and software `fmaf`.
 
+use super::fresh::{Filled, Fresh};
 use super::{fold_lanes, LANES};
+
+/// e^-x of every x of `xs`, filled into `out`: SiLU's exponential (x / (1 + e^-x)), in a loop
+/// of its own so that the arithmetic after it vectorizes.
+pub(crate) fn exp_of_negated<'a>(xs: &[f32], out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
+    let (e, filled) = out.fill(xs.iter().map(|&x| -x));
+    exp_in_place(e);
+    (e, filled)
+}
 
 /// Replaces every element of `xs` by its exponential.
 pub fn exp_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { exp_avx512(xs) };
         }
@@ -54,12 +67,12 @@ fn exp_loop(xs: &mut [f32]) {
 }
 
 /// Replaces every x of `xs` by e^((x - shift) scale) and returns their sum, added in
-/// [`lane_sum`]'s order: a softmax row's exponentials and their sum in one pass over it, where
+/// [`super::lane_sum`]'s order: a softmax row's exponentials and their sum in one pass over it, where
 /// the shift, the exponentials and the sum took three.
 pub fn exp_shifted_sum(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { exp_shifted_sum_avx512(xs, shift, scale) };
         }
@@ -83,7 +96,8 @@ fn exp_shifted_sum_avx2(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
     exp_shifted_sum_loop(xs, shift, scale)
 }
 
-/// Lane l adds elements l, l + 32, ... in order, as [`lane_sum`] does, then [`fold_lanes`].
+/// Lane l adds elements l, l + 32, ... in order, as [`super::lane_sum`] does, then
+/// [`fold_lanes`].
 #[inline(always)]
 fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
     let mut lanes = [0f32; LANES];
@@ -98,6 +112,9 @@ fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
     // rows of 1 to T keys end in up to 31 of them); the lanes past them add 0, which leaves
     // a lane's sum (>= +0) as it is.
     let tail = blocks.into_remainder();
+    if tail.is_empty() {
+        return fold_lanes(lanes);
+    }
     let mut block = [0f32; LANES];
     block[..tail.len()].copy_from_slice(tail);
     for (l, (x, lane)) in block.iter_mut().zip(&mut lanes).enumerate() {
@@ -226,6 +243,27 @@ mod tests {
             assert_eq!(bits(&fused), bits(&separate), "n = {n}");
             assert_eq!(bits(&plain), bits(&separate), "n = {n}");
         }
+    }
+
+    #[test]
+    fn padded_lanes_add_nothing_even_where_their_exponential_overflows() {
+        // The padded block computes e^((0 - shift) scale) past the tail: e^1000 = inf here,
+        // which a mask by multiplication would turn into NaN. Real -inf and NaN inputs too.
+        for n in [1usize, 5, 31, 33, 40] {
+            let mut xs: Vec<f32> = (0..n).map(|i| -1000.0 + (i % 7) as f32).collect();
+            xs[0] = f32::NEG_INFINITY;
+            let mut expected: Vec<f32> = xs.iter().map(|x| x + 1000.0).collect();
+            exp_in_place(&mut expected);
+            let sum = crate::ops::lane_sum(n, |j| expected[j]);
+            assert!(sum.is_finite());
+            assert_eq!(
+                exp_shifted_sum(&mut xs, -1000.0, 1.0).to_bits(),
+                sum.to_bits()
+            );
+            assert_eq!(xs, expected, "n = {n}");
+        }
+        let mut with_nan = [1.0, f32::NAN, 2.0];
+        assert!(exp_shifted_sum(&mut with_nan, 0.0, 1.0).is_nan());
     }
 
     #[test]

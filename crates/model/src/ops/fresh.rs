@@ -3,6 +3,7 @@
 //! every output twice, zeros first (the allocator's memset: 4% of an evaluation pass, 5-6%
 //! of a training step, perf on micro).
 
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -14,9 +15,17 @@ use super::rows_per_task;
 /// read it as f32s, and it writes every element.
 pub(crate) struct Fresh<'a>(&'a mut [MaybeUninit<f32>]);
 
-/// Proof that a [`Fresh`] chunk was filled (its address): what the closure of
-/// [`par_fresh_chunks`] returns for each chunk.
-pub(crate) struct Filled(usize);
+/// Proof that the [`Fresh`] chunk of lifetime `'a` was filled: what the closure of
+/// [`par_fresh_chunks`] returns for each chunk. The lifetime (invariant) ties it to that
+/// chunk: a closure that must return `Filled<'c>` for a chunk `Fresh<'c>` of any lifetime
+/// cannot hand back a proof kept from elsewhere. Its address is checked as well.
+pub(crate) struct Filled<'a>(usize, PhantomData<fn(&'a ()) -> &'a ()>);
+
+impl Filled<'_> {
+    fn of(slots: &[MaybeUninit<f32>]) -> Self {
+        Filled(slots.as_ptr() as usize, PhantomData)
+    }
+}
 
 impl<'a> Fresh<'a> {
     /// A buffer already written (a kernel's scratch, reused row after row) as a chunk to
@@ -30,7 +39,7 @@ impl<'a> Fresh<'a> {
     /// Writes `values` into the chunk, which must be exactly as many as its elements (else
     /// panics), and returns it as f32s, with the proof.
     #[inline(always)]
-    pub fn fill(self, values: impl ExactSizeIterator<Item = f32>) -> (&'a mut [f32], Filled) {
+    pub fn fill(self, values: impl ExactSizeIterator<Item = f32>) -> (&'a mut [f32], Filled<'a>) {
         assert_eq!(
             values.len(),
             self.0.len(),
@@ -47,10 +56,10 @@ impl<'a> Fresh<'a> {
             self.0.len(),
             "a fresh chunk was not filled in full"
         );
-        let at = self.0.as_ptr() as usize;
+        let filled = Filled::of(self.0);
         // SAFETY: every element was written just now, and MaybeUninit<f32> has f32's layout.
         let init = unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        (init, Filled(at))
+        (init, filled)
     }
 
     /// Fills the chunk row by row, rows of `width` (the last one shorter): `fill_row(r, row)`
@@ -59,18 +68,18 @@ impl<'a> Fresh<'a> {
     pub fn fill_rows(
         self,
         width: usize,
-        mut fill_row: impl FnMut(usize, Fresh<'_>) -> Filled,
-    ) -> (&'a mut [f32], Filled) {
+        mut fill_row: impl for<'r> FnMut(usize, Fresh<'r>) -> Filled<'r>,
+    ) -> (&'a mut [f32], Filled<'a>) {
         for (r, slots) in self.0.chunks_mut(width.max(1)).enumerate() {
-            let at = slots.as_ptr() as usize;
-            let Filled(filled) = fill_row(r, Fresh(slots));
+            let at = Filled::of(slots).0;
+            let Filled(filled, _) = fill_row(r, Fresh(slots));
             assert_eq!(filled, at, "row {r}: the closure filled another row");
         }
-        let at = self.0.as_ptr() as usize;
+        let filled = Filled::of(self.0);
         // SAFETY: every row was filled (the assertions above), and MaybeUninit<f32> has f32's
         // layout.
         let init = unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        (init, Filled(at))
+        (init, filled)
     }
 }
 
@@ -79,7 +88,7 @@ impl<'a> Fresh<'a> {
 pub(crate) fn par_fresh_chunks(
     len: usize,
     chunk: usize,
-    fill: impl Fn(Range<usize>, Fresh<'_>) -> Filled + Sync,
+    fill: impl for<'c> Fn(Range<usize>, Fresh<'c>) -> Filled<'c> + Sync,
 ) -> Vec<f32> {
     let chunk = chunk.max(1);
     let mut out = Vec::with_capacity(len);
@@ -88,11 +97,10 @@ pub(crate) fn par_fresh_chunks(
         .enumerate()
         .with_min_len(rows_per_task(chunk))
         .for_each(|(i, slots)| {
-            let at = slots.as_ptr() as usize;
+            let at = Filled::of(slots).0;
             let range = i * chunk..i * chunk + slots.len();
-            let Filled(filled) = fill(range, Fresh(slots));
-            // A Fresh exists only here and cannot be split, so the proof of this address
-            // says this chunk was filled.
+            // The proof's lifetime is this chunk's; its address is checked too.
+            let Filled(filled, _) = fill(range, Fresh(slots));
             assert_eq!(filled, at, "chunk {i}: the closure filled another chunk");
         });
     // SAFETY: the chunks cover 0..len, and each was filled (the assertions above; a panic in
@@ -106,7 +114,7 @@ pub(crate) fn par_fresh_chunks(
 pub(crate) fn par_fresh_pairs(
     len: usize,
     chunk: usize,
-    fill: impl Fn(Range<usize>, Fresh<'_>, Fresh<'_>) -> (Filled, Filled) + Sync,
+    fill: impl for<'c, 'd> Fn(Range<usize>, Fresh<'c>, Fresh<'d>) -> (Filled<'c>, Filled<'d>) + Sync,
 ) -> Vec<f32> {
     let chunk = chunk.max(1);
     let mut out = Vec::with_capacity(2 * len);
@@ -117,9 +125,9 @@ pub(crate) fn par_fresh_pairs(
         .enumerate()
         .with_min_len(rows_per_task(chunk))
         .for_each(|(i, (a, b))| {
-            let at = (a.as_ptr() as usize, b.as_ptr() as usize);
+            let at = (Filled::of(a).0, Filled::of(b).0);
             let range = i * chunk..i * chunk + a.len();
-            let (Filled(filled_a), Filled(filled_b)) = fill(range, Fresh(a), Fresh(b));
+            let (Filled(filled_a, _), Filled(filled_b, _)) = fill(range, Fresh(a), Fresh(b));
             assert_eq!(
                 (filled_a, filled_b),
                 at,
@@ -186,21 +194,29 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "filled others")]
-    fn a_pair_filled_crosswise_panics() {
-        par_fresh_pairs(8, 4, |_, a, b| {
-            let (b, a) = (
-                a.fill([0.0; 4].into_iter()).1,
-                b.fill([1.0; 4].into_iter()).1,
-            );
-            (a, b)
-        });
+    #[should_panic(expected = "not filled in full")]
+    fn a_chunk_filled_in_part_panics() {
+        par_fresh_chunks(8, 4, |_, fresh| fresh.fill([1.0, 2.0].into_iter()).1);
+    }
+
+    /// Claims 4 elements, yields 2.
+    struct Lying(std::ops::Range<u8>);
+    impl Iterator for Lying {
+        type Item = f32;
+        fn next(&mut self) -> Option<f32> {
+            self.0.next().map(f32::from)
+        }
+    }
+    impl ExactSizeIterator for Lying {
+        fn len(&self) -> usize {
+            4
+        }
     }
 
     #[test]
     #[should_panic(expected = "not filled in full")]
-    fn a_chunk_filled_in_part_panics() {
-        par_fresh_chunks(8, 4, |_, fresh| fresh.fill([1.0, 2.0].into_iter()).1);
+    fn an_iterator_that_lies_about_its_length_panics() {
+        par_fresh_chunks(4, 4, |_, fresh| fresh.fill(Lying(0..2)).1);
     }
 
     #[test]

@@ -89,6 +89,29 @@ impl HeadRows {
         };
         (0..len).map(move |i| (first + i * step, position + i * position_step))
     }
+
+    /// `x` moved (with `inverse`, moved back), each output row its source row's copy, then
+    /// `then(row, position)` on it (RoPE's rotation), a group of rows at a time in parallel.
+    pub fn moved(
+        &self,
+        x: &[f32],
+        inverse: bool,
+        then: impl Fn(&mut [f32], usize) + Sync,
+    ) -> Vec<f32> {
+        let d = self.d;
+        let group = (self.group_len(inverse) * d).max(1);
+        par_fresh_chunks(x.len(), group, |range, fresh| {
+            let mut sources = self.group_sources(range.start / group, inverse);
+            fresh
+                .fill_rows(d, |_, row| {
+                    let (src, position) = sources.next().expect("a source per row");
+                    let (row, filled) = row.fill(x[src * d..][..d].iter().copied());
+                    then(row, position);
+                    filled
+                })
+                .1
+        })
+    }
 }
 
 /// The move, with `inverse` the move back; each is the other's backward pass.
@@ -104,18 +127,10 @@ impl CustomOp1 for MoveHeads {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let (rows, shape) = HeadRows::of(l, self.inverse, self.name())?;
-        let (d, inverse) = (rows.d, self.inverse);
-        let group = (rows.group_len(inverse) * d).max(1);
-        let out = par_fresh_chunks(x.len(), group, |range, fresh| {
-            let mut sources = rows.group_sources(range.start / group, inverse);
-            fresh
-                .fill_rows(d, |_, row| {
-                    let (src, _) = sources.next().expect("a source per row");
-                    row.fill(x[src * d..][..d].iter().copied()).1
-                })
-                .1
-        });
-        Ok((CpuStorage::F32(out), shape))
+        Ok((
+            CpuStorage::F32(rows.moved(x, self.inverse, |_, _| {})),
+            shape,
+        ))
     }
 
     #[cfg(feature = "cuda")]

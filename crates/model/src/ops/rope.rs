@@ -6,7 +6,6 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
-use super::fresh::par_fresh_chunks;
 use super::heads::{heads_first_reference, HeadRows};
 use super::{f32_slice, fused};
 
@@ -14,6 +13,10 @@ use super::{f32_slice, fused};
 /// `rotate_half([x1, x2]) = [-x2, x1]`) of x (B, T, heads, D), as a projection's output splits
 /// into heads, returned as (B, heads, T, D); cos, sin: (T, D).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if d % 2 != 0 {
+        candle_core::bail!("rope: the head width {d} is odd; rotary embeddings turn pairs of values, so it must be even");
+    }
     if (fused(x) || super::fused_on_cuda(x)) && cos.dtype() == DType::F32 {
         return x
             .contiguous()?
@@ -39,19 +42,9 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 /// dx2 = g2 c2 - g1 s1, which is the backward pass.
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], rows: HeadRows, inverse: bool) -> Vec<f32> {
     let d = rows.d;
-    // A group of rows at a time: their sources without a division per row.
-    let group = (rows.group_len(inverse) * d).max(1);
-    par_fresh_chunks(x.len(), group, |range, fresh| {
-        let mut sources = rows.group_sources(range.start / group, inverse);
-        fresh
-            .fill_rows(d, |_, row| {
-                let (src, position) = sources.next().expect("a source per row");
-                let p = position * d;
-                let (o, filled) = row.fill(x[src * d..][..d].iter().copied());
-                rotate_row(o, &cos[p..][..d], &sin[p..][..d], inverse);
-                filled
-            })
-            .1
+    rows.moved(x, inverse, |row, position| {
+        let p = position * d;
+        rotate_row(row, &cos[p..][..d], &sin[p..][..d], inverse);
     })
 }
 
