@@ -274,18 +274,33 @@ impl CausalAttention {
         }
     }
 
-    /// The head's (T, S) probabilities before dropout into `p` (0 where a query may not
-    /// look): the scores as a matrix product per row block, then the causal softmax row by
-    /// row, as [`super::causal_softmax`] does.
-    fn probabilities(&self, head: &Head, dims: Dims, p: &mut [f32]) {
+    /// The head's (T, S) exponentials e^(scale (score - row max)) into `e`, 0 past the keys a
+    /// row sees up to the end of its row block (the products read no further), and each row's
+    /// 1 / sum in `inv_sums` (T): the probabilities before dropout are `e` times that. The
+    /// scores as a matrix product per row block, then the causal softmax's steps row by row,
+    /// as [`super::causal_softmax`] takes them.
+    fn exponentials(&self, head: &Head, dims: Dims, e: &mut [f32], inv_sums: &mut [f32]) {
         let Dims { t, s, .. } = dims;
-        causal_scores(p, head.q, head.keys, dims);
-        for (i, row) in p.chunks_mut(s).enumerate() {
+        causal_scores(e, head.q, head.keys, dims);
+        for (first, rows, keys) in row_blocks(dims) {
+            for i in first..first + rows {
+                let row = &mut e[i * s..i * s + keys];
+                let visible = s - t + i + 1;
+                let max = row_max(&row[..visible]);
+                inv_sums[i] = 1.0 / exp_shifted_sum(&mut row[..visible], max, self.scale);
+                row[visible..].fill(0.0);
+            }
+        }
+    }
+
+    /// The head's (T, S) probabilities before dropout into `p` ([`Self::exponentials`] times
+    /// each row's 1 / sum), with `inv_sums` (T) as scratch.
+    fn probabilities(&self, head: &Head, dims: Dims, p: &mut [f32], inv_sums: &mut [f32]) {
+        let Dims { t, s, .. } = dims;
+        self.exponentials(head, dims, p, inv_sums);
+        for (i, (row, inv)) in p.chunks_mut(s).zip(&*inv_sums).enumerate() {
             let visible = s - t + i + 1;
-            let max = row_max(&row[..visible]);
-            let inv = 1.0 / exp_shifted_sum(&mut row[..visible], max, self.scale);
             row[..visible].iter_mut().for_each(|x| *x *= inv);
-            row[visible..].iter_mut().for_each(|x| *x = 0.0);
         }
     }
 
@@ -324,18 +339,23 @@ impl CustomOp3 for CausalAttention {
         );
         let Dims { t, s, d, .. } = dims;
         let mut out = vec![0f32; inputs.0.len()];
-        // One task per (batch, head): its (T, S) probabilities stay in buffers that each
+        // One task per (batch, head): its (T, S) exponentials stay in buffers that each
         // worker reuses (every element is written before it is read); the one for them after
-        // dropout only with dropout.
+        // dropout only with dropout. The rows are normalised after the product, (T, D) values
+        // instead of the (T, S) exponentials (dropout scales each element, so it commutes).
         let kept_len = self.dropout.map_or(0, |_| t * s);
-        let buffers = || (vec![0f32; t * s], vec![0f32; kept_len]);
-        out.par_chunks_mut(t * d)
-            .enumerate()
-            .for_each_init(buffers, |(p, kept), (bh, y)| {
+        let buffers = || (vec![0f32; t * s], vec![0f32; kept_len], vec![0f32; t]);
+        out.par_chunks_mut(t * d).enumerate().for_each_init(
+            buffers,
+            |(e, kept, inv_sums), (bh, y)| {
                 let head = self.head(dims, inputs, bh);
-                self.probabilities(&head, dims, p);
-                causal_product(y, self.drop(&head, p, kept), head.values, dims);
-            });
+                self.exponentials(&head, dims, e, inv_sums);
+                causal_product(y, self.drop(&head, e, kept), head.values, dims);
+                for (row, inv) in y.chunks_mut(d).zip(&*inv_sums) {
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -414,18 +434,18 @@ impl CustomOp3 for CausalAttentionBackward {
         // d v, which those heads add to in order. Each worker reuses its (T, S) buffers (the
         // two for values after dropout only with dropout).
         let kept_len = fwd.dropout.map_or(0, |_| t * s);
-        let buffers = || [t * s, kept_len, kept_len, t * s].map(|n| vec![0f32; n]);
+        let buffers = || [t * s, kept_len, kept_len, t * s, t].map(|n| vec![0f32; n]);
         let rep = h / g;
         dq.par_chunks_mut(rep * t * d)
             .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
             .enumerate()
             .for_each_init(buffers, |buffers, (bg, (dq, (dk, dv)))| {
-                let [p, kept, dp_kept, dp] = buffers;
+                let [p, kept, dp_kept, dp, inv_sums] = buffers;
                 for (r, dq) in dq.chunks_mut(t * d).enumerate() {
                     let bh = (bg / g) * h + (bg % g) * rep + r;
                     let head = fwd.head(dims, (q, k, v), bh);
                     let gy = &grad[bh * t * d..(bh + 1) * t * d];
-                    fwd.probabilities(&head, dims, p);
+                    fwd.probabilities(&head, dims, p, inv_sums);
                     // d k and d v add up over the heads, onto out's zeros.
                     add_causal_product_transposed(dv, fwd.drop(&head, p, kept), gy, dims);
                     // d P: the mask applied to d (P after dropout); without dropout, the
@@ -444,15 +464,18 @@ impl CustomOp3 for CausalAttentionBackward {
                         }
                         None => causal_scores(dp, gy, head.values, dims),
                     }
-                    // d P becomes d S in place; 0 past the keys a row sees (the products above
-                    // left older values there).
-                    for (i, (ds, pr)) in dp.chunks_mut(s).zip(p.chunks(s)).enumerate() {
-                        let visible = s - t + i + 1;
-                        let dot = lane_dot(&pr[..visible], &ds[..visible]);
-                        for (x, pj) in ds[..visible].iter_mut().zip(pr) {
-                            *x = fwd.scale * pj * (*x - dot);
+                    // d P becomes d S in place; 0 past the keys a row sees up to the end of
+                    // its row block (the products above left older values there).
+                    for (first, rows, keys) in row_blocks(dims) {
+                        for i in first..first + rows {
+                            let (ds, pr) = (&mut dp[i * s..i * s + keys], &p[i * s..]);
+                            let visible = s - t + i + 1;
+                            let dot = lane_dot(&pr[..visible], &ds[..visible]);
+                            for (x, pj) in ds[..visible].iter_mut().zip(pr) {
+                                *x = fwd.scale * pj * (*x - dot);
+                            }
+                            ds[visible..].fill(0.0);
                         }
-                        ds[visible..].fill(0.0);
                     }
                     causal_product(dq, dp, head.keys, dims);
                     add_causal_product_transposed(dk, dp, head.q, dims);
