@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::fresh::par_fresh_chunks;
+use super::wide::widest;
 use super::ROWS_PER_BLOCK;
 use super::{f32_slice, fused, lane_dot, lane_sum, last_dim, sum_block_partials};
 
@@ -43,6 +44,7 @@ struct RmsNorm {
     eps: f32,
 }
 
+#[inline(always)]
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
     let ms = lane_dot(row, row) / row.len() as f32;
     1.0 / (ms + eps).sqrt()
@@ -65,8 +67,10 @@ impl CustomOp2 for RmsNorm {
         let n = last_dim(l1);
         let out = par_fresh_chunks(x.len(), n, |row, fresh| {
             let row = &x[row];
-            let r = inv_rms(row, self.eps);
-            fresh.fill(row.iter().zip(w).map(|(v, w)| v * r * w)).1
+            widest(|| {
+                let r = inv_rms(row, self.eps);
+                fresh.fill(row.iter().zip(w).map(|(v, w)| v * r * w)).1
+            })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
