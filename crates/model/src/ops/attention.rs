@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::exp::exp_shifted_sum;
+use super::exp::{exp_shifted_sum_loop, wide_fma};
 use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
@@ -248,6 +248,28 @@ fn add_causal_product_transposed(out: &mut [f32], p: &[f32], m: &[f32], dims: Di
     }
 }
 
+wide_fma!(
+    /// The steps of [`CausalAttention::exponentials`] after the scores, over all of a head's
+    /// rows in one call: a dispatch per row cost a seventh of these rows' time (they are
+    /// short: 1 to S keys).
+    fn softmax_rows(e: &mut [f32], inv_sums: &mut [f32], dims: Dims, scale: f32) =
+        softmax_rows_loop
+);
+
+#[inline(always)]
+fn softmax_rows_loop(e: &mut [f32], inv_sums: &mut [f32], dims: Dims, scale: f32) {
+    let Dims { t, s, .. } = dims;
+    for (first, rows, keys) in row_blocks(dims) {
+        for i in first..first + rows {
+            let row = &mut e[i * s..i * s + keys];
+            let visible = s - t + i + 1;
+            let max = row_max(&row[..visible]);
+            inv_sums[i] = 1.0 / exp_shifted_sum_loop(&mut row[..visible], max, scale);
+            row[visible..].fill(0.0);
+        }
+    }
+}
+
 /// One (batch, query head) of a pass: its queries, the keys and values of its key/value head,
 /// and where its dropout mask starts.
 struct Head<'a> {
@@ -280,17 +302,8 @@ impl CausalAttention {
     /// scores as a matrix product per row block, then the causal softmax's steps row by row,
     /// as [`super::causal_softmax`] takes them.
     fn exponentials(&self, head: &Head, dims: Dims, e: &mut [f32], inv_sums: &mut [f32]) {
-        let Dims { t, s, .. } = dims;
         causal_scores(e, head.q, head.keys, dims);
-        for (first, rows, keys) in row_blocks(dims) {
-            for i in first..first + rows {
-                let row = &mut e[i * s..i * s + keys];
-                let visible = s - t + i + 1;
-                let max = row_max(&row[..visible]);
-                inv_sums[i] = 1.0 / exp_shifted_sum(&mut row[..visible], max, self.scale);
-                row[visible..].fill(0.0);
-            }
-        }
+        softmax_rows(e, inv_sums, dims, self.scale);
     }
 
     /// The head's (T, S) probabilities before dropout into `p` ([`Self::exponentials`] times

@@ -15,7 +15,8 @@
 //! scalar one (where `mul_add` may call the C library's `fmaf`, slowly, on a CPU without them)
 //! compute the same bits on every CPU. [`exp_shifted_sum`] is a softmax row's pass: the
 //! shifted exponentials and their sum at once. Each has its loop compiled three times
-//! (AVX-512, AVX2, the baseline) behind explicit wrappers with `target_feature`: inlining a
+//! (AVX-512, AVX2, the baseline) behind explicit wrappers with `target_feature` (`wide_fma!`
+//! writes them; a kernel with many short rows puts its whole row loop behind one): inlining a
 //! closure into such a wrapper is up to the compiler, and a missed one would leave exp on the
 //! baseline's 4 lanes and software `fmaf`.
 
@@ -30,33 +31,42 @@ pub(crate) fn exp_of_negated<'a>(xs: &[f32], out: Fresh<'a>) -> (&'a mut [f32], 
     (e, filled)
 }
 
-/// Replaces every element of `xs` by its exponential.
-pub fn exp_in_place(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { exp_avx512(xs) };
+/// Defines `$name`, which runs `$body` (an `#[inline(always)]` fn of the same arguments)
+/// compiled for AVX-512 or AVX2 with FMA where the CPU has them, else as it is: the explicit
+/// wrappers this module's comment explains, one per width.
+macro_rules! wide_fma {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:path) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { exp_avx2(xs) };
-        }
-    }
-    exp_loop(xs)
+    };
 }
+pub(crate) use wide_fma;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn exp_avx512(xs: &mut [f32]) {
-    exp_loop(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_avx2(xs: &mut [f32]) {
-    exp_loop(xs)
-}
+wide_fma!(
+    /// Replaces every element of `xs` by its exponential.
+    pub fn exp_in_place(xs: &mut [f32]) = exp_loop
+);
 
 /// The loop each path compiles with its own vector width.
 #[inline(always)]
@@ -66,40 +76,17 @@ fn exp_loop(xs: &mut [f32]) {
     }
 }
 
-/// Replaces every x of `xs` by e^((x - shift) scale) and returns their sum, added in
-/// [`super::lane_sum`]'s order: a softmax row's exponentials and their sum in one pass over it, where
-/// the shift, the exponentials and the sum took three.
-pub fn exp_shifted_sum(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { exp_shifted_sum_avx512(xs, shift, scale) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { exp_shifted_sum_avx2(xs, shift, scale) };
-        }
-    }
-    exp_shifted_sum_loop(xs, shift, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn exp_shifted_sum_avx512(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
-    exp_shifted_sum_loop(xs, shift, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_shifted_sum_avx2(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
-    exp_shifted_sum_loop(xs, shift, scale)
-}
+wide_fma!(
+    /// Replaces every x of `xs` by e^((x - shift) scale) and returns their sum, added in
+    /// [`super::lane_sum`]'s order: a softmax row's exponentials and their sum in one pass over it, where
+    /// the shift, the exponentials and the sum took three.
+    pub fn exp_shifted_sum(xs: &mut [f32], shift: f32, scale: f32) -> f32 = exp_shifted_sum_loop
+);
 
 /// Lane l adds elements l, l + 32, ... in order, as [`super::lane_sum`] does, then
 /// [`fold_lanes`].
 #[inline(always)]
-fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
+pub(crate) fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut blocks = xs.chunks_exact_mut(LANES);
     for block in &mut blocks {
