@@ -270,6 +270,31 @@ fn softmax_rows_loop(e: &mut [f32], inv_sums: &mut [f32], dims: Dims, scale: f32
     }
 }
 
+wide_fma!(
+    /// d P (a head's (T, S), in `dp`) becomes d S = scale P * (d P - rowsum(P * d P)) in
+    /// place, 0 past the keys a row sees up to the end of its row block (the products before
+    /// left older values there): the softmax's backward, all rows behind one dispatch as
+    /// [`softmax_rows`].
+    fn softmax_backward_rows(dp: &mut [f32], p: &[f32], dims: Dims, scale: f32) =
+        softmax_backward_rows_loop
+);
+
+#[inline(always)]
+fn softmax_backward_rows_loop(dp: &mut [f32], p: &[f32], dims: Dims, scale: f32) {
+    let Dims { t, s, .. } = dims;
+    for (first, rows, keys) in row_blocks(dims) {
+        for i in first..first + rows {
+            let (ds, pr) = (&mut dp[i * s..i * s + keys], &p[i * s..]);
+            let visible = s - t + i + 1;
+            let dot = lane_dot(&pr[..visible], &ds[..visible]);
+            for (x, pj) in ds[..visible].iter_mut().zip(pr) {
+                *x = scale * pj * (*x - dot);
+            }
+            ds[visible..].fill(0.0);
+        }
+    }
+}
+
 /// One (batch, query head) of a pass: its queries, the keys and values of its key/value head,
 /// and where its dropout mask starts.
 struct Head<'a> {
@@ -477,19 +502,7 @@ impl CustomOp3 for CausalAttentionBackward {
                         }
                         None => causal_scores(dp, gy, head.values, dims),
                     }
-                    // d P becomes d S in place; 0 past the keys a row sees up to the end of
-                    // its row block (the products above left older values there).
-                    for (first, rows, keys) in row_blocks(dims) {
-                        for i in first..first + rows {
-                            let (ds, pr) = (&mut dp[i * s..i * s + keys], &p[i * s..]);
-                            let visible = s - t + i + 1;
-                            let dot = lane_dot(&pr[..visible], &ds[..visible]);
-                            for (x, pj) in ds[..visible].iter_mut().zip(pr) {
-                                *x = fwd.scale * pj * (*x - dot);
-                            }
-                            ds[visible..].fill(0.0);
-                        }
-                    }
+                    softmax_backward_rows(dp, p, dims, fwd.scale);
                     causal_product(dq, dp, head.keys, dims);
                     add_causal_product_transposed(dk, dp, head.q, dims);
                 }

@@ -118,7 +118,7 @@ pub(crate) fn lane_sum<T: LaneTerm>(n: usize, term: impl Fn(usize) -> T) -> T {
 /// `lane_sum(n, |j| a[j] * b[j])` over slices of one length n, as whole blocks of 32 lanes
 /// that vectorize: the closure's index checks kept [`lane_sum`]'s loop from vectorizing, and
 /// RMSNorm's sum of squares took 2.5% of an evaluation pass.
-#[inline]
+#[inline(always)]
 pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lane_dot: slices of different lengths");
     let mut lanes = [0f32; LANES];
@@ -136,7 +136,7 @@ pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The 32 lanes' sums added as [`lane_sum`] ends: the warp's butterfly.
-#[inline]
+#[inline(always)]
 pub(crate) fn fold_lanes<T: LaneTerm>(mut lanes: [T; LANES]) -> T {
     // The butterfly's lane 0: at each step lanes l and l ^ offset hold the same sum, so only
     // the lower half is carried on (lane l + offset is l's partner).
