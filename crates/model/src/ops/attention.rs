@@ -9,6 +9,8 @@
 //! positions S-T .. S-1, S keys, D head width.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::exp::{exp_shifted_sum_loop, wide_fma};
@@ -295,6 +297,32 @@ fn softmax_backward_rows_loop(dp: &mut [f32], p: &[f32], dims: Dims, scale: f32)
     }
 }
 
+thread_local! {
+    /// Each thread's buffers for the heads it takes, kept from call to call.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `f` on `N` buffers of the given lengths, cut from this thread's scratch. They hold what
+/// earlier heads left there (finite or not): the kernels write every element they read first.
+/// Fresh zeroed buffers per task cost 1% of a training step (memset); these stay in cache.
+/// `f` must not run rayon tasks of its own (a task stolen onto this thread could come back
+/// here while the scratch is borrowed); the products run single-threaded.
+fn with_scratch<const N: usize, R>(lens: [usize; N], f: impl FnOnce([&mut [f32]; N]) -> R) -> R {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let total = lens.iter().sum::<usize>();
+        if scratch.len() < total {
+            scratch.resize(total, 0.0);
+        }
+        let mut rest = &mut scratch[..total];
+        f(lens.map(|n| {
+            let (buffer, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            buffer
+        }))
+    })
+}
+
 /// One (batch, query head) of a pass: its queries, the keys and values of its key/value head,
 /// and where its dropout mask starts.
 struct Head<'a> {
@@ -377,23 +405,20 @@ impl CustomOp3 for CausalAttention {
         );
         let Dims { t, s, d, .. } = dims;
         let mut out = vec![0f32; inputs.0.len()];
-        // One task per (batch, head): its (T, S) exponentials stay in buffers that each
-        // worker reuses (every element is written before it is read); the one for them after
-        // dropout only with dropout. The rows are normalised after the product, (T, D) values
+        // One task per (batch, head): its (T, S) exponentials stay in its thread's scratch
+        // ([`with_scratch`]); the buffer for them after dropout only with dropout. The rows are normalised after the product, (T, D) values
         // instead of the (T, S) exponentials (dropout scales each element, so it commutes).
         let kept_len = self.dropout.map_or(0, |_| t * s);
-        let buffers = || (vec![0f32; t * s], vec![0f32; kept_len], vec![0f32; t]);
-        out.par_chunks_mut(t * d).enumerate().for_each_init(
-            buffers,
-            |(e, kept, inv_sums), (bh, y)| {
+        out.par_chunks_mut(t * d).enumerate().for_each(|(bh, y)| {
+            with_scratch([t * s, kept_len, t], |[e, kept, inv_sums]| {
                 let head = self.head(dims, inputs, bh);
                 self.exponentials(&head, dims, e, inv_sums);
                 causal_product(y, self.drop(&head, e, kept), head.values, dims);
                 for (row, inv) in y.chunks_mut(d).zip(&*inv_sums) {
                     row.iter_mut().for_each(|x| *x *= inv);
                 }
-            },
-        );
+            })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -469,44 +494,95 @@ impl CustomOp3 for CausalAttentionBackward {
         let (dq, dkv) = out.split_at_mut(nq);
         let (dk, dv) = dkv.split_at_mut(nk);
         // One task per (batch, key/value head): the d q of its query heads, and its d k and
-        // d v, which those heads add to in order. Each worker reuses its (T, S) buffers (the
-        // two for values after dropout only with dropout).
+        // d v, which those heads add to in order. Its (T, S) buffers come from its thread's
+        // scratch ([`with_scratch`]; the two for values after dropout only with dropout).
         let kept_len = fwd.dropout.map_or(0, |_| t * s);
-        let buffers = || [t * s, kept_len, kept_len, t * s, t].map(|n| vec![0f32; n]);
+
         let rep = h / g;
         dq.par_chunks_mut(rep * t * d)
             .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
             .enumerate()
-            .for_each_init(buffers, |buffers, (bg, (dq, (dk, dv)))| {
-                let [p, kept, dp_kept, dp, inv_sums] = buffers;
-                for (r, dq) in dq.chunks_mut(t * d).enumerate() {
-                    let bh = (bg / g) * h + (bg % g) * rep + r;
-                    let head = fwd.head(dims, (q, k, v), bh);
-                    let gy = &grad[bh * t * d..(bh + 1) * t * d];
-                    fwd.probabilities(&head, dims, p, inv_sums);
-                    // d k and d v add up over the heads, onto out's zeros.
-                    add_causal_product_transposed(dv, fwd.drop(&head, p, kept), gy, dims);
-                    // d P: the mask applied to d (P after dropout); without dropout, the
-                    // scores go straight into d P.
-                    match fwd.dropout {
-                        Some(dr) => {
-                            causal_scores(dp_kept, gy, head.values, dims);
-                            apply_dropout_from(
-                                dr.seed,
-                                head.mask_first,
-                                dr.keep,
-                                dr.scale,
-                                dp_kept,
-                                dp,
-                            );
+            .for_each(|(bg, (dq, (dk, dv)))| {
+                let sizes = [t * s, kept_len, kept_len, t * s, t];
+                with_scratch(sizes, |[p, kept, dp_kept, dp, inv_sums]| {
+                    for (r, dq) in dq.chunks_mut(t * d).enumerate() {
+                        let bh = (bg / g) * h + (bg % g) * rep + r;
+                        let head = fwd.head(dims, (q, k, v), bh);
+                        let gy = &grad[bh * t * d..(bh + 1) * t * d];
+                        fwd.probabilities(&head, dims, p, inv_sums);
+                        // d k and d v add up over the heads, onto out's zeros.
+                        add_causal_product_transposed(dv, fwd.drop(&head, p, kept), gy, dims);
+                        // d P: the mask applied to d (P after dropout); without dropout, the
+                        // scores go straight into d P.
+                        match fwd.dropout {
+                            Some(dr) => {
+                                causal_scores(dp_kept, gy, head.values, dims);
+                                apply_dropout_from(
+                                    dr.seed,
+                                    head.mask_first,
+                                    dr.keep,
+                                    dr.scale,
+                                    dp_kept,
+                                    dp,
+                                );
+                            }
+                            None => causal_scores(dp, gy, head.values, dims),
                         }
-                        None => causal_scores(dp, gy, head.values, dims),
+                        softmax_backward_rows(dp, p, dims, fwd.scale);
+                        causal_product(dq, dp, head.keys, dims);
+                        add_causal_product_transposed(dk, dp, head.q, dims);
                     }
-                    softmax_backward_rows(dp, p, dims, fwd.scale);
-                    causal_product(dq, dp, head.keys, dims);
-                    add_causal_product_transposed(dk, dp, head.q, dims);
-                }
+                })
             });
         Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn what_earlier_heads_leave_in_the_scratch_never_reaches_a_result() {
+        // A pass over NaN inputs fills this thread's scratch with NaN (rayon's threads too);
+        // a smaller pass after it must match the reference, values and gradients.
+        let dev = &Device::Cpu;
+        let nan = Tensor::full(f32::NAN, (2, 2, 150, 8), dev).unwrap();
+        let y = causal_attention(&nan, &nan, &nan, 0.3, None, DType::F32, None).unwrap();
+        assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0].is_nan());
+        let var = |seed: u64| {
+            let n = 2 * 2 * 70 * 8;
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            Var::from_vec(v, (2, 2, 70, 8), dev).unwrap()
+        };
+        let (q, k, v) = (var(1), var(2), var(3));
+        let run = |fused: bool| {
+            let y = match fused {
+                true => causal_attention(&q, &k, &v, 0.3, None, DType::F32, None),
+                false => causal_attention_reference(&q, &k, &v, 0.3, DType::F32, None, Ok),
+            }
+            .unwrap();
+            let grads = (&y * &y).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for x in [&q, &k, &v] {
+                all.extend(
+                    grads
+                        .get(x)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap(),
+                );
+            }
+            all
+        };
+        let (fused, reference) = (run(true), run(false));
+        for (a, b) in fused.iter().zip(&reference) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
     }
 }
