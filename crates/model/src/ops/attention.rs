@@ -298,29 +298,48 @@ fn softmax_backward_rows_loop(dp: &mut [f32], p: &[f32], dims: Dims, scale: f32)
 }
 
 thread_local! {
-    /// Each thread's buffers for the heads it takes, kept from call to call.
+    /// Each thread's attention buffers, kept from call to call up to [`RETAINED_SCRATCH`].
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `f` on `N` buffers of the given lengths, cut from this thread's scratch. They hold what
-/// earlier heads left there (finite or not): the kernels write every element they read first.
-/// Fresh zeroed buffers per task cost 1% of a training step (memset); these stay in cache.
-/// `f` must not run rayon tasks of its own (a task stolen onto this thread could come back
-/// here while the scratch is borrowed); the products run single-threaded.
-fn with_scratch<const N: usize, R>(lens: [usize; N], f: impl FnOnce([&mut [f32]; N]) -> R) -> R {
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
+/// The most f32 a thread keeps for the next call (32 MB: two (T, S) buffers up to T = S =
+/// 2048); larger buffers are freed when their task ends, as fresh ones always were.
+const RETAINED_SCRATCH: usize = 8 << 20;
+
+/// The buffers of one rayon task (the heads it takes): its thread's retained scratch, handed
+/// back when the task ends. They hold what earlier heads left there (finite or not): the
+/// kernels write every element they read first. Zeroed vectors per task cost 1% of a training
+/// step (memset); these stay in cache.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn take() -> Self {
+        Scratch(SCRATCH.with(|s| s.take()))
+    }
+
+    /// Buffers of the given lengths, cut from the scratch (grown as needed).
+    fn buffers<const N: usize>(&mut self, lens: [usize; N]) -> [&mut [f32]; N] {
         let total = lens.iter().sum::<usize>();
-        if scratch.len() < total {
-            scratch.resize(total, 0.0);
+        if self.0.len() < total {
+            self.0.resize(total, 0.0);
         }
-        let mut rest = &mut scratch[..total];
-        f(lens.map(|n| {
+        let mut rest = &mut self.0[..total];
+        lens.map(|n| {
             let (buffer, tail) = std::mem::take(&mut rest).split_at_mut(n);
             rest = tail;
             buffer
-        }))
-    })
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.len() <= RETAINED_SCRATCH {
+            let kept = std::mem::take(&mut self.0);
+            // At thread exit the slot may be gone already; the buffer is freed then.
+            let _ = SCRATCH.try_with(|s| *s.borrow_mut() = kept);
+        }
+    }
 }
 
 /// One (batch, query head) of a pass: its queries, the keys and values of its key/value head,
@@ -406,19 +425,21 @@ impl CustomOp3 for CausalAttention {
         let Dims { t, s, d, .. } = dims;
         let mut out = vec![0f32; inputs.0.len()];
         // One task per (batch, head): its (T, S) exponentials stay in its thread's scratch
-        // ([`with_scratch`]); the buffer for them after dropout only with dropout. The rows are normalised after the product, (T, D) values
-        // instead of the (T, S) exponentials (dropout scales each element, so it commutes).
+        // ([`Scratch`]); the buffer for them after dropout only with dropout. The rows are
+        // normalised after the product, (T, D) values instead of the (T, S) exponentials
+        // (dropout scales each element, so it commutes).
         let kept_len = self.dropout.map_or(0, |_| t * s);
-        out.par_chunks_mut(t * d).enumerate().for_each(|(bh, y)| {
-            with_scratch([t * s, kept_len, t], |[e, kept, inv_sums]| {
+        out.par_chunks_mut(t * d)
+            .enumerate()
+            .for_each_init(Scratch::take, |scratch, (bh, y)| {
+                let [e, kept, inv_sums] = scratch.buffers([t * s, kept_len, t]);
                 let head = self.head(dims, inputs, bh);
                 self.exponentials(&head, dims, e, inv_sums);
                 causal_product(y, self.drop(&head, e, kept), head.values, dims);
                 for (row, inv) in y.chunks_mut(d).zip(&*inv_sums) {
                     row.iter_mut().for_each(|x| *x *= inv);
                 }
-            })
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -495,44 +516,43 @@ impl CustomOp3 for CausalAttentionBackward {
         let (dk, dv) = dkv.split_at_mut(nk);
         // One task per (batch, key/value head): the d q of its query heads, and its d k and
         // d v, which those heads add to in order. Its (T, S) buffers come from its thread's
-        // scratch ([`with_scratch`]; the two for values after dropout only with dropout).
+        // scratch ([`Scratch`]; the two for values after dropout only with dropout).
         let kept_len = fwd.dropout.map_or(0, |_| t * s);
 
         let rep = h / g;
         dq.par_chunks_mut(rep * t * d)
             .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
             .enumerate()
-            .for_each(|(bg, (dq, (dk, dv)))| {
+            .for_each_init(Scratch::take, |scratch, (bg, (dq, (dk, dv)))| {
                 let sizes = [t * s, kept_len, kept_len, t * s, t];
-                with_scratch(sizes, |[p, kept, dp_kept, dp, inv_sums]| {
-                    for (r, dq) in dq.chunks_mut(t * d).enumerate() {
-                        let bh = (bg / g) * h + (bg % g) * rep + r;
-                        let head = fwd.head(dims, (q, k, v), bh);
-                        let gy = &grad[bh * t * d..(bh + 1) * t * d];
-                        fwd.probabilities(&head, dims, p, inv_sums);
-                        // d k and d v add up over the heads, onto out's zeros.
-                        add_causal_product_transposed(dv, fwd.drop(&head, p, kept), gy, dims);
-                        // d P: the mask applied to d (P after dropout); without dropout, the
-                        // scores go straight into d P.
-                        match fwd.dropout {
-                            Some(dr) => {
-                                causal_scores(dp_kept, gy, head.values, dims);
-                                apply_dropout_from(
-                                    dr.seed,
-                                    head.mask_first,
-                                    dr.keep,
-                                    dr.scale,
-                                    dp_kept,
-                                    dp,
-                                );
-                            }
-                            None => causal_scores(dp, gy, head.values, dims),
+                let [p, kept, dp_kept, dp, inv_sums] = scratch.buffers(sizes);
+                for (r, dq) in dq.chunks_mut(t * d).enumerate() {
+                    let bh = (bg / g) * h + (bg % g) * rep + r;
+                    let head = fwd.head(dims, (q, k, v), bh);
+                    let gy = &grad[bh * t * d..(bh + 1) * t * d];
+                    fwd.probabilities(&head, dims, p, inv_sums);
+                    // d k and d v add up over the heads, onto out's zeros.
+                    add_causal_product_transposed(dv, fwd.drop(&head, p, kept), gy, dims);
+                    // d P: the mask applied to d (P after dropout); without dropout, the
+                    // scores go straight into d P.
+                    match fwd.dropout {
+                        Some(dr) => {
+                            causal_scores(dp_kept, gy, head.values, dims);
+                            apply_dropout_from(
+                                dr.seed,
+                                head.mask_first,
+                                dr.keep,
+                                dr.scale,
+                                dp_kept,
+                                dp,
+                            );
                         }
-                        softmax_backward_rows(dp, p, dims, fwd.scale);
-                        causal_product(dq, dp, head.keys, dims);
-                        add_causal_product_transposed(dk, dp, head.q, dims);
+                        None => causal_scores(dp, gy, head.values, dims),
                     }
-                })
+                    softmax_backward_rows(dp, p, dims, fwd.scale);
+                    causal_product(dq, dp, head.keys, dims);
+                    add_causal_product_transposed(dk, dp, head.q, dims);
+                }
             });
         Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
     }
