@@ -6,12 +6,11 @@
 //! hidden activations each way and a reduction for alpha and beta.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::exp::exp_of_negated;
-use crate::ops::fresh::{par_fresh_chunks, Filled, Fresh};
+use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs_with, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
 
@@ -56,6 +55,7 @@ fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f
 /// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
 /// sigmoid for SiLU, the step for ReLU, filled into `out`. In loops of their own (the exp over
 /// the whole row), so that the arithmetic after them vectorizes.
+#[inline(always)]
 fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
     match base {
         BaseAct::Silu => {
@@ -216,54 +216,50 @@ impl CustomOp3 for DynActGluBackward {
         let (scale, beta) = (&scale[..c], &beta[..c]);
         let n = gate.len();
         let per_param = params.len() / 2;
-        let mut out = vec![0f32; 2 * n + 2 * per_param];
-        let (d_gate, rest) = out.split_at_mut(n);
-        let (d_up, d_params) = rest.split_at_mut(n);
-        let block = c * ROWS_PER_BLOCK;
-        let partials: Vec<Vec<f32>> = d_gate
-            .par_chunks_mut(block)
-            .zip(d_up.par_chunks_mut(block))
-            .zip(gate.par_chunks(block).zip(up.par_chunks(block)))
-            .zip(grad.par_chunks(block))
-            .map(|(((dg, du), (gb, ub)), yb)| {
+        // [d gate; d up], then d alpha and d beta pushed after them.
+        let (mut out, partials) = par_fresh_pairs_with(
+            n,
+            c * ROWS_PER_BLOCK,
+            2 * per_param,
+            |range, d_gate, d_up| {
+                let (gb, ub, yb) = (&gate[range.clone()], &up[range.clone()], &grad[range]);
                 widest(|| {
                     // [sum g up base(gate); sum g up (gate - base(gate))] per channel.
                     let mut acc = vec![0f32; 2 * c];
                     let (acc_base, acc_linear) = acc.split_at_mut(c);
-                    let mut weights = vec![0f32; c];
-                    let rows = dg
-                        .chunks_mut(c)
-                        .zip(du.chunks_mut(c))
-                        .zip(gb.chunks(c).zip(ub.chunks(c)))
-                        .zip(yb.chunks(c));
-                    for (((dg, du), (gr, ur)), yr) in rows {
+                    // The weights w of the whole block in d up until each is used.
+                    let (du, du_filled) = gate_weights(gb, self.base, d_up);
+                    let (_, dg_filled) = d_gate.fill_rows(c, |r, dg_row| {
+                        let at = r * c..(r + 1) * c;
                         // Every slice has length c: the loop runs without bounds checks.
-                        let (dg, du, gr, ur, yr) =
-                            (&mut dg[..c], &mut du[..c], &gr[..c], &ur[..c], &yr[..c]);
-                        gate_weights(gr, self.base, Fresh::reuse(&mut weights));
-                        for j in 0..c {
-                            let (g, b, w) = (gr[j], beta[j], weights[j]);
+                        let (du, gr, ur, yr) = (
+                            &mut du[at.clone()][..c],
+                            &gb[at.clone()][..c],
+                            &ub[at.clone()][..c],
+                            &yb[at][..c],
+                        );
+                        let (acc_base, acc_linear) = (&mut acc_base[..c], &mut acc_linear[..c]);
+                        let values = (0..c).map(|j| {
+                            let (g, b, w) = (gr[j], beta[j], du[j]);
                             let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
                             let gu = yr[j] * ur[j];
-                            dg[j] = gu * (slope * scale[j] + b);
                             du[j] = yr[j] * (base * scale[j] + b * g);
                             acc_base[j] += gu * base;
                             acc_linear[j] += gu * (g - base);
-                        }
-                    }
-                    acc
+                            gu * (slope * scale[j] + b)
+                        });
+                        dg_row.fill(values).1
+                    });
+                    (dg_filled, du_filled, acc)
                 })
-            })
-            .collect();
+            },
+        );
         let sums = sum_block_partials(&partials, 2 * c);
         if per_param == 1 {
-            d_params[0] = sums[..c].iter().sum::<f64>() as f32;
-            d_params[1] = sums[c..].iter().sum::<f64>() as f32;
+            out.push(sums[..c].iter().sum::<f64>() as f32);
+            out.push(sums[c..].iter().sum::<f64>() as f32);
         } else {
-            d_params
-                .iter_mut()
-                .zip(&sums)
-                .for_each(|(d, s)| *d = *s as f32);
+            out.extend(sums.iter().map(|s| *s as f32));
         }
         Ok((CpuStorage::F32(out), Shape::from(2 * n + 2 * per_param)))
     }

@@ -28,14 +28,6 @@ impl Filled<'_> {
 }
 
 impl<'a> Fresh<'a> {
-    /// A buffer already written (a kernel's scratch, reused row after row) as a chunk to
-    /// fill: sound, since a Fresh only ever writes f32 values into it.
-    pub fn reuse(buffer: &'a mut [f32]) -> Self {
-        // SAFETY: f32 and MaybeUninit<f32> have one layout, and nothing writes an
-        // uninitialised value through a Fresh.
-        Fresh(unsafe { &mut *(buffer as *mut [f32] as *mut [MaybeUninit<f32>]) })
-    }
-
     /// Writes `values` into the chunk, which must be exactly as many as its elements (else
     /// panics), and returns it as f32s, with the proof.
     #[inline(always)]
@@ -116,28 +108,46 @@ pub(crate) fn par_fresh_pairs(
     chunk: usize,
     fill: impl for<'c, 'd> Fn(Range<usize>, Fresh<'c>, Fresh<'d>) -> (Filled<'c>, Filled<'d>) + Sync,
 ) -> Vec<f32> {
+    par_fresh_pairs_with(len, chunk, 0, |range, a, b| {
+        let (a, b) = fill(range, a, b);
+        (a, b, ())
+    })
+    .0
+}
+
+/// [`par_fresh_pairs`] whose `fill` also returns a value per chunk (a partial sum, say): those,
+/// in chunk order, beside the vector, which has room for `spare` more elements after its
+/// 2 `len` (an op's other outputs, pushed by the caller).
+pub(crate) fn par_fresh_pairs_with<T: Send>(
+    len: usize,
+    chunk: usize,
+    spare: usize,
+    fill: impl for<'c, 'd> Fn(Range<usize>, Fresh<'c>, Fresh<'d>) -> (Filled<'c>, Filled<'d>, T) + Sync,
+) -> (Vec<f32>, Vec<T>) {
     let chunk = chunk.max(1);
-    let mut out = Vec::with_capacity(2 * len);
+    let mut out = Vec::with_capacity(2 * len + spare);
     let (first, second) = out.spare_capacity_mut()[..2 * len].split_at_mut(len);
-    first
+    let values = first
         .par_chunks_mut(chunk)
         .zip(second.par_chunks_mut(chunk))
         .enumerate()
         .with_min_len(rows_per_task(chunk))
-        .for_each(|(i, (a, b))| {
+        .map(|(i, (a, b))| {
             let at = (Filled::of(a).0, Filled::of(b).0);
             let range = i * chunk..i * chunk + a.len();
-            let (Filled(filled_a, _), Filled(filled_b, _)) = fill(range, Fresh(a), Fresh(b));
+            let (Filled(filled_a, _), Filled(filled_b, _), value) = fill(range, Fresh(a), Fresh(b));
             assert_eq!(
                 (filled_a, filled_b),
                 at,
                 "chunk {i}: the closure filled others"
             );
-        });
+            value
+        })
+        .collect();
     // SAFETY: the chunks of both parts cover 0..2 len, and each was filled, as in
     // par_fresh_chunks.
     unsafe { out.set_len(2 * len) };
-    out
+    (out, values)
 }
 
 #[cfg(test)]
@@ -171,11 +181,21 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_buffer_is_filled_again() {
-        let mut scratch = vec![7.0f32; 5];
-        let (row, _) = Fresh::reuse(&mut scratch).fill((0..5).map(|j| j as f32));
-        row[4] = 9.0;
-        assert_eq!(scratch, [0.0, 1.0, 2.0, 3.0, 9.0]);
+    fn pairs_with_values_give_a_value_per_chunk_in_order_and_room_for_more() {
+        let (mut out, values) = par_fresh_pairs_with(10, 3, 2, |range, a, b| {
+            let sum = range.clone().sum::<usize>();
+            let second = range.clone().map(|j| j as f32 + 0.5);
+            (a.fill(range.map(|j| j as f32)).1, b.fill(second).1, sum)
+        });
+        assert_eq!(values, [3, 12, 21, 9]);
+        assert!(out.capacity() >= 22, "{}", out.capacity());
+        out.extend([-1.0, -2.0]);
+        let expected: Vec<f32> = (0..10)
+            .map(|j| j as f32)
+            .chain((0..10).map(|j| j as f32 + 0.5))
+            .chain([-1.0, -2.0])
+            .collect();
+        assert_eq!(out, expected);
     }
 
     #[test]
