@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::exp::{exp_shifted_sum_loop, wide_fma};
+use super::panel_product;
 use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
@@ -141,56 +142,21 @@ impl<'a> MatRef<'a> {
             col_stride: cols,
         }
     }
-
-    fn covers(&self, rows: usize, cols: usize) -> bool {
-        rows == 0
-            || cols == 0
-            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
-    }
 }
 
 /// out (m, n, rows `out_stride` apart) = a (m, k) b (k, n), plus out's old values when
-/// `accumulate`: the gemm crate's kernels (what Candle's CPU matmul runs), on one thread,
-/// since the callers already run one task per head in parallel.
+/// `accumulate`, on this thread ([`panel_product::product`]): the callers already run one task
+/// per head in parallel.
 fn matmul(
-    (out, out_stride): (&mut [f32], usize),
+    out: (&mut [f32], usize),
     a: MatRef,
     b: MatRef,
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     accumulate: bool,
 ) {
-    assert!(
-        n <= out_stride
-            && (m == 0 || out.len() >= (m - 1) * out_stride + n)
-            && a.covers(m, k)
-            && b.covers(k, n),
-        "matmul: operand sizes"
-    );
-    // SAFETY: the assertion keeps every index gemm forms, (m, n) of out and (m, k), (k, n) of
-    // a and b at their strides, inside the slices; out does not alias a or b (&mut).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            out_stride as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    let a = (a.data, a.row_stride, a.col_stride);
+    let b = (b.data, b.row_stride, b.col_stride);
+    panel_product::product(out, a, b, dims, accumulate);
 }
 
 /// Query rows per block of the causal tiling. The rows of a block see the keys up to its last

@@ -24,6 +24,7 @@ pub(crate) mod exp;
 pub(crate) mod fresh;
 pub mod heads;
 pub mod matmul;
+pub(crate) mod panel_product;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;

@@ -1,0 +1,259 @@
+//! The single-threaded products of attention's heads; those with a narrow output, n a multiple
+//! of 32 columns (the weighted values and their gradients, D wide), by a kernel of its own: 12 rows by 32 columns of the output at a time in AVX-512
+//! registers, the right factor's rows read where they are. The gemm crate runs these with its
+//! half-width kernel (32 columns fill 2 of its 4 vectors), and attention's products of the
+//! probabilities and the values took 6% of a micro evaluation pass there. Each output element
+//! is one chain of fused multiply-adds over k in order, as the gemm crate's kernels compute it.
+
+/// Whether [`product`] takes the panel kernel for `n` columns on this CPU: AVX-512 and n a
+/// multiple of 32.
+pub(crate) fn takes(n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        n > 0 && n.is_multiple_of(PANEL) && is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = n;
+        false
+    }
+}
+
+/// Output columns per panel: two AVX-512 vectors.
+const PANEL: usize = 32;
+
+/// Output rows per tile: 12 rows of 2 vectors are 24 of the 32 registers.
+#[cfg(target_arch = "x86_64")]
+const ROWS: usize = 12;
+
+/// A matrix in a slice: element (r, c) at `data[r row_stride + c col_stride]`.
+pub(crate) type Strided<'a> = (&'a [f32], usize, usize);
+
+/// out (m, n), rows `out_stride` apart, = a (m, k) b (k, n), plus out's old values when
+/// `accumulate`, on this thread: the panel kernel where [`takes`]`(n)` and b's rows are
+/// contiguous, else the gemm crate's kernels (what Candle's CPU matmul runs). Panics if an
+/// operand is smaller than the shapes say.
+pub(crate) fn product(
+    (out, out_stride): (&mut [f32], usize),
+    a: Strided,
+    b: Strided,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    // The index one past the last element a (rows, cols) matrix at these strides reads.
+    let end = |rows: usize, cols: usize, (row_stride, col_stride): (usize, usize)| match rows == 0
+        || cols == 0
+    {
+        true => 0,
+        false => (rows - 1) * row_stride + (cols - 1) * col_stride + 1,
+    };
+    assert!(
+        n <= out_stride
+            && end(m, n, (out_stride, 1)) <= out.len()
+            && end(m, k, (a.1, a.2)) <= a.0.len()
+            && end(k, n, (b.1, b.2)) <= b.0.len(),
+        "product: operand sizes"
+    );
+    if b.2 == 1 && takes(n) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 (takes), and the assertion keeps every element the
+        // tiles read or write inside the slices; out does not alias a or b (&mut).
+        unsafe {
+            let shape = Shape {
+                out_stride,
+                a_rows: a.1,
+                a_cols: a.2,
+                b_rows: b.1,
+                k,
+                accumulate,
+            };
+            for panel in (0..n).step_by(PANEL) {
+                for first in (0..m).step_by(ROWS) {
+                    let tile = (
+                        out.as_mut_ptr().add(first * out_stride + panel),
+                        a.0.as_ptr().add(first * a.1),
+                        b.0.as_ptr().add(panel),
+                    );
+                    tile_of(ROWS.min(m - first), tile, &shape);
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: as above, for every index gemm forms.
+    unsafe { gemm_product((out, out_stride), a, b, (m, n, k), accumulate) }
+}
+
+/// [`product`] by the gemm crate, single-threaded (the callers run one task per head).
+///
+/// # Safety
+/// The operands must hold the (m, n), (m, k) and (k, n) matrices at their strides.
+unsafe fn gemm_product(
+    (out, out_stride): (&mut [f32], usize),
+    a: Strided,
+    b: Strided,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_stride as isize,
+            accumulate,
+            a.0.as_ptr(),
+            a.2 as isize,
+            a.1 as isize,
+            b.0.as_ptr(),
+            b.2 as isize,
+            b.1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// What every tile of one product shares.
+#[cfg(target_arch = "x86_64")]
+struct Shape {
+    out_stride: usize,
+    a_rows: usize,
+    a_cols: usize,
+    b_rows: usize,
+    k: usize,
+    accumulate: bool,
+}
+
+/// The tile of `rows` (1 to 12) rows at (out, a, b).
+///
+/// # Safety
+/// AVX-512, and the pointers valid for the tile's elements at the strides `shape` gives.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_of(rows: usize, at: (*mut f32, *const f32, *const f32), shape: &Shape) {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match rows {
+            12 => tile::<12>(at, shape),
+            11 => tile::<11>(at, shape),
+            10 => tile::<10>(at, shape),
+            9 => tile::<9>(at, shape),
+            8 => tile::<8>(at, shape),
+            7 => tile::<7>(at, shape),
+            6 => tile::<6>(at, shape),
+            5 => tile::<5>(at, shape),
+            4 => tile::<4>(at, shape),
+            3 => tile::<3>(at, shape),
+            2 => tile::<2>(at, shape),
+            _ => tile::<1>(at, shape),
+        }
+    }
+}
+
+/// R rows by 32 columns: per step of k, the two vectors of b's row, and a's element of each
+/// row broadcast into a fused multiply-add with them.
+///
+/// # Safety
+/// As [`tile_of`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const R: usize>((out, a, b): (*mut f32, *const f32, *const f32), shape: &Shape) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's pointers, at the strides in `shape`.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for kk in 0..shape.k {
+            let row = b.add(kk * shape.b_rows);
+            let (b0, b1) = (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)));
+            let a_col = a.add(kk * shape.a_cols);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a_col.add(r * shape.a_rows));
+                acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let o = out.add(r * shape.out_stride);
+            let (mut v0, mut v1) = (acc[0], acc[1]);
+            if shape.accumulate {
+                v0 = _mm512_add_ps(_mm512_loadu_ps(o), v0);
+                v1 = _mm512_add_ps(_mm512_loadu_ps(o.add(16)), v1);
+            }
+            _mm512_storeu_ps(o, v0);
+            _mm512_storeu_ps(o.add(16), v1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn panel_products_match_a_plain_sum_and_the_gemm_crate() {
+        if !takes(32) {
+            eprintln!("no AVX-512 here: the panel product never runs");
+            return;
+        }
+        // Rows under, at and past a tile; k of 0, 1 and more; a stored as is and transposed;
+        // onto zeros and onto older values.
+        for (m, n, k) in [
+            (1, 32, 1),
+            (12, 32, 7),
+            (13, 64, 64),
+            (30, 32, 0),
+            (25, 96, 130),
+        ] {
+            for transposed in [false, true] {
+                for accumulate in [false, true] {
+                    let (a_rows, a_cols) = if transposed { (1, m) } else { (k, 1) };
+                    let a = values(m * k, 1);
+                    let b = values(k * n, 2);
+                    let stride = n + 3;
+                    let old = values(m * stride, 3);
+                    let mut ours = old.clone();
+                    let (a_m, b_m) = ((&a[..], a_rows, a_cols), (&b[..], n, 1));
+                    product((&mut ours, stride), a_m, b_m, (m, n, k), accumulate);
+                    let mut theirs = old.clone();
+                    // SAFETY: the shapes and strides fit the vectors.
+                    unsafe { gemm_product((&mut theirs, stride), a_m, b_m, (m, n, k), accumulate) };
+                    for r in 0..m {
+                        for c in 0..stride {
+                            let at = r * stride + c;
+                            if c >= n {
+                                assert_eq!(ours[at], old[at], "({r}, {c}) past n was written");
+                                continue;
+                            }
+                            let dot: f64 = (0..k)
+                                .map(|j| a[r * a_rows + j * a_cols] as f64 * b[j * n + c] as f64)
+                                .sum();
+                            let exact = dot + if accumulate { old[at] as f64 } else { 0.0 };
+                            let what = format!(
+                                "m {m} n {n} k {k} t {transposed} acc {accumulate} ({r}, {c})"
+                            );
+                            assert!(
+                                (ours[at] as f64 - exact).abs() <= 1e-5 * (1.0 + exact.abs()),
+                                "{what}: {} vs {exact}",
+                                ours[at]
+                            );
+                            assert_eq!(ours[at].to_bits(), theirs[at].to_bits(), "{what}: vs gemm");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
