@@ -52,6 +52,44 @@ fn channel_params(params: &[f32], c: usize, op: &str) -> Result<(Vec<f32>, Vec<f
     ))
 }
 
+/// alpha - beta and beta by channel, as the kernels read them: one value for a layer's pair
+/// (a constant in the loops, where a per-channel array cost two loads per element) or one per
+/// channel (the slices of [`channel_params`]).
+trait Channels: Copy + Send + Sync {
+    /// The values of a row of `c` channels (a slice cut to `c`, so that the loops over the row
+    /// run without bounds checks).
+    fn row(self, c: usize) -> Self;
+    fn at(self, j: usize) -> f32;
+}
+
+impl Channels for &[f32] {
+    #[inline(always)]
+    fn row(self, c: usize) -> Self {
+        &self[..c]
+    }
+
+    #[inline(always)]
+    fn at(self, j: usize) -> f32 {
+        self[j]
+    }
+}
+
+/// One value for every channel.
+#[derive(Clone, Copy)]
+struct Layer(f32);
+
+impl Channels for Layer {
+    #[inline(always)]
+    fn row(self, _c: usize) -> Self {
+        self
+    }
+
+    #[inline(always)]
+    fn at(self, _j: usize) -> f32 {
+        self.0
+    }
+}
+
 /// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
 /// sigmoid for SiLU, the step for ReLU, filled into `out`. In loops of their own (the exp over
 /// the whole row), so that the arithmetic after them vectorizes.
@@ -81,6 +119,32 @@ struct FusedDynActGlu {
     base: BaseAct,
 }
 
+impl FusedDynActGlu {
+    /// The forward pass over rows of `c` channels.
+    fn forward_rows<S: Channels>(
+        &self,
+        (gate, up): (&[f32], &[f32]),
+        c: usize,
+        scale: S,
+        beta: S,
+    ) -> Vec<f32> {
+        par_fresh_chunks(gate.len(), c, |rows, fresh| {
+            let (gr, ur) = (&gate[rows.clone()], &up[rows]);
+            widest(|| {
+                // Every slice has length c: the loop runs without bounds checks.
+                let (gr, ur, scale, beta) = (&gr[..c], &ur[..c], scale.row(c), beta.row(c));
+                let (o, filled) = gate_weights(gr, self.base, fresh);
+                let o = &mut o[..c];
+                for j in 0..c {
+                    let g = gr[j];
+                    o[j] = (g * o[j] * scale.at(j) + beta.at(j) * g) * ur[j];
+                }
+                filled
+            })
+        })
+    }
+}
+
 impl CustomOp3 for FusedDynActGlu {
     fn name(&self) -> &'static str {
         "dynact-glu"
@@ -102,22 +166,13 @@ impl CustomOp3 for FusedDynActGlu {
         );
         let c = *l1.dims().last().unwrap_or(&1);
         let (alpha, beta) = channel_params(params, c, self.name())?;
-        let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
-        let (scale, beta) = (&scale[..c], &beta[..c]);
-        let out = par_fresh_chunks(gate.len(), c, |rows, fresh| {
-            let (gr, ur) = (&gate[rows.clone()], &up[rows]);
-            widest(|| {
-                // Every slice has length c: the loop runs without bounds checks.
-                let (gr, ur) = (&gr[..c], &ur[..c]);
-                let (o, filled) = gate_weights(gr, self.base, fresh);
-                let o = &mut o[..c];
-                for j in 0..c {
-                    let g = gr[j];
-                    o[j] = (g * o[j] * scale[j] + beta[j] * g) * ur[j];
-                }
-                filled
-            })
-        });
+        let out = match params.len() {
+            2 => self.forward_rows((gate, up), c, Layer(alpha[0] - beta[0]), Layer(beta[0])),
+            _ => {
+                let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
+                self.forward_rows((gate, up), c, &scale[..], &beta[..])
+            }
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -184,6 +239,57 @@ struct DynActGluBackward {
     params: Tensor,
 }
 
+impl DynActGluBackward {
+    /// [d gate; d up] over rows of `c` channels, with room for `spare` more values (d alpha
+    /// and d beta) after them, and per block of rows the per-channel sums
+    /// [g up base(gate); g up (gate - base(gate))].
+    fn backward_rows<S: Channels>(
+        &self,
+        (gate, up, grad): (&[f32], &[f32], &[f32]),
+        (c, spare): (usize, usize),
+        scale: S,
+        beta: S,
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
+        par_fresh_pairs_with(
+            gate.len(),
+            c * ROWS_PER_BLOCK,
+            spare,
+            |range, d_gate, d_up| {
+                let (gb, ub, yb) = (&gate[range.clone()], &up[range.clone()], &grad[range]);
+                widest(|| {
+                    let mut acc = vec![0f32; 2 * c];
+                    let (acc_base, acc_linear) = acc.split_at_mut(c);
+                    // The weights w of the whole block in d up until each is used.
+                    let (du, du_filled) = gate_weights(gb, self.base, d_up);
+                    let (_, dg_filled) = d_gate.fill_rows(c, |r, dg_row| {
+                        let at = r * c..(r + 1) * c;
+                        // Every slice has length c: the loop runs without bounds checks.
+                        let (du, gr, ur, yr) = (
+                            &mut du[at.clone()][..c],
+                            &gb[at.clone()][..c],
+                            &ub[at.clone()][..c],
+                            &yb[at][..c],
+                        );
+                        let (acc_base, acc_linear) = (&mut acc_base[..c], &mut acc_linear[..c]);
+                        let (scale, beta) = (scale.row(c), beta.row(c));
+                        let values = (0..c).map(|j| {
+                            let (g, b, w) = (gr[j], beta.at(j), du[j]);
+                            let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
+                            let gu = yr[j] * ur[j];
+                            du[j] = yr[j] * (base * scale.at(j) + b * g);
+                            acc_base[j] += gu * base;
+                            acc_linear[j] += gu * (g - base);
+                            gu * (slope * scale.at(j) + b)
+                        });
+                        dg_row.fill(values).1
+                    });
+                    (dg_filled, du_filled, acc)
+                })
+            },
+        )
+    }
+}
+
 impl CustomOp3 for DynActGluBackward {
     fn name(&self) -> &'static str {
         "dynact-glu-backward"
@@ -212,48 +318,17 @@ impl CustomOp3 for DynActGluBackward {
             }
         };
         let (alpha, beta) = channel_params(&params, c, self.name())?;
-        let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
-        let (scale, beta) = (&scale[..c], &beta[..c]);
         let n = gate.len();
         let per_param = params.len() / 2;
-        // [d gate; d up], then d alpha and d beta pushed after them.
-        let (mut out, partials) = par_fresh_pairs_with(
-            n,
-            c * ROWS_PER_BLOCK,
-            2 * per_param,
-            |range, d_gate, d_up| {
-                let (gb, ub, yb) = (&gate[range.clone()], &up[range.clone()], &grad[range]);
-                widest(|| {
-                    // [sum g up base(gate); sum g up (gate - base(gate))] per channel.
-                    let mut acc = vec![0f32; 2 * c];
-                    let (acc_base, acc_linear) = acc.split_at_mut(c);
-                    // The weights w of the whole block in d up until each is used.
-                    let (du, du_filled) = gate_weights(gb, self.base, d_up);
-                    let (_, dg_filled) = d_gate.fill_rows(c, |r, dg_row| {
-                        let at = r * c..(r + 1) * c;
-                        // Every slice has length c: the loop runs without bounds checks.
-                        let (du, gr, ur, yr) = (
-                            &mut du[at.clone()][..c],
-                            &gb[at.clone()][..c],
-                            &ub[at.clone()][..c],
-                            &yb[at][..c],
-                        );
-                        let (acc_base, acc_linear) = (&mut acc_base[..c], &mut acc_linear[..c]);
-                        let values = (0..c).map(|j| {
-                            let (g, b, w) = (gr[j], beta[j], du[j]);
-                            let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
-                            let gu = yr[j] * ur[j];
-                            du[j] = yr[j] * (base * scale[j] + b * g);
-                            acc_base[j] += gu * base;
-                            acc_linear[j] += gu * (g - base);
-                            gu * (slope * scale[j] + b)
-                        });
-                        dg_row.fill(values).1
-                    });
-                    (dg_filled, du_filled, acc)
-                })
-            },
-        );
+        let inputs = (gate, up, grad);
+        let widths = (c, 2 * per_param);
+        let (mut out, partials) = match per_param {
+            1 => self.backward_rows(inputs, widths, Layer(alpha[0] - beta[0]), Layer(beta[0])),
+            _ => {
+                let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
+                self.backward_rows(inputs, widths, &scale[..], &beta[..])
+            }
+        };
         let sums = sum_block_partials(&partials, 2 * c);
         if per_param == 1 {
             out.push(sums[..c].iter().sum::<f64>() as f32);
