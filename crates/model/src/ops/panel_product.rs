@@ -1,9 +1,11 @@
-//! The single-threaded products of attention's heads; those with a narrow output, n a multiple
-//! of 32 columns (the weighted values and their gradients, D wide), by a kernel of its own: 12 rows by 32 columns of the output at a time in AVX-512
-//! registers, the right factor's rows read where they are. The gemm crate runs these with its
-//! half-width kernel (32 columns fill 2 of its 4 vectors), and attention's products of the
-//! probabilities and the values took 6% of a micro evaluation pass there. Each output element
-//! is one chain of fused multiply-adds over k in order, as the gemm crate's kernels compute it.
+//! The single-threaded products of attention's heads. Those with a narrow output, n a multiple
+//! of 32 columns (the weighted values and their gradients, D wide), take a kernel of their own:
+//! 12 rows by 32 columns of the output at a time in AVX-512 registers, the right factor's rows
+//! read where they are. The gemm crate runs these with its half-width kernel (32 columns fill 2
+//! of its 4 vectors) after packing the operands: attention's products of the probabilities and
+//! the values took 6% of a micro evaluation pass there. Each output element is one chain of
+//! fused multiply-adds over k in order, as the gemm crate's kernels compute it (the same bits,
+//! tested). The rest go to the gemm crate.
 
 /// Whether [`product`] takes the panel kernel for `n` columns on this CPU: AVX-512 and n a
 /// multiple of 32.
