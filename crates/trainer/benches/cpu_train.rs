@@ -2,8 +2,9 @@
 //! `Trainer::train_step`) for the cpu-repro, micro and small configs and both FFNs. Prints a
 //! table with the median step time, tokens/s, achieved GFLOP/s (model FLOPs, as nanoGPT counts
 //! them) and their share of this machine's f32 matmul peak measured in the same run,
-//! evaluation tokens/s (forward only, the best of 5 passes) and its model FLOPs' share of that peak (a third of a
-//! training step's per token), peak RSS, and the speed-up from 1 thread to all cores.
+//! evaluation tokens/s (forward only, the best of 5 passes) and its model FLOPs' share of that
+//! peak (a third of a training step's per token), peak RSS, and the speed-up from 1 thread to
+//! all cores.
 //! `scripts/pytorch_reference.py` prints the same table for PyTorch.
 //!
 //! Run: `cargo bench -p dynact-trainer --bench cpu_train`. Environment: `DYNACT_BENCH_STEPS`

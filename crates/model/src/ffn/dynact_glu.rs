@@ -166,8 +166,8 @@ impl CustomOp3 for FusedDynActGlu {
         );
         let c = *l1.dims().last().unwrap_or(&1);
         let (alpha, beta) = channel_params(params, c, self.name())?;
-        let out = match params.len() {
-            2 => self.forward_rows((gate, up), c, Layer(alpha[0] - beta[0]), Layer(beta[0])),
+        let out = match params.len() / 2 {
+            1 => self.forward_rows((gate, up), c, Layer(alpha[0] - beta[0]), Layer(beta[0])),
             _ => {
                 let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
                 self.forward_rows((gate, up), c, &scale[..], &beta[..])

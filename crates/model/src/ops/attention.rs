@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::exp::{exp_shifted_sum_loop, wide_fma};
-use super::panel_product;
+use super::panel_product::{self, MatRef};
 use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
@@ -115,50 +115,6 @@ impl Dims {
     }
 }
 
-/// A row-major or transposed view of a matrix in a slice: element (r, c) is
-/// `data[r * row_stride + c * col_stride]`.
-#[derive(Clone, Copy)]
-struct MatRef<'a> {
-    data: &'a [f32],
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// A (rows, cols) row-major matrix.
-    fn rows(data: &'a [f32], cols: usize) -> Self {
-        MatRef {
-            data,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose of a (rows, cols) row-major matrix: (cols, rows).
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
-        MatRef {
-            data,
-            row_stride: 1,
-            col_stride: cols,
-        }
-    }
-}
-
-/// out (m, n, rows `out_stride` apart) = a (m, k) b (k, n), plus out's old values when
-/// `accumulate`, on this thread ([`panel_product::product`]): the callers already run one task
-/// per head in parallel.
-fn matmul(
-    out: (&mut [f32], usize),
-    a: MatRef,
-    b: MatRef,
-    dims: (usize, usize, usize),
-    accumulate: bool,
-) {
-    let a = (a.data, a.row_stride, a.col_stride);
-    let b = (b.data, b.row_stride, b.col_stride);
-    panel_product::product(out, a, b, dims, accumulate);
-}
-
 /// Query rows per block of the causal tiling. The rows of a block see the keys up to its last
 /// row's, so the products skip the blocks above the diagonal: about half of the work when
 /// T = S.
@@ -177,7 +133,7 @@ fn row_blocks(Dims { t, s, .. }: Dims) -> impl Iterator<Item = (usize, usize, us
 fn causal_scores(out: &mut [f32], a: &[f32], b: &[f32], dims: Dims) {
     let Dims { s, d, .. } = dims;
     for (first, rows, keys) in row_blocks(dims) {
-        matmul(
+        panel_product::product(
             (&mut out[first * s..], s),
             MatRef::rows(&a[first * d..], d),
             MatRef::transposed(b, d),
@@ -192,7 +148,7 @@ fn causal_scores(out: &mut [f32], a: &[f32], b: &[f32], dims: Dims) {
 fn causal_product(out: &mut [f32], p: &[f32], m: &[f32], dims: Dims) {
     let Dims { s, d, .. } = dims;
     for (first, rows, keys) in row_blocks(dims) {
-        matmul(
+        panel_product::product(
             (&mut out[first * d..], d),
             MatRef::rows(&p[first * s..], s),
             MatRef::rows(m, d),
@@ -206,7 +162,7 @@ fn causal_product(out: &mut [f32], p: &[f32], m: &[f32], dims: Dims) {
 fn add_causal_product_transposed(out: &mut [f32], p: &[f32], m: &[f32], dims: Dims) {
     let Dims { s, d, .. } = dims;
     for (first, rows, keys) in row_blocks(dims) {
-        matmul(
+        panel_product::product(
             (out, d),
             MatRef::transposed(&p[first * s..], s),
             MatRef::rows(&m[first * d..], d),

@@ -28,8 +28,42 @@ const PANEL: usize = 32;
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 12;
 
-/// A matrix in a slice: element (r, c) at `data[r row_stride + c col_stride]`.
-pub(crate) type Strided<'a> = (&'a [f32], usize, usize);
+/// A row-major or transposed view of a matrix in a slice: element (r, c) is
+/// `data[r * row_stride + c * col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A (rows, cols) row-major matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a (rows, cols) row-major matrix: (cols, rows).
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    /// The index one past the last element a (rows, cols) matrix of this view reads.
+    fn end(&self, rows: usize, cols: usize) -> usize {
+        match rows == 0 || cols == 0 {
+            true => 0,
+            false => (rows - 1) * self.row_stride + (cols - 1) * self.col_stride + 1,
+        }
+    }
+}
 
 /// out (m, n), rows `out_stride` apart, = a (m, k) b (k, n), plus out's old values when
 /// `accumulate`, on this thread: the panel kernel where [`takes`]`(n)` and b's rows are
@@ -37,35 +71,33 @@ pub(crate) type Strided<'a> = (&'a [f32], usize, usize);
 /// operand is smaller than the shapes say.
 pub(crate) fn product(
     (out, out_stride): (&mut [f32], usize),
-    a: Strided,
-    b: Strided,
+    a: MatRef,
+    b: MatRef,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
 ) {
-    // The index one past the last element a (rows, cols) matrix at these strides reads.
-    let end = |rows: usize, cols: usize, (row_stride, col_stride): (usize, usize)| match rows == 0
-        || cols == 0
-    {
-        true => 0,
-        false => (rows - 1) * row_stride + (cols - 1) * col_stride + 1,
+    let out_view = MatRef {
+        data: out,
+        row_stride: out_stride,
+        col_stride: 1,
     };
     assert!(
         n <= out_stride
-            && end(m, n, (out_stride, 1)) <= out.len()
-            && end(m, k, (a.1, a.2)) <= a.0.len()
-            && end(k, n, (b.1, b.2)) <= b.0.len(),
+            && out_view.end(m, n) <= out.len()
+            && a.end(m, k) <= a.data.len()
+            && b.end(k, n) <= b.data.len(),
         "product: operand sizes"
     );
-    if b.2 == 1 && takes(n) {
+    if b.col_stride == 1 && takes(n) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 (takes), and the assertion keeps every element the
         // tiles read or write inside the slices; out does not alias a or b (&mut).
         unsafe {
             let shape = Shape {
                 out_stride,
-                a_rows: a.1,
-                a_cols: a.2,
-                b_rows: b.1,
+                a_rows: a.row_stride,
+                a_cols: a.col_stride,
+                b_rows: b.row_stride,
                 k,
                 accumulate,
             };
@@ -73,8 +105,8 @@ pub(crate) fn product(
                 for first in (0..m).step_by(ROWS) {
                     let tile = (
                         out.as_mut_ptr().add(first * out_stride + panel),
-                        a.0.as_ptr().add(first * a.1),
-                        b.0.as_ptr().add(panel),
+                        a.data.as_ptr().add(first * a.row_stride),
+                        b.data.as_ptr().add(panel),
                     );
                     tile_of(ROWS.min(m - first), tile, &shape);
                 }
@@ -92,8 +124,8 @@ pub(crate) fn product(
 /// The operands must hold the (m, n), (m, k) and (k, n) matrices at their strides.
 unsafe fn gemm_product(
     (out, out_stride): (&mut [f32], usize),
-    a: Strided,
-    b: Strided,
+    a: MatRef,
+    b: MatRef,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
 ) {
@@ -107,12 +139,12 @@ unsafe fn gemm_product(
             1,
             out_stride as isize,
             accumulate,
-            a.0.as_ptr(),
-            a.2 as isize,
-            a.1 as isize,
-            b.0.as_ptr(),
-            b.2 as isize,
-            b.1 as isize,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
             1.0,
             1.0,
             false,
@@ -227,7 +259,12 @@ mod tests {
                     let stride = n + 3;
                     let old = values(m * stride, 3);
                     let mut ours = old.clone();
-                    let (a_m, b_m) = ((&a[..], a_rows, a_cols), (&b[..], n, 1));
+                    let a_m = MatRef {
+                        data: &a,
+                        row_stride: a_rows,
+                        col_stride: a_cols,
+                    };
+                    let b_m = MatRef::rows(&b, n);
                     product((&mut ours, stride), a_m, b_m, (m, n, k), accumulate);
                     let mut theirs = old.clone();
                     // SAFETY: the shapes and strides fit the vectors.
