@@ -112,6 +112,35 @@ pub(crate) fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f3
     fold_lanes(lanes)
 }
 
+/// [`exp_shifted_sum_loop`] of `xs[..n]` where `xs` has room for the block of [`LANES`] that
+/// holds the last of them: that block is computed in place, the lanes past `n` left out of the
+/// sum (as the padded copy does) and their elements overwritten with exponentials of whatever
+/// they held. The same bits over `xs[..n]`, without the copies through the stack. Values there
+/// whose exponentials are subnormal would be slow (the CPU's assists): the caller sets them.
+#[inline(always)]
+pub(crate) fn exp_shifted_sum_in_room_loop(
+    xs: &mut [f32],
+    n: usize,
+    shift: f32,
+    scale: f32,
+) -> f32 {
+    assert!(
+        n <= xs.len() && xs.len() == n.next_multiple_of(LANES),
+        "exp_shifted_sum_in_room: {} elements are not the whole blocks that hold {n}",
+        xs.len()
+    );
+    let mut lanes = [0f32; LANES];
+    let tail = n % LANES;
+    for (b, block) in xs.chunks_exact_mut(LANES).enumerate() {
+        let last = tail > 0 && (b + 1) * LANES > n;
+        for (l, (x, lane)) in block.iter_mut().zip(&mut lanes).enumerate() {
+            *x = exp((*x - shift) * scale);
+            *lane += if !last || l < tail { *x } else { 0.0 };
+        }
+    }
+    fold_lanes(lanes)
+}
+
 /// e^x, as described in the module's comment.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
@@ -229,6 +258,13 @@ mod tests {
             );
             assert_eq!(bits(&fused), bits(&separate), "n = {n}");
             assert_eq!(bits(&plain), bits(&separate), "n = {n}");
+            // In place in the whole blocks, whatever the room past n holds.
+            let mut room = xs.clone();
+            let junk = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.0];
+            room.extend((n..n.next_multiple_of(LANES)).map(|j| junk[j % junk.len()]));
+            let in_room = exp_shifted_sum_in_room_loop(&mut room, n, shift, scale);
+            assert_eq!(in_room.to_bits(), sum.to_bits(), "n = {n}");
+            assert_eq!(bits(&room[..n]), bits(&separate), "n = {n}");
         }
     }
 
