@@ -138,17 +138,15 @@ pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// The 32 lanes' sums added as [`lane_sum`] ends: the warp's butterfly.
 #[inline(always)]
-pub(crate) fn fold_lanes<T: LaneTerm>(mut lanes: [T; LANES]) -> T {
+pub(crate) fn fold_lanes<T: LaneTerm>(lanes: [T; LANES]) -> T {
     // The butterfly's lane 0: at each step lanes l and l ^ offset hold the same sum, so only
-    // the lower half is carried on (lane l + offset is l's partner).
-    let mut offset = LANES / 2;
-    while offset > 0 {
-        for l in 0..offset {
-            lanes[l] = lanes[l] + lanes[l + offset];
-        }
-        offset /= 2;
-    }
-    lanes[0]
+    // the lower half is carried on (lane l + offset is l's partner). Each half a new array, so
+    // that the steps stay in vector registers (in place, the compiler went through the stack).
+    let half: [T; 16] = std::array::from_fn(|l| lanes[l] + lanes[l + 16]);
+    let half: [T; 8] = std::array::from_fn(|l| half[l] + half[l + 8]);
+    let half: [T; 4] = std::array::from_fn(|l| half[l] + half[l + 4]);
+    let half: [T; 2] = std::array::from_fn(|l| half[l] + half[l + 2]);
+    half[0] + half[1]
 }
 
 /// The largest of `values` (NaNs passed over, as `f32::max` does; -inf for none), as 8
