@@ -225,9 +225,12 @@ impl CustomOp3 for FusedDynActGlu {
         Ok((
             Some(flat.narrow(0, 0, n)?.reshape(gate.shape())?),
             Some(flat.narrow(0, n, n)?.reshape(up.shape())?),
-            // A copy of its own: a view would keep the whole flat tensor alive with the
-            // parameters' gradients, to the end of the step (27 MB more peak memory on micro).
-            Some(flat.narrow(0, 2 * n, params.elem_count())?.force_contiguous()?),
+            // A copy of its own: a view would keep the whole flat tensor (2 n values) alive with
+            // the parameters' gradients until the optimizer's step.
+            Some(
+                flat.narrow(0, 2 * n, params.elem_count())?
+                    .force_contiguous()?,
+            ),
         ))
     }
 }
