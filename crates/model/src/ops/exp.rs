@@ -143,7 +143,7 @@ pub(crate) fn exp_shifted_sum_in_room_loop(
 
 /// e^x, as described in the module's comment.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds an f32 of magnitude under 2^22 to an integer (ties to even).
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_359_4; // exact in 9 bits, so n * LN2_HI is exact
