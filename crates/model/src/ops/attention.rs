@@ -13,7 +13,9 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::exp::{exp, exp_shifted_sum_in_room_loop, exp_shifted_sum_loop, wide_fma};
+#[cfg(target_arch = "x86_64")]
+use super::exp::exp;
+use super::exp::{exp_shifted_sum_in_room_loop, exp_shifted_sum_loop, wide_fma};
 use super::panel_product::{self, MatRef};
 use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form, LANES};
 use crate::philox::apply_dropout_from;
@@ -129,19 +131,22 @@ fn row_blocks(Dims { t, s, .. }: Dims) -> impl Iterator<Item = (usize, usize, us
 }
 
 /// out (T, S) = A (T, D) B^T (D, S) where a row sees keys: the scores of the causal row
-/// blocks (each row past its last key is left as it was). Where the CPU has the panel kernel,
-/// B^T is written into `bt` (S x D elements) first, since that kernel reads its right factor's
-/// rows in place (on micro, the gemm crate's products and packing took 4.9% of an evaluation
-/// pass, the kernel's with the transposes 4.2%).
+/// blocks (each row past its last key is left as it was). The blocks the panel kernel takes
+/// (keys a multiple of 32, AVX-512) read B^T from `bt` (S x D elements), written first, since
+/// that kernel reads its right factor's rows in place (on micro, the gemm crate's products and
+/// packing took 4.9% of an evaluation pass, the kernel's with the transposes 4.2%); the gemm
+/// crate reads B transposed in place for the others, as before.
 fn causal_scores(out: &mut [f32], a: &[f32], b: &[f32], bt: &mut [f32], dims: Dims) {
     let Dims { s, d, .. } = dims;
-    let b_t = if panel_product::takes(LANES) {
+    let panel = |keys: usize| panel_product::takes(keys);
+    if row_blocks(dims).any(|(_, _, keys)| panel(keys)) {
         panel_product::transpose(&b[..s * d], &mut bt[..s * d], d);
-        MatRef::rows(bt, s)
-    } else {
-        MatRef::transposed(b, d)
-    };
+    }
     for (first, rows, keys) in row_blocks(dims) {
+        let b_t = match panel(keys) {
+            true => MatRef::rows(bt, s),
+            false => MatRef::transposed(b, d),
+        };
         panel_product::product(
             (&mut out[first * s..], s),
             MatRef::rows(&a[first * d..], d),
@@ -189,8 +194,10 @@ fn softmax_rows(e: &mut [f32], inv_sums: &mut [f32], dims: Dims, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
         assert!(
-            e.len() >= dims.t * dims.s && inv_sums.len() >= dims.t,
-            "softmax rows: buffers too small for {dims:?}"
+            dims.s >= dims.t && e.len() >= dims.t * dims.s && inv_sums.len() >= dims.t,
+            "softmax rows: {dims:?} with buffers of {} and {}",
+            e.len(),
+            inv_sums.len()
         );
         // SAFETY: the CPU has the features; the buffers hold the head's rows (asserted).
         unsafe { softmax_rows_avx512(e, inv_sums, dims, scale) };
@@ -324,8 +331,9 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The most f32 a thread keeps for the next call (32 MB: two (T, S) buffers up to T = S =
-/// 2048); larger buffers are freed when their task ends, as fresh ones always were.
+/// The most f32 a thread keeps for the next call (32 MB: two (T, S) buffers and the small ones
+/// beside them up to T = S of about 2,000); larger buffers are freed when their task ends, as
+/// fresh ones always were.
 const RETAINED_SCRATCH: usize = 8 << 20;
 
 /// The buffers of one rayon task (the heads it takes): its thread's retained scratch, handed
@@ -632,7 +640,30 @@ mod tests {
         // Rows whose last block is computed in place and rows without the room for it (T not
         // a multiple of 32), with NaN left past each row block's keys as earlier heads leave
         // it: every row as its maximum and exp_shifted_sum over its visible keys alone give it,
-        // 0 up to the end of its block.
+        // 0 up to the end of its block. Some rows hold a NaN, -inf, keys whose exponentials
+        // underflow, only zeros of both signs, or only -inf.
+        let special = |i: usize, j: usize| match (i % 11, j % 5) {
+            (3, 0) => Some(f32::NAN),
+            (4, 1) => Some(f32::NEG_INFINITY),
+            (5, 2) => Some(-300.0),
+            (6, _) => Some(if j.is_multiple_of(2) { -0.0 } else { 0.0 }),
+            (7, _) => Some(f32::NEG_INFINITY),
+            _ => None,
+        };
+        // NaNs compare as one value: their payloads are not the kernels' to keep.
+        let bits = |v: &[f32]| {
+            let canonical = |x: &f32| {
+                if x.is_nan() {
+                    f32::NAN.to_bits()
+                } else {
+                    x.to_bits()
+                }
+            };
+            v.iter().map(canonical).collect::<Vec<_>>()
+        };
+        if !panel_product::takes(LANES) {
+            eprintln!("no AVX-512 here: the portable loops are compared with themselves");
+        }
         for (t, s) in [(128usize, 128usize), (150, 153), (7, 11)] {
             let dims = Dims {
                 h: 1,
@@ -645,7 +676,8 @@ mod tests {
             for (first, rows, keys) in row_blocks(dims) {
                 for i in first..first + rows {
                     for j in 0..keys {
-                        e[i * s + j] = ((i * 31 + j * 17) % 101) as f32 / 7.0 - 6.0;
+                        e[i * s + j] =
+                            special(i, j).unwrap_or(((i * 31 + j * 17) % 101) as f32 / 7.0 - 6.0);
                     }
                 }
             }
@@ -654,7 +686,6 @@ mod tests {
             // The portable loops compute the same bits as the AVX-512 kernel.
             let (mut portable, mut portable_sums) = (e.clone(), vec![0f32; t]);
             softmax_rows_portable(&mut portable, &mut portable_sums, dims, 0.35);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(
                 bits(&portable),
                 bits(&fast),
@@ -673,11 +704,7 @@ mod tests {
                         bits(&row),
                         "T {t} row {i}"
                     );
-                    assert_eq!(
-                        inv_sums[i].to_bits(),
-                        (1.0 / sum).to_bits(),
-                        "T {t} row {i}"
-                    );
+                    assert_eq!(bits(&inv_sums[i..=i]), bits(&[1.0 / sum]), "T {t} row {i}");
                 }
             }
             // The backward rows likewise, on those probabilities and a d P with NaN past the
@@ -702,7 +729,6 @@ mod tests {
                         .map(|(p, x)| 0.35 * p * (x - dot))
                         .collect();
                     row.resize(keys, 0.0);
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&dp[i * s..i * s + keys]), bits(&row), "T {t} row {i}");
                 }
             }

@@ -139,9 +139,10 @@ pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
 /// The 32 lanes' sums added as [`lane_sum`] ends: the warp's butterfly.
 #[inline(always)]
 pub(crate) fn fold_lanes<T: LaneTerm>(lanes: [T; LANES]) -> T {
-    // The butterfly's lane 0: at each step lanes l and l ^ offset hold the same sum, so only
-    // the lower half is carried on (lane l + offset is l's partner). Each half a new array, so
-    // that the steps stay in vector registers (in place, the compiler went through the stack).
+    // The butterfly's lane 0: at each step lanes l and l ^ half hold the same sum, so only the
+    // lower half is carried on, lane l + half being l's partner. Each half a new array, so that
+    // the steps stay in vector registers (in place, the compiler went through the stack).
+    const _: () = assert!(LANES == 32, "fold_lanes halves 32 lanes");
     let half: [T; 16] = std::array::from_fn(|l| lanes[l] + lanes[l + 16]);
     let half: [T; 8] = std::array::from_fn(|l| half[l] + half[l + 8]);
     let half: [T; 4] = std::array::from_fn(|l| half[l] + half[l + 4]);
