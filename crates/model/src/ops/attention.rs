@@ -138,12 +138,11 @@ fn row_blocks(Dims { t, s, .. }: Dims) -> impl Iterator<Item = (usize, usize, us
 /// crate reads B transposed in place for the others, as before.
 fn causal_scores(out: &mut [f32], a: &[f32], b: &[f32], bt: &mut [f32], dims: Dims) {
     let Dims { s, d, .. } = dims;
-    let panel = |keys: usize| panel_product::takes(keys);
-    if row_blocks(dims).any(|(_, _, keys)| panel(keys)) {
+    if row_blocks(dims).any(|(_, _, keys)| panel_product::takes(keys)) {
         panel_product::transpose(&b[..s * d], &mut bt[..s * d], d);
     }
     for (first, rows, keys) in row_blocks(dims) {
-        let b_t = match panel(keys) {
+        let b_t = match panel_product::takes(keys) {
             true => MatRef::rows(bt, s),
             false => MatRef::transposed(b, d),
         };

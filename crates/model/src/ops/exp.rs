@@ -90,25 +90,17 @@ pub(crate) fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f3
     let mut lanes = [0f32; LANES];
     let mut blocks = xs.chunks_exact_mut(LANES);
     for block in &mut blocks {
-        for (x, lane) in block.iter_mut().zip(&mut lanes) {
-            *x = exp((*x - shift) * scale);
-            *lane += *x;
-        }
+        add_exp_block(block, &mut lanes, LANES, shift, scale);
     }
     // The last few elements as a whole block, so that they take vectors as well (attention's
-    // rows of 1 to T keys end in up to 31 of them); the lanes past them add 0, which leaves
-    // a lane's sum (>= +0) as it is.
+    // rows of 1 to T keys end in up to 31 of them).
     let tail = blocks.into_remainder();
-    if tail.is_empty() {
-        return fold_lanes(lanes);
+    if !tail.is_empty() {
+        let mut block = [0f32; LANES];
+        block[..tail.len()].copy_from_slice(tail);
+        add_exp_block(&mut block, &mut lanes, tail.len(), shift, scale);
+        tail.copy_from_slice(&block[..tail.len()]);
     }
-    let mut block = [0f32; LANES];
-    block[..tail.len()].copy_from_slice(tail);
-    for (l, (x, lane)) in block.iter_mut().zip(&mut lanes).enumerate() {
-        *x = exp((*x - shift) * scale);
-        *lane += if l < tail.len() { *x } else { 0.0 };
-    }
-    tail.copy_from_slice(&block[..tail.len()]);
     fold_lanes(lanes)
 }
 
@@ -130,15 +122,21 @@ pub(crate) fn exp_shifted_sum_in_room_loop(
         xs.len()
     );
     let mut lanes = [0f32; LANES];
-    let tail = n % LANES;
     for (b, block) in xs.chunks_exact_mut(LANES).enumerate() {
-        let last = tail > 0 && (b + 1) * LANES > n;
-        for (l, (x, lane)) in block.iter_mut().zip(&mut lanes).enumerate() {
-            *x = exp((*x - shift) * scale);
-            *lane += if !last || l < tail { *x } else { 0.0 };
-        }
+        add_exp_block(block, &mut lanes, (n - b * LANES).min(LANES), shift, scale);
     }
     fold_lanes(lanes)
+}
+
+/// A block of [`LANES`] elements replaced by e^((x - shift) scale), the first `n` of them
+/// added to their lanes; the lanes past them add 0, which leaves a lane's sum (>= +0) as it
+/// is, even where those exponentials overflow or are NaN.
+#[inline(always)]
+fn add_exp_block(block: &mut [f32], lanes: &mut [f32; LANES], n: usize, shift: f32, scale: f32) {
+    for (l, (x, lane)) in block.iter_mut().zip(lanes).enumerate() {
+        *x = exp((*x - shift) * scale);
+        *lane += if l < n { *x } else { 0.0 };
+    }
 }
 
 /// e^x, as described in the module's comment.
