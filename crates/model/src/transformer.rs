@@ -137,7 +137,7 @@ impl Transformer {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_weight(embed_tokens.clone())
+            Linear::from_weight(embed_tokens.clone())?
         } else {
             Linear::new(
                 cfg.hidden_size,
