@@ -6,8 +6,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::exp::{exp_in_place, exp_shifted_sum};
-use super::{f32_slice, fused, fused_on_cuda, last_dim, row_max, rows_per_task, u32_slice};
+use super::exp::{exp_in_place, exp_shifted_sum_of_loop, wide_fma};
+use super::{f32_slice, fused, fused_on_cuda, last_dim, row_max_in, rows_per_task, u32_slice};
 
 /// log(softmax(x)) over the last dimension, stable for large logits.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
@@ -44,13 +44,16 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     token_nll(logits, targets)?.mean_all()
 }
 
-/// log-sum-exp of a row, max-shifted, the exponentials added in the CUDA kernel's order;
-/// they are made in `scratch`, the row's length.
-fn log_sum_exp(row: &[f32], scratch: &mut [f32]) -> f32 {
-    let max = row_max(row);
-    scratch.copy_from_slice(row);
+wide_fma!(
+    /// log-sum-exp of a row, max-shifted, the exponentials added in the CUDA kernel's order.
+    fn log_sum_exp(row: &[f32]) -> f32 = log_sum_exp_loop
+);
+
+#[inline(always)]
+fn log_sum_exp_loop(row: &[f32]) -> f32 {
+    let max = row_max_in::<64>(row);
     // (x - max) * 1 is x - max exactly.
-    max + exp_shifted_sum(scratch, max, 1.0).ln()
+    max + exp_shifted_sum_of_loop(row, max, 1.0).ln()
 }
 
 struct CrossEntropy;
@@ -76,10 +79,7 @@ impl CustomOp2 for CrossEntropy {
         let out: Vec<f32> = x
             .par_chunks(v)
             .zip(t.par_iter())
-            .map_init(
-                || vec![0f32; v],
-                |scratch, (row, &t)| log_sum_exp(row, scratch) - row[t as usize],
-            )
+            .map(|(row, &t)| log_sum_exp(row) - row[t as usize])
             .collect();
         Ok((CpuStorage::F32(out), Shape::from((t.len(), 1))))
     }
@@ -151,7 +151,7 @@ impl CustomOp3 for CrossEntropyBackward {
             .zip(t.par_iter().zip(g.par_iter()))
             .with_min_len(rows_per_task(v))
             .for_each(|((o, row), (&t, &g))| {
-                let lse = log_sum_exp(row, o);
+                let lse = log_sum_exp(row);
                 for (o, x) in o.iter_mut().zip(row) {
                     *o = x - lse;
                 }

@@ -104,6 +104,26 @@ pub(crate) fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f3
     fold_lanes(lanes)
 }
 
+/// The sum [`exp_shifted_sum_loop`] returns (the same bits: its lanes and fold), reading `xs`
+/// only: cross-entropy's log-sum-exp needs no exponentials written.
+#[inline(always)]
+pub(crate) fn exp_shifted_sum_of_loop(xs: &[f32], shift: f32, scale: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut blocks = xs.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (x, lane) in block.iter().zip(&mut lanes) {
+            *lane += exp((*x - shift) * scale);
+        }
+    }
+    let tail = blocks.remainder();
+    if !tail.is_empty() {
+        let mut block = [0f32; LANES];
+        block[..tail.len()].copy_from_slice(tail);
+        add_exp_block(&mut block, &mut lanes, tail.len(), shift, scale);
+    }
+    fold_lanes(lanes)
+}
+
 /// [`exp_shifted_sum_loop`] of `xs[..n]` where `xs` has room for the block of [`LANES`] that
 /// holds the last of them: that block is computed in place, the lanes past `n` left out of the
 /// sum (as the padded copy does) and their elements overwritten with exponentials of whatever
@@ -237,7 +257,8 @@ mod tests {
     #[test]
     fn shifted_exponentials_and_their_sum_are_those_of_the_separate_passes() {
         // The passes the fused one replaces: shift and scale, exp, lane_sum; every length up
-        // to three warps and a row of 257, through the dispatched path and the baseline one.
+        // to three warps and a row of 257, through the dispatched path and the baseline one,
+        // in place, in room and as the sum alone.
         for n in (0..=96).chain([257]) {
             let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * 9.0).collect();
             let (shift, scale) = (2.5f32, 0.177);
@@ -256,6 +277,9 @@ mod tests {
             );
             assert_eq!(bits(&fused), bits(&separate), "n = {n}");
             assert_eq!(bits(&plain), bits(&separate), "n = {n}");
+            // The sum alone, reading the row only.
+            let sum_of = exp_shifted_sum_of_loop(&xs, shift, scale);
+            assert_eq!(sum_of.to_bits(), sum.to_bits(), "n = {n}");
             // In place in the whole blocks, whatever the room past n holds.
             let mut room = xs.clone();
             let junk = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.0];

@@ -156,10 +156,17 @@ pub(crate) fn fold_lanes<T: LaneTerm>(lanes: [T; LANES]) -> T {
 /// The order does not matter to a maximum: the CUDA twins take theirs over a warp's lanes.
 #[inline]
 pub(crate) fn row_max(values: &[f32]) -> f32 {
+    row_max_in::<8>(values)
+}
+
+/// [`row_max`] in `N` independent maxima: long rows (cross-entropy's, a vocabulary long) keep
+/// several vectors of them in flight, where one waited on the one before.
+#[inline]
+pub(crate) fn row_max_in<const N: usize>(values: &[f32]) -> f32 {
     // `if v > m` passes a NaN over as `f32::max` does, and compiles to one max instruction.
     let larger = |m: f32, v: f32| if v > m { v } else { m };
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut lines = values.chunks_exact(8);
+    let mut lanes = [f32::NEG_INFINITY; N];
+    let mut lines = values.chunks_exact(N);
     for line in &mut lines {
         for (lane, v) in lanes.iter_mut().zip(line) {
             *lane = larger(*lane, *v);
@@ -229,6 +236,11 @@ mod tests {
                 }
                 let folded = values.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
                 assert_eq!(row_max(&values), folded, "n = {n}, special {with:?}");
+                assert_eq!(
+                    row_max_in::<64>(&values),
+                    folded,
+                    "n = {n}, special {with:?}"
+                );
             }
         }
         assert!(row_max(&[f32::NAN; 40]) == f32::NEG_INFINITY);
