@@ -160,8 +160,9 @@ pub(crate) fn row_max(values: &[f32]) -> f32 {
 }
 
 /// [`row_max`] in `N` independent maxima: long rows (cross-entropy's, a vocabulary long) keep
-/// several vectors of them in flight, where one waited on the one before.
-#[inline]
+/// several vectors of them in flight, where one waited on the one before. Always inlined, so
+/// that it takes the vector width of the kernel that calls it.
+#[inline(always)]
 pub(crate) fn row_max_in<const N: usize>(values: &[f32]) -> f32 {
     // `if v > m` passes a NaN over as `f32::max` does, and compiles to one max instruction.
     let larger = |m: f32, v: f32| if v > m { v } else { m };
