@@ -10,7 +10,9 @@ use candle_nn::VarBuilder;
 use crate::config::ModelConfig;
 use crate::forward_ctx::{dropout, DropoutRng, ForwardCtx};
 use crate::layers::Linear;
-use crate::ops::{causal_attention, causal_attention_reference, heads_first, heads_last};
+use crate::ops::{
+    causal_attention, causal_attention_reference, heads_first, heads_last, inference_attention,
+};
 use crate::philox_dropout::PhiloxDropout;
 
 /// cos and sin of every position, (max_positions, D), both halves of each head already joined.
@@ -43,9 +45,16 @@ impl RotaryTables {
     /// x: (B, T, heads, D) at positions offset..offset+T -> (B, heads, T, D).
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_b, t, _h, _d) = x.dims4()?;
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let (cos, sin) = self.rows(offset, t, x.dtype())?;
         crate::ops::rope(x, &cos, &sin)
+    }
+
+    /// The (T, D) rows of cos and sin for positions offset..offset+T, in `dtype`.
+    pub fn rows(&self, offset: usize, t: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.narrow(0, offset, t)?.to_dtype(dtype)?,
+            self.sin.narrow(0, offset, t)?.to_dtype(dtype)?,
+        ))
     }
 }
 
@@ -119,10 +128,25 @@ impl Attention {
         let (h, g, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let x = self.q_proj.cast_input(x)?; // once for the three products
         let heads = |proj: &Linear, n: usize| proj.forward(&x)?.reshape((b, t, n, d));
+        let (q, k, v) = (
+            heads(&self.q_proj, h)?,
+            heads(&self.k_proj, g)?,
+            heads(&self.v_proj, g)?,
+        );
+        let scale = 1.0 / (d as f64).sqrt();
+        let drop = ctx.train && self.dropout > 0.0;
+        // Inference without a cache: RoPE inside the attention kernel, on the heads as the
+        // projections lay them out (None where that kernel does not apply).
+        if cache.is_none() && !drop && pos.mask.is_none() {
+            let tables = pos.rope.rows(pos.offset, t, q.dtype())?;
+            if let Some(y) = inference_attention(&q, &k, &v, (&tables.0, &tables.1), scale)? {
+                return self.o_proj.forward(&y.reshape((b, t, h * d))?);
+            }
+        }
         // RoPE moves the heads ahead of the positions, (B, T, n, D) -> (B, n, T, D).
-        let q = pos.rope.apply(&heads(&self.q_proj, h)?, pos.offset)?;
-        let mut k = pos.rope.apply(&heads(&self.k_proj, g)?, pos.offset)?;
-        let mut v = heads_first(&heads(&self.v_proj, g)?)?;
+        let q = pos.rope.apply(&q, pos.offset)?;
+        let mut k = pos.rope.apply(&k, pos.offset)?;
+        let mut v = heads_first(&v)?;
         if let Some(cache) = cache {
             if let Some((k_prev, v_prev)) = cache.as_ref() {
                 k = Tensor::cat(&[k_prev, &k], 2)?;
@@ -130,9 +154,7 @@ impl Attention {
             }
             *cache = Some((k.clone(), v.clone()));
         }
-        let scale = 1.0 / (d as f64).sqrt();
         let s = k.dim(2)?;
-        let drop = ctx.train && self.dropout > 0.0;
         let y = match ctx.rng {
             // Runs written before the Philox generator draw their masks from a ChaCha8 stream.
             DropoutRng::Chacha8 if drop => {

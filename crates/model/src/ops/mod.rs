@@ -30,7 +30,7 @@ pub mod rope;
 pub mod softmax;
 pub(crate) mod wide;
 
-pub use attention::{causal_attention, causal_attention_reference, repeat_kv};
+pub use attention::{causal_attention, causal_attention_reference, inference_attention, repeat_kv};
 pub use cast::cast;
 pub use cross_entropy::{cross_entropy, log_softmax, token_nll, token_nll_reference};
 pub use embedding::{embedding, embedding_op, embedding_reference};

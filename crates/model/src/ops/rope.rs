@@ -72,6 +72,21 @@ fn rotate_row(row: &mut [f32], c: &[f32], s: &[f32], inverse: bool) {
     }
 }
 
+/// [`rotate_row`] forward, from `from` into `to` (both a row of D): what a kernel that reads
+/// a row where it lies takes, without copying it first.
+#[inline(always)]
+pub(crate) fn rotate_row_from(from: &[f32], to: &mut [f32], c: &[f32], s: &[f32]) {
+    let h = to.len() / 2;
+    let (y1, y2) = to.split_at_mut(h);
+    let (y2, x1, x2) = (&mut y2[..h], &from[..h], &from[h..][..h]);
+    let (c1, c2, s1, s2) = (&c[..h], &c[h..][..h], &s[..h], &s[h..][..h]);
+    for j in 0..h {
+        let (a, b) = (x1[j], x2[j]);
+        y1[j] = a * c1[j] - b * s1[j];
+        y2[j] = b * c2[j] + a * s2[j];
+    }
+}
+
 struct Rope;
 
 impl CustomOp3 for Rope {
