@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
-use crate::ops::exp::exp;
+use crate::ops::exp::{exp, exp_of_negated};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs_with, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
@@ -96,7 +96,11 @@ impl Channels for Layer {
 #[inline(always)]
 fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
     match base {
-        BaseAct::Silu => out.fill(row.iter().map(|&x| 1.0 / (1.0 + exp(-x)))),
+        BaseAct::Silu => {
+            let (w, filled) = exp_of_negated(row, out);
+            w.iter_mut().for_each(|w| *w = 1.0 / (1.0 + *w));
+            (w, filled)
+        }
         BaseAct::Relu => out.fill(row.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 })),
         BaseAct::Gelu | BaseAct::Mish => unreachable!("no fused kernel for {base:?}"),
     }

@@ -24,12 +24,11 @@ use super::fresh::{Filled, Fresh};
 use super::{fold_lanes, LANES};
 
 /// e^-x of every x of `xs`, filled into `out`: SiLU's exponential (x / (1 + e^-x)), in a loop
-/// of its own so that the arithmetic after it vectorizes. One pass, where filling -x and
-/// exponentiating it in place took two; inlined, so that it takes the vector width of the
-/// wide code that calls it (`super::wide::widest`).
-#[inline(always)]
+/// of its own so that the arithmetic after it vectorizes.
 pub(crate) fn exp_of_negated<'a>(xs: &[f32], out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
-    out.fill(xs.iter().map(|&x| exp(-x)))
+    let (e, filled) = out.fill(xs.iter().map(|&x| -x));
+    exp_in_place(e);
+    (e, filled)
 }
 
 /// Defines `$name`, which runs `$body` (an `#[inline(always)]` fn of the same arguments)
