@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
-use crate::ops::exp::{exp, exp_of_negated};
+use crate::ops::exp::exp_of_negated;
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs_with, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
@@ -91,8 +91,8 @@ impl Channels for Layer {
 }
 
 /// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
-/// sigmoid for SiLU, the step for ReLU, filled into `out`: the backward pass keeps them in
-/// d up until each is used.
+/// sigmoid for SiLU, the step for ReLU, filled into `out`. In loops of their own (the exp over
+/// the whole row), so that the arithmetic after them vectorizes.
 #[inline(always)]
 fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
     match base {
@@ -104,25 +104,6 @@ fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32
         BaseAct::Relu => out.fill(row.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 })),
         BaseAct::Gelu | BaseAct::Mish => unreachable!("no fused kernel for {base:?}"),
     }
-}
-
-/// One row of the forward pass, (base(g) scale + beta g) u with base(g) = g w(g) (`w` as
-/// [`gate_weights`] computes it, inlined: the whole row is one vectorized pass).
-#[inline(always)]
-fn glu_row<'a, S: Channels>(
-    (gate, up): (&[f32], &[f32]),
-    scale: S,
-    beta: S,
-    w: impl Fn(f32) -> f32,
-    out: Fresh<'a>,
-) -> Filled<'a> {
-    let c = gate.len();
-    let (gate, up) = (&gate[..c], &up[..c]);
-    let values = (0..c).map(|j| {
-        let g = gate[j];
-        (g * w(g) * scale.at(j) + beta.at(j) * g) * up[j]
-    });
-    out.fill(values).1
 }
 
 /// The values per half of [alpha; beta] (`count` in all), which must be 1 or `c`.
@@ -152,15 +133,13 @@ impl FusedDynActGlu {
             widest(|| {
                 // Every slice has length c: the loop runs without bounds checks.
                 let (gr, ur, scale, beta) = (&gr[..c], &ur[..c], scale.row(c), beta.row(c));
-                match self.base {
-                    BaseAct::Silu => {
-                        glu_row((gr, ur), scale, beta, |g| 1.0 / (1.0 + exp(-g)), fresh)
-                    }
-                    BaseAct::Relu => glu_row((gr, ur), scale, beta, |g| f32::from(g > 0.0), fresh),
-                    BaseAct::Gelu | BaseAct::Mish => {
-                        unreachable!("no fused kernel for {:?}", self.base)
-                    }
+                let (o, filled) = gate_weights(gr, self.base, fresh);
+                let o = &mut o[..c];
+                for j in 0..c {
+                    let g = gr[j];
+                    o[j] = (g * o[j] * scale.at(j) + beta.at(j) * g) * ur[j];
                 }
+                filled
             })
         })
     }

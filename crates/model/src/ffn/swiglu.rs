@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use crate::ops::exp::{exp, exp_of_negated};
+use crate::ops::exp::exp_of_negated;
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
@@ -50,8 +50,11 @@ impl CustomOp2 for SwiGlu {
             let (gc, uc) = (&g[range.clone()], &u[range]);
             widest(|| {
                 // Candle's f32 silu is g / (1 + exp(-g)).
-                let silu_up = gc.iter().zip(uc).map(|(&g, &u)| g / (1.0 + exp(-g)) * u);
-                fresh.fill(silu_up).1
+                let (o, filled) = exp_of_negated(gc, fresh);
+                for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
+                    *o = g / (1.0 + *o) * u;
+                }
+                filled
             })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
