@@ -25,12 +25,15 @@ impl Linear {
         Self::from_weight(weight)
     }
 
-    /// A weight that is no variable (an inference model's: detached, nothing trains it here)
-    /// is kept transposed on a CPU, a copy of its own: the GEMM reads it in the order it
+    /// A weight that no gradient reaches (an inference model's: detached, nothing trains it
+    /// here) is kept transposed on a CPU, a copy of its own: the GEMM reads it in the order it
     /// computes in instead of repacking all of it on every product, which took 5-10% of a
-    /// product's time at d = 128 ([`crate::Checkpoint::inference_model`] says what the copy means).
+    /// product's time at d = 128 ([`crate::Checkpoint::inference_model`] says what the copy
+    /// means). Products of more than one row and 256 outputs compute the same bits either way;
+    /// smaller ones (one row when decoding) take the gemm crate's small-product kernels, which
+    /// add in another order for each layout.
     pub fn from_weight(weight: Tensor) -> Result<Self> {
-        let transposed = weight.device().is_cpu() && !weight.is_variable() && weight.rank() == 2;
+        let transposed = weight.device().is_cpu() && !weight.track_op() && weight.rank() == 2;
         Ok(Linear {
             weight: match transposed {
                 true => weight.t()?.contiguous()?,

@@ -599,10 +599,11 @@ impl CustomOp3 for CausalAttentionBackward {
 /// keys at the same T positions, `cos` and `sin` (T, D) their rows of RoPE's tables; returns y
 /// (B, T, H, D), the layout the output projection takes. Each task rotates a head's queries
 /// and keys into its scratch, reads the values and writes y where they lie, so the rotated
-/// (B, heads, T, D) copies and the moves of v and y never happen (RoPE and the moves took 4%
+/// (B, heads, T, D) copies and the moves of v and y never happen (RoPE and the moves took 5%
 /// of a micro evaluation pass). The arithmetic of [`super::rope`], [`causal_attention`] and
 /// [`super::heads_last`] in turn, so the same bits (tested). None where that kernel does not
-/// apply (off the CPU, not f32, a tracked gradient, an odd D, other shapes): the caller takes
+/// apply (off the CPU, not f32, a tracked gradient, an odd D, other shapes) or would leave
+/// cores idle (its tasks are the B batch elements: fewer than the threads): the caller takes
 /// the composition then.
 pub fn inference_attention(
     q: &Tensor,
@@ -620,6 +621,9 @@ pub fn inference_attention(
     };
     let fits = kb == b && kd == d && v.dims() == k.dims() && s == t && g > 0 && h % g == 0;
     if !fits || d % 2 != 0 || cos.dims() != [t, d] || sin.dims() != [t, d] {
+        return Ok(None);
+    }
+    if b < rayon::current_num_threads() {
         return Ok(None);
     }
     let table = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
@@ -700,10 +704,11 @@ impl CustomOp3 for InferenceAttention {
                     self.rotated(kr, (k, kv * d, kv_row));
                     for head in kv * (h / g)..(kv + 1) * (h / g) {
                         self.rotated(qr, (q, head * d, row));
+                        // The values are read in place below, not through the head.
                         let rotated = Head {
                             q: qr,
                             keys: kr,
-                            values: v,
+                            values: &[],
                             mask_first: 0,
                         };
                         attention.exponentials(&rotated, dims, [&mut *e, &mut *inv_sums, &mut *bt]);
@@ -781,7 +786,12 @@ mod tests {
                 .collect();
             Tensor::from_vec(v, dims, dev).unwrap()
         };
-        for (b, t, h, g, d) in [(2, 37, 4, 2, 8), (1, 64, 2, 2, 32), (2, 100, 4, 1, 16)] {
+        // Two threads, so that two batch elements are enough for the op to run.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (b, t, h, g, d) in [(2, 37, 4, 2, 8), (3, 64, 2, 2, 32), (2, 100, 4, 1, 16)] {
             let cfg = crate::ModelConfig {
                 hidden_size: h * d,
                 num_attention_heads: h,
@@ -797,9 +807,10 @@ mod tests {
                 values((b, t, g, d), 3),
             );
             let scale = 1.0 / (d as f64).sqrt();
-            let fused = inference_attention(&q, &k, &v, (&cos, &sin), scale)
+            let fused = pool
+                .install(|| inference_attention(&q, &k, &v, (&cos, &sin), scale))
                 .unwrap()
-                .expect("f32 on a CPU, nothing tracked");
+                .expect("f32 on a CPU, nothing tracked, a batch element per thread");
             let composed = super::super::heads_last(
                 &causal_attention(
                     &super::super::rope(&q, &cos, &sin).unwrap(),
@@ -820,12 +831,19 @@ mod tests {
             assert_eq!(fused.dims(), &[b, t, h, d]);
             assert_eq!(bits(&fused), bits(&composed), "{:?}", (b, t, h, g, d));
         }
-        // A tracked input (training) is left to the composition.
-        let q = Var::from_tensor(&values((1, 4, 2, 8), 4)).unwrap();
-        let k = values((1, 4, 2, 8), 5);
+        // A tracked input (training), and fewer batch elements than threads, are left to the
+        // composition.
+        let q = Var::from_tensor(&values((2, 4, 2, 8), 4)).unwrap();
+        let k = values((2, 4, 2, 8), 5);
         let table = values((1, 1, 4, 8), 6).reshape((4, 8)).unwrap();
-        let none = inference_attention(q.as_tensor(), &k, &k, (&table, &table), 0.5).unwrap();
-        assert!(none.is_none());
+        let run = |q: &Tensor, k: &Tensor| {
+            pool.install(|| inference_attention(q, k, k, (&table, &table), 0.5))
+                .unwrap()
+        };
+        assert!(run(q.as_tensor(), &k).is_none());
+        assert!(run(&k, &k).is_some());
+        let one = k.narrow(0, 0, 1).unwrap();
+        assert!(run(&one, &one).is_none());
     }
 
     #[test]

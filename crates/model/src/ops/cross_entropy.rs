@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::exp::{exp_in_place, exp_shifted_sum_of_loop, wide_fma};
+use super::exp::{exp_in_place, exp_shifted_sum_read_only_loop, wide_fma};
 use super::{f32_slice, fused, fused_on_cuda, last_dim, row_max_in, rows_per_task, u32_slice};
 
 /// log(softmax(x)) over the last dimension, stable for large logits.
@@ -53,7 +53,7 @@ wide_fma!(
 fn log_sum_exp_loop(row: &[f32]) -> f32 {
     let max = row_max_in::<64>(row);
     // (x - max) * 1 is x - max exactly.
-    max + exp_shifted_sum_of_loop(row, max, 1.0).ln()
+    max + exp_shifted_sum_read_only_loop(row, max, 1.0).ln()
 }
 
 struct CrossEntropy;

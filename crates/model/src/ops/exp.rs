@@ -107,7 +107,7 @@ pub(crate) fn exp_shifted_sum_loop(xs: &mut [f32], shift: f32, scale: f32) -> f3
 /// The sum [`exp_shifted_sum_loop`] returns (the same bits: its lanes and fold), reading `xs`
 /// only: cross-entropy's log-sum-exp needs no exponentials written.
 #[inline(always)]
-pub(crate) fn exp_shifted_sum_of_loop(xs: &[f32], shift: f32, scale: f32) -> f32 {
+pub(crate) fn exp_shifted_sum_read_only_loop(xs: &[f32], shift: f32, scale: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut blocks = xs.chunks_exact(LANES);
     for block in &mut blocks {
@@ -278,7 +278,7 @@ mod tests {
             assert_eq!(bits(&fused), bits(&separate), "n = {n}");
             assert_eq!(bits(&plain), bits(&separate), "n = {n}");
             // The sum alone, reading the row only.
-            let sum_of = exp_shifted_sum_of_loop(&xs, shift, scale);
+            let sum_of = exp_shifted_sum_read_only_loop(&xs, shift, scale);
             assert_eq!(sum_of.to_bits(), sum.to_bits(), "n = {n}");
             // In place in the whole blocks, whatever the room past n holds.
             let mut room = xs.clone();

@@ -353,7 +353,8 @@ impl Trainer {
         })
     }
 
-    /// The model with the current weights detached (no autograd graph), for evaluation.
+    /// The model with the current weights detached (no autograd graph), for evaluation: a
+    /// snapshot on a CPU (see `Checkpoint::inference_model`), so make one per evaluation.
     pub fn inference_model(&self) -> Result<Transformer> {
         let checkpoint = Checkpoint {
             config: self.cfg.model.clone(),
