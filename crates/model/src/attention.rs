@@ -42,13 +42,6 @@ impl RotaryTables {
         })
     }
 
-    /// x: (B, T, heads, D) at positions offset..offset+T -> (B, heads, T, D).
-    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_b, t, _h, _d) = x.dims4()?;
-        let (cos, sin) = self.rows(offset, t, x.dtype())?;
-        crate::ops::rope(x, &cos, &sin)
-    }
-
     /// The (T, D) rows of cos and sin for positions offset..offset+T, in `dtype`.
     pub fn rows(&self, offset: usize, t: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
         Ok((
@@ -135,17 +128,18 @@ impl Attention {
         );
         let scale = 1.0 / (d as f64).sqrt();
         let drop = ctx.train && self.dropout > 0.0;
+        // RoPE's rows for these positions, taken once for q and k.
+        let (cos, sin) = pos.rope.rows(pos.offset, t, q.dtype())?;
         // Inference without a cache: RoPE inside the attention kernel, on the heads as the
         // projections lay them out (None where that kernel does not apply).
         if cache.is_none() && !drop && pos.mask.is_none() {
-            let tables = pos.rope.rows(pos.offset, t, q.dtype())?;
-            if let Some(y) = inference_attention(&q, &k, &v, (&tables.0, &tables.1), scale)? {
+            if let Some(y) = inference_attention(&q, &k, &v, (&cos, &sin), scale)? {
                 return self.o_proj.forward(&y.reshape((b, t, h * d))?);
             }
         }
         // RoPE moves the heads ahead of the positions, (B, T, n, D) -> (B, n, T, D).
-        let q = pos.rope.apply(&q, pos.offset)?;
-        let mut k = pos.rope.apply(&k, pos.offset)?;
+        let q = crate::ops::rope(&q, &cos, &sin)?;
+        let mut k = crate::ops::rope(&k, &cos, &sin)?;
         let mut v = heads_first(&v)?;
         if let Some(cache) = cache {
             if let Some((k_prev, v_prev)) = cache.as_ref() {
