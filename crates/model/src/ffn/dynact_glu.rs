@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
-use crate::ops::exp::exp_of_negated;
+use crate::ops::exp::{exp, exp_of_negated, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs_with, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
@@ -61,6 +61,10 @@ trait Channels: Copy + Send + Sync {
     fn row(self, c: usize) -> Self;
     fn at(self, j: usize) -> f32;
 }
+
+/// [`silu_gate_times_up_loop`] for one kind of [`Channels`], compiled for the CPU's widest
+/// vectors: [`silu_gate_times_up_layer`] or [`silu_gate_times_up_channels`].
+type SiluRow<S> = for<'a> fn(&[f32], &[f32], Fresh<'a>, (S, S)) -> (&'a mut [f32], Filled<'a>);
 
 impl Channels for &[f32] {
     #[inline(always)]
@@ -120,16 +124,19 @@ struct FusedDynActGlu {
 }
 
 impl FusedDynActGlu {
-    /// The forward pass over rows of `c` channels.
+    /// The forward pass over rows of `c` channels; `silu` is the row kernel of a SiLU base.
     fn forward_rows<S: Channels>(
         &self,
         (gate, up): (&[f32], &[f32]),
         c: usize,
-        scale: S,
-        beta: S,
+        (scale, beta): (S, S),
+        silu: SiluRow<S>,
     ) -> Vec<f32> {
         par_fresh_chunks(gate.len(), c, |rows, fresh| {
             let (gr, ur) = (&gate[rows.clone()], &up[rows]);
+            if self.base == BaseAct::Silu {
+                return silu(gr, ur, fresh, (scale, beta)).1;
+            }
             widest(|| {
                 // Every slice has length c: the loop runs without bounds checks.
                 let (gr, ur, scale, beta) = (&gr[..c], &ur[..c], scale.row(c), beta.row(c));
@@ -143,6 +150,47 @@ impl FusedDynActGlu {
             })
         })
     }
+}
+
+/// alpha - beta and beta of one layer.
+type LayerPair = (Layer, Layer);
+
+/// alpha - beta and beta of each channel.
+type ChannelPairs<'p> = (&'p [f32], &'p [f32]);
+
+wide_fma!(
+    /// [`silu_gate_times_up_loop`] for a layer's alpha and beta.
+    fn silu_gate_times_up_layer<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>, params: LayerPair) -> (&'a mut [f32], Filled<'a>) =
+        silu_gate_times_up_loop::<Layer>
+);
+
+wide_fma!(
+    /// [`silu_gate_times_up_loop`] for a channel's alpha and beta.
+    fn silu_gate_times_up_channels<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>, params: ChannelPairs<'_>) -> (&'a mut [f32], Filled<'a>) =
+        silu_gate_times_up_loop::<&[f32]>
+);
+
+/// A row of gates g, filled into `out` and each turned into (g w (alpha - beta) + beta g) u,
+/// with SiLU's weight w = 1 / (1 + e^-g) and u the element of `up` at its place: one pass
+/// with its exponential, as SwiGLU's gate ([`super::swiglu`]) computes it. Plain loops, no
+/// closures (see [`crate::ops::exp`]).
+#[inline(always)]
+fn silu_gate_times_up_loop<'a, S: Channels>(
+    gate: &[f32],
+    up: &[f32],
+    out: Fresh<'a>,
+    (scale, beta): (S, S),
+) -> (&'a mut [f32], Filled<'a>) {
+    let (o, filled) = out.fill(gate.iter().copied());
+    let c = o.len();
+    // Every slice has length c: the loop runs without bounds checks.
+    let (up, scale, beta) = (&up[..c], scale.row(c), beta.row(c));
+    for j in 0..c {
+        let g = o[j];
+        let w = 1.0 / (1.0 + exp(-g));
+        o[j] = (g * w * scale.at(j) + beta.at(j) * g) * up[j];
+    }
+    (o, filled)
 }
 
 impl CustomOp3 for FusedDynActGlu {
@@ -167,10 +215,14 @@ impl CustomOp3 for FusedDynActGlu {
         let c = *l1.dims().last().unwrap_or(&1);
         let (alpha, beta) = channel_params(params, c, self.name())?;
         let out = match params.len() / 2 {
-            1 => self.forward_rows((gate, up), c, Layer(alpha[0] - beta[0]), Layer(beta[0])),
+            1 => {
+                let pair = (Layer(alpha[0] - beta[0]), Layer(beta[0]));
+                self.forward_rows((gate, up), c, pair, silu_gate_times_up_layer)
+            }
             _ => {
                 let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
-                self.forward_rows((gate, up), c, &scale[..], &beta[..])
+                let pairs = (&scale[..], &beta[..]);
+                self.forward_rows((gate, up), c, pairs, silu_gate_times_up_channels)
             }
         };
         Ok((CpuStorage::F32(out), l1.shape().clone()))

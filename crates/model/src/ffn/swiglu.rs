@@ -5,8 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use crate::ops::exp::exp_of_negated;
-use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs};
+use crate::ops::exp::{exp, exp_of_negated, wide_fma};
+use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
 
@@ -48,14 +48,7 @@ impl CustomOp2 for SwiGlu {
         );
         let out = par_fresh_chunks(g.len(), rows_per_task(1), |range, fresh| {
             let (gc, uc) = (&g[range.clone()], &u[range]);
-            widest(|| {
-                // Candle's f32 silu is g / (1 + exp(-g)).
-                let (o, filled) = exp_of_negated(gc, fresh);
-                for ((o, &g), &u) in o.iter_mut().zip(gc).zip(uc) {
-                    *o = g / (1.0 + *o) * u;
-                }
-                filled
-            })
+            silu_times_up(gc, uc, fresh).1
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -99,6 +92,27 @@ impl CustomOp2 for SwiGlu {
             Some(flat.narrow(0, n, n)?.reshape(up.shape())?),
         ))
     }
+}
+
+wide_fma!(
+    /// silu(g) u for each gate g of `gate` and u of `up`, filled into `out`: a copy of the
+    /// gates, then each turned into its product in one pass with its exponential, where the
+    /// exponentials took a pass of their own ([`crate::ops::exp::exp_in_place`]) between two
+    /// others and the gate 6.8% of a cpu-repro evaluation pass (perf).
+    fn silu_times_up<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) =
+        silu_times_up_loop
+);
+
+/// Candle's f32 silu, g / (1 + exp(-g)), times u. Plain loops, no closures: inlining a closure
+/// into [`silu_times_up`]'s wrappers is up to the compiler (see [`crate::ops::exp`]).
+#[inline(always)]
+fn silu_times_up_loop<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
+    let (o, filled) = out.fill(gate.iter().copied());
+    let up = &up[..o.len()]; // one length: the loop runs without bounds checks
+    for (g, &u) in o.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+    (o, filled)
 }
 
 /// d/dgate = (g_out * up) * (sigmoid * (1 - silu) + silu), as Candle's silu backward computes
