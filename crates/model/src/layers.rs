@@ -92,6 +92,14 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// (x + y, that sum normalized): a residual add and the norm that reads it, one kernel in
+    /// inference ([`crate::ops::add_rms_norm`]).
+    pub fn add_forward(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        crate::ops::add_rms_norm(x, y, &self.weight, self.eps)
+    }
+}
+
 impl Module for RmsNorm {
     /// x: (..., C) -> (..., C)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

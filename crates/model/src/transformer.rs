@@ -38,15 +38,19 @@ impl DecoderLayer {
         })
     }
 
-    /// x: (B, T, C) -> (B, T, C). `site` numbers this layer's dropout masks.
+    /// x: (B, T, C) -> (B, T, C), with `normed`, x through this layer's input norm, and
+    /// returned beside the output, the output through `next_norm` (the next layer's input
+    /// norm or the final one): each residual add and the norm that reads its sum are one op
+    /// ([`RmsNorm::add_forward`]). `site` numbers this layer's dropout masks.
     fn forward(
         &self,
-        x: &Tensor,
+        (x, normed): (&Tensor, &Tensor),
+        next_norm: &RmsNorm,
         pos: Positions,
         cache: Option<&mut LayerCache>,
         ctx: &ForwardCtx,
         site: u64,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor)> {
         let residual_dropout = |y: Tensor, k: u64| -> Result<Tensor> {
             if ctx.train {
                 dropout(
@@ -60,14 +64,12 @@ impl DecoderLayer {
                 Ok(y)
             }
         };
-        let attn =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(x)?, pos, cache, ctx, site)?;
-        let h = (x + residual_dropout(attn, 1)?)?;
-        let ffn = self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&h)?)?;
-        h + residual_dropout(ffn, 2)?
+        let attn = self.self_attn.forward(normed, pos, cache, ctx, site)?;
+        let (h, h_normed) = self
+            .post_attention_layernorm
+            .add_forward(x, &residual_dropout(attn, 1)?)?;
+        let ffn = self.mlp.forward(&h_normed)?;
+        next_norm.add_forward(&h, &residual_dropout(ffn, 2)?)
     }
 }
 
@@ -278,10 +280,26 @@ impl Transformer {
             offset,
             mask: mask.as_ref(),
         };
+        // x through the norm that reads it next: the first layer's input norm, or the final one.
+        let mut normed = match self.layers.first() {
+            Some(first) => first.input_layernorm.forward(&x)?,
+            None => self.norm.forward(&x)?,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, pos, layer_cache, ctx, 3 * i as u64)?;
+            let next_norm = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.norm, |next| &next.input_layernorm);
+            (x, normed) = layer.forward(
+                (&x, &normed),
+                next_norm,
+                pos,
+                layer_cache,
+                ctx,
+                3 * i as u64,
+            )?;
         }
-        self.lm_head.forward(&self.norm.forward(&x)?) // (B, T, V)
+        self.lm_head.forward(&normed) // (B, T, V)
     }
 }

@@ -96,6 +96,55 @@ fn fused_rms_norm_matches_its_reference() {
     );
 }
 
+/// The bits of every element of `t`.
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn the_fused_residual_add_and_norm_are_the_add_and_the_norm() {
+    // Rows of 37 and 128 channels: the kernel's tasks of whole rows, with and without a tail
+    // of the vector width.
+    for (dims, seed) in [(vec![3, 45, 37], 7), (vec![2, 70, 128], 11)] {
+        let (x, y) = (randn(&dims, seed), randn(&dims, seed + 1));
+        let weight = randn(&dims[2..], seed + 2);
+        let (h, normed) = ops::add_rms_norm(&x, &y, &weight, 1e-5).unwrap();
+        // No input tracks a gradient: one kernel, whose values are the two ops' bit for bit.
+        assert!(!h.track_op() && !normed.track_op());
+        let sum = (&x + &y).unwrap();
+        assert_eq!(h.dims(), &dims[..]);
+        assert_eq!(bits(&h), bits(&sum));
+        assert_eq!(
+            bits(&normed),
+            bits(&ops::rms_norm(&sum, &weight, 1e-5).unwrap())
+        );
+        assert_close(
+            &normed,
+            &ops::rms_norm_reference(&sum, &weight, 1e-5).unwrap(),
+            1e-5,
+            "add_rms_norm vs the reference norm",
+        );
+    }
+    // A tracked input takes the two ops, and its gradients flow through both outputs.
+    let (x, y) = (randn(&[2, 5, 8], 1), randn(&[2, 5, 8], 2));
+    let weight = randn(&[8], 3);
+    let w = randn(&[2, 5, 8], 4);
+    compare(
+        &[&x, &y, &weight],
+        &w,
+        |t| {
+            let (h, normed) = ops::add_rms_norm(&t[0], &t[1], &t[2], 1e-5).unwrap();
+            (h + normed).unwrap()
+        },
+        |t| {
+            let h = (&t[0] + &t[1]).unwrap();
+            (&h + ops::rms_norm_reference(&h, &t[2], 1e-5).unwrap()).unwrap()
+        },
+        "add_rms_norm",
+    );
+}
+
 #[test]
 fn fused_causal_softmax_matches_its_reference_and_masked_softmax() {
     // 6 queries after 3 cached positions: (B, H, T, S) = (2, 3, 6, 9).

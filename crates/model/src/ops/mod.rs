@@ -36,7 +36,7 @@ pub use cross_entropy::{cross_entropy, log_softmax, token_nll, token_nll_referen
 pub use embedding::{embedding, embedding_op, embedding_reference};
 pub use heads::{heads_first, heads_first_reference, heads_last};
 pub use matmul::{product, product_reference, widened_product, widened_product_reference, Form};
-pub use rms_norm::{rms_norm, rms_norm_reference};
+pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
 pub use softmax::{causal_mask, causal_softmax, causal_softmax_reference, softmax};
 
