@@ -170,10 +170,10 @@ wide_fma!(
         silu_gate_times_up_loop::<&[f32]>
 );
 
-/// A row of gates g, filled into `out` and each turned into (g w (alpha - beta) + beta g) u,
-/// with SiLU's weight w = 1 / (1 + e^-g) and u the element of `up` at its place: one pass
-/// with its exponential, as SwiGLU's gate ([`super::swiglu`]) computes it. Plain loops, no
-/// closures (see [`crate::ops::exp`]).
+/// For a row of gates g, (g w (alpha - beta) + beta g) u filled into `out`, with SiLU's weight
+/// w = 1 / (1 + e^-g) and u the element of `up` at its place: one pass with its exponential,
+/// as SwiGLU's gate ([`super::swiglu`]) computes it. A plain loop, no closure (see
+/// [`Fresh::into_slots`]).
 #[inline(always)]
 fn silu_gate_times_up_loop<'a, S: Channels>(
     gate: &[f32],
@@ -181,16 +181,23 @@ fn silu_gate_times_up_loop<'a, S: Channels>(
     out: Fresh<'a>,
     (scale, beta): (S, S),
 ) -> (&'a mut [f32], Filled<'a>) {
-    let (o, filled) = out.fill(gate.iter().copied());
-    let c = o.len();
+    let slots = out.into_slots();
+    let c = slots.len();
+    assert!(
+        gate.len() == c && up.len() == c,
+        "dynact-glu: a row of {} gates and {} ups for {c} outputs",
+        gate.len(),
+        up.len()
+    );
     // Every slice has length c: the loop runs without bounds checks.
-    let (up, scale, beta) = (&up[..c], scale.row(c), beta.row(c));
+    let (gate, up, scale, beta) = (&gate[..c], &up[..c], scale.row(c), beta.row(c));
     for j in 0..c {
-        let g = o[j];
+        let g = gate[j];
         let w = 1.0 / (1.0 + exp(-g));
-        o[j] = (g * w * scale.at(j) + beta.at(j) * g) * up[j];
+        slots[j].write((g * w * scale.at(j) + beta.at(j) * g) * up[j]);
     }
-    (o, filled)
+    // SAFETY: the loop wrote every slot, 0..c.
+    unsafe { Fresh::assume_filled(slots) }
 }
 
 impl CustomOp3 for FusedDynActGlu {

@@ -95,24 +95,31 @@ impl CustomOp2 for SwiGlu {
 }
 
 wide_fma!(
-    /// silu(g) u for each gate g of `gate` and u of `up`, filled into `out`: a copy of the
-    /// gates, then each turned into its product in one pass with its exponential, where the
-    /// exponentials took a pass of their own ([`crate::ops::exp::exp_in_place`]) between two
-    /// others and the gate 6.8% of a cpu-repro evaluation pass (perf).
+    /// silu(g) u for each gate g of `gate` and u of `up`, filled into `out` in one pass with
+    /// its exponential, where the exponentials took a pass of their own
+    /// ([`crate::ops::exp::exp_in_place`]) between two others and the gate 7.2% of a cpu-repro
+    /// evaluation pass (perf).
     fn silu_times_up<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) =
         silu_times_up_loop
 );
 
-/// Candle's f32 silu, g / (1 + exp(-g)), times u. Plain loops, no closures: inlining a closure
-/// into [`silu_times_up`]'s wrappers is up to the compiler (see [`crate::ops::exp`]).
+/// Candle's f32 silu, g / (1 + exp(-g)), times u. A plain loop, no closure (see
+/// [`Fresh::into_slots`]).
 #[inline(always)]
 fn silu_times_up_loop<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
-    let (o, filled) = out.fill(gate.iter().copied());
-    let up = &up[..o.len()]; // one length: the loop runs without bounds checks
-    for (g, &u) in o.iter_mut().zip(up) {
-        *g = *g / (1.0 + exp(-*g)) * u;
+    let slots = out.into_slots();
+    assert!(
+        gate.len() == slots.len() && up.len() == slots.len(),
+        "swiglu: a chunk of {} gates and {} ups for {} outputs",
+        gate.len(),
+        up.len(),
+        slots.len()
+    );
+    for ((slot, &g), &u) in slots.iter_mut().zip(gate).zip(up) {
+        slot.write(g / (1.0 + exp(-g)) * u);
     }
-    (o, filled)
+    // SAFETY: the loop wrote every slot: the three lengths are equal (asserted).
+    unsafe { Fresh::assume_filled(slots) }
 }
 
 /// d/dgate = (g_out * up) * (sigmoid * (1 - silu) + silu), as Candle's silu backward computes

@@ -54,6 +54,28 @@ impl<'a> Fresh<'a> {
         (init, filled)
     }
 
+    /// The chunk's slots, for a plain loop that writes every one of them, then
+    /// [`Fresh::assume_filled`]: inside a `wide_fma!` wrapper such a loop compiles at the
+    /// wrapper's vector width for sure, where a closure given to [`Fresh::fill`] does only if
+    /// the compiler inlines it (see `ops::exp`).
+    #[inline(always)]
+    pub fn into_slots(self) -> &'a mut [MaybeUninit<f32>] {
+        self.0
+    }
+
+    /// `slots` (from [`Fresh::into_slots`]) as f32s, with the proof.
+    ///
+    /// # Safety
+    /// Every element of `slots` was written.
+    #[inline(always)]
+    pub unsafe fn assume_filled(slots: &'a mut [MaybeUninit<f32>]) -> (&'a mut [f32], Filled<'a>) {
+        let filled = Filled::of(slots);
+        // SAFETY: every element was written (the caller's promise), and MaybeUninit<f32> has
+        // f32's layout.
+        let init = unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        (init, filled)
+    }
+
     /// Fills the chunk row by row, rows of `width` (the last one shorter): `fill_row(r, row)`
     /// for each in order.
     #[inline(always)]
