@@ -90,9 +90,7 @@ impl RmsNorm {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
         Ok(RmsNorm { weight, eps })
     }
-}
 
-impl RmsNorm {
     /// (x + y, that sum normalized): a residual add and the norm that reads it, one kernel in
     /// inference ([`crate::ops::add_rms_norm`]).
     pub fn add_forward(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -96,7 +96,8 @@ impl Channels for Layer {
 
 /// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
 /// sigmoid for SiLU, the step for ReLU, filled into `out`. In loops of their own (the exp over
-/// the whole row), so that the arithmetic after them vectorizes.
+/// the whole row), so that the arithmetic after them vectorizes: the backward pass, and the
+/// forward pass of a ReLU base (a SiLU base's forward takes [`silu_gate_times_up_loop`]).
 #[inline(always)]
 fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
     match base {

@@ -1,5 +1,6 @@
 //! Op outputs written once: a fresh vector is handed out in chunks that nothing has written
-//! yet, and each chunk turns into f32s only by being filled in full. `vec![0f32; n]` wrote
+//! yet, and each chunk turns into f32s only by being filled in full (by an iterator, or by a
+//! plain loop over its slots that promises so, unsafely). `vec![0f32; n]` wrote
 //! every output twice, zeros first (the allocator's memset: 4% of an evaluation pass, 5-6%
 //! of a training step, perf on micro).
 
@@ -11,19 +12,20 @@ use rayon::prelude::*;
 
 use super::rows_per_task;
 
-/// A chunk of a fresh output that nothing has written yet. [`Fresh::fill`] is the only way to
-/// read it as f32s, and it writes every element.
+/// A chunk of a fresh output that nothing has written yet. It becomes f32s through
+/// [`Fresh::fill`], [`Fresh::fill_rows`] (both write every element) or, for a plain loop that
+/// writes every slot, [`Fresh::into_slots`] and the unsafe [`Fresh::assume_filled`].
 pub(crate) struct Fresh<'a>(&'a mut [MaybeUninit<f32>]);
 
 /// Proof that the [`Fresh`] chunk of lifetime `'a` was filled: what the closure of
 /// [`par_fresh_chunks`] returns for each chunk. The lifetime (invariant) ties it to that
 /// chunk: a closure that must return `Filled<'c>` for a chunk `Fresh<'c>` of any lifetime
-/// cannot hand back a proof kept from elsewhere. Its address is checked as well.
-pub(crate) struct Filled<'a>(usize, PhantomData<fn(&'a ()) -> &'a ()>);
+/// cannot hand back a proof kept from elsewhere. Its address and length are checked as well.
+pub(crate) struct Filled<'a>((usize, usize), PhantomData<fn(&'a ()) -> &'a ()>);
 
 impl Filled<'_> {
     fn of(slots: &[MaybeUninit<f32>]) -> Self {
-        Filled(slots.as_ptr() as usize, PhantomData)
+        Filled((slots.as_ptr() as usize, slots.len()), PhantomData)
     }
 }
 

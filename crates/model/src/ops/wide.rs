@@ -6,8 +6,9 @@
 //! and IEEE division is exact in any width.
 
 /// `f()`, compiled for AVX-512 where the CPU has it (else as it is). `f` profits only where
-/// the compiler inlines it into the wrapper, which it does for the gates' closures (perf shows
-/// their 16-lane divisions) but is not bound to; `exp` keeps explicit wrappers for that reason.
+/// the compiler inlines it into the wrapper, which it does for the gates' backward closures
+/// (perf shows their 16-lane divisions) but is not bound to; `exp`, and the gates' forward
+/// passes with their exp inline, keep explicit wrappers (`wide_fma!`) for that reason.
 #[inline(always)]
 pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
