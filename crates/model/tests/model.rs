@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::Optimizer;
 use common::{ids, max_abs_diff, tiny};
 use dynact_model::{
-    init_model, DropoutRng, FfnKind, ForwardCtx, Granularity, KvCache, ParamSummary, Transformer,
+    init_model, Checkpoint, DropoutRng, FfnKind, ForwardCtx, Granularity, KvCache, ParamSummary,
 };
 
 #[test]
@@ -73,18 +71,15 @@ fn attention_is_causal() {
 fn cached_decoding_equals_full_pass() {
     let dev = Device::Cpu;
     let cfg = tiny(FfnKind::Dynactglu);
-    let (vm, model) = init_model(&cfg, 5, &dev).unwrap();
-    // The same weights detached, as an inference model holds them: its passes take the
-    // kernels that only run where nothing is trained (the residual adds fused with the norms).
-    let detached: HashMap<String, Tensor> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    let vb = candle_nn::VarBuilder::from_tensors(detached, DType::F32, &dev);
-    let inference = Transformer::new(&cfg, vb).unwrap();
+    let (varmap, model) = init_model(&cfg, 5, &dev).unwrap();
+    // The same weights detached: an inference model's passes take the kernels that only run
+    // where nothing is trained (the residual adds fused with the norms).
+    let inference = Checkpoint {
+        config: cfg.clone(),
+        varmap,
+    }
+    .inference_model(&dev)
+    .unwrap();
     let x = ids(2, 10, 48, 4);
     let full = model.forward(&x, &ForwardCtx::EVAL).unwrap();
     for model in [&model, &inference] {

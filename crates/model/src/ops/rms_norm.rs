@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::fresh::{par_fresh_chunks, par_fresh_pairs};
+use super::fresh::{par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
 use super::wide::widest;
 use super::ROWS_PER_BLOCK;
 use super::{f32_slice, fused, lane_dot, lane_sum, last_dim, sum_block_partials};
@@ -93,9 +93,7 @@ impl CustomOp3 for AddRmsNorm {
             let (x, y) = (&x[row.clone()], &y[row]);
             widest(|| {
                 let (h, h_filled) = h.fill(x.iter().zip(y).map(|(a, b)| a + b));
-                let r = inv_rms(h, self.eps);
-                let normed = normed.fill(h.iter().zip(w).map(|(v, w)| v * r * w)).1;
-                (h_filled, normed)
+                (h_filled, normalized_row(h, w, self.eps, normed).1)
             })
         });
         Ok((CpuStorage::F32(out), Shape::from(2 * x.len())))
@@ -111,6 +109,19 @@ struct RmsNorm {
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
     let ms = lane_dot(row, row) / row.len() as f32;
     1.0 / (ms + eps).sqrt()
+}
+
+/// `row` / rms(row) * `weight`, filled into `out`: the forward arithmetic of [`RmsNorm`] and
+/// [`AddRmsNorm`], one row.
+#[inline(always)]
+fn normalized_row<'a>(
+    row: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: Fresh<'a>,
+) -> (&'a mut [f32], Filled<'a>) {
+    let r = inv_rms(row, eps);
+    out.fill(row.iter().zip(weight).map(|(v, w)| v * r * w))
 }
 
 impl CustomOp2 for RmsNorm {
@@ -129,11 +140,7 @@ impl CustomOp2 for RmsNorm {
         let w = f32_slice(s2, l2, self.name())?;
         let n = last_dim(l1);
         let out = par_fresh_chunks(x.len(), n, |row, fresh| {
-            let row = &x[row];
-            widest(|| {
-                let r = inv_rms(row, self.eps);
-                fresh.fill(row.iter().zip(w).map(|(v, w)| v * r * w)).1
-            })
+            widest(|| normalized_row(&x[row], w, self.eps, fresh).1)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
