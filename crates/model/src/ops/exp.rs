@@ -32,20 +32,20 @@ pub(crate) fn exp_of_negated<'a>(xs: &[f32], out: Fresh<'a>) -> (&'a mut [f32], 
 }
 
 /// Defines `$name`, which runs `$body` (an `#[inline(always)]` fn of the same arguments, with
-/// at most one lifetime parameter) compiled for AVX-512 or AVX2 with FMA where the CPU has
+/// lifetime parameters only) compiled for AVX-512 or AVX2 with FMA where the CPU has
 /// them, else as it is: the explicit wrappers this module's comment explains, one per width.
 macro_rules! wide_fma {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident$(<$lt:lifetime>)?($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:path) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident$(<$($lt:lifetime),+>)?($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:path) => {
         $(#[$doc])*
-        $vis fn $name$(<$lt>)?($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name$(<$($lt),+>)?($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,fma")]
-                fn avx512$(<$lt>)?($($arg: $ty),*) $(-> $ret)? {
+                fn avx512$(<$($lt),+>)?($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2$(<$lt>)?($($arg: $ty),*) $(-> $ret)? {
+                fn avx2$(<$($lt),+>)?($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
