@@ -180,3 +180,29 @@ fn widened_products_refuse_operands_that_do_not_fit() {
         .to_string();
     assert!(err.contains("both be bf16 or both f16"), "{err}");
 }
+
+#[test]
+fn f32_products_shared_among_threads_by_columns_are_candle_s() {
+    // Large enough for the threads to split (m n k over the gemm crate's threshold), with a
+    // last block of columns short of 64, and k past the gemm crate's blocks of 512.
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for form in [Form::AB, Form::ABt, Form::AtB] {
+            for (m, n, k) in [(100, 200, 70), (37, 330, 600), (768, 128, 128)] {
+                let what = format!("{form:?} ({m}, {n}, {k}) on {threads} threads");
+                let [da, db] = operand_dims(form, &[], (m, n, k));
+                let (a, b) = (randn(&da, 21), randn(&db, 22));
+                let (y, y_ref) = pool.install(|| {
+                    (
+                        product(&a, &b, form, DType::F32).unwrap(),
+                        product_reference(&a, &b, form).unwrap(),
+                    )
+                });
+                assert_eq!(max_abs_diff(&y, &y_ref), 0.0, "{what}");
+            }
+        }
+    }
+}
