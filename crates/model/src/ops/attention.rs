@@ -17,8 +17,7 @@ use rayon::prelude::*;
 use super::exp::exp;
 use super::exp::{exp_shifted_sum_in_room_loop, exp_shifted_sum_loop, wide_fma};
 use super::panel_product::{self, MatRef};
-use super::rope::rotate_row_from;
-use super::wide::widest;
+use super::rope::rotate_rows_from;
 use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form, LANES};
 use crate::philox::apply_dropout_from;
 use crate::philox_dropout::PhiloxDropout;
@@ -726,14 +725,7 @@ impl InferenceAttention {
     /// Rows of `of` (`stride` apart, each starting at `at`) rotated into the rows of `to`, row
     /// i by RoPE's row i.
     fn rotated(&self, to: &mut [f32], (of, at, stride): (&[f32], usize, usize)) {
-        let d = self.dims.d;
-        widest(|| {
-            for (i, row) in to.chunks_exact_mut(d).enumerate() {
-                let p = i * d;
-                let from = &of[i * stride + at..][..d];
-                rotate_row_from(from, row, &self.cos[p..][..d], &self.sin[p..][..d]);
-            }
-        })
+        rotate_rows_from(to, (&of[at..], stride), (&self.cos, &self.sin), self.dims.d);
     }
 }
 
@@ -866,7 +858,12 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        for (b, t, h, g, d) in [(2, 37, 4, 2, 8), (3, 64, 2, 2, 32), (2, 100, 4, 1, 16)] {
+        for (b, t, h, g, d) in [
+            (2, 37, 4, 2, 8),
+            (3, 64, 2, 2, 32),
+            (2, 100, 4, 1, 16),
+            (2, 40, 2, 1, 64),
+        ] {
             let cfg = crate::ModelConfig {
                 hidden_size: h * d,
                 num_attention_heads: h,
