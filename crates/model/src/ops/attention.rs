@@ -9,6 +9,7 @@
 //! positions S-T .. S-1, S keys, D head width.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -16,6 +17,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::exp::exp;
 use super::exp::{exp_shifted_sum_in_room_loop, exp_shifted_sum_loop, wide_fma};
+use super::fresh::{par_fresh_chunks, Fresh};
 use super::panel_product::{self, MatRef};
 use super::rope::rotate_rows_from;
 use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form, LANES};
@@ -161,21 +163,21 @@ fn causal_scores(out: &mut [f32], a: &[f32], b: &[f32], bt: &mut [f32], dims: Di
 
 /// out (T, D) = P (T, S) M (S, D) for a causal P (0 past the keys each row sees), block by
 /// block. The rows of M and of out lie `m_stride` and `out_stride` elements apart (D where
-/// they are a head's own matrices).
+/// they are a head's own matrices). Writes every element of out's (T, D) and reads none: out
+/// may be fresh.
 fn causal_product(
-    (out, out_stride): (&mut [f32], usize),
+    (out, out_stride): (&mut [MaybeUninit<f32>], usize),
     p: &[f32],
     (m, m_stride): (&[f32], usize),
     dims: Dims,
 ) {
     let Dims { s, d, .. } = dims;
     for (first, rows, keys) in row_blocks(dims) {
-        panel_product::product(
+        panel_product::product_into(
             (&mut out[first * out_stride..], out_stride),
             MatRef::rows(&p[first * s..], s),
             MatRef::rows(m, m_stride),
             (rows, d, keys),
-            false,
         );
     }
 }
@@ -534,23 +536,31 @@ impl CustomOp3 for CausalAttention {
             f32_slice(s3, l3, self.name())?,
         );
         let Dims { t, s, d, .. } = dims;
-        let mut out = vec![0f32; inputs.0.len()];
-        // One task per (batch, head): its (T, S) exponentials stay in its thread's scratch
-        // ([`Scratch`]); the buffer for them after dropout only with dropout. The rows are
-        // normalised after the product, (T, D) values instead of the (T, S) exponentials
-        // (dropout scales each element, so it commutes).
+        // One task per (batch, head), writing its (T, D) of a fresh output (no zeros first):
+        // its (T, S) exponentials stay in its thread's scratch ([`Scratch`]); the buffer for
+        // them after dropout only with dropout. The rows are normalised after the product,
+        // (T, D) values instead of the (T, S) exponentials (dropout scales each element, so
+        // it commutes).
         let kept_len = self.dropout.map_or(0, |_| t * s);
-        out.par_chunks_mut(t * d)
-            .enumerate()
-            .for_each_init(Scratch::take, |scratch, (bh, y)| {
-                let [e, kept, inv_sums, bt] = scratch.buffers([t * s, kept_len, t, s * d]);
-                let head = self.head(dims, inputs, bh);
-                self.exponentials(&head, dims, [&mut *e, &mut *inv_sums, bt]);
-                causal_product((y, d), self.drop(&head, e, kept), (head.values, d), dims);
-                for (row, inv) in y.chunks_mut(d).zip(&*inv_sums) {
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
-            });
+        let out = par_fresh_chunks(inputs.0.len(), t * d, |range, fresh| {
+            let mut scratch = Scratch::take();
+            let [e, kept, inv_sums, bt] = scratch.buffers([t * s, kept_len, t, s * d]);
+            let head = self.head(dims, inputs, range.start / (t * d));
+            self.exponentials(&head, dims, [&mut *e, &mut *inv_sums, bt]);
+            let y = fresh.into_slots();
+            causal_product(
+                (&mut *y, d),
+                self.drop(&head, e, kept),
+                (head.values, d),
+                dims,
+            );
+            // SAFETY: the product wrote all (T, D) of y.
+            let (y, filled) = unsafe { Fresh::assume_filled(y) };
+            for (row, inv) in y.chunks_mut(d).zip(&*inv_sums) {
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            filled
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -660,6 +670,8 @@ impl CustomOp3 for CausalAttentionBackward {
                         None => causal_scores(dp, gy, head.values, bt, dims),
                     }
                     softmax_backward_rows(dp, p, dims, fwd.scale);
+                    // SAFETY: the product writes values only.
+                    let dq = unsafe { panel_product::slots_of(dq) };
                     causal_product((dq, d), dp, (head.keys, d), dims);
                     add_causal_product_transposed(dk, dp, head.q, dims);
                 }
@@ -756,38 +768,42 @@ impl CustomOp3 for InferenceAttention {
             scale: self.scale,
             dropout: None,
         };
-        let mut out = vec![0f32; q.len()];
-        // One task per batch element: its (T, H D) block of y is its own.
-        out.par_chunks_mut(t * row)
-            .enumerate()
-            .for_each_init(Scratch::take, |scratch, (bi, y)| {
-                let [e, inv_sums, bt, qr, kr] = scratch.buffers([t * s, t, s * d, t * d, s * d]);
-                let q = &q[bi * t * row..][..t * row];
-                let (k, v) = (
-                    &k[bi * s * kv_row..][..s * kv_row],
-                    &v[bi * s * kv_row..][..s * kv_row],
-                );
-                for kv in 0..g {
-                    self.rotated(kr, (k, kv * d, kv_row));
-                    for head in kv * (h / g)..(kv + 1) * (h / g) {
-                        self.rotated(qr, (q, head * d, row));
-                        // The values are read in place below, not through the head.
-                        let rotated = Head {
-                            q: qr,
-                            keys: kr,
-                            values: &[],
-                            mask_first: 0,
-                        };
-                        attention.exponentials(&rotated, dims, [&mut *e, &mut *inv_sums, &mut *bt]);
-                        causal_product((&mut y[head * d..], row), e, (&v[kv * d..], kv_row), dims);
-                        for (i, inv) in inv_sums.iter().enumerate() {
-                            y[i * row + head * d..][..d]
-                                .iter_mut()
-                                .for_each(|x| *x *= inv);
+        // One task per batch element: its (T, H D) block of a fresh y (no zeros first) is
+        // its own, each head's D columns written by its product.
+        let out = par_fresh_chunks(q.len(), t * row, |range, fresh| {
+            let bi = range.start / (t * row);
+            let mut scratch = Scratch::take();
+            let [e, inv_sums, bt, qr, kr] = scratch.buffers([t * s, t, s * d, t * d, s * d]);
+            let q = &q[bi * t * row..][..t * row];
+            let (k, v) = (
+                &k[bi * s * kv_row..][..s * kv_row],
+                &v[bi * s * kv_row..][..s * kv_row],
+            );
+            let y = fresh.into_slots();
+            for kv in 0..g {
+                self.rotated(kr, (k, kv * d, kv_row));
+                for head in kv * (h / g)..(kv + 1) * (h / g) {
+                    self.rotated(qr, (q, head * d, row));
+                    // The values are read in place below, not through the head.
+                    let rotated = Head {
+                        q: qr,
+                        keys: kr,
+                        values: &[],
+                        mask_first: 0,
+                    };
+                    attention.exponentials(&rotated, dims, [&mut *e, &mut *inv_sums, &mut *bt]);
+                    causal_product((&mut y[head * d..], row), e, (&v[kv * d..], kv_row), dims);
+                    for (i, inv) in inv_sums.iter().enumerate() {
+                        for x in &mut y[i * row + head * d..][..d] {
+                            // SAFETY: the product just wrote the head's (T, D).
+                            x.write(unsafe { x.assume_init_read() } * inv);
                         }
                     }
                 }
-            });
+            }
+            // SAFETY: the H heads' products wrote all (T, H D) of y.
+            unsafe { Fresh::assume_filled(y) }.1
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

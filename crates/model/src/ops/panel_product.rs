@@ -7,6 +7,8 @@
 //! fused multiply-adds over k in order, as the gemm crate's kernels compute it (the same bits,
 //! tested). The rest go to the gemm crate.
 
+use std::mem::MaybeUninit;
+
 /// Whether [`product`] takes the panel kernel for `n` columns on this CPU: AVX-512 and n a
 /// multiple of 32.
 pub(crate) fn takes(n: usize) -> bool {
@@ -76,8 +78,46 @@ pub(crate) fn product(
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
 ) {
+    // SAFETY: out's elements all hold values, as accumulating needs, and the product writes
+    // values only (slots_of).
+    unsafe { product_into_slots((slots_of(out), out_stride), a, b, (m, n, k), accumulate) }
+}
+
+/// [`product`] without accumulating, into slots that need not hold values yet (a fresh
+/// output): it writes every element of the (m, n) block and reads none, so the buffer needs
+/// no zeros first.
+pub(crate) fn product_into(
+    (out, out_stride): (&mut [MaybeUninit<f32>], usize),
+    a: MatRef,
+    b: MatRef,
+    (m, n, k): (usize, usize, usize),
+) {
+    // SAFETY: nothing is read from out without accumulating.
+    unsafe { product_into_slots((out, out_stride), a, b, (m, n, k), false) }
+}
+
+/// f32s seen as slots, for [`product_into`] or the like.
+///
+/// # Safety
+/// Only values may be written through the result (never `MaybeUninit::uninit()`).
+pub(crate) unsafe fn slots_of(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller writes values only.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// The body of [`product`] and [`product_into`].
+///
+/// # Safety
+/// Where `accumulate`, the (m, n) block of out holds values.
+unsafe fn product_into_slots(
+    (out, out_stride): (&mut [MaybeUninit<f32>], usize),
+    a: MatRef,
+    b: MatRef,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
     let out_view = MatRef {
-        data: out,
+        data: &[],
         row_stride: out_stride,
         col_stride: 1,
     };
@@ -104,7 +144,9 @@ pub(crate) fn product(
             for panel in (0..n).step_by(PANEL) {
                 for first in (0..m).step_by(ROWS) {
                     let tile = (
-                        out.as_mut_ptr().add(first * out_stride + panel),
+                        out.as_mut_ptr()
+                            .cast::<f32>()
+                            .add(first * out_stride + panel),
                         a.data.as_ptr().add(first * a.row_stride),
                         b.data.as_ptr().add(panel),
                     );
@@ -114,8 +156,16 @@ pub(crate) fn product(
         }
         return;
     }
-    // SAFETY: as above, for every index gemm forms.
-    unsafe { gemm_product((out, out_stride), a, b, (m, n, k), accumulate) }
+    // SAFETY: as above, for every index gemm forms; gemm reads out only where accumulating.
+    unsafe {
+        gemm_product(
+            (out.as_mut_ptr().cast(), out_stride),
+            a,
+            b,
+            (m, n, k),
+            accumulate,
+        )
+    }
 }
 
 /// `to` (cols, rows) = the transpose of `from` (rows, cols), both row-major: a right factor
@@ -209,9 +259,10 @@ unsafe fn transpose_block(from: *const f32, from_stride: usize, to: *mut f32, to
 /// [`product`] by the gemm crate, single-threaded (the callers run one task per head).
 ///
 /// # Safety
-/// The operands must hold the (m, n), (m, k) and (k, n) matrices at their strides.
+/// The operands must hold the (m, n), (m, k) and (k, n) matrices at their strides, out's
+/// holding values where `accumulate`.
 unsafe fn gemm_product(
-    (out, out_stride): (&mut [f32], usize),
+    (out, out_stride): (*mut f32, usize),
     a: MatRef,
     b: MatRef,
     (m, n, k): (usize, usize, usize),
@@ -223,7 +274,7 @@ unsafe fn gemm_product(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
             out_stride as isize,
             accumulate,
@@ -356,7 +407,15 @@ mod tests {
                     product((&mut ours, stride), a_m, b_m, (m, n, k), accumulate);
                     let mut theirs = old.clone();
                     // SAFETY: the shapes and strides fit the vectors.
-                    unsafe { gemm_product((&mut theirs, stride), a_m, b_m, (m, n, k), accumulate) };
+                    unsafe {
+                        gemm_product(
+                            (theirs.as_mut_ptr(), stride),
+                            a_m,
+                            b_m,
+                            (m, n, k),
+                            accumulate,
+                        )
+                    };
                     for r in 0..m {
                         for c in 0..stride {
                             let at = r * stride + c;
