@@ -565,6 +565,68 @@ fn moving_heads_is_candle_s_transpose_and_the_kernel_source_agrees() {
 }
 
 #[test]
+fn stacked_gate_products_are_the_gate_products_of_the_halves() {
+    use candle_nn::VarBuilder;
+    use dynact_model::ffn::{dynact_glu, dynact_glu_stacked, swiglu, swiglu_stacked};
+    use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
+    // Rows of [gate | up] (an inference model's one product of the stacked weights): F = 37
+    // (a vector tail) and 352 (cpu-repro's), rows past one task's; alpha and beta untracked,
+    // so that the stacked kernels run. Each is the kernel of the two halves, bit for bit.
+    let dev = Device::Cpu;
+    for (dims, f) in [(vec![3, 150], 37), (vec![2, 70], 352)] {
+        let gate_up = randn(&[dims.clone(), vec![2 * f]].concat(), 31);
+        let (gate, up) = (
+            gate_up.narrow(D::Minus1, 0, f).unwrap(),
+            gate_up.narrow(D::Minus1, f, f).unwrap(),
+        );
+        let stacked = swiglu_stacked(&gate_up).unwrap();
+        assert_eq!(stacked.dims(), &[dims.clone(), vec![f]].concat()[..]);
+        assert_eq!(
+            bits(&stacked),
+            bits(&swiglu(&gate, &up).unwrap()),
+            "swiglu F {f}"
+        );
+        for base in [BaseAct::Silu, BaseAct::Relu] {
+            for (granularity, n) in [(Granularity::PerLayer, 1), (Granularity::PerChannel, f)] {
+                let params = std::collections::HashMap::from([
+                    ("alpha".to_string(), randn(&[n], 32)),
+                    ("beta".to_string(), randn(&[n], 33)),
+                ]);
+                let cfg = DynActConfig {
+                    base,
+                    granularity,
+                    alpha_init: 1.0,
+                    beta_init: 0.0,
+                };
+                let act = DynAct::new(&cfg, f, VarBuilder::from_tensors(params, DType::F32, &dev))
+                    .unwrap();
+                assert_eq!(
+                    bits(&dynact_glu_stacked(&act, &gate_up).unwrap()),
+                    bits(&dynact_glu(&act, &gate, &up).unwrap()),
+                    "dynact-glu {base:?} {granularity:?} F {f}"
+                );
+            }
+        }
+    }
+    // A tracked input takes the halves through the ops: its gradient is theirs, side by side.
+    let gate_up = Var::from_tensor(&randn(&[4, 2 * 37], 34)).unwrap();
+    let w = randn(&[4, 37], 35);
+    let grad_of = |y: Tensor| {
+        let grads = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        grads.get(&gate_up).unwrap().clone()
+    };
+    let stacked = grad_of(swiglu_stacked(gate_up.as_tensor()).unwrap());
+    let (g, u) = (
+        gate_up.as_tensor().narrow(1, 0, 37).unwrap(),
+        gate_up.as_tensor().narrow(1, 37, 37).unwrap(),
+    );
+    assert_eq!(bits(&stacked), bits(&grad_of(swiglu(&g, &u).unwrap())));
+    // An odd width is no rows of [gate | up].
+    let err = swiglu_stacked(&randn(&[2, 5], 36)).unwrap_err().to_string();
+    assert!(err.contains("[gate | up]"), "{err}");
+}
+
+#[test]
 fn fused_swiglu_matches_its_reference() {
     // Candle's silu takes glibc's exp, the kernel its own (within 1 ulp): the values and
     // gradients agree to a few ulp, with the f64 reference too.

@@ -20,20 +20,40 @@ pub fn dynact_glu(act: &DynAct, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let on_gpu =
         crate::ops::fused_on_cuda(gate) && matches!(act.base(), BaseAct::Silu | BaseAct::Relu);
     if (act.fuses(gate) || on_gpu) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
-        let params = Tensor::cat(
-            &[
-                act.alpha().to_dtype(DType::F32)?,
-                act.beta().to_dtype(DType::F32)?,
-            ],
-            0,
-        )?;
         return gate.contiguous()?.apply_op3(
             &up.contiguous()?,
-            &params,
+            &stacked_params(act)?,
             FusedDynActGlu { base: act.base() },
         );
     }
     dynact_glu_reference(act, gate, up)
+}
+
+/// [`dynact_glu`] of gates and ups side by side: `gate_up` (..., 2F) holds each row's F gates,
+/// then its F ups (one product of the stacked weights, [`crate::layers::Linear::stacked`]).
+/// Untracked f32 on a CPU (inference) with a fused base takes a kernel that reads both halves
+/// of each row where they are; otherwise the halves are cut out and go to [`dynact_glu`].
+pub fn dynact_glu_stacked(act: &DynAct, gate_up: &Tensor) -> Result<Tensor> {
+    let (gate, up) = super::swiglu::halves(gate_up)?;
+    let untracked = !gate_up.track_op() && !act.alpha().track_op() && !act.beta().track_op();
+    if act.fuses(&gate) && untracked {
+        return gate_up.contiguous()?.apply_op2_no_bwd(
+            &stacked_params(act)?,
+            &StackedDynActGlu { base: act.base() },
+        );
+    }
+    dynact_glu(act, &gate, &up)
+}
+
+/// [alpha; beta] in f32, as the kernels take them.
+fn stacked_params(act: &DynAct) -> Result<Tensor> {
+    Tensor::cat(
+        &[
+            act.alpha().to_dtype(DType::F32)?,
+            act.beta().to_dtype(DType::F32)?,
+        ],
+        0,
+    )
 }
 
 /// [`dynact_glu`] as Candle ops ([`DynAct::forward_reference`] times `up`).
@@ -124,32 +144,101 @@ struct FusedDynActGlu {
     base: BaseAct,
 }
 
-impl FusedDynActGlu {
-    /// The forward pass over rows of `c` channels; `silu` is the row kernel of a SiLU base.
-    fn forward_rows<S: Channels>(
-        &self,
-        (gate, up): (&[f32], &[f32]),
-        c: usize,
-        (scale, beta): (S, S),
-        silu: SiluRow<S>,
-    ) -> Vec<f32> {
-        par_fresh_chunks(gate.len(), c, |rows, fresh| {
-            let (gr, ur) = (&gate[rows.clone()], &up[rows]);
-            if self.base == BaseAct::Silu {
-                return silu(gr, ur, fresh, (scale, beta)).1;
+/// Where the rows of gates and ups lie: row r's c gates at `gate[r * stride..]` and its c ups
+/// at `up[r * stride..]` (stride c for two tensors, 2c for rows of [gate | up]).
+#[derive(Clone, Copy)]
+struct GateUpRows<'a> {
+    gate: &'a [f32],
+    up: &'a [f32],
+    stride: usize,
+    rows: usize,
+}
+
+/// The forward pass over rows of `c` channels, alpha - beta and beta as `pairs`; `silu` is
+/// the row kernel of a SiLU base.
+fn forward_rows<S: Channels>(
+    base: BaseAct,
+    rows: GateUpRows,
+    c: usize,
+    (scale, beta): (S, S),
+    silu: SiluRow<S>,
+) -> Vec<f32> {
+    par_fresh_chunks(rows.rows * c, c, |range, fresh| {
+        let at = range.start / c * rows.stride;
+        let (gr, ur) = (&rows.gate[at..][..c], &rows.up[at..][..c]);
+        if base == BaseAct::Silu {
+            return silu(gr, ur, fresh, (scale, beta)).1;
+        }
+        widest(|| {
+            // Every slice has length c: the loop runs without bounds checks.
+            let (gr, ur, scale, beta) = (&gr[..c], &ur[..c], scale.row(c), beta.row(c));
+            let (o, filled) = gate_weights(gr, base, fresh);
+            let o = &mut o[..c];
+            for j in 0..c {
+                let g = gr[j];
+                o[j] = (g * o[j] * scale.at(j) + beta.at(j) * g) * ur[j];
             }
-            widest(|| {
-                // Every slice has length c: the loop runs without bounds checks.
-                let (gr, ur, scale, beta) = (&gr[..c], &ur[..c], scale.row(c), beta.row(c));
-                let (o, filled) = gate_weights(gr, self.base, fresh);
-                let o = &mut o[..c];
-                for j in 0..c {
-                    let g = gr[j];
-                    o[j] = (g * o[j] * scale.at(j) + beta.at(j) * g) * ur[j];
-                }
-                filled
-            })
+            filled
         })
+    })
+}
+
+/// The forward pass over `rows` whose alpha and beta are `params` ([alpha; beta], per layer or
+/// per channel): the kernel of [`FusedDynActGlu`] and of [`StackedDynActGlu`].
+fn forward(
+    base: BaseAct,
+    rows: GateUpRows,
+    c: usize,
+    params: &[f32],
+    op: &str,
+) -> Result<Vec<f32>> {
+    let (alpha, beta) = channel_params(params, c, op)?;
+    Ok(match params.len() / 2 {
+        1 => {
+            let pair = (Layer(alpha[0] - beta[0]), Layer(beta[0]));
+            forward_rows(base, rows, c, pair, silu_gate_times_up_layer)
+        }
+        _ => {
+            let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
+            let pairs = (&scale[..], &beta[..]);
+            forward_rows(base, rows, c, pairs, silu_gate_times_up_channels)
+        }
+    })
+}
+
+/// [`dynact_glu_stacked`]'s kernel: rows of [gate | up] (2c) and [alpha; beta] in, rows of c
+/// out.
+struct StackedDynActGlu {
+    base: BaseAct,
+}
+
+impl candle_core::CustomOp2 for StackedDynActGlu {
+    fn name(&self) -> &'static str {
+        "dynact-glu-stacked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gate_up, params) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        let mut dims = l1.dims().to_vec();
+        let c = dims.last().copied().unwrap_or(0) / 2;
+        *dims.last_mut().expect("rank checked by dynact_glu_stacked") = c;
+        let rows = GateUpRows {
+            gate: gate_up,
+            up: gate_up.get(c..).unwrap_or_default(),
+            stride: 2 * c,
+            rows: gate_up.len() / (2 * c).max(1),
+        };
+        let out = forward(self.base, rows, c, params, self.name())?;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
@@ -221,18 +310,13 @@ impl CustomOp3 for FusedDynActGlu {
             f32_slice(s3, l3, self.name())?,
         );
         let c = *l1.dims().last().unwrap_or(&1);
-        let (alpha, beta) = channel_params(params, c, self.name())?;
-        let out = match params.len() / 2 {
-            1 => {
-                let pair = (Layer(alpha[0] - beta[0]), Layer(beta[0]));
-                self.forward_rows((gate, up), c, pair, silu_gate_times_up_layer)
-            }
-            _ => {
-                let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
-                let pairs = (&scale[..], &beta[..]);
-                self.forward_rows((gate, up), c, pairs, silu_gate_times_up_channels)
-            }
+        let rows = GateUpRows {
+            gate,
+            up,
+            stride: c,
+            rows: gate.len() / c.max(1),
         };
+        let out = forward(self.base, rows, c, params, self.name())?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

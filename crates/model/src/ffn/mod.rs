@@ -14,8 +14,8 @@ use crate::layers::Linear;
 pub mod dynact_glu;
 pub mod swiglu;
 
-pub use dynact_glu::{dynact_glu, dynact_glu_reference};
-pub use swiglu::{swiglu, swiglu_reference};
+pub use dynact_glu::{dynact_glu, dynact_glu_reference, dynact_glu_stacked};
+pub use swiglu::{swiglu, swiglu_reference, swiglu_stacked};
 
 /// The activation applied to the gate projection.
 #[derive(Clone, Debug)]
@@ -27,10 +27,17 @@ pub enum GateActivation {
 /// `down_proj(act(gate_proj x) * up_proj x)`
 #[derive(Clone, Debug)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUp,
     down_proj: Linear,
     act_fn: GateActivation,
+}
+
+/// The gate and up projections: two layers, or, with fixed weights on a CPU (inference), one
+/// product of the two stacked ([`Linear::stacked`]), its output's rows [gate | up].
+#[derive(Clone, Debug)]
+enum GateUp {
+    Apart { gate_proj: Linear, up_proj: Linear },
+    Stacked(Linear),
 }
 
 impl Mlp {
@@ -42,18 +49,28 @@ impl Mlp {
                 GateActivation::DynAct(DynAct::new(&cfg.dynact, f, vb.pp("act_fn"))?)
             }
         };
+        let gate_proj = Linear::new(c, f, cfg.weight_init(), vb.pp("gate_proj"))?;
+        let up_proj = Linear::new(c, f, cfg.weight_init(), vb.pp("up_proj"))?;
+        let gate_up = match Linear::stacked(&gate_proj, &up_proj)? {
+            Some(stacked) => GateUp::Stacked(stacked),
+            None => GateUp::Apart { gate_proj, up_proj },
+        };
         Ok(Mlp {
-            gate_proj: Linear::new(c, f, cfg.weight_init(), vb.pp("gate_proj"))?,
-            up_proj: Linear::new(c, f, cfg.weight_init(), vb.pp("up_proj"))?,
+            gate_up,
             down_proj: Linear::new(f, c, cfg.residual_init(), vb.pp("down_proj"))?,
             act_fn,
         })
     }
 
     pub fn set_matmul_dtype(&mut self, dtype: candle_core::DType) {
-        for p in [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj] {
-            p.set_matmul_dtype(dtype);
+        match &mut self.gate_up {
+            GateUp::Apart { gate_proj, up_proj } => {
+                gate_proj.set_matmul_dtype(dtype);
+                up_proj.set_matmul_dtype(dtype);
+            }
+            GateUp::Stacked(stacked) => stacked.set_matmul_dtype(dtype),
         }
+        self.down_proj.set_matmul_dtype(dtype);
     }
 
     pub fn dynact(&self) -> Option<&DynAct> {
@@ -67,12 +84,23 @@ impl Mlp {
 impl Module for Mlp {
     /// x: (B, T, C) -> (B, T, C), through a hidden width F.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.gate_proj.cast_input(x)?; // once for both products
-        let gate = self.gate_proj.forward(&x)?; // (B, T, F)
-        let up = self.up_proj.forward(&x)?;
-        let hidden = match &self.act_fn {
-            GateActivation::Silu => swiglu(&gate, &up)?,
-            GateActivation::DynAct(act) => dynact_glu(act, &gate, &up)?,
+        let hidden = match &self.gate_up {
+            GateUp::Apart { gate_proj, up_proj } => {
+                let x = gate_proj.cast_input(x)?; // once for both products
+                let gate = gate_proj.forward(&x)?; // (B, T, F)
+                let up = up_proj.forward(&x)?;
+                match &self.act_fn {
+                    GateActivation::Silu => swiglu(&gate, &up)?,
+                    GateActivation::DynAct(act) => dynact_glu(act, &gate, &up)?,
+                }
+            }
+            GateUp::Stacked(stacked) => {
+                let gate_up = stacked.forward(&stacked.cast_input(x)?)?; // (B, T, 2F)
+                match &self.act_fn {
+                    GateActivation::Silu => swiglu_stacked(&gate_up)?,
+                    GateActivation::DynAct(act) => dynact_glu_stacked(act, &gate_up)?,
+                }
+            }
         };
         self.down_proj.forward(&hidden)
     }

@@ -22,6 +22,58 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     swiglu_reference(gate, up)
 }
 
+/// [`swiglu`] of gates and ups side by side: `gate_up` (..., 2F) holds each row's F gates, then
+/// its F ups (one product of the stacked weights, [`crate::layers::Linear::stacked`]).
+/// Untracked f32 on a CPU (inference) takes a kernel that reads both halves of each row where
+/// they are; otherwise the halves are cut out and go to [`swiglu`].
+pub fn swiglu_stacked(gate_up: &Tensor) -> Result<Tensor> {
+    let (gate, up) = halves(gate_up)?;
+    if fused(gate_up) && !gate_up.track_op() {
+        return gate_up.contiguous()?.apply_op1_no_bwd(&SwiGluStacked);
+    }
+    swiglu(&gate, &up)
+}
+
+/// The two halves of the last dimension of `x`, an even length.
+pub(crate) fn halves(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (rank, width) = (x.rank(), x.dims().last().copied().unwrap_or(0));
+    if rank == 0 || !width.is_multiple_of(2) {
+        candle_core::bail!(
+            "stacked gate product: {:?} is not rows of [gate | up]",
+            x.dims()
+        );
+    }
+    let f = width / 2;
+    Ok((x.narrow(rank - 1, 0, f)?, x.narrow(rank - 1, f, f)?))
+}
+
+/// [`swiglu_stacked`]'s kernel: rows of 2F in, rows of F out.
+struct SwiGluStacked;
+
+impl candle_core::CustomOp1 for SwiGluStacked {
+    fn name(&self) -> &'static str {
+        "swiglu-stacked"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let gate_up = f32_slice(s, l, self.name())?;
+        let mut dims = l.dims().to_vec();
+        let f = dims.last().copied().unwrap_or(0) / 2;
+        *dims.last_mut().expect("rank checked by swiglu_stacked") = f;
+        let rows = gate_up.len() / (2 * f).max(1);
+        let out = par_fresh_chunks(rows * f, f * rows_per_task(f), |range, fresh| {
+            let first = range.start / f.max(1);
+            fresh
+                .fill_rows(f, |r, row| {
+                    let at = (first + r) * 2 * f;
+                    silu_times_up(&gate_up[at..at + f], &gate_up[at + f..at + 2 * f], row).1
+                })
+                .1
+        });
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
 /// [`swiglu`] as Candle's `silu` and `mul`: what runs without a kernel (bf16, other devices),
 /// and what the fused kernels are tested against.
 pub fn swiglu_reference(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
