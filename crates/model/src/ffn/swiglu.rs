@@ -5,9 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use crate::ops::exp::{exp, exp_of_negated, wide_fma};
+use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
-use crate::ops::wide::widest;
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
 
 /// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
@@ -178,6 +177,49 @@ fn silu_times_up_loop<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut 
 /// it; d/dup = g_out * silu(gate).
 struct SwiGluBackward;
 
+wide_fma!(
+    /// [`SwiGluBackward`] of a chunk of gates, ups and incoming gradients: d gate and d up
+    /// filled in one pass with their exponential. Compiled for the widest vectors: as a closure
+    /// in `widest`, the compiler kept 4-lane code after a pass of its own for the exponentials
+    /// (3.0% of a cpu-repro training step, perf).
+    fn swiglu_backward_chunk<'g, 'u>(
+        inputs: (&[f32], &[f32], &[f32]),
+        d_gate: Fresh<'g>,
+        d_up: Fresh<'u>
+    ) -> (Filled<'g>, Filled<'u>) = swiglu_backward_chunk_loop
+);
+
+#[inline(always)]
+fn swiglu_backward_chunk_loop<'g, 'u>(
+    (gate, up, grad): (&[f32], &[f32], &[f32]),
+    d_gate: Fresh<'g>,
+    d_up: Fresh<'u>,
+) -> (Filled<'g>, Filled<'u>) {
+    let (d_gate, d_up) = (d_gate.into_slots(), d_up.into_slots());
+    let n = d_gate.len();
+    assert!(
+        [gate.len(), up.len(), grad.len(), d_up.len()]
+            .iter()
+            .all(|&len| len == n),
+        "swiglu backward: {} gates, {} ups and {} gradients for {n} and {} outputs",
+        gate.len(),
+        up.len(),
+        grad.len(),
+        d_up.len()
+    );
+    for i in 0..n {
+        let (g, u, dy) = (gate[i], up[i], grad[i]);
+        let e = exp(-g);
+        let node = g / (1.0 + e);
+        let sigmoid = 1.0 / (e * 1.0 + 1.0);
+        let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
+        d_up[i].write(dy * node);
+        d_gate[i].write((dy * u) * silu_grad);
+    }
+    // SAFETY: the loop wrote every slot of both: the lengths are equal (asserted).
+    unsafe { (Fresh::assume_filled(d_gate).1, Fresh::assume_filled(d_up).1) }
+}
+
 impl CustomOp3 for SwiGluBackward {
     fn name(&self) -> &'static str {
         "swiglu-backward"
@@ -201,22 +243,7 @@ impl CustomOp3 for SwiGluBackward {
         // [d gate; d up].
         let out = par_fresh_pairs(n, rows_per_task(1), |range, d_gate, d_up| {
             let (gc, uc, yc) = (&g[range.clone()], &u[range.clone()], &grad[range]);
-            widest(|| {
-                // exp(-g) once per element, in d up until it is used.
-                let (du, du_filled) = exp_of_negated(gc, d_up);
-                let n = gc.len();
-                // Every slice has length n: the loop runs without bounds checks.
-                let (du, uc, yc) = (&mut du[..n], &uc[..n], &yc[..n]);
-                let d_gate_values = (0..n).map(|i| {
-                    let (g, u, dy, e) = (gc[i], uc[i], yc[i], du[i]);
-                    let node = g / (1.0 + e);
-                    let sigmoid = 1.0 / (e * 1.0 + 1.0);
-                    let silu_grad = sigmoid * (-node + 1.0) + node; // 1 - node, as Candle computes it
-                    du[i] = dy * node;
-                    (dy * u) * silu_grad
-                });
-                (d_gate.fill(d_gate_values).1, du_filled)
-            })
+            swiglu_backward_chunk((gc, uc, yc), d_gate, d_up)
         });
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }
