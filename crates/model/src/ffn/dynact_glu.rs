@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
-use crate::ops::exp::{exp, exp_of_negated, wide_fma};
+use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs_with, Filled, Fresh};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, sum_block_partials, ROWS_PER_BLOCK};
@@ -114,23 +114,6 @@ impl Channels for Layer {
     }
 }
 
-/// w(x) per element of `row`, with base(x) = x w(x) and base'(x) = w (1 + x (1 - w)): the
-/// sigmoid for SiLU, the step for ReLU, filled into `out`. In loops of their own (the exp over
-/// the whole row), so that the arithmetic after them vectorizes: the backward pass, and the
-/// forward pass of a ReLU base (a SiLU base's forward takes [`silu_gate_times_up_loop`]).
-#[inline(always)]
-fn gate_weights<'a>(row: &[f32], base: BaseAct, out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
-    match base {
-        BaseAct::Silu => {
-            let (w, filled) = exp_of_negated(row, out);
-            w.iter_mut().for_each(|w| *w = 1.0 / (1.0 + *w));
-            (w, filled)
-        }
-        BaseAct::Relu => out.fill(row.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 })),
-        BaseAct::Gelu | BaseAct::Mish => unreachable!("no fused kernel for {base:?}"),
-    }
-}
-
 /// The values per half of [alpha; beta] (`count` in all), which must be 1 or `c`.
 fn param_count(count: usize, c: usize, op: &str) -> Result<usize> {
     let per = count / 2;
@@ -169,16 +152,16 @@ fn forward_rows<S: Channels>(
         if base == BaseAct::Silu {
             return silu(gr, ur, fresh, (scale, beta)).1;
         }
+        assert_eq!(base, BaseAct::Relu, "no fused kernel for {base:?}");
         widest(|| {
             // Every slice has length c: the loop runs without bounds checks.
             let (gr, ur, scale, beta) = (&gr[..c], &ur[..c], scale.row(c), beta.row(c));
-            let (o, filled) = gate_weights(gr, base, fresh);
-            let o = &mut o[..c];
-            for j in 0..c {
-                let g = gr[j];
-                o[j] = (g * o[j] * scale.at(j) + beta.at(j) * g) * ur[j];
-            }
-            filled
+            // ReLU's weight w is the step: base(g) = g w.
+            let values = (0..c).map(|j| {
+                let (g, w) = (gr[j], if gr[j] > 0.0 { 1.0 } else { 0.0 });
+                (g * w * scale.at(j) + beta.at(j) * g) * ur[j]
+            });
+            fresh.fill(values).1
         })
     })
 }
@@ -391,52 +374,126 @@ struct DynActGluBackward {
 impl DynActGluBackward {
     /// [d gate; d up] over rows of `c` channels, with room for `spare` more values (d alpha
     /// and d beta) after them, and per block of rows the per-channel sums
-    /// [g up base(gate); g up (gate - base(gate))].
+    /// [g up base(gate); g up (gate - base(gate))]; `block` is the kernel of a block of rows
+    /// for this kind of [`Channels`].
     fn backward_rows<S: Channels>(
         &self,
         (gate, up, grad): (&[f32], &[f32], &[f32]),
         (c, spare): (usize, usize),
-        scale: S,
-        beta: S,
+        params: (S, S),
+        block: BackwardBlock<S>,
     ) -> (Vec<f32>, Vec<Vec<f32>>) {
         par_fresh_pairs_with(
             gate.len(),
             c * ROWS_PER_BLOCK,
             spare,
             |range, d_gate, d_up| {
-                let (gb, ub, yb) = (&gate[range.clone()], &up[range.clone()], &grad[range]);
-                widest(|| {
-                    let mut acc = vec![0f32; 2 * c];
-                    let (acc_base, acc_linear) = acc.split_at_mut(c);
-                    // The weights w of the whole block in d up until each is used.
-                    let (du, du_filled) = gate_weights(gb, self.base, d_up);
-                    let (_, dg_filled) = d_gate.fill_rows(c, |r, dg_row| {
-                        let at = r * c..(r + 1) * c;
-                        // Every slice has length c: the loop runs without bounds checks.
-                        let (du, gr, ur, yr) = (
-                            &mut du[at.clone()][..c],
-                            &gb[at.clone()][..c],
-                            &ub[at.clone()][..c],
-                            &yb[at][..c],
-                        );
-                        let (acc_base, acc_linear) = (&mut acc_base[..c], &mut acc_linear[..c]);
-                        let (scale, beta) = (scale.row(c), beta.row(c));
-                        let values = (0..c).map(|j| {
-                            let (g, b, w) = (gr[j], beta.at(j), du[j]);
-                            let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
-                            let gu = yr[j] * ur[j];
-                            du[j] = yr[j] * (base * scale.at(j) + b * g);
-                            acc_base[j] += gu * base;
-                            acc_linear[j] += gu * (g - base);
-                            gu * (slope * scale.at(j) + b)
-                        });
-                        dg_row.fill(values).1
-                    });
-                    (dg_filled, du_filled, acc)
-                })
+                let inputs = (&gate[range.clone()], &up[range.clone()], &grad[range]);
+                block(self.base, inputs, c, params, d_gate, d_up)
             },
         )
     }
+}
+
+/// [`backward_block_loop`] for one kind of [`Channels`], compiled for the CPU's widest
+/// vectors: [`backward_block_layer`] or [`backward_block_channels`]. As a closure in `widest`,
+/// the compiler kept 4-lane code (4.1% of a cpu-repro training step, perf).
+type BackwardBlock<S> = for<'g, 'u> fn(
+    BaseAct,
+    (&[f32], &[f32], &[f32]),
+    usize,
+    (S, S),
+    Fresh<'g>,
+    Fresh<'u>,
+) -> (Filled<'g>, Filled<'u>, Vec<f32>);
+
+wide_fma!(
+    /// [`backward_block_loop`] for a layer's alpha - beta and beta.
+    fn backward_block_layer<'g, 'u>(base: BaseAct, inputs: (&[f32], &[f32], &[f32]), c: usize, params: LayerPair, d_gate: Fresh<'g>, d_up: Fresh<'u>) -> (Filled<'g>, Filled<'u>, Vec<f32>) =
+        backward_block_loop::<Layer>
+);
+
+wide_fma!(
+    /// [`backward_block_loop`] for a channel's alpha - beta and beta.
+    fn backward_block_channels<'g, 'u>(base: BaseAct, inputs: (&[f32], &[f32], &[f32]), c: usize, params: ChannelPairs<'_>, d_gate: Fresh<'g>, d_up: Fresh<'u>) -> (Filled<'g>, Filled<'u>, Vec<f32>) =
+        backward_block_loop::<&[f32]>
+);
+
+/// A block of rows of `c` channels of [`DynActGluBackward`]: d gate and d up
+/// filled in, and the block's per-channel sums [g up base(gate); g up (gate - base(gate))].
+#[inline(always)]
+fn backward_block_loop<'g, 'u, S: Channels>(
+    base: BaseAct,
+    (gb, ub, yb): (&[f32], &[f32], &[f32]),
+    c: usize,
+    (scale, beta): (S, S),
+    d_gate: Fresh<'g>,
+    d_up: Fresh<'u>,
+) -> (Filled<'g>, Filled<'u>, Vec<f32>) {
+    let mut acc = vec![0f32; 2 * c];
+    let (acc_base, acc_linear) = acc.split_at_mut(c);
+    let (d_gate, d_up) = (d_gate.into_slots(), d_up.into_slots());
+    assert!(
+        c > 0
+            && d_gate.len().is_multiple_of(c)
+            && [gb.len(), ub.len(), yb.len(), d_up.len()]
+                .iter()
+                .all(|&n| n == d_gate.len()),
+        "dynact-glu backward: a block of {} gates, {} ups and {} gradients for {} and {} \
+         outputs, rows of {c}",
+        gb.len(),
+        ub.len(),
+        yb.len(),
+        d_gate.len(),
+        d_up.len()
+    );
+    // Plain loops, no closures (see [`Fresh::into_slots`]), each weight w computed where it is
+    // used (a pass of its own for SiLU's exponentials took a fifth of the kernel).
+    let rows = d_gate.chunks_exact_mut(c).zip(d_up.chunks_exact_mut(c));
+    for (r, (dg, du)) in rows.enumerate() {
+        let at = r * c..(r + 1) * c;
+        // Every slice has length c: the loops run without bounds checks.
+        let (dg, du, gr, ur, yr) = (
+            &mut dg[..c],
+            &mut du[..c],
+            &gb[at.clone()][..c],
+            &ub[at.clone()][..c],
+            &yb[at][..c],
+        );
+        let (acc_base, acc_linear) = (&mut acc_base[..c], &mut acc_linear[..c]);
+        let (scale, beta) = (scale.row(c), beta.row(c));
+        // The step of element j with its weight w: base(g) = g w, base'(g) = w (1 + g (1 - w)),
+        // w the sigmoid for SiLU, the step for ReLU.
+        macro_rules! step {
+            ($j:ident, $w:expr) => {{
+                let (g, b, w) = (gr[$j], beta.at($j), $w);
+                let (base, slope) = (g * w, w * (1.0 + g * (1.0 - w)));
+                let gu = yr[$j] * ur[$j];
+                du[$j].write(yr[$j] * (base * scale.at($j) + b * g));
+                acc_base[$j] += gu * base;
+                acc_linear[$j] += gu * (g - base);
+                dg[$j].write(gu * (slope * scale.at($j) + b));
+            }};
+        }
+        match base {
+            BaseAct::Silu => {
+                for j in 0..c {
+                    step!(j, 1.0 / (1.0 + exp(-gr[j])));
+                }
+            }
+            BaseAct::Relu => {
+                for j in 0..c {
+                    step!(j, if gr[j] > 0.0 { 1.0 } else { 0.0 });
+                }
+            }
+            BaseAct::Gelu | BaseAct::Mish => unreachable!("no fused kernel for {base:?}"),
+        }
+    }
+    // SAFETY: the loops wrote every slot of both: whole rows of c covering the block
+    // (asserted).
+    let (dg_filled, du_filled) =
+        unsafe { (Fresh::assume_filled(d_gate).1, Fresh::assume_filled(d_up).1) };
+    (dg_filled, du_filled, acc)
 }
 
 impl CustomOp3 for DynActGluBackward {
@@ -472,10 +529,14 @@ impl CustomOp3 for DynActGluBackward {
         let inputs = (gate, up, grad);
         let widths = (c, 2 * per_param);
         let (mut out, partials) = match per_param {
-            1 => self.backward_rows(inputs, widths, Layer(alpha[0] - beta[0]), Layer(beta[0])),
+            1 => {
+                let pair = (Layer(alpha[0] - beta[0]), Layer(beta[0]));
+                self.backward_rows(inputs, widths, pair, backward_block_layer)
+            }
             _ => {
                 let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
-                self.backward_rows(inputs, widths, &scale[..], &beta[..])
+                let pairs = (&scale[..], &beta[..]);
+                self.backward_rows(inputs, widths, pairs, backward_block_channels)
             }
         };
         let sums = sum_block_partials(&partials, 2 * c);

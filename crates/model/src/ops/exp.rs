@@ -20,16 +20,7 @@
 //! closure into such a wrapper is up to the compiler, and a missed one would leave exp on the
 //! baseline's 4 lanes and software `fmaf`.
 
-use super::fresh::{Filled, Fresh};
 use super::{fold_lanes, LANES};
-
-/// e^-x of every x of `xs`, filled into `out`: SiLU's exponential (x / (1 + e^-x)), in a loop
-/// of its own so that the arithmetic after it vectorizes.
-pub(crate) fn exp_of_negated<'a>(xs: &[f32], out: Fresh<'a>) -> (&'a mut [f32], Filled<'a>) {
-    let (e, filled) = out.fill(xs.iter().map(|&x| -x));
-    exp_in_place(e);
-    (e, filled)
-}
 
 /// Defines `$name`, which runs `$body` (an `#[inline(always)]` fn of the same arguments, with
 /// lifetime parameters only) compiled for AVX-512 or AVX2 with FMA where the CPU has
