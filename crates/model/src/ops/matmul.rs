@@ -346,11 +346,8 @@ impl CustomOp2 for GemmProduct {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::ops::Range;
-
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cublas::{result, sys};
-    use rayon::prelude::*;
     use std::ops::Range;
 
     use candle_core::cuda_backend::cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
