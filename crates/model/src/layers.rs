@@ -45,15 +45,17 @@ impl Linear {
     }
 
     /// One layer for two that read the same input, where both keep their weights transposed
-    /// (fixed weights on a CPU: an inference model's): the weights side by side, (in, out_a +
-    /// out_b), whose product is each row's [a x | b x], each element the bits of its own
-    /// layer's product (one sum over the input per element, in blocks that do not depend on
-    /// the outputs' count). None otherwise: a trained weight is a parameter of its own. One
-    /// product of twice the outputs took 7-17% less time than the two (SwiGLU's gate and up at
-    /// cpu-repro's 768 rows, 8-12% at micro's 2,048): the input is packed once, and its columns
-    /// share out among threads in whole tiles.
+    /// (fixed weights on a CPU: an inference model's) in one dtype and product dtype: the
+    /// weights side by side, (in, out_a + out_b), whose product is each row's [a x | b x].
+    /// Where the products take the gemm crate's blocked kernels (more than 64 rows), each
+    /// element is the bits of its own layer's product: one sum over the input per element, in
+    /// blocks that depend on the input's width alone. None otherwise: a trained weight is a
+    /// parameter of its own. One product of twice the outputs took 7-17% less time than the
+    /// two (SwiGLU's gate and up at cpu-repro's 768 rows, 8-12% at micro's 2,048): the input is
+    /// packed once, and its columns share out among threads in whole tiles.
     pub fn stacked(a: &Linear, b: &Linear) -> Result<Option<Linear>> {
-        if !(a.transposed && b.transposed) || a.weight.dim(0)? != b.weight.dim(0)? {
+        let alike = a.weight.dtype() == b.weight.dtype() && a.matmul_dtype == b.matmul_dtype;
+        if !(a.transposed && b.transposed && alike) || a.weight.dim(0)? != b.weight.dim(0)? {
             return Ok(None);
         }
         Ok(Some(Linear {

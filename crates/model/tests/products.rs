@@ -184,14 +184,24 @@ fn widened_products_refuse_operands_that_do_not_fit() {
 #[test]
 fn f32_products_shared_among_threads_by_columns_are_candle_s() {
     // Large enough for the threads to split (m n k over the gemm crate's threshold), with a
-    // last block of columns short of 64, and k past the gemm crate's blocks of 512.
+    // last block of columns short of 64, and k past the gemm crate's blocks of 512; and shapes
+    // whose narrow shards would take the gemm crate's small-product paths (few rows, a last
+    // block of one column), which must not split.
     for threads in [2, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         for form in [Form::AB, Form::ABt, Form::AtB] {
-            for (m, n, k) in [(100, 200, 70), (37, 330, 600), (768, 128, 128)] {
+            let shapes = [
+                (100, 200, 70),
+                (37, 330, 600),
+                (768, 128, 128),
+                (37, 128, 600),
+                (4, 128, 1200),
+                (768, 129, 128),
+            ];
+            for (m, n, k) in shapes {
                 let what = format!("{form:?} ({m}, {n}, {k}) on {threads} threads");
                 let [da, db] = operand_dims(form, &[], (m, n, k));
                 let (a, b) = (randn(&da, 21), randn(&db, 22));

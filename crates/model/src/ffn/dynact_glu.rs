@@ -22,7 +22,7 @@ pub fn dynact_glu(act: &DynAct, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if (act.fuses(gate) || on_gpu) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
         return gate.contiguous()?.apply_op3(
             &up.contiguous()?,
-            &stacked_params(act)?,
+            &alpha_beta(act)?,
             FusedDynActGlu { base: act.base() },
         );
     }
@@ -34,19 +34,18 @@ pub fn dynact_glu(act: &DynAct, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// Untracked f32 on a CPU (inference) with a fused base takes a kernel that reads both halves
 /// of each row where they are; otherwise the halves are cut out and go to [`dynact_glu`].
 pub fn dynact_glu_stacked(act: &DynAct, gate_up: &Tensor) -> Result<Tensor> {
-    let (gate, up) = super::swiglu::halves(gate_up)?;
+    let (gate, up) = super::halves(gate_up)?;
     let untracked = !gate_up.track_op() && !act.alpha().track_op() && !act.beta().track_op();
     if act.fuses(&gate) && untracked {
-        return gate_up.contiguous()?.apply_op2_no_bwd(
-            &stacked_params(act)?,
-            &StackedDynActGlu { base: act.base() },
-        );
+        return gate_up
+            .contiguous()?
+            .apply_op2_no_bwd(&alpha_beta(act)?, &StackedDynActGlu { base: act.base() });
     }
     dynact_glu(act, &gate, &up)
 }
 
 /// [alpha; beta] in f32, as the kernels take them.
-fn stacked_params(act: &DynAct) -> Result<Tensor> {
+fn alpha_beta(act: &DynAct) -> Result<Tensor> {
     Tensor::cat(
         &[
             act.alpha().to_dtype(DType::F32)?,

@@ -17,6 +17,19 @@ pub mod swiglu;
 pub use dynact_glu::{dynact_glu, dynact_glu_reference, dynact_glu_stacked};
 pub use swiglu::{swiglu, swiglu_reference, swiglu_stacked};
 
+/// The two halves of the last dimension of `x`, rows of [gate | up] (an even length).
+fn halves(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (rank, width) = (x.rank(), x.dims().last().copied().unwrap_or(0));
+    if rank == 0 || !width.is_multiple_of(2) {
+        candle_core::bail!(
+            "stacked gate product: {:?} is not rows of [gate | up]",
+            x.dims()
+        );
+    }
+    let f = width / 2;
+    Ok((x.narrow(rank - 1, 0, f)?, x.narrow(rank - 1, f, f)?))
+}
+
 /// The activation applied to the gate projection.
 #[derive(Clone, Debug)]
 pub enum GateActivation {

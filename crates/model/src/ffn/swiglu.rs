@@ -26,24 +26,11 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// Untracked f32 on a CPU (inference) takes a kernel that reads both halves of each row where
 /// they are; otherwise the halves are cut out and go to [`swiglu`].
 pub fn swiglu_stacked(gate_up: &Tensor) -> Result<Tensor> {
-    let (gate, up) = halves(gate_up)?;
+    let (gate, up) = super::halves(gate_up)?;
     if fused(gate_up) && !gate_up.track_op() {
         return gate_up.contiguous()?.apply_op1_no_bwd(&SwiGluStacked);
     }
     swiglu(&gate, &up)
-}
-
-/// The two halves of the last dimension of `x`, an even length.
-pub(crate) fn halves(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (rank, width) = (x.rank(), x.dims().last().copied().unwrap_or(0));
-    if rank == 0 || !width.is_multiple_of(2) {
-        candle_core::bail!(
-            "stacked gate product: {:?} is not rows of [gate | up]",
-            x.dims()
-        );
-    }
-    let f = width / 2;
-    Ok((x.narrow(rank - 1, 0, f)?, x.narrow(rank - 1, f, f)?))
 }
 
 /// [`swiglu_stacked`]'s kernel: rows of 2F in, rows of F out.

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::exp::exp;
 use super::exp::{exp_shifted_sum_in_room_loop, exp_shifted_sum_loop, wide_fma};
-use super::fresh::{par_fresh_chunks, Fresh};
+use super::fresh::{par_fresh_chunks_each, Fresh};
 use super::panel_product::{self, MatRef};
 use super::rope::rotate_rows_from;
 use super::{cast, causal_softmax, f32_slice, fused, lane_dot, product, row_max, Form, LANES};
@@ -124,7 +124,10 @@ impl Dims {
 /// row's, so the products skip the blocks above the diagonal: about half of the work when
 /// T = S is many blocks, three quarters at T = 64 (cpu-repro), where blocks of 64 were one
 /// block and did all of it (attention's products 5.5% of a cpu-repro evaluation pass, 4.4%
-/// with 32). 32 keeps the scores' blocks a multiple of the panel kernel's 32 keys.
+/// with 32). 32 keeps the scores' blocks a multiple of the panel kernel's 32 keys. The
+/// blocks' size changes no value where they take the panel kernel (AVX-512, T a multiple of
+/// 32); a short block of the gemm crate's can take its small-product kernels, which add in
+/// another order, and the keys' and values' gradients add the blocks' sums.
 const ROW_BLOCK: usize = 32;
 
 /// The row blocks of a head: (first row, rows, keys the last row sees).
@@ -542,7 +545,7 @@ impl CustomOp3 for CausalAttention {
         // (T, D) values instead of the (T, S) exponentials (dropout scales each element, so
         // it commutes).
         let kept_len = self.dropout.map_or(0, |_| t * s);
-        let out = par_fresh_chunks(inputs.0.len(), t * d, |range, fresh| {
+        let out = par_fresh_chunks_each(inputs.0.len(), t * d, |range, fresh| {
             let mut scratch = Scratch::take();
             let [e, kept, inv_sums, bt] = scratch.buffers([t * s, kept_len, t, s * d]);
             let head = self.head(dims, inputs, range.start / (t * d));
@@ -770,7 +773,7 @@ impl CustomOp3 for InferenceAttention {
         };
         // One task per batch element: its (T, H D) block of a fresh y (no zeros first) is
         // its own, each head's D columns written by its product.
-        let out = par_fresh_chunks(q.len(), t * row, |range, fresh| {
+        let out = par_fresh_chunks_each(q.len(), t * row, |range, fresh| {
             let bi = range.start / (t * row);
             let mut scratch = Scratch::take();
             let [e, inv_sums, bt, qr, kr] = scratch.buffers([t * s, t, s * d, t * d, s * d]);

@@ -106,12 +106,33 @@ pub(crate) fn par_fresh_chunks(
     chunk: usize,
     fill: impl for<'c> Fn(Range<usize>, Fresh<'c>) -> Filled<'c> + Sync,
 ) -> Vec<f32> {
+    par_fresh_chunks_in_tasks(len, chunk, rows_per_task(chunk), fill)
+}
+
+/// [`par_fresh_chunks`] where each chunk may be a task of its own: chunks of much work each
+/// (attention's heads or batch elements), which are few enough that tasks of 16K elements
+/// would leave threads idle.
+pub(crate) fn par_fresh_chunks_each(
+    len: usize,
+    chunk: usize,
+    fill: impl for<'c> Fn(Range<usize>, Fresh<'c>) -> Filled<'c> + Sync,
+) -> Vec<f32> {
+    par_fresh_chunks_in_tasks(len, chunk, 1, fill)
+}
+
+/// [`par_fresh_chunks`] in tasks of at least `chunks_per_task` chunks.
+fn par_fresh_chunks_in_tasks(
+    len: usize,
+    chunk: usize,
+    chunks_per_task: usize,
+    fill: impl for<'c> Fn(Range<usize>, Fresh<'c>) -> Filled<'c> + Sync,
+) -> Vec<f32> {
     let chunk = chunk.max(1);
     let mut out = Vec::with_capacity(len);
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk)
         .enumerate()
-        .with_min_len(rows_per_task(chunk))
+        .with_min_len(chunks_per_task)
         .for_each(|(i, slots)| {
             let at = Filled::of(slots).0;
             let range = i * chunk..i * chunk + slots.len();

@@ -236,22 +236,27 @@ fn cpu_gemm(a: &[f32], b: &[f32], p: &ProductShape) -> Vec<f32> {
 }
 
 /// The columns of y each thread computes on its own, where one product (batch 1) is large
-/// enough for the gemm crate to share it among threads: blocks of 64 (its kernel's rows, y's
-/// columns being the rows of the transposed product it computes) dealt out evenly; None where
-/// the gemm crate shares the product as it does. Shared by the gemm crate, every thread packed
-/// the whole left factor of the transposed product (the weight of a linear layer) into its
-/// kernel's layout: 4.6% of a cpu-repro evaluation pass, 2.7% with each shard packing its own
-/// columns' part. The values are the same: each element is the gemm crate's one sum over k,
-/// whose blocks of k do not depend on m or n.
+/// enough for the gemm crate to share it among threads: whole blocks of 64 (its kernel's rows,
+/// y's columns being the rows of the transposed product it computes) dealt out evenly, the
+/// last shard taking a partial last block too; None where the gemm crate shares the product as
+/// it does. Shared by the gemm crate, every thread packed the whole left factor of the
+/// transposed product (the weight of a linear layer) into its kernel's layout: 4.6% of a
+/// cpu-repro evaluation pass, 2.7% with each shard packing its own columns' part. The values
+/// are the same: with at least 64 columns and more than 64 rows a shard takes the gemm crate's
+/// blocked kernels, as the whole product does (narrower or shorter ones can take its
+/// small-product paths, which add in another order), and each element is their one sum over
+/// k, whose blocks depend on k alone.
 fn column_shards(p: &ProductShape, threads: usize) -> Option<Vec<Range<usize>>> {
     const BLOCK: usize = 64;
     // The gemm crate's own threshold for sharing a product among threads (m n k).
     const THREADING_THRESHOLD: usize = 48 * 48 * 256;
-    let blocks = p.n.div_ceil(BLOCK);
-    if p.batch != 1 || threads < 2 || blocks < 2 || p.m * p.n * p.k < THREADING_THRESHOLD {
+    let shards = threads.min(p.n / BLOCK);
+    let small = p.m <= BLOCK || p.m * p.n * p.k < THREADING_THRESHOLD;
+    if p.batch != 1 || shards < 2 || small {
         return None;
     }
-    let shards = threads.min(blocks);
+    // With at least as many blocks as shards, every shard gets a whole block or more.
+    let blocks = p.n.div_ceil(BLOCK);
     let bound = |i: usize| (i * blocks / shards * BLOCK).min(p.n);
     Some((0..shards).map(|i| bound(i)..bound(i + 1)).collect())
 }
@@ -457,7 +462,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn column_shards_cover_the_columns_in_blocks_of_64() {
+    fn column_shards_deal_whole_blocks_of_64_columns() {
         let shape = |m, n, k| ProductShape {
             batch: 1,
             m,
@@ -470,7 +475,8 @@ mod tests {
             (shape(768, 128, 128), 2, vec![0, 64, 128]),
             (shape(768, 352, 128), 2, vec![0, 192, 352]),
             (shape(768, 352, 128), 3, vec![0, 128, 256, 352]),
-            (shape(768, 100, 128), 4, vec![0, 64, 100]),
+            // A partial last block goes with the last whole one.
+            (shape(768, 129, 128), 3, vec![0, 64, 129]),
         ] {
             let expected: Vec<_> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
             assert_eq!(
@@ -479,10 +485,12 @@ mod tests {
                 "{p:?}, {threads}"
             );
         }
-        // One block of columns, one thread, or a product under the threshold: no shards (the
-        // gemm crate's own sharing).
+        // Under two whole blocks, 64 rows or fewer, one thread, or a product under the
+        // threshold: no shards (the gemm crate's own sharing).
         for (p, threads) in [
-            (shape(768, 64, 128), 2),
+            (shape(768, 127, 128), 2),
+            (shape(768, 100, 128), 4),
+            (shape(64, 512, 600), 2),
             (shape(768, 352, 128), 1),
             (shape(4, 128, 128), 2),
         ] {

@@ -287,6 +287,13 @@ fn norm_backward_rows_loop(
     acc: &mut [f32],
 ) {
     let c = w.len();
+    assert!(
+        c > 0 && x.len().is_multiple_of(c) && g.len() == x.len() && dx.len() == x.len(),
+        "rms-norm backward: {} inputs, {} gradients and {} outputs in rows of {c}",
+        x.len(),
+        g.len(),
+        dx.len()
+    );
     let acc = &mut acc[..c];
     for (o, (xr, gr)) in dx.chunks_mut(c).zip(x.chunks(c).zip(g.chunks(c))) {
         // Every slice has length c: the loops run without bounds checks.

@@ -6,9 +6,10 @@
 //! and IEEE division is exact in any width.
 
 /// `f()`, compiled for AVX-512 where the CPU has it (else as it is). `f` profits only where
-/// the compiler inlines it into the wrapper, which it does for the gates' backward closures
-/// (perf shows their 16-lane divisions) but is not bound to; `exp`, and the gates' forward
-/// passes with their exp inline, keep explicit wrappers (`wide_fma!`) for that reason.
+/// the compiler inlines it into the wrapper, which it is not bound to: the add-and-norm rows
+/// and the gates' backward passes ran on 4 lanes in such closures. The hot loops take explicit
+/// wrappers (`wide_fma!`) for that reason; this serves the rest (a ReLU base's forward, RoPE's
+/// rows where D is not a multiple of 32).
 #[inline(always)]
 pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
