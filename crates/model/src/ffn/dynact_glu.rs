@@ -7,6 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use super::GateUpRows;
 use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::exp::{exp, wide_fma};
@@ -126,16 +127,6 @@ struct FusedDynActGlu {
     base: BaseAct,
 }
 
-/// Where the rows of gates and ups lie: row r's c gates at `gate[r * stride..]` and its c ups
-/// at `up[r * stride..]` (stride c for two tensors, 2c for rows of [gate | up]).
-#[derive(Clone, Copy)]
-struct GateUpRows<'a> {
-    gate: &'a [f32],
-    up: &'a [f32],
-    stride: usize,
-    rows: usize,
-}
-
 /// The forward pass over rows of `c` channels, alpha - beta and beta as `pairs`; `silu` is
 /// the row kernel of a SiLU base.
 fn forward_rows<S: Channels>(
@@ -146,8 +137,7 @@ fn forward_rows<S: Channels>(
     silu: SiluRow<S>,
 ) -> Vec<f32> {
     par_fresh_chunks(rows.rows * c, c, |range, fresh| {
-        let at = range.start / c * rows.stride;
-        let (gr, ur) = (&rows.gate[at..][..c], &rows.up[at..][..c]);
+        let (gr, ur) = rows.row(range.start / c, c);
         if base == BaseAct::Silu {
             return silu(gr, ur, fresh, (scale, beta)).1;
         }
@@ -210,17 +200,9 @@ impl candle_core::CustomOp2 for StackedDynActGlu {
             f32_slice(s1, l1, self.name())?,
             f32_slice(s2, l2, self.name())?,
         );
-        let mut dims = l1.dims().to_vec();
-        let c = dims.last().copied().unwrap_or(0) / 2;
-        *dims.last_mut().expect("rank checked by dynact_glu_stacked") = c;
-        let rows = GateUpRows {
-            gate: gate_up,
-            up: gate_up.get(c..).unwrap_or_default(),
-            stride: 2 * c,
-            rows: gate_up.len() / (2 * c).max(1),
-        };
+        let (rows, shape, c) = GateUpRows::stacked(gate_up, l1);
         let out = forward(self.base, rows, c, params, self.name())?;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
@@ -292,13 +274,13 @@ impl CustomOp3 for FusedDynActGlu {
             f32_slice(s3, l3, self.name())?,
         );
         let c = *l1.dims().last().unwrap_or(&1);
-        let rows = GateUpRows {
-            gate,
-            up,
-            stride: c,
-            rows: gate.len() / c.max(1),
-        };
-        let out = forward(self.base, rows, c, params, self.name())?;
+        let out = forward(
+            self.base,
+            GateUpRows::apart(gate, up, c),
+            c,
+            params,
+            self.name(),
+        )?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -4,7 +4,7 @@
 //! gate product in a file here, and its [`crate::FfnKind`]. Checkpoint names follow Hugging Face Llama (`gate_proj`, `up_proj`,
 //! `down_proj`); dynActGLU adds `act_fn.alpha` and `act_fn.beta`.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{FfnKind, ModelConfig};
@@ -28,6 +28,53 @@ fn halves(x: &Tensor) -> Result<(Tensor, Tensor)> {
     }
     let f = width / 2;
     Ok((x.narrow(rank - 1, 0, f)?, x.narrow(rank - 1, f, f)?))
+}
+
+/// Where the rows of a gate product's gates and ups lie: row r's c gates at
+/// `gate[r * stride..]` and its c ups at `up[r * stride..]` (stride c for two tensors, 2c for
+/// rows of [gate | up]).
+#[derive(Clone, Copy)]
+struct GateUpRows<'a> {
+    gate: &'a [f32],
+    up: &'a [f32],
+    stride: usize,
+    rows: usize,
+}
+
+impl<'a> GateUpRows<'a> {
+    /// Rows of `c` in two tensors of one shape.
+    fn apart(gate: &'a [f32], up: &'a [f32], c: usize) -> Self {
+        GateUpRows {
+            gate,
+            up,
+            stride: c,
+            rows: gate.len() / c.max(1),
+        }
+    }
+
+    /// Rows [gate | up] of a stacked product laid out as `layout`, and the shape of the gate
+    /// product's output (the last dimension halved). The caller has checked the shape
+    /// ([`halves`]).
+    fn stacked(gate_up: &'a [f32], layout: &Layout) -> (Self, Shape, usize) {
+        let mut dims = layout.dims().to_vec();
+        let c = dims.last().copied().unwrap_or(0) / 2;
+        if let Some(last) = dims.last_mut() {
+            *last = c;
+        }
+        let rows = GateUpRows {
+            gate: gate_up,
+            up: gate_up.get(c..).unwrap_or_default(),
+            stride: 2 * c,
+            rows: gate_up.len() / (2 * c).max(1),
+        };
+        (rows, Shape::from(dims), c)
+    }
+
+    /// Row r's gates and ups, `c` each.
+    fn row(&self, r: usize, c: usize) -> (&'a [f32], &'a [f32]) {
+        let at = r * self.stride;
+        (&self.gate[at..][..c], &self.up[at..][..c])
+    }
 }
 
 /// The activation applied to the gate projection.

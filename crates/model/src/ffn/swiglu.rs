@@ -5,6 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use super::GateUpRows;
 use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
 use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
@@ -42,21 +43,17 @@ impl candle_core::CustomOp1 for SwiGluStacked {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let gate_up = f32_slice(s, l, self.name())?;
-        let mut dims = l.dims().to_vec();
-        let f = dims.last().copied().unwrap_or(0) / 2;
-        *dims.last_mut().expect("rank checked by swiglu_stacked") = f;
-        let rows = gate_up.len() / (2 * f).max(1);
-        let out = par_fresh_chunks(rows * f, f * rows_per_task(f), |range, fresh| {
+        let (rows, shape, f) = GateUpRows::stacked(f32_slice(s, l, self.name())?, l);
+        let out = par_fresh_chunks(rows.rows * f, f * rows_per_task(f), |range, fresh| {
             let first = range.start / f.max(1);
             fresh
                 .fill_rows(f, |r, row| {
-                    let at = (first + r) * 2 * f;
-                    silu_times_up(&gate_up[at..at + f], &gate_up[at + f..at + 2 * f], row).1
+                    let (gate, up) = rows.row(first + r, f);
+                    silu_times_up(gate, up, row).1
                 })
                 .1
         });
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
