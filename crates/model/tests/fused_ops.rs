@@ -315,19 +315,22 @@ fn fused_dynact_glu_matches_its_reference_for_every_input_and_parameter() {
 #[test]
 fn fused_causal_attention_matches_its_reference() {
     // Grouped heads (4 query heads on 2 key/value heads), 7 queries after 4 cached positions,
-    // heads of 8 (B, H, G, T, S, D) = (2, 4, 2, 7, 11, 8); one query seeing everything; and
-    // queries over two and three of the kernel's causal row blocks of 64.
-    for (t, s, salt) in [
-        (7usize, 11usize, 0u64),
-        (1, 5, 10),
-        (128, 128, 20),
-        (150, 153, 30),
+    // heads of 8 (B, H, G, T, S, D) = (2, 4, 2, 7, 11, 8); one query seeing everything;
+    // queries over several of the kernel's causal row blocks of 32; and heads of 32, whose
+    // products take the panel kernel, tile by tile up to the keys each tile's last row sees.
+    for (t, s, d, salt) in [
+        (7usize, 11usize, 8usize, 0u64),
+        (1, 5, 8, 10),
+        (128, 128, 8, 20),
+        (150, 153, 8, 30),
+        (64, 64, 32, 40),
+        (45, 50, 32, 50),
     ] {
-        let q = randn(&[2, 4, t, 8], 70 + salt);
-        let k = randn(&[2, 2, s, 8], 71 + salt);
-        let v = randn(&[2, 2, s, 8], 72 + salt);
-        let w = randn(&[2, 4, t, 8], 73 + salt);
-        let scale = 1.0 / 8f64.sqrt();
+        let q = randn(&[2, 4, t, d], 70 + salt);
+        let k = randn(&[2, 2, s, d], 71 + salt);
+        let v = randn(&[2, 2, s, d], 72 + salt);
+        let w = randn(&[2, 4, t, d], 73 + salt);
+        let scale = 1.0 / (d as f64).sqrt();
         compare(
             &[&q, &k, &v],
             &w,
@@ -336,7 +339,7 @@ fn fused_causal_attention_matches_its_reference() {
                 let md = x[0].dtype();
                 ops::causal_attention_reference(&x[0], &x[1], &x[2], scale, md, None, Ok).unwrap()
             },
-            &format!("attention, T {t}, S {s}"),
+            &format!("attention, T {t}, S {s}, D {d}"),
         );
     }
 }

@@ -165,23 +165,38 @@ fn causal_scores(out: &mut [f32], a: &[f32], b: &[f32], bt: &mut [f32], dims: Di
 }
 
 /// out (T, D) = P (T, S) M (S, D) for a causal P (0 past the keys each row sees), block by
-/// block. The rows of M and of out lie `m_stride` and `out_stride` elements apart (D where
-/// they are a head's own matrices). Writes every element of out's (T, D) and reads none: out
-/// may be fresh.
+/// block, row i times `row_scales[i]` where given. The rows of M and of out lie `m_stride` and
+/// `out_stride` elements apart (D where they are a head's own matrices). Writes every element
+/// of out's (T, D) and reads none: out may be fresh. Where the panel kernel takes the product,
+/// each tile of its rows stops at the keys its own last row sees: the terms past them are
+/// zeros, which leave every sum as it is (a fifth of these products at T = 64).
 fn causal_product(
     (out, out_stride): (&mut [MaybeUninit<f32>], usize),
     p: &[f32],
     (m, m_stride): (&[f32], usize),
     dims: Dims,
+    row_scales: Option<&[f32]>,
 ) {
-    let Dims { s, d, .. } = dims;
-    for (first, rows, keys) in row_blocks(dims) {
-        panel_product::product_into(
-            (&mut out[first * out_stride..], out_stride),
-            MatRef::rows(&p[first * s..], s),
-            MatRef::rows(m, m_stride),
-            (rows, d, keys),
-        );
+    let Dims { t, s, d, .. } = dims;
+    for (first, rows, block_keys) in row_blocks(dims) {
+        let tile_rows = match panel_product::takes(d) {
+            true => panel_product::ROWS,
+            false => rows,
+        };
+        for tile in (first..first + rows).step_by(tile_rows) {
+            let tile_rows = tile_rows.min(first + rows - tile);
+            let keys = match tile_rows == rows {
+                true => block_keys,
+                false => s - t + tile + tile_rows,
+            };
+            panel_product::product_into(
+                (&mut out[tile * out_stride..], out_stride),
+                MatRef::rows(&p[tile * s..], s),
+                MatRef::rows(m, m_stride),
+                (tile_rows, d, keys),
+                row_scales.map(|scales| &scales[tile..]),
+            );
+        }
     }
 }
 
@@ -556,13 +571,10 @@ impl CustomOp3 for CausalAttention {
                 self.drop(&head, e, kept),
                 (head.values, d),
                 dims,
+                Some(inv_sums),
             );
             // SAFETY: the product wrote all (T, D) of y.
-            let (y, filled) = unsafe { Fresh::assume_filled(y) };
-            for (row, inv) in y.chunks_mut(d).zip(&*inv_sums) {
-                row.iter_mut().for_each(|x| *x *= inv);
-            }
-            filled
+            unsafe { Fresh::assume_filled(y) }.1
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -675,7 +687,7 @@ impl CustomOp3 for CausalAttentionBackward {
                     softmax_backward_rows(dp, p, dims, fwd.scale);
                     // SAFETY: the product writes values only.
                     let dq = unsafe { panel_product::slots_of(dq) };
-                    causal_product((dq, d), dp, (head.keys, d), dims);
+                    causal_product((dq, d), dp, (head.keys, d), dims, None);
                     add_causal_product_transposed(dk, dp, head.q, dims);
                 }
             });
@@ -795,13 +807,13 @@ impl CustomOp3 for InferenceAttention {
                         mask_first: 0,
                     };
                     attention.exponentials(&rotated, dims, [&mut *e, &mut *inv_sums, &mut *bt]);
-                    causal_product((&mut y[head * d..], row), e, (&v[kv * d..], kv_row), dims);
-                    for (i, inv) in inv_sums.iter().enumerate() {
-                        for x in &mut y[i * row + head * d..][..d] {
-                            // SAFETY: the product just wrote the head's (T, D).
-                            x.write(unsafe { x.assume_init_read() } * inv);
-                        }
-                    }
+                    causal_product(
+                        (&mut y[head * d..], row),
+                        e,
+                        (&v[kv * d..], kv_row),
+                        dims,
+                        Some(inv_sums),
+                    );
                 }
             }
             // SAFETY: the H heads' products wrote all (T, H D) of y.

@@ -27,8 +27,7 @@ pub(crate) fn takes(n: usize) -> bool {
 const PANEL: usize = 32;
 
 /// Output rows per tile: 12 rows of 2 vectors are 24 of the 32 registers.
-#[cfg(target_arch = "x86_64")]
-const ROWS: usize = 12;
+pub(crate) const ROWS: usize = 12;
 
 /// A row-major or transposed view of a matrix in a slice: element (r, c) is
 /// `data[r * row_stride + c * col_stride]`.
@@ -80,20 +79,62 @@ pub(crate) fn product(
 ) {
     // SAFETY: out's elements all hold values, as accumulating needs, and the product writes
     // values only (slots_of).
-    unsafe { product_into_slots((slots_of(out), out_stride), a, b, (m, n, k), accumulate) }
+    unsafe {
+        product_into_slots(
+            (slots_of(out), out_stride),
+            a,
+            b,
+            (m, n, k),
+            Ending::of(accumulate),
+        )
+    }
 }
 
 /// [`product`] without accumulating, into slots that need not hold values yet (a fresh
 /// output): it writes every element of the (m, n) block and reads none, so the buffer needs
-/// no zeros first.
+/// no zeros first. Where `row_scales` (m or more) are given, row i of the product is stored
+/// times `row_scales[i]` (attention's 1 / row sums): one rounding of the product's value, as
+/// scaling the stored row would be, without another pass over it.
 pub(crate) fn product_into(
     (out, out_stride): (&mut [MaybeUninit<f32>], usize),
     a: MatRef,
     b: MatRef,
     (m, n, k): (usize, usize, usize),
+    row_scales: Option<&[f32]>,
 ) {
+    let ending = match row_scales {
+        Some(scales) => {
+            assert!(
+                scales.len() >= m,
+                "product: {} row scales for {m} rows",
+                scales.len()
+            );
+            Ending::Scale(scales)
+        }
+        None => Ending::Store,
+    };
     // SAFETY: nothing is read from out without accumulating.
-    unsafe { product_into_slots((out, out_stride), a, b, (m, n, k), false) }
+    unsafe { product_into_slots((out, out_stride), a, b, (m, n, k), ending) }
+}
+
+/// What a product does with each output element it computed.
+#[derive(Clone, Copy)]
+enum Ending<'a> {
+    /// Stores it.
+    Store,
+    /// Adds it to the value already there.
+    Accumulate,
+    /// Stores it times its row's scale (at least m of them).
+    Scale(&'a [f32]),
+}
+
+impl Ending<'_> {
+    fn of(accumulate: bool) -> Self {
+        match accumulate {
+            true => Ending::Accumulate,
+            false => Ending::Store,
+        }
+    }
 }
 
 /// f32s seen as slots, for [`product_into`] or the like.
@@ -108,13 +149,13 @@ pub(crate) unsafe fn slots_of(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 /// The body of [`product`] and [`product_into`].
 ///
 /// # Safety
-/// Where `accumulate`, the (m, n) block of out holds values.
+/// Where `ending` accumulates, the (m, n) block of out holds values.
 unsafe fn product_into_slots(
     (out, out_stride): (&mut [MaybeUninit<f32>], usize),
     a: MatRef,
     b: MatRef,
     (m, n, k): (usize, usize, usize),
-    accumulate: bool,
+    ending: Ending,
 ) {
     let out_view = MatRef {
         data: &[],
@@ -139,7 +180,7 @@ unsafe fn product_into_slots(
                 a_cols: a.col_stride,
                 b_rows: b.row_stride,
                 k,
-                accumulate,
+                accumulate: matches!(ending, Ending::Accumulate),
             };
             for panel in (0..n).step_by(PANEL) {
                 for first in (0..m).step_by(ROWS) {
@@ -150,7 +191,11 @@ unsafe fn product_into_slots(
                         a.data.as_ptr().add(first * a.row_stride),
                         b.data.as_ptr().add(panel),
                     );
-                    tile_of(ROWS.min(m - first), tile, &shape);
+                    let scales = match ending {
+                        Ending::Scale(scales) => Some(scales.as_ptr().add(first)),
+                        _ => None,
+                    };
+                    tile_of(ROWS.min(m - first), tile, scales, &shape);
                 }
             }
         }
@@ -163,8 +208,16 @@ unsafe fn product_into_slots(
             a,
             b,
             (m, n, k),
-            accumulate,
+            matches!(ending, Ending::Accumulate),
         )
+    }
+    if let Ending::Scale(scales) = ending {
+        for (r, scale) in scales[..m].iter().enumerate() {
+            for x in &mut out[r * out_stride..][..n] {
+                // SAFETY: gemm wrote the (m, n) block.
+                x.write(unsafe { x.assume_init_read() } * scale);
+            }
+        }
     }
 }
 
@@ -305,27 +358,34 @@ struct Shape {
     accumulate: bool,
 }
 
-/// The tile of `rows` (1 to 12) rows at (out, a, b).
+/// The tile of `rows` (1 to 12) rows at (out, a, b), each row stored times its scale where
+/// `scales` (the tile's first row's) is given.
 ///
 /// # Safety
-/// AVX-512, and the pointers valid for the tile's elements at the strides `shape` gives.
+/// AVX-512, and the pointers valid for the tile's elements at the strides `shape` gives
+/// (`scales` for `rows` of them).
 #[cfg(target_arch = "x86_64")]
-unsafe fn tile_of(rows: usize, at: (*mut f32, *const f32, *const f32), shape: &Shape) {
+unsafe fn tile_of(
+    rows: usize,
+    at: (*mut f32, *const f32, *const f32),
+    scales: Option<*const f32>,
+    shape: &Shape,
+) {
     // SAFETY: passed on from the caller.
     unsafe {
         match rows {
-            12 => tile::<12>(at, shape),
-            11 => tile::<11>(at, shape),
-            10 => tile::<10>(at, shape),
-            9 => tile::<9>(at, shape),
-            8 => tile::<8>(at, shape),
-            7 => tile::<7>(at, shape),
-            6 => tile::<6>(at, shape),
-            5 => tile::<5>(at, shape),
-            4 => tile::<4>(at, shape),
-            3 => tile::<3>(at, shape),
-            2 => tile::<2>(at, shape),
-            _ => tile::<1>(at, shape),
+            12 => tile::<12>(at, scales, shape),
+            11 => tile::<11>(at, scales, shape),
+            10 => tile::<10>(at, scales, shape),
+            9 => tile::<9>(at, scales, shape),
+            8 => tile::<8>(at, scales, shape),
+            7 => tile::<7>(at, scales, shape),
+            6 => tile::<6>(at, scales, shape),
+            5 => tile::<5>(at, scales, shape),
+            4 => tile::<4>(at, scales, shape),
+            3 => tile::<3>(at, scales, shape),
+            2 => tile::<2>(at, scales, shape),
+            _ => tile::<1>(at, scales, shape),
         }
     }
 }
@@ -337,7 +397,11 @@ unsafe fn tile_of(rows: usize, at: (*mut f32, *const f32, *const f32), shape: &S
 /// As [`tile_of`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize>((out, a, b): (*mut f32, *const f32, *const f32), shape: &Shape) {
+unsafe fn tile<const R: usize>(
+    (out, a, b): (*mut f32, *const f32, *const f32),
+    scales: Option<*const f32>,
+    shape: &Shape,
+) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's pointers, at the strides in `shape`.
     unsafe {
@@ -358,6 +422,11 @@ unsafe fn tile<const R: usize>((out, a, b): (*mut f32, *const f32, *const f32), 
             if shape.accumulate {
                 v0 = _mm512_add_ps(_mm512_loadu_ps(o), v0);
                 v1 = _mm512_add_ps(_mm512_loadu_ps(o.add(16)), v1);
+            }
+            if let Some(scales) = scales {
+                let scale = _mm512_set1_ps(*scales.add(r));
+                v0 = _mm512_mul_ps(v0, scale);
+                v1 = _mm512_mul_ps(v1, scale);
             }
             _mm512_storeu_ps(o, v0);
             _mm512_storeu_ps(o.add(16), v1);
@@ -438,6 +507,35 @@ mod tests {
                             assert_eq!(ours[at].to_bits(), theirs[at].to_bits(), "{what}: vs gemm");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scaled_products_are_the_stored_products_times_their_rows_scales() {
+        // The panel kernel (n a multiple of 32, where the CPU has AVX-512) and the gemm crate
+        // (n = 20); tiles of 12 rows and a shorter last one.
+        for (m, n, k) in [(13, 32, 9), (25, 64, 40), (7, 20, 16)] {
+            let (a, b) = (values(m * k, 5), values(k * n, 6));
+            let scales: Vec<f32> = values(m, 7).iter().map(|x| x + 1.5).collect();
+            let stride = n + 1;
+            let (a_m, b_m) = (MatRef::rows(&a, k), MatRef::rows(&b, n));
+            let mut stored = vec![0f32; m * stride];
+            product((&mut stored, stride), a_m, b_m, (m, n, k), false);
+            let mut scaled = vec![MaybeUninit::new(f32::NAN); m * stride];
+            product_into((&mut scaled, stride), a_m, b_m, (m, n, k), Some(&scales));
+            for (r, scale) in scales.iter().enumerate() {
+                for c in 0..n {
+                    let at = r * stride + c;
+                    // SAFETY: initialized above.
+                    let ours = unsafe { scaled[at].assume_init() };
+                    let expected = stored[at] * scale;
+                    assert_eq!(
+                        ours.to_bits(),
+                        expected.to_bits(),
+                        "({m}, {n}, {k}) at ({r}, {c})"
+                    );
                 }
             }
         }
