@@ -99,6 +99,30 @@ impl<'a> Fresh<'a> {
     }
 }
 
+/// Fills two chunks of one length row by row, rows of `width` (the last one shorter):
+/// `fill_row(r, row of a, row of b)` for each in order. [`Fresh::fill_rows`] for an op with
+/// two outputs per row.
+#[inline(always)]
+pub(crate) fn fill_row_pairs<'a, 'b>(
+    (a, b): (Fresh<'a>, Fresh<'b>),
+    width: usize,
+    mut fill_row: impl for<'r, 's> FnMut(usize, Fresh<'r>, Fresh<'s>) -> (Filled<'r>, Filled<'s>),
+) -> (Filled<'a>, Filled<'b>) {
+    assert_eq!(a.0.len(), b.0.len(), "row pairs of two lengths");
+    let width = width.max(1);
+    for (r, (row_a, row_b)) in a.0.chunks_mut(width).zip(b.0.chunks_mut(width)).enumerate() {
+        let at = (Filled::of(row_a).0, Filled::of(row_b).0);
+        let (Filled(filled_a, _), Filled(filled_b, _)) = fill_row(r, Fresh(row_a), Fresh(row_b));
+        assert_eq!(
+            (filled_a, filled_b),
+            at,
+            "row {r}: the closure filled other rows"
+        );
+    }
+    // Every row of both was filled (the assertions above).
+    (Filled::of(a.0), Filled::of(b.0))
+}
+
 /// A vector of `len` f32 in chunks of `chunk` (the last one shorter), each filled by
 /// `fill(its index range, chunk)`, in parallel tasks of about 16K elements.
 pub(crate) fn par_fresh_chunks(
