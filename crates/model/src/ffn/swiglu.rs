@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use super::GateUpRows;
 use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
-use crate::ops::{f32_slice, fused, fused_on_cuda, rows_per_task};
+use crate::ops::{f32_slice, fused, fused_on_cuda, prefetch_ahead, rows_per_task, PREFETCH_STRIDE};
 
 /// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
 /// Candle's own `silu` and `mul` (forward and backward).
@@ -150,8 +150,14 @@ fn silu_times_up_loop<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut 
         up.len(),
         slots.len()
     );
-    for ((slot, &g), &u) in slots.iter_mut().zip(gate).zip(up) {
-        slot.write(g / (1.0 + exp(-g)) * u);
+    for start in (0..slots.len()).step_by(PREFETCH_STRIDE) {
+        prefetch_ahead(gate, start);
+        prefetch_ahead(up, start);
+        let at = start..(start + PREFETCH_STRIDE).min(slots.len());
+        let (gate, up) = (&gate[at.clone()], &up[at.clone()]);
+        for ((slot, &g), &u) in slots[at].iter_mut().zip(gate).zip(up) {
+            slot.write(g / (1.0 + exp(-g)) * u);
+        }
     }
     // SAFETY: the loop wrote every slot: the three lengths are equal (asserted).
     unsafe { Fresh::assume_filled(slots) }
