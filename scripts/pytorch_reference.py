@@ -170,7 +170,7 @@ def bench(name, ffn, steps, peak, args):
         model(x)
         sync(device)
         eval_s = float("inf")
-        for _ in range(5):  # the best of 5, as the Rust bench takes
+        for _ in range(10):  # the best of 10, as the Rust bench takes
             t = time.perf_counter()
             model(x).float().log_softmax(-1)
             sync(device)
