@@ -348,63 +348,58 @@ fn fused_causal_attention_matches_its_reference() {
 fn fused_causal_attention_drops_the_probabilities_the_reference_drops() {
     // Dropout on the probabilities: the fused kernel draws the mask elements the reference's
     // dropout op does for the whole (B, H, T, S) tensor, from an offset as a row shard does.
-    let (q, k, v) = (
-        randn(&[2, 2, 9, 8], 80),
-        randn(&[2, 2, 9, 8], 81),
-        randn(&[2, 2, 9, 8], 82),
-    );
-    let w = randn(&[2, 2, 9, 8], 83);
-    for first in [0u64, 3 * 2 * 9 * 9] {
-        let dropout = dynact_model::philox_dropout::PhiloxDropout {
-            seed: 0xDEAD_BEEF_0123,
-            first,
-            keep: 0.7,
-            scale: (1.0 / 0.7f64) as f32,
-        };
-        let attend = |x: &[Tensor], fused: bool| {
-            let scale = 1.0 / 8f64.sqrt();
-            match fused {
-                true => ops::causal_attention(
-                    &x[0],
-                    &x[1],
-                    &x[2],
-                    scale,
-                    Some(dropout),
-                    DType::F32,
-                    None,
-                ),
-                false => ops::causal_attention_reference(
-                    &x[0],
-                    &x[1],
-                    &x[2],
-                    scale,
-                    DType::F32,
-                    None,
-                    |p| dropout.apply(&p),
-                ),
+    // Heads of 8 (the gemm crate's products) and of 32 (the panel kernel's, tile by tile).
+    for (t, d, salt) in [(9usize, 8usize, 0u64), (40, 32, 10)] {
+        let (q, k, v) = (
+            randn(&[2, 2, t, d], 80 + salt),
+            randn(&[2, 2, t, d], 81 + salt),
+            randn(&[2, 2, t, d], 82 + salt),
+        );
+        let w = randn(&[2, 2, t, d], 83 + salt);
+        let scale = 1.0 / (d as f64).sqrt();
+        for first in [0u64, 3 * 2 * (t * t) as u64] {
+            let dropout = dynact_model::philox_dropout::PhiloxDropout {
+                seed: 0xDEAD_BEEF_0123,
+                first,
+                keep: 0.7,
+                scale: (1.0 / 0.7f64) as f32,
+            };
+            let attend = |x: &[Tensor], fused: bool| {
+                match fused {
+                    true => ops::causal_attention(
+                        &x[0],
+                        &x[1],
+                        &x[2],
+                        scale,
+                        Some(dropout),
+                        DType::F32,
+                        None,
+                    ),
+                    false => ops::causal_attention_reference(
+                        &x[0],
+                        &x[1],
+                        &x[2],
+                        scale,
+                        DType::F32,
+                        None,
+                        |p| dropout.apply(&p),
+                    ),
+                }
+                .unwrap()
+            };
+            let what = format!("T {t}, D {d}, first {first}");
+            let (y, dx) = run(&[&q, &k, &v], &w, DType::F32, &|x| attend(x, true));
+            let (y_ref, dx_ref) = run(&[&q, &k, &v], &w, DType::F32, &|x| attend(x, false));
+            assert_close(&y, &y_ref, 1e-5, &format!("values, {what}"));
+            for (i, (a, b)) in dx.iter().zip(&dx_ref).enumerate() {
+                assert_close(a, b, 1e-4, &format!("gradient {i}, {what}"));
             }
-            .unwrap()
-        };
-        let (y, dx) = run(&[&q, &k, &v], &w, DType::F32, &|x| attend(x, true));
-        let (y_ref, dx_ref) = run(&[&q, &k, &v], &w, DType::F32, &|x| attend(x, false));
-        assert_close(&y, &y_ref, 1e-5, &format!("values, first {first}"));
-        for (i, (a, b)) in dx.iter().zip(&dx_ref).enumerate() {
-            assert_close(a, b, 1e-4, &format!("gradient {i}, first {first}"));
+            // Dropout really acted: without it the values differ.
+            let (plain, _) = run(&[&q, &k, &v], &w, DType::F32, &|x| {
+                ops::causal_attention(&x[0], &x[1], &x[2], scale, None, DType::F32, None).unwrap()
+            });
+            assert!(common::max_abs_diff(&plain, &y) > 1e-2, "{what}");
         }
-        // Dropout really acted: without it the values differ.
-        let (plain, _) = run(&[&q, &k, &v], &w, DType::F32, &|x| {
-            ops::causal_attention(
-                &x[0],
-                &x[1],
-                &x[2],
-                1.0 / 8f64.sqrt(),
-                None,
-                DType::F32,
-                None,
-            )
-            .unwrap()
-        });
-        assert!(common::max_abs_diff(&plain, &y) > 1e-2);
     }
 }
 

@@ -13,8 +13,9 @@ use rayon::prelude::*;
 use super::rows_per_task;
 
 /// A chunk of a fresh output that nothing has written yet. It becomes f32s through
-/// [`Fresh::fill`], [`Fresh::fill_rows`] (both write every element) or, for a plain loop that
-/// writes every slot, [`Fresh::into_slots`] and the unsafe [`Fresh::assume_filled`].
+/// [`Fresh::fill`], [`Fresh::fill_rows`], [`fill_row_pairs`] (which write every element) or,
+/// for a plain loop that writes every slot, [`Fresh::into_slots`] and the unsafe
+/// [`Fresh::assume_filled`].
 pub(crate) struct Fresh<'a>(&'a mut [MaybeUninit<f32>]);
 
 /// Proof that the [`Fresh`] chunk of lifetime `'a` was filled: what the closure of
@@ -222,6 +223,47 @@ pub(crate) fn par_fresh_pairs_with<T: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_pairs_are_filled_in_order_and_each_row_by_its_own_fill() {
+        // Rows of 3 in chunks of 7 (a short last row), both outputs.
+        let out = par_fresh_pairs(14, 7, |range, a, b| {
+            fill_row_pairs((a, b), 3, |r, row_a, row_b| {
+                let at = range.start + 3 * r;
+                let width = row_a.0.len();
+                (
+                    row_a.fill((at..at + width).map(|j| j as f32)).1,
+                    row_b.fill((at..at + width).map(|j| -(j as f32))).1,
+                )
+            })
+        });
+        let expected: Vec<f32> = (0..14)
+            .map(|j| j as f32)
+            .chain((0..14).map(|j| -(j as f32)))
+            .collect();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    #[should_panic(expected = "filled other rows")]
+    fn a_row_fill_that_returns_another_row_s_proof_is_caught() {
+        let mut a = vec![MaybeUninit::new(0f32); 4];
+        let mut b = vec![MaybeUninit::new(0f32); 4];
+        let mut kept = None;
+        fill_row_pairs((Fresh(&mut a), Fresh(&mut b)), 2, |r, row_a, row_b| {
+            let (ra, rb) = (
+                row_a.fill([1.0, 2.0].into_iter()).1,
+                row_b.fill([3.0, 4.0].into_iter()).1,
+            );
+            match r {
+                0 => {
+                    kept = Some(ra.0);
+                    (ra, rb)
+                }
+                _ => (Filled(kept.unwrap(), PhantomData), rb),
+            }
+        });
+    }
 
     #[test]
     fn every_chunk_is_filled_with_its_values() {

@@ -78,6 +78,17 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
 }
 
+/// Rows per task of a row kernel whose wrapper takes a task's rows at once: about
+/// [`rows_per_task`] each, in a number of tasks the pool's threads share evenly (384 rows of
+/// 128 in tasks of 128 left one of two threads 256 of them).
+pub(crate) fn rows_per_chunk(rows: usize, row_len: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let tasks = rows
+        .div_ceil(rows_per_task(row_len))
+        .next_multiple_of(threads);
+    rows.div_ceil(tasks.max(1)).max(1)
+}
+
 /// Rows whose per-channel partial sums (RMSNorm's weight gradient, dynAct's) one task
 /// accumulates in f32 before [`sum_block_partials`] adds them up; the CUDA kernels block the
 /// same way.
@@ -188,6 +199,7 @@ pub(crate) fn row_max_in<const N: usize>(values: &[f32]) -> f32 {
 
 /// How far ahead of a streaming loop [`prefetch_ahead`] reaches: 1 KB, about 16 vectors of
 /// work.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_DISTANCE: usize = 256;
 
 /// The elements a streaming loop handles between two calls of [`prefetch_ahead`]: the four

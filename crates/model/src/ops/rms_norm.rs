@@ -12,7 +12,7 @@ use super::exp::wide_fma;
 use super::fresh::{fill_row_pairs, par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
 use super::ROWS_PER_BLOCK;
 use super::{
-    f32_slice, fold_lanes, fused, lane_dot, last_dim, rows_per_task, sum_block_partials, LANES,
+    f32_slice, fold_lanes, fused, lane_dot, last_dim, rows_per_chunk, sum_block_partials, LANES,
 };
 
 /// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * weight.
@@ -93,7 +93,14 @@ impl CustomOp3 for AddRmsNorm {
         );
         let w = f32_slice(s3, l3, self.name())?;
         let c = last_dim(l1);
-        let out = par_fresh_pairs(x.len(), c * rows_per_task(c), |rows, h, normed| {
+        assert_eq!(
+            w.len(),
+            c,
+            "add-rms-norm: a weight of {} for rows of {c}",
+            w.len()
+        );
+        let chunk = c * rows_per_chunk(x.len() / c.max(1), c);
+        let out = par_fresh_pairs(x.len(), chunk, |rows, h, normed| {
             add_normalize_rows(&x[rows.clone()], &y[rows], w, self.eps, h, normed)
         });
         Ok((CpuStorage::F32(out), Shape::from(2 * x.len())))
@@ -250,7 +257,14 @@ impl CustomOp2 for RmsNorm {
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
         let n = last_dim(l1);
-        let out = par_fresh_chunks(x.len(), n * rows_per_task(n), |rows, fresh| {
+        assert_eq!(
+            w.len(),
+            n,
+            "rms-norm: a weight of {} for rows of {n}",
+            w.len()
+        );
+        let chunk = n * rows_per_chunk(x.len() / n.max(1), n);
+        let out = par_fresh_chunks(x.len(), chunk, |rows, fresh| {
             normalize_rows(&x[rows], w, self.eps, fresh)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
