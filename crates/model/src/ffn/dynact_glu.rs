@@ -13,7 +13,7 @@ use crate::dynact::{param, DynAct};
 use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs_with, Filled, Fresh};
 use crate::ops::wide::widest;
-use crate::ops::{f32_slice, prefetch_ahead, sum_block_partials, PREFETCH_STRIDE, ROWS_PER_BLOCK};
+use crate::ops::{f32_slice, prefetched_blocks, sum_block_partials, ROWS_PER_BLOCK};
 
 /// `act(gate) * up`, gate and up of one shape (..., F). f32 inputs with a SiLU or ReLU base take
 /// the fused kernel on a CPU and on a CUDA GPU (`kernels/dynact_glu.cu`).
@@ -245,10 +245,8 @@ fn silu_gate_times_up_loop<'a, S: Channels>(
     );
     // Every slice has length c: the loop runs without bounds checks.
     let (gate, up, scale, beta) = (&gate[..c], &up[..c], scale.row(c), beta.row(c));
-    for start in (0..c).step_by(PREFETCH_STRIDE) {
-        prefetch_ahead(gate, start);
-        prefetch_ahead(up, start);
-        for j in start..(start + PREFETCH_STRIDE).min(c) {
+    for at in prefetched_blocks(c, [gate, up]) {
+        for j in at {
             let g = gate[j];
             let w = 1.0 / (1.0 + exp(-g));
             slots[j].write((g * w * scale.at(j) + beta.at(j) * g) * up[j]);

@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use super::GateUpRows;
 use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
-use crate::ops::{f32_slice, fused, fused_on_cuda, prefetch_ahead, rows_per_task, PREFETCH_STRIDE};
+use crate::ops::{f32_slice, fused, fused_on_cuda, prefetched_blocks, rows_per_task};
 
 /// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
 /// Candle's own `silu` and `mul` (forward and backward).
@@ -150,10 +150,7 @@ fn silu_times_up_loop<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut 
         up.len(),
         slots.len()
     );
-    for start in (0..slots.len()).step_by(PREFETCH_STRIDE) {
-        prefetch_ahead(gate, start);
-        prefetch_ahead(up, start);
-        let at = start..(start + PREFETCH_STRIDE).min(slots.len());
+    for at in prefetched_blocks(slots.len(), [gate, up]) {
         let (gate, up) = (&gate[at.clone()], &up[at.clone()]);
         for ((slot, &g), &u) in slots[at].iter_mut().zip(gate).zip(up) {
             slot.write(g / (1.0 + exp(-g)) * u);

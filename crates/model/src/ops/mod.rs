@@ -204,15 +204,31 @@ const PREFETCH_DISTANCE: usize = 256;
 
 /// The elements a streaming loop handles between two calls of [`prefetch_ahead`]: the four
 /// cache lines each call asks for.
-pub(crate) const PREFETCH_STRIDE: usize = 64;
+const PREFETCH_STRIDE: usize = 64;
+
+/// The blocks of [`PREFETCH_STRIDE`] elements (the last one shorter) in which a loop streams
+/// over `n` elements of `inputs`, each handed out after asking for the inputs' elements
+/// [`PREFETCH_DISTANCE`] past its start ([`prefetch_ahead`]). The FFN's gates read rows the
+/// gate-up product has just written further out in the caches, and their loops waited on
+/// those loads (a sixth of the gate's time, perf).
+#[inline(always)]
+pub(crate) fn prefetched_blocks<'a, const N: usize>(
+    n: usize,
+    inputs: [&'a [f32]; N],
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    (0..n).step_by(PREFETCH_STRIDE).map(move |start| {
+        for xs in inputs {
+            prefetch_ahead(xs, start);
+        }
+        start..(start + PREFETCH_STRIDE).min(n)
+    })
+}
 
 /// Asks the CPU to bring into L1 the [`PREFETCH_STRIDE`] elements [`PREFETCH_DISTANCE`] past
-/// `xs[at]`, which a loop reading `xs` in order will want soon. The FFN's gates read rows the
-/// gate-up product has just written further out in the caches, and their loops waited on
-/// those loads (a sixth of the gate's time, perf). A hint: an address past the slice reads
-/// nothing (prefetches do not fault) and changes no value.
+/// `xs[at]`, which a loop reading `xs` in order will want soon. A hint: an address past the
+/// slice reads nothing (prefetches do not fault) and changes no value.
 #[inline(always)]
-pub(crate) fn prefetch_ahead(xs: &[f32], at: usize) {
+fn prefetch_ahead(xs: &[f32], at: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
