@@ -24,6 +24,7 @@ pub(crate) mod exp;
 pub(crate) mod fresh;
 pub mod heads;
 pub mod matmul;
+pub mod packed_weight;
 pub(crate) mod panel_product;
 pub mod rms_norm;
 pub mod rope;
@@ -39,6 +40,14 @@ pub use matmul::{product, product_reference, widened_product, widened_product_re
 pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
 pub use softmax::{causal_mask, causal_softmax, causal_softmax_reference, softmax};
+
+/// `n` test values in [-1, 1), spread over 2003 levels, different for each seed.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+        .collect()
+}
 
 /// Whether `x` takes the fused CPU kernel: a CPU tensor of f32.
 pub(crate) fn fused(x: &Tensor) -> bool {

@@ -437,12 +437,7 @@ unsafe fn tile<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
-            .collect()
-    }
+    use crate::ops::test_values as values;
 
     #[test]
     fn panel_products_match_a_plain_sum_and_the_gemm_crate() {
