@@ -90,6 +90,21 @@ impl Linear {
         Self::of_stored(weight, true, a.matmul_dtype).map(Some)
     }
 
+    /// The weights of a stacked gate and up layer ([`Linear::stacked`] of a gated FFN's two
+    /// projections) of `c` channels each, as a gate and up pack, which its FFN's gated product
+    /// reads in place of this layer's products ([`PackedWeight::of_gate_up`]); the layer's own
+    /// pack is dropped (a layer without one takes the gemm crate's product). None, the layer
+    /// as it was, where it has no pack or its input is deeper than the gated product takes.
+    pub(crate) fn take_gate_up_pack(&mut self, c: usize) -> Result<Option<Arc<PackedWeight>>> {
+        let (k, n) = self.weight.dims2()?;
+        if self.packed.is_none() || n != 2 * c || k > PackedWeight::GATED_DEPTH {
+            return Ok(None);
+        }
+        let w_t = self.weight.flatten_all()?.to_vec1::<f32>()?;
+        self.packed = None;
+        Ok(Some(Arc::new(PackedWeight::of_gate_up(&w_t, k, c))))
+    }
+
     pub fn set_matmul_dtype(&mut self, dtype: DType) {
         self.matmul_dtype = dtype;
     }

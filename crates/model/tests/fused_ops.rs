@@ -562,15 +562,39 @@ fn moving_heads_is_candle_s_transpose_and_the_kernel_source_agrees() {
     }
 }
 
+/// A dynAct of `f` channels whose alpha and beta (random) are fixed tensors, as in an
+/// inference model.
+fn fixed_dynact(
+    base: dynact_model::BaseAct,
+    granularity: dynact_model::Granularity,
+    f: usize,
+) -> dynact_model::DynAct {
+    use dynact_model::{DynAct, DynActConfig, Granularity};
+    let n = match granularity {
+        Granularity::PerLayer => 1,
+        _ => f,
+    };
+    let params = std::collections::HashMap::from([
+        ("alpha".to_string(), randn(&[n], 32)),
+        ("beta".to_string(), randn(&[n], 33)),
+    ]);
+    let cfg = DynActConfig {
+        base,
+        granularity,
+        alpha_init: 1.0,
+        beta_init: 0.0,
+    };
+    let vb = candle_nn::VarBuilder::from_tensors(params, DType::F32, &Device::Cpu);
+    DynAct::new(&cfg, f, vb).unwrap()
+}
+
 #[test]
 fn stacked_gate_products_are_the_gate_products_of_the_halves() {
-    use candle_nn::VarBuilder;
     use dynact_model::ffn::{dynact_glu, dynact_glu_stacked, swiglu, swiglu_stacked};
-    use dynact_model::{BaseAct, DynAct, DynActConfig, Granularity};
+    use dynact_model::{BaseAct, Granularity};
     // Rows of [gate | up] (an inference model's one product of the stacked weights): F = 37
     // (a vector tail) and 352 (cpu-repro's), rows past one task's; alpha and beta untracked,
     // so that the stacked kernels run. Each is the kernel of the two halves, bit for bit.
-    let dev = Device::Cpu;
     for (dims, f) in [(vec![3, 150], 37), (vec![2, 70], 352)] {
         let gate_up = randn(&[dims.clone(), vec![2 * f]].concat(), 31);
         let (gate, up) = (
@@ -585,19 +609,8 @@ fn stacked_gate_products_are_the_gate_products_of_the_halves() {
             "swiglu F {f}"
         );
         for base in [BaseAct::Silu, BaseAct::Relu] {
-            for (granularity, n) in [(Granularity::PerLayer, 1), (Granularity::PerChannel, f)] {
-                let params = std::collections::HashMap::from([
-                    ("alpha".to_string(), randn(&[n], 32)),
-                    ("beta".to_string(), randn(&[n], 33)),
-                ]);
-                let cfg = DynActConfig {
-                    base,
-                    granularity,
-                    alpha_init: 1.0,
-                    beta_init: 0.0,
-                };
-                let act = DynAct::new(&cfg, f, VarBuilder::from_tensors(params, DType::F32, &dev))
-                    .unwrap();
+            for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
+                let act = fixed_dynact(base, granularity, f);
                 assert_eq!(
                     bits(&dynact_glu_stacked(&act, &gate_up).unwrap()),
                     bits(&dynact_glu(&act, &gate, &up).unwrap()),
@@ -622,6 +635,46 @@ fn stacked_gate_products_are_the_gate_products_of_the_halves() {
     // An odd width is no rows of [gate | up].
     let err = swiglu_stacked(&randn(&[2, 5], 36)).unwrap_err().to_string();
     assert!(err.contains("[gate | up]"), "{err}");
+}
+
+#[test]
+fn packed_gate_products_are_the_stacked_kernels_of_the_product() {
+    use dynact_model::ffn::{dynact_glu_packed, dynact_glu_stacked, swiglu_packed, swiglu_stacked};
+    use dynact_model::ops::packed_weight::PackedWeight;
+    use dynact_model::{BaseAct, Granularity};
+    use std::sync::Arc;
+    if !PackedWeight::available() {
+        eprintln!("no AVX-512 here: the gate and up pack never runs");
+        return;
+    }
+    // One kernel for the gate and up products and the gate (an inference model's FFN on
+    // AVX-512) against the product of the stacked weights (the gemm crate's) and the stacked
+    // kernels: F = 37 (a part panel) and 352 (cpu-repro's), rows past a tile, bit for bit.
+    for (rows, k, f) in [(150, 40, 37), (140, 128, 352)] {
+        let x = randn(&[rows, k], 41);
+        let w_t = randn(&[k, 2 * f], 42);
+        let flat = w_t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pack = Arc::new(PackedWeight::of_gate_up(&flat, k, f));
+        let gate_up = ops::product(&x, &w_t, ops::Form::AB, DType::F32).unwrap();
+        let packed = swiglu_packed(&x, &pack).unwrap().expect("taken");
+        assert_eq!(packed.dims(), &[rows, f]);
+        let stacked = swiglu_stacked(&gate_up).unwrap();
+        assert_eq!(bits(&packed), bits(&stacked), "swiglu F {f}");
+        for base in [BaseAct::Silu, BaseAct::Relu] {
+            for granularity in [Granularity::PerLayer, Granularity::PerChannel] {
+                let act = fixed_dynact(base, granularity, f);
+                let packed = dynact_glu_packed(&act, &x, &pack).unwrap().expect("taken");
+                assert_eq!(
+                    bits(&packed),
+                    bits(&dynact_glu_stacked(&act, &gate_up).unwrap()),
+                    "dynact-glu {base:?} {granularity:?} F {f}"
+                );
+            }
+        }
+        // An input that needs a gradient is left to the products that have one.
+        let tracked = Var::from_tensor(&x).unwrap();
+        assert!(swiglu_packed(tracked.as_tensor(), &pack).unwrap().is_none());
+    }
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! what SwiGLU's costs ([`super::swiglu`]); composed, it took an extra pass over the (B, T, F)
 //! hidden activations each way and a reduction for alpha and beta.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::GateUpRows;
@@ -12,6 +14,7 @@ use crate::config::BaseAct;
 use crate::dynact::{param, DynAct};
 use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs_with, Filled, Fresh};
+use crate::ops::packed_weight::{gated_packed_product, PackedWeight};
 use crate::ops::wide::widest;
 use crate::ops::{f32_slice, prefetched_blocks, sum_block_partials, ROWS_PER_BLOCK};
 
@@ -145,10 +148,9 @@ fn forward_rows<S: Channels>(
         widest(|| {
             // Every slice has length c: the loop runs without bounds checks.
             let (gr, ur, scale, beta) = (&gr[..c], &ur[..c], scale.row(c), beta.row(c));
-            // ReLU's weight w is the step: base(g) = g w.
             let values = (0..c).map(|j| {
-                let (g, w) = (gr[j], if gr[j] > 0.0 { 1.0 } else { 0.0 });
-                (g * w * scale.at(j) + beta.at(j) * g) * ur[j]
+                let g = gr[j];
+                gated_value(g, relu_weight(g), ur[j], scale.at(j), beta.at(j))
             });
             fresh.fill(values).1
         })
@@ -248,12 +250,81 @@ fn silu_gate_times_up_loop<'a, S: Channels>(
     for at in prefetched_blocks(c, [gate, up]) {
         for j in at {
             let g = gate[j];
-            let w = 1.0 / (1.0 + exp(-g));
-            slots[j].write((g * w * scale.at(j) + beta.at(j) * g) * up[j]);
+            slots[j].write(gated_value(
+                g,
+                silu_weight(g),
+                up[j],
+                scale.at(j),
+                beta.at(j),
+            ));
         }
     }
     // SAFETY: the loop wrote every slot, 0..c.
     unsafe { Fresh::assume_filled(slots) }
+}
+
+/// SiLU's weight w, base(g) = g w: the sigmoid.
+#[inline(always)]
+fn silu_weight(g: f32) -> f32 {
+    1.0 / (1.0 + exp(-g))
+}
+
+/// ReLU's weight w, base(g) = g w: the step.
+#[inline(always)]
+fn relu_weight(g: f32) -> f32 {
+    if g > 0.0 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// (base(g) (alpha - beta) + beta g) u, base(g) = g w: one element of the forward kernels,
+/// and what the gate and up products' tiles end in where they are one kernel
+/// ([`dynact_glu_packed`]).
+#[inline(always)]
+fn gated_value(g: f32, w: f32, u: f32, scale: f32, beta: f32) -> f32 {
+    (g * w * scale + beta * g) * u
+}
+
+/// [`dynact_glu`] of x's gate and up projections, where their weights are a gate and up pack
+/// ([`PackedWeight::of_gate_up`]): one kernel for both products and the gate, the gates and
+/// ups never stored. x (rows, k) and the activation's alpha and beta untracked f32 on a CPU
+/// (inference) with a fused base; None otherwise, or where the pack does not take x.
+pub fn dynact_glu_packed(
+    act: &DynAct,
+    x: &Tensor,
+    pack: &Arc<PackedWeight>,
+) -> Result<Option<Tensor>> {
+    let untracked = !x.track_op() && !act.alpha().track_op() && !act.beta().track_op();
+    if !act.fuses(x) || !untracked {
+        return Ok(None);
+    }
+    let c = pack.dims().1;
+    let params = alpha_beta(act)?.to_vec1::<f32>()?;
+    let (alpha, beta) = channel_params(&params, c, "dynact-glu-packed")?;
+    let base = act.base();
+    if params.len() == 2 {
+        let (scale, beta) = (alpha[0] - beta[0], beta[0]);
+        return match base {
+            BaseAct::Silu => gated_packed_product(x, pack, move |g, u, _| {
+                gated_value(g, silu_weight(g), u, scale, beta)
+            }),
+            // ReLU: the other base that fuses.
+            _ => gated_packed_product(x, pack, move |g, u, _| {
+                gated_value(g, relu_weight(g), u, scale, beta)
+            }),
+        };
+    }
+    let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
+    match base {
+        BaseAct::Silu => gated_packed_product(x, pack, move |g, u, j| {
+            gated_value(g, silu_weight(g), u, scale[j], beta[j])
+        }),
+        _ => gated_packed_product(x, pack, move |g, u, j| {
+            gated_value(g, relu_weight(g), u, scale[j], beta[j])
+        }),
+    }
 }
 
 impl CustomOp3 for FusedDynActGlu {

@@ -4,18 +4,21 @@
 //! gate product in a file here, and its [`crate::FfnKind`]. Checkpoint names follow Hugging Face Llama (`gate_proj`, `up_proj`,
 //! `down_proj`); dynActGLU adds `act_fn.alpha` and `act_fn.beta`.
 
+use std::sync::Arc;
+
 use candle_core::{Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{FfnKind, ModelConfig};
 use crate::dynact::DynAct;
 use crate::layers::Linear;
+use crate::ops::packed_weight::PackedWeight;
 
 pub mod dynact_glu;
 pub mod swiglu;
 
-pub use dynact_glu::{dynact_glu, dynact_glu_reference, dynact_glu_stacked};
-pub use swiglu::{swiglu, swiglu_reference, swiglu_stacked};
+pub use dynact_glu::{dynact_glu, dynact_glu_packed, dynact_glu_reference, dynact_glu_stacked};
+pub use swiglu::{swiglu, swiglu_packed, swiglu_reference, swiglu_stacked};
 
 /// The two halves of the last dimension of `x`, rows of [gate | up] (an even length).
 fn halves(x: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -93,11 +96,19 @@ pub struct Mlp {
 }
 
 /// The gate and up projections: two layers, or, with fixed weights on a CPU (inference), one
-/// product of the two stacked ([`Linear::stacked`]), its output's rows [gate | up].
+/// product of the two stacked ([`Linear::stacked`]), its output's rows [gate | up]; on
+/// AVX-512 their weights are also a gate and up pack, whose one kernel computes the gate's
+/// output where the activation takes it ([`swiglu_packed`], [`dynact_glu_packed`]).
 #[derive(Clone, Debug)]
 enum GateUp {
-    Apart { gate_proj: Linear, up_proj: Linear },
-    Stacked(Linear),
+    Apart {
+        gate_proj: Linear,
+        up_proj: Linear,
+    },
+    Stacked {
+        stacked: Linear,
+        pack: Option<Arc<PackedWeight>>,
+    },
 }
 
 impl Mlp {
@@ -112,7 +123,10 @@ impl Mlp {
         let gate_proj = Linear::new(c, f, cfg.weight_init(), vb.pp("gate_proj"))?;
         let up_proj = Linear::new(c, f, cfg.weight_init(), vb.pp("up_proj"))?;
         let gate_up = match Linear::stacked(&gate_proj, &up_proj)? {
-            Some(stacked) => GateUp::Stacked(stacked),
+            Some(mut stacked) => GateUp::Stacked {
+                pack: stacked.take_gate_up_pack(f)?,
+                stacked,
+            },
             None => GateUp::Apart { gate_proj, up_proj },
         };
         Ok(Mlp {
@@ -128,9 +142,25 @@ impl Mlp {
                 gate_proj.set_matmul_dtype(dtype);
                 up_proj.set_matmul_dtype(dtype);
             }
-            GateUp::Stacked(stacked) => stacked.set_matmul_dtype(dtype),
+            GateUp::Stacked { stacked, .. } => stacked.set_matmul_dtype(dtype),
         }
         self.down_proj.set_matmul_dtype(dtype);
+    }
+
+    /// The gate's output (..., F) for x (..., C) from the gate and up pack, in one kernel;
+    /// None where the activation's gated product does not take x.
+    fn gated(&self, x: &Tensor, pack: &Arc<PackedWeight>) -> Result<Option<Tensor>> {
+        let mut dims = x.dims().to_vec();
+        let (Some(&c), f) = (dims.last(), pack.dims().1) else {
+            return Ok(None);
+        };
+        let rows = x.reshape((x.elem_count() / c.max(1), c))?;
+        let hidden = match &self.act_fn {
+            GateActivation::Silu => swiglu_packed(&rows, pack)?,
+            GateActivation::DynAct(act) => dynact_glu_packed(act, &rows, pack)?,
+        };
+        *dims.last_mut().expect("rank >= 1") = f;
+        hidden.map(|h| h.reshape(dims)).transpose()
     }
 
     pub fn dynact(&self) -> Option<&DynAct> {
@@ -154,11 +184,17 @@ impl Module for Mlp {
                     GateActivation::DynAct(act) => dynact_glu(act, &gate, &up)?,
                 }
             }
-            GateUp::Stacked(stacked) => {
-                let gate_up = stacked.forward(&stacked.cast_input(x)?)?; // (B, T, 2F)
-                match &self.act_fn {
-                    GateActivation::Silu => swiglu_stacked(&gate_up)?,
-                    GateActivation::DynAct(act) => dynact_glu_stacked(act, &gate_up)?,
+            GateUp::Stacked { stacked, pack } => {
+                let x = stacked.cast_input(x)?;
+                match pack.as_ref().map(|p| self.gated(&x, p)).transpose()? {
+                    Some(Some(hidden)) => hidden,
+                    _ => {
+                        let gate_up = stacked.forward(&x)?; // (B, T, 2F)
+                        match &self.act_fn {
+                            GateActivation::Silu => swiglu_stacked(&gate_up)?,
+                            GateActivation::DynAct(act) => dynact_glu_stacked(act, &gate_up)?,
+                        }
+                    }
                 }
             }
         };

@@ -3,11 +3,14 @@
 //! it agrees with them to a few ulp), its CUDA twin (`kernels/swiglu.cu`, the same bits) for
 //! f32 on a GPU, and [`swiglu_reference`], the two Candle ops every other case runs.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::GateUpRows;
 use crate::ops::exp::{exp, wide_fma};
 use crate::ops::fresh::{par_fresh_chunks, par_fresh_pairs, Filled, Fresh};
+use crate::ops::packed_weight::{gated_packed_product, PackedWeight};
 use crate::ops::{f32_slice, fused, fused_on_cuda, prefetched_blocks, rows_per_task};
 
 /// silu(gate) * up, the SwiGLU product. On CPU one pass each way, with the arithmetic of
@@ -153,11 +156,30 @@ fn silu_times_up_loop<'a>(gate: &[f32], up: &[f32], out: Fresh<'a>) -> (&'a mut 
     for at in prefetched_blocks(slots.len(), [gate, up]) {
         let (gate, up) = (&gate[at.clone()], &up[at.clone()]);
         for ((slot, &g), &u) in slots[at].iter_mut().zip(gate).zip(up) {
-            slot.write(g / (1.0 + exp(-g)) * u);
+            slot.write(silu_times_up_value(g, u));
         }
     }
     // SAFETY: the loop wrote every slot: the three lengths are equal (asserted).
     unsafe { Fresh::assume_filled(slots) }
+}
+
+/// silu(g) u, as Candle's f32 silu (g / (1 + exp(-g))) and mul compute it: one element of
+/// [`silu_times_up`], and what the gate and up products' tiles end in where they are one
+/// kernel ([`swiglu_packed`]).
+#[inline(always)]
+fn silu_times_up_value(g: f32, u: f32) -> f32 {
+    g / (1.0 + exp(-g)) * u
+}
+
+/// [`swiglu`] of x's gate and up projections, where their weights are a gate and up pack
+/// ([`PackedWeight::of_gate_up`]): one kernel for both products and the gate, the gates and
+/// ups never stored. x (rows, k), untracked f32 on a CPU (inference); None where the pack
+/// does not take it.
+pub fn swiglu_packed(x: &Tensor, pack: &Arc<PackedWeight>) -> Result<Option<Tensor>> {
+    if x.track_op() {
+        return Ok(None);
+    }
+    gated_packed_product(x, pack, |g, u, _| silu_times_up_value(g, u))
 }
 
 /// d/dgate = (g_out * up) * (sigmoid * (1 - silu) + silu), as Candle's silu backward computes

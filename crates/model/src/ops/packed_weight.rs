@@ -9,6 +9,11 @@
 //! crate cuts (512 or more, [`depth_block`]), each block's chain added to the sum before it:
 //! the gemm crate's blocked kernels compute the same bits (tested), so a model gives the same
 //! values packed or not wherever the gemm crate takes those kernels (two rows or more).
+//!
+//! A gated FFN's gate and up weights pack together ([`PackedWeight::of_gate_up`]): each panel
+//! holds 32 channels' gates and the same 32 channels' ups, and its tiles end in the gate's
+//! activation ([`PackedWeight::gated_product`]). The gates and ups are never stored: apart,
+//! the gate's pass over them took 4.7% of a cpu-repro evaluation pass.
 
 use std::sync::Arc;
 
@@ -18,31 +23,46 @@ use rayon::prelude::*;
 /// Outputs per panel: four AVX-512 vectors.
 const WIDTH: usize = 64;
 
+/// Channels per panel of a gate and up pack: half a panel each.
+const CHANNELS: usize = WIDTH / 2;
+
 /// Input rows per tile: 6 rows of 4 vectors are 24 of the 32 registers.
 const ROWS: usize = 6;
 
 /// The gemm crate's threshold (m n k) for sharing one product among threads.
 const THREADING_THRESHOLD: usize = 48 * 48 * 256;
 
-/// A linear layer's fixed weight in panels, for [`PackedWeight::product`].
+/// A linear layer's fixed weight in panels, for [`PackedWeight::product`], or a gated FFN's
+/// gate and up weights, for [`PackedWeight::gated_product`].
 #[derive(Clone)]
 pub struct PackedWeight {
     /// Inputs.
     k: usize,
-    /// Outputs.
+    /// Outputs: all of them, or the channels of a gate and up pack (half of them).
     n: usize,
+    gated: bool,
     /// Panel p holds (input kk, output p * 64 + i) at `panels[(p * k + kk) * 64 + i]`, zeros
-    /// past the last output.
+    /// past the last output; in a gate and up pack, i < 32 is channel p * 32 + i's gate and
+    /// i >= 32 channel p * 32 + i - 32's up.
     panels: Vec<f32>,
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight({} inputs, {} outputs)", self.k, self.n)
+        let outputs = if self.gated {
+            "gated channels"
+        } else {
+            "outputs"
+        };
+        write!(f, "PackedWeight({} inputs, {} {outputs})", self.k, self.n)
     }
 }
 
 impl PackedWeight {
+    /// The deepest input [`PackedWeight::gated_product`] takes everywhere: the least depth of
+    /// the gemm crate's blocks ([`depth_block`]).
+    pub const GATED_DEPTH: usize = 512;
+
     /// Whether this CPU runs the kernel (AVX-512).
     pub fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -58,31 +78,138 @@ impl PackedWeight {
     /// The weight `w_t`, stored (inputs k, outputs n) row-major (a linear layer's (out, in)
     /// weight transposed), in panels.
     pub fn of_transposed(w_t: &[f32], k: usize, n: usize) -> Self {
-        assert_eq!(
-            w_t.len(),
-            k * n,
-            "packed weight: {k} x {n} is not the weight's size"
-        );
-        let count = n.div_ceil(WIDTH);
-        let mut panels = vec![0f32; count * k * WIDTH];
-        for (p, panel) in panels.chunks_exact_mut((k * WIDTH).max(1)).enumerate() {
-            let (first, width) = (p * WIDTH, WIDTH.min(n - p * WIDTH));
-            for (kk, row) in panel.chunks_exact_mut(WIDTH).enumerate() {
-                row[..width].copy_from_slice(&w_t[kk * n + first..][..width]);
-            }
-        }
-        PackedWeight { k, n, panels }
+        Self::pack(w_t, k, n, false)
     }
 
-    /// (inputs, outputs).
+    /// The gate and up weights `w_t` of a gated FFN of `c` channels, stored (inputs k, 2c)
+    /// row-major, each row its c gates' weights then its c ups' (the two layers' weights,
+    /// transposed, side by side), in panels of 32 channels' gates and ups.
+    pub fn of_gate_up(w_t: &[f32], k: usize, c: usize) -> Self {
+        Self::pack(w_t, k, c, true)
+    }
+
+    fn pack(w_t: &[f32], k: usize, n: usize, gated: bool) -> Self {
+        let stored = if gated { 2 * n } else { n };
+        assert_eq!(
+            w_t.len(),
+            k * stored,
+            "packed weight: {k} x {stored} is not the weight's size"
+        );
+        // Where panel p's outputs come from in a row of w_t, and how many: one run, or a run
+        // of gates and one of ups.
+        let runs = |p: usize| -> Vec<(usize, usize, usize)> {
+            match gated {
+                false => vec![(0, p * WIDTH, WIDTH.min(n - p * WIDTH))],
+                true => {
+                    let (first, width) = (p * CHANNELS, CHANNELS.min(n - p * CHANNELS));
+                    vec![(0, first, width), (CHANNELS, n + first, width)]
+                }
+            }
+        };
+        let count = n.div_ceil(if gated { CHANNELS } else { WIDTH });
+        let mut panels = vec![0f32; count * k * WIDTH];
+        for (p, panel) in panels.chunks_exact_mut((k * WIDTH).max(1)).enumerate() {
+            for (kk, row) in panel.chunks_exact_mut(WIDTH).enumerate() {
+                for (to, from, width) in runs(p) {
+                    row[to..to + width].copy_from_slice(&w_t[kk * stored + from..][..width]);
+                }
+            }
+        }
+        PackedWeight {
+            k,
+            n,
+            gated,
+            panels,
+        }
+    }
+
+    /// (inputs, outputs), or (inputs, channels) of a gate and up pack.
     pub fn dims(&self) -> (usize, usize) {
         (self.k, self.n)
     }
 
+    /// Panels in the pack.
+    fn count(&self) -> usize {
+        self.panels.len() / (self.k * WIDTH).max(1)
+    }
+
     /// y (rows, n) = x (rows, k) times the weight, its panels shared among the pool's threads
     /// where the product is large enough to pay for it (as the gemm crate shares its own).
-    /// Panics without AVX-512 ([`PackedWeight::available`]) or where x is not (rows, k).
+    /// Panics without AVX-512 ([`PackedWeight::available`]), on a gate and up pack, or where
+    /// x is not (rows, k).
     pub fn product(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        assert!(
+            !self.gated,
+            "packed product: a gate and up pack has no plain product"
+        );
+        let (k, n) = (self.k, self.n);
+        if k == 0 {
+            return vec![0f32; rows * n];
+        }
+        let depth = depth_block(n, rows, k);
+        self.run(x, rows, |p, out, first, tile_rows| {
+            // Panel p's columns of y, block by block of depth.
+            let columns = WIDTH.min(n - p * WIDTH);
+            for start in (0..k).step_by(depth) {
+                let tile = Tile {
+                    panel: self.panels[(p * k + start) * WIDTH..].as_ptr(),
+                    x_stride: k,
+                    depth: depth.min(k - start),
+                };
+                let end = Store {
+                    // SAFETY: row `first`'s panel columns lie inside y (run's room).
+                    y: unsafe { out.add(first * n + p * WIDTH) },
+                    y_stride: n,
+                    columns,
+                    add: start > 0,
+                };
+                // SAFETY: the tile's rows of x and y lie inside them, the panel's depth rows
+                // inside the panels (run's promise).
+                unsafe { tile.run(tile_rows, x[first * k + start..].as_ptr(), &end) }
+            }
+        })
+    }
+
+    /// h (rows, c) = value(g, u, j) for each row's gate g and up u of each channel j, where
+    /// [g | u] = x (rows, k) times the gate and up weights: the gated FFN's hidden layer in
+    /// one kernel. None where the pack is a plain one or k is deeper than one block of the
+    /// gemm crate's (512 or more; the gates and ups would need storing between blocks).
+    /// `value` must give what the FFN's own kernel gives for (g, u): the pass after the two
+    /// products this replaces.
+    pub fn gated_product<F>(&self, x: &[f32], rows: usize, value: &F) -> Option<Vec<f32>>
+    where
+        F: Fn(f32, f32, usize) -> f32 + Sync,
+    {
+        let (k, c) = (self.k, self.n);
+        if !self.gated || k == 0 || depth_block(2 * c, rows, k) < k {
+            return None;
+        }
+        Some(self.run(x, rows, |p, out, first, tile_rows| {
+            let tile = Tile {
+                panel: self.panels[p * k * WIDTH..].as_ptr(),
+                x_stride: k,
+                depth: k,
+            };
+            let end = Gate {
+                // SAFETY: row `first`'s channels of panel p lie inside h (run's room).
+                h: unsafe { out.add(first * c + p * CHANNELS) },
+                h_stride: c,
+                channels: CHANNELS.min(c - p * CHANNELS),
+                first: p * CHANNELS,
+                value,
+            };
+            // SAFETY: as in product.
+            unsafe { tile.run(tile_rows, x[first * k..].as_ptr(), &end) }
+        }))
+    }
+
+    /// The product's output (rows, n): `tiles(p, out, first, rows)` writes panel p's part of
+    /// rows first.. first + rows (at most 6) of it, for every panel and tile of rows, the
+    /// panels shared among threads where the product is large enough.
+    fn run<T>(&self, x: &[f32], rows: usize, tiles: T) -> Vec<f32>
+    where
+        T: Fn(usize, *mut f32, usize, usize) + Sync,
+    {
         let (k, n) = (self.k, self.n);
         assert!(Self::available(), "packed product: the CPU lacks AVX-512");
         assert_eq!(
@@ -91,29 +218,19 @@ impl PackedWeight {
             "packed product: the input is not {rows} rows of {k}"
         );
         let len = rows * n;
-        if k == 0 {
-            return vec![0f32; len];
-        }
         let mut y = Vec::<f32>::with_capacity(len);
         let out = SendPtr(y.as_mut_ptr());
-        let depth = depth_block(n, rows, k);
-        let count = n.div_ceil(WIDTH);
-        // The panels `range`, each written in full into y.
+        let count = self.count();
         let panels = |range: std::ops::Range<usize>| {
             let out = &out;
             for p in range {
-                // SAFETY: the CPU has AVX-512 (asserted); panel p's columns of y's rows lie
-                // inside y's capacity, x holds rows * k (asserted), and the panel k * 64.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    self.panel_product(p, x, rows, depth, out.0)
+                for first in (0..rows).step_by(ROWS) {
+                    tiles(p, out.0, first, ROWS.min(rows - first));
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                let _ = (p, out, depth);
             }
         };
         let tasks = rayon::current_num_threads().min(count);
-        if tasks < 2 || rows * n * k < THREADING_THRESHOLD {
+        if tasks < 2 || rows * self.panels.len() < THREADING_THRESHOLD {
             panels(0..count);
         } else {
             (0..tasks)
@@ -123,37 +240,6 @@ impl PackedWeight {
         // SAFETY: every panel wrote its columns of every row: all of y.
         unsafe { y.set_len(len) };
         y
-    }
-
-    /// Panel p's columns of y (rows, n) at `y`, in tiles of 6 rows, depth block by block.
-    ///
-    /// # Safety
-    /// AVX-512; x holds rows * k; y has room for rows * n.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn panel_product(&self, p: usize, x: &[f32], rows: usize, depth: usize, y: *mut f32) {
-        let (k, n) = (self.k, self.n);
-        let columns = WIDTH.min(n - p * WIDTH);
-        for start in (0..k).step_by(depth) {
-            let tile = Tile {
-                panel: self.panels[(p * k + start) * WIDTH..].as_ptr(),
-                x_stride: k,
-                y_stride: n,
-                depth: depth.min(k - start),
-                columns,
-                add: start > 0,
-            };
-            for first in (0..rows).step_by(ROWS) {
-                let at = (
-                    x[first * k + start..].as_ptr(),
-                    // SAFETY: row `first`'s panel columns lie inside y (the caller's room).
-                    unsafe { y.add(first * n + p * WIDTH) },
-                );
-                // SAFETY: the tile's rows of x and y lie inside them (first + rows ≤ rows),
-                // and the panel's depth rows inside the panels.
-                unsafe { tile.run(ROWS.min(rows - first), at) }
-            }
-        }
     }
 }
 
@@ -175,9 +261,9 @@ impl CustomOp1 for PackedProduct {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, k) = l.shape().dims2()?;
         let (inputs, outputs) = self.0.dims();
-        if k != inputs || !PackedWeight::available() {
+        if k != inputs || self.0.gated || !PackedWeight::available() {
             candle_core::bail!(
-                "packed product: rows of {k} for a weight of {inputs} inputs, or no AVX-512"
+                "packed product: rows of {k} for a plain weight of {inputs} inputs on AVX-512"
             );
         }
         let x = super::f32_slice(s, l, self.name())?;
@@ -185,6 +271,52 @@ impl CustomOp1 for PackedProduct {
             CpuStorage::F32(self.0.product(x, rows)),
             Shape::from((rows, outputs)),
         ))
+    }
+}
+
+/// h (rows, c) of a gated FFN from x (rows, k), an f32 CPU tensor, and its gate and up pack
+/// ([`PackedWeight::gated_product`]); None where the pack does not take x or the product.
+/// Inference: no backward pass.
+pub fn gated_packed_product<F>(
+    x: &Tensor,
+    weight: &Arc<PackedWeight>,
+    value: F,
+) -> Result<Option<Tensor>>
+where
+    F: Fn(f32, f32, usize) -> f32 + Send + Sync,
+{
+    let (rows, k) = x.dims2()?;
+    if !weight.gated || k != weight.k || !super::fused(x) || !PackedWeight::available() {
+        return Ok(None);
+    }
+    if depth_block(2 * weight.n, rows, k) < k {
+        return Ok(None);
+    }
+    let op = GatedProduct {
+        weight: weight.clone(),
+        value,
+    };
+    x.contiguous()?.apply_op1_no_bwd(&op).map(Some)
+}
+
+/// The op of [`gated_packed_product`].
+struct GatedProduct<F> {
+    weight: Arc<PackedWeight>,
+    value: F,
+}
+
+impl<F: Fn(f32, f32, usize) -> f32 + Send + Sync> CustomOp1 for GatedProduct<F> {
+    fn name(&self) -> &'static str {
+        "gated-packed-product"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, _) = l.shape().dims2()?;
+        let x = super::f32_slice(s, l, self.name())?;
+        match self.weight.gated_product(x, rows, &self.value) {
+            Some(h) => Ok((CpuStorage::F32(h), Shape::from((rows, self.weight.n)))),
+            None => candle_core::bail!("gated packed product: the pack does not take the input"),
+        }
     }
 }
 
@@ -200,37 +332,116 @@ fn depth_block(m: usize, n: usize, k: usize) -> usize {
     .max(1)
 }
 
-/// What every tile of one panel and depth block shares.
-#[cfg(target_arch = "x86_64")]
+/// One panel's block of depth, which its tiles share.
 struct Tile {
     /// The panel at the block's first input.
     panel: *const f32,
     x_stride: usize,
-    y_stride: usize,
     /// Inputs in the block.
     depth: usize,
+}
+
+/// What a tile does with its rows' sums.
+trait TileEnd {
+    /// Row r's four vectors of sums.
+    ///
+    /// # Safety
+    /// AVX-512, and the ending's pointers valid for row r.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn row(&self, r: usize, sums: [std::arch::x86_64::__m512; 4]);
+}
+
+/// Stores the sums into y's valid columns, or adds them to y's values.
+struct Store {
+    /// The tile's first row's first column.
+    y: *mut f32,
+    y_stride: usize,
     /// Valid columns of the panel (1 to 64).
     columns: usize,
-    /// Whether the block's sums are added to y's values (the blocks after the first).
+    /// Whether the sums are added to y's values (the blocks of depth after the first).
     add: bool,
+}
+
+impl TileEnd for Store {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn row(&self, r: usize, sums: [std::arch::x86_64::__m512; 4]) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's pointers; the masks keep to the valid columns.
+        unsafe {
+            let row = self.y.add(r * self.y_stride);
+            for (q, sum) in sums.into_iter().enumerate() {
+                let valid = self.columns.saturating_sub(16 * q).min(16);
+                if valid == 0 {
+                    break;
+                }
+                let (mask, at) = ((u32::MAX >> (32 - valid)) as __mmask16, row.add(16 * q));
+                let value = match self.add {
+                    true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sum),
+                    false => sum,
+                };
+                _mm512_mask_storeu_ps(at, mask, value);
+            }
+        }
+    }
+}
+
+/// Stores value(gate, up, channel) of the panel's valid channels into h.
+struct Gate<'a, F> {
+    /// The tile's first row's first channel.
+    h: *mut f32,
+    h_stride: usize,
+    /// Valid channels of the panel (1 to 32).
+    channels: usize,
+    /// The panel's first channel.
+    first: usize,
+    value: &'a F,
+}
+
+impl<F: Fn(f32, f32, usize) -> f32> TileEnd for Gate<'_, F> {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn row(&self, r: usize, sums: [std::arch::x86_64::__m512; 4]) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's pointers; the loops keep to the valid channels.
+        unsafe {
+            let (mut gate, mut up) = ([0f32; CHANNELS], [0f32; CHANNELS]);
+            _mm512_storeu_ps(gate.as_mut_ptr(), sums[0]);
+            _mm512_storeu_ps(gate.as_mut_ptr().add(16), sums[1]);
+            _mm512_storeu_ps(up.as_mut_ptr(), sums[2]);
+            _mm512_storeu_ps(up.as_mut_ptr().add(16), sums[3]);
+            let row = std::slice::from_raw_parts_mut(self.h.add(r * self.h_stride), self.channels);
+            if self.channels == CHANNELS {
+                // A whole panel: a loop of known length, in vectors.
+                let row: &mut [f32; CHANNELS] = row.try_into().expect("32 channels");
+                for j in 0..CHANNELS {
+                    row[j] = (self.value)(gate[j], up[j], self.first + j);
+                }
+            } else {
+                for (j, h) in row.iter_mut().enumerate() {
+                    *h = (self.value)(gate[j], up[j], self.first + j);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Tile {
-    /// The tile of `rows` (1 to 6) rows at (x, y).
+    /// The tile of `rows` (1 to 6) rows of x at `x`, its sums handed to `end`.
     ///
     /// # Safety
-    /// AVX-512, and the pointers valid for the tile's elements at the strides.
-    unsafe fn run(&self, rows: usize, at: (*const f32, *mut f32)) {
+    /// AVX-512, x valid for the tile's rows at the stride, and `end` for them.
+    unsafe fn run<E: TileEnd>(&self, rows: usize, x: *const f32, end: &E) {
         // SAFETY: passed on from the caller.
         unsafe {
             match rows {
-                6 => self.rows::<6>(at),
-                5 => self.rows::<5>(at),
-                4 => self.rows::<4>(at),
-                3 => self.rows::<3>(at),
-                2 => self.rows::<2>(at),
-                _ => self.rows::<1>(at),
+                6 => self.rows::<6, E>(x, end),
+                5 => self.rows::<5, E>(x, end),
+                4 => self.rows::<4, E>(x, end),
+                3 => self.rows::<3, E>(x, end),
+                2 => self.rows::<2, E>(x, end),
+                _ => self.rows::<1, E>(x, end),
             }
         }
     }
@@ -241,7 +452,7 @@ impl Tile {
     /// # Safety
     /// As [`Tile::run`].
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows<const R: usize>(&self, (x, y): (*const f32, *mut f32)) {
+    unsafe fn rows<const R: usize, E: TileEnd>(&self, x: *const f32, end: &E) {
         use std::arch::x86_64::*;
         // SAFETY: the caller's pointers, at the tile's strides.
         unsafe {
@@ -273,22 +484,18 @@ impl Tile {
             for kk in whole..self.depth {
                 step(&mut acc, kk);
             }
-            for (r, acc) in acc.iter().enumerate() {
-                let row = y.add(r * self.y_stride);
-                for (q, &sum) in acc.iter().enumerate() {
-                    let valid = self.columns.saturating_sub(16 * q).min(16);
-                    if valid == 0 {
-                        break;
-                    }
-                    let (mask, at) = ((u32::MAX >> (32 - valid)) as __mmask16, row.add(16 * q));
-                    let value = match self.add {
-                        true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sum),
-                        false => sum,
-                    };
-                    _mm512_mask_storeu_ps(at, mask, value);
-                }
+            for (r, sums) in acc.into_iter().enumerate() {
+                end.row(r, sums);
             }
         }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Tile {
+    /// Never called: [`PackedWeight::available`] is false.
+    unsafe fn run<E: TileEnd>(&self, _rows: usize, _x: *const f32, _end: &E) {
+        unreachable!("packed products need AVX-512")
     }
 }
 
@@ -366,6 +573,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn gated_products_are_the_gate_of_the_plain_product_s_bits() {
+        if !PackedWeight::available() {
+            return;
+        }
+        let value = |g: f32, u: f32, j: usize| g / (1.0 + (-g).exp()) * u + j as f32;
+        // Channels under, at and past a panel's 32; rows under, at and past a tile; threads.
+        for (rows, k, c) in [(1, 5, 3), (6, 64, 32), (13, 40, 45), (384, 128, 352)] {
+            let x = values(rows * k, 3);
+            let w_t = values(k * 2 * c, 4);
+            let plain = PackedWeight::of_transposed(&w_t, k, 2 * c).product(&x, rows);
+            let gated = PackedWeight::of_gate_up(&w_t, k, c);
+            let h = gated
+                .gated_product(&x, rows, &value)
+                .expect("one block deep");
+            assert_eq!(h.len(), rows * c);
+            for (i, h) in h.iter().enumerate() {
+                let (r, j) = (i / c, i % c);
+                let want = value(plain[r * 2 * c + j], plain[r * 2 * c + c + j], j);
+                assert_eq!(
+                    h.to_bits(),
+                    want.to_bits(),
+                    "{rows}x{k}x{c}: row {r} channel {j}"
+                );
+            }
+        }
+        // Deeper than a block of the gemm crate's: not taken; a plain pack has no gate.
+        let deep = PackedWeight::of_gate_up(&values(1100 * 64, 5), 1100, 32);
+        assert!(deep
+            .gated_product(&values(70 * 1100, 6), 70, &value)
+            .is_none());
+        let plain = PackedWeight::of_transposed(&values(10 * 64, 5), 10, 64);
+        assert!(plain.gated_product(&values(10, 6), 1, &value).is_none());
     }
 
     #[test]
