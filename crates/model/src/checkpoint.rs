@@ -336,7 +336,8 @@ impl Checkpoint {
     /// record no autograd graph (less bookkeeping and memory than [`Checkpoint::model`]). On a
     /// CPU its linear layers hold transposed copies of their weights, and on AVX-512 packed
     /// ones too ([`crate::layers::Linear::from_weight`]; an FFN's gate and up weights one
-    /// stacked copy, [`crate::layers::Linear::stacked`], and one pack of both) while the rest
+    /// stacked copy, [`crate::layers::Linear::stacked`], and, for an input of 512 or fewer,
+    /// one pack of both) while the rest
     /// shares the parameters' storage, so make a new one after training changes them.
     pub fn inference_model(&self, device: &Device) -> Result<Transformer> {
         let tensors: HashMap<String, Tensor> = self

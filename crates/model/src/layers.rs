@@ -20,7 +20,9 @@ pub struct Linear {
     weight: Tensor,
     transposed: bool,
     /// A transposed f32 weight also in the panels of the packed product, on CPUs with
-    /// AVX-512: the products of f32 inputs that need no gradient take it.
+    /// AVX-512: the products of f32 inputs that need no gradient take it. None otherwise, under
+    /// a product dtype other than f32, and on a stacked gate and up layer whose FFN took its
+    /// weights as a gate and up pack ([`Linear::take_gate_up_pack`]).
     packed: Option<Arc<PackedWeight>>,
     matmul_dtype: DType,
 }
@@ -37,7 +39,8 @@ impl Linear {
     /// product's time at d = 128 ([`crate::Checkpoint::inference_model`] says what the copy
     /// means). Products of more than one row and 256 outputs compute the same bits either way;
     /// smaller ones (one row when decoding) take the gemm crate's small-product kernels, which
-    /// add in another order for each layout.
+    /// add in another order for each layout (on AVX-512 the packed product, below, takes them,
+    /// in its own one order).
     ///
     /// On a CPU with AVX-512, a fixed f32 weight is packed as well ([`PackedWeight`]): the
     /// gemm crate's own packing and driver took 4% of a cpu-repro evaluation pass. The packed
@@ -97,7 +100,7 @@ impl Linear {
     /// as it was, where it has no pack or its input is deeper than the gated product takes.
     pub(crate) fn take_gate_up_pack(&mut self, c: usize) -> Result<Option<Arc<PackedWeight>>> {
         let (k, n) = self.weight.dims2()?;
-        if self.packed.is_none() || n != 2 * c || k > PackedWeight::GATED_DEPTH {
+        if self.packed.is_none() || n != 2 * c || k > PackedWeight::MAX_GATED_DEPTH {
             return Ok(None);
         }
         let w_t = self.weight.flatten_all()?.to_vec1::<f32>()?;
@@ -105,7 +108,12 @@ impl Linear {
         Ok(Some(Arc::new(PackedWeight::of_gate_up(&w_t, k, c))))
     }
 
+    /// The dtype the products run in; a pack, which serves f32 products only, is dropped
+    /// under another.
     pub fn set_matmul_dtype(&mut self, dtype: DType) {
+        if dtype != DType::F32 {
+            self.packed = None;
+        }
         self.matmul_dtype = dtype;
     }
 

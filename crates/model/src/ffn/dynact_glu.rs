@@ -297,7 +297,8 @@ pub fn dynact_glu_packed(
     pack: &Arc<PackedWeight>,
 ) -> Result<Option<Tensor>> {
     let untracked = !x.track_op() && !act.alpha().track_op() && !act.beta().track_op();
-    if !act.fuses(x) || !untracked {
+    let (rows, k) = x.dims2()?;
+    if !act.fuses(x) || !untracked || !pack.takes_gated(rows, k) {
         return Ok(None);
     }
     let c = pack.dims().1;
@@ -310,10 +311,10 @@ pub fn dynact_glu_packed(
             BaseAct::Silu => gated_packed_product(x, pack, move |g, u, _| {
                 gated_value(g, silu_weight(g), u, scale, beta)
             }),
-            // ReLU: the other base that fuses.
-            _ => gated_packed_product(x, pack, move |g, u, _| {
+            BaseAct::Relu => gated_packed_product(x, pack, move |g, u, _| {
                 gated_value(g, relu_weight(g), u, scale, beta)
             }),
+            _ => Ok(None),
         };
     }
     let scale: Vec<f32> = alpha.iter().zip(&beta).map(|(a, b)| a - b).collect();
@@ -321,9 +322,10 @@ pub fn dynact_glu_packed(
         BaseAct::Silu => gated_packed_product(x, pack, move |g, u, j| {
             gated_value(g, silu_weight(g), u, scale[j], beta[j])
         }),
-        _ => gated_packed_product(x, pack, move |g, u, j| {
+        BaseAct::Relu => gated_packed_product(x, pack, move |g, u, j| {
             gated_value(g, relu_weight(g), u, scale[j], beta[j])
         }),
+        _ => Ok(None),
     }
 }
 

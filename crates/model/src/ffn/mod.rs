@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{FfnKind, ModelConfig};
+use crate::config::{BaseAct, FfnKind, ModelConfig};
 use crate::dynact::DynAct;
 use crate::layers::Linear;
 use crate::ops::packed_weight::PackedWeight;
@@ -87,6 +87,17 @@ pub enum GateActivation {
     DynAct(DynAct),
 }
 
+impl GateActivation {
+    /// Whether a gate and up pack computes this activation's gated product
+    /// ([`swiglu_packed`], [`dynact_glu_packed`]): SiLU, and dynAct with a base that fuses.
+    fn gates_packed(&self) -> bool {
+        match self {
+            GateActivation::Silu => true,
+            GateActivation::DynAct(act) => matches!(act.base(), BaseAct::Silu | BaseAct::Relu),
+        }
+    }
+}
+
 /// `down_proj(act(gate_proj x) * up_proj x)`
 #[derive(Clone, Debug)]
 pub struct Mlp {
@@ -124,7 +135,10 @@ impl Mlp {
         let up_proj = Linear::new(c, f, cfg.weight_init(), vb.pp("up_proj"))?;
         let gate_up = match Linear::stacked(&gate_proj, &up_proj)? {
             Some(mut stacked) => GateUp::Stacked {
-                pack: stacked.take_gate_up_pack(f)?,
+                pack: match act_fn.gates_packed() {
+                    true => stacked.take_gate_up_pack(f)?,
+                    false => None,
+                },
                 stacked,
             },
             None => GateUp::Apart { gate_proj, up_proj },
@@ -142,7 +156,14 @@ impl Mlp {
                 gate_proj.set_matmul_dtype(dtype);
                 up_proj.set_matmul_dtype(dtype);
             }
-            GateUp::Stacked { stacked, .. } => stacked.set_matmul_dtype(dtype),
+            GateUp::Stacked { stacked, pack } => {
+                stacked.set_matmul_dtype(dtype);
+                if dtype != candle_core::DType::F32 {
+                    // The gated product is f32's; the stacked layer (no pack of its own left)
+                    // runs the products under another dtype.
+                    *pack = None;
+                }
+            }
         }
         self.down_proj.set_matmul_dtype(dtype);
     }
@@ -199,5 +220,78 @@ impl Module for Mlp {
             }
         };
         self.down_proj.forward(&hidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Module, Tensor, Var};
+    use candle_nn::VarBuilder;
+
+    use super::*;
+
+    /// An FFN of fixed weights (an inference model's) and one of the same weights as
+    /// variables (a trained model's): the packed path where it runs, the products and the
+    /// stacked or plain gate kernels where it does not, give the same bits.
+    #[test]
+    fn a_fixed_ffn_packs_its_gate_and_up_where_its_activation_takes_the_pack() {
+        let dev = Device::Cpu;
+        let (c, f) = (40, 37);
+        let weights = |seed: u64| -> HashMap<String, Tensor> {
+            let t = |dims: (usize, usize), s: u64| {
+                let n = dims.0 * dims.1;
+                let v: Vec<f32> = (0..n)
+                    .map(|i| ((i as u64 * 7919 + s * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+                    .collect();
+                Tensor::from_vec(v, dims, &dev).unwrap()
+            };
+            HashMap::from([
+                ("gate_proj.weight".into(), t((f, c), seed)),
+                ("up_proj.weight".into(), t((f, c), seed + 1)),
+                ("down_proj.weight".into(), t((c, f), seed + 2)),
+                ("act_fn.alpha".into(), Tensor::new(&[1.3f32], &dev).unwrap()),
+                ("act_fn.beta".into(), Tensor::new(&[0.2f32], &dev).unwrap()),
+            ])
+        };
+        let x = Tensor::randn(0f32, 1.0, (3, 20, c), &dev).unwrap();
+        for (ffn, base) in [
+            (FfnKind::Swiglu, BaseAct::Silu),
+            (FfnKind::Dynactglu, BaseAct::Silu),
+            (FfnKind::Dynactglu, BaseAct::Relu),
+            (FfnKind::Dynactglu, BaseAct::Gelu),
+        ] {
+            let mut cfg = ModelConfig {
+                ffn,
+                hidden_size: c,
+                intermediate_size: f,
+                ..ModelConfig::default()
+            };
+            cfg.dynact.base = base;
+            let tensors = weights(7);
+            let fixed = Mlp::new(
+                &cfg,
+                VarBuilder::from_tensors(tensors.clone(), DType::F32, &dev),
+            )
+            .unwrap();
+            let vars: HashMap<String, Tensor> = tensors
+                .into_iter()
+                .map(|(k, t)| (k, Var::from_tensor(&t).unwrap().as_tensor().clone()))
+                .collect();
+            let trained = Mlp::new(&cfg, VarBuilder::from_tensors(vars, DType::F32, &dev)).unwrap();
+            let packed = matches!(&fixed.gate_up, GateUp::Stacked { pack: Some(_), .. });
+            let takes = PackedWeight::available() && base != BaseAct::Gelu;
+            assert_eq!(packed, takes, "{ffn:?} {base:?}");
+            let bits = |m: &Mlp| -> Vec<u32> {
+                let y = m.forward(&x).unwrap().flatten_all().unwrap();
+                y.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(&fixed), bits(&trained), "{ffn:?} {base:?}");
+        }
     }
 }

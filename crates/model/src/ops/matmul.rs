@@ -17,7 +17,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cast;
+use super::{cast, SendPtr};
 
 /// Which product of two matrices (each a trailing pair of dimensions, after equal leading
 /// batch dimensions) to take.
@@ -248,10 +248,9 @@ fn cpu_gemm(a: &[f32], b: &[f32], p: &ProductShape) -> Vec<f32> {
 /// k, whose blocks depend on k alone.
 fn column_shards(p: &ProductShape, threads: usize) -> Option<Vec<Range<usize>>> {
     const BLOCK: usize = 64;
-    // The gemm crate's own threshold for sharing a product among threads (m n k).
-    const THREADING_THRESHOLD: usize = 48 * 48 * 256;
     let shards = threads.min(p.n / BLOCK);
-    let small = p.m <= BLOCK || p.m * p.n * p.k < THREADING_THRESHOLD;
+    // Below the gemm crate's own threshold (m n k) it would not share the product.
+    let small = p.m <= BLOCK || p.m * p.n * p.k < gemm_common::gemm::get_threading_threshold();
     if p.batch != 1 || shards < 2 || small {
         return None;
     }
@@ -260,11 +259,6 @@ fn column_shards(p: &ProductShape, threads: usize) -> Option<Vec<Range<usize>>> 
     let bound = |i: usize| (i * blocks / shards * BLOCK).min(p.n);
     Some((0..shards).map(|i| bound(i)..bound(i + 1)).collect())
 }
-
-/// y's pointer, handed to the tasks that write its disjoint columns.
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint elements (column_shards) and end before y is read.
-unsafe impl Sync for SendPtr {}
 
 /// The op on (batch, ., .) operands stored contiguously as [`ProductShape`] says.
 struct GemmProduct(Form);

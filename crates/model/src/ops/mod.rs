@@ -10,6 +10,10 @@
 //! Tests compare each fused kernel with its reference (values and gradients) and with finite
 //! differences.
 //!
+//! `packed_weight` is the exception: the products of an inference model's linear layers (and
+//! of a gated FFN's gate and up, with the gate), forward only, tested against the gemm
+//! crate's products and the FFN kernels they replace.
+//!
 //! This module holds the helpers the kernels share; it depends on no other module of the crate
 //! but the dropout masks (`philox`, `philox_dropout`) and, in a CUDA build, `cuda_kernels`, so
 //! every layer may use it.
@@ -40,6 +44,13 @@ pub use matmul::{product, product_reference, widened_product, widened_product_re
 pub use rms_norm::{add_rms_norm, rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
 pub use softmax::{causal_mask, causal_softmax, causal_softmax_reference, softmax};
+
+/// An output's pointer, handed to the tasks that write its disjoint parts (a product's
+/// columns or panels): each task writes elements no other task writes, and all end before
+/// the output is read.
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: as said above, by every user.
+unsafe impl Sync for SendPtr {}
 
 /// `n` test values in [-1, 1), spread over 2003 levels, different for each seed.
 #[cfg(test)]

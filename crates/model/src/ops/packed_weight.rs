@@ -6,9 +6,10 @@
 //! A panel holds 64 outputs (four AVX-512 vectors) for every input in order; a tile of the
 //! kernel is one panel by 6 rows of the input, 24 accumulators. Each output element is one
 //! chain of fused multiply-adds over the input in order, in the blocks of depth the gemm
-//! crate cuts (512 or more, [`depth_block`]), each block's chain added to the sum before it:
-//! the gemm crate's blocked kernels compute the same bits (tested), so a model gives the same
-//! values packed or not wherever the gemm crate takes those kernels (two rows or more).
+//! crate cuts (all of k up to 512, [`depth_block`]), each block's chain added to the sum
+//! before it: the gemm crate's blocked kernels compute the same bits (tested), so a model
+//! gives the same values packed or not wherever the gemm crate takes those kernels (two rows
+//! or more, two outputs or more, k of 3 or more; elsewhere it takes matrix-vector paths).
 //!
 //! A gated FFN's gate and up weights pack together ([`PackedWeight::of_gate_up`]): each panel
 //! holds 32 channels' gates and the same 32 channels' ups, and its tiles end in the gate's
@@ -20,21 +21,19 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 /// Outputs per panel: four AVX-512 vectors.
 const WIDTH: usize = 64;
 
 /// Channels per panel of a gate and up pack: half a panel each.
-const CHANNELS: usize = WIDTH / 2;
+const PANEL_CHANNELS: usize = WIDTH / 2;
 
 /// Input rows per tile: 6 rows of 4 vectors are 24 of the 32 registers.
 const ROWS: usize = 6;
 
-/// The gemm crate's threshold (m n k) for sharing one product among threads.
-const THREADING_THRESHOLD: usize = 48 * 48 * 256;
-
 /// A linear layer's fixed weight in panels, for [`PackedWeight::product`], or a gated FFN's
 /// gate and up weights, for [`PackedWeight::gated_product`].
-#[derive(Clone)]
 pub struct PackedWeight {
     /// Inputs.
     k: usize,
@@ -59,9 +58,9 @@ impl std::fmt::Debug for PackedWeight {
 }
 
 impl PackedWeight {
-    /// The deepest input [`PackedWeight::gated_product`] takes everywhere: the least depth of
-    /// the gemm crate's blocks ([`depth_block`]).
-    pub const GATED_DEPTH: usize = 512;
+    /// The deepest input [`PackedWeight::gated_product`] takes on every shape: the gemm crate
+    /// sums up to 512 inputs in one block ([`depth_block`]).
+    pub const MAX_GATED_DEPTH: usize = 512;
 
     /// Whether this CPU runs the kernel (AVX-512).
     pub fn available() -> bool {
@@ -101,12 +100,15 @@ impl PackedWeight {
             match gated {
                 false => vec![(0, p * WIDTH, WIDTH.min(n - p * WIDTH))],
                 true => {
-                    let (first, width) = (p * CHANNELS, CHANNELS.min(n - p * CHANNELS));
-                    vec![(0, first, width), (CHANNELS, n + first, width)]
+                    let (first, width) = (
+                        p * PANEL_CHANNELS,
+                        PANEL_CHANNELS.min(n - p * PANEL_CHANNELS),
+                    );
+                    vec![(0, first, width), (PANEL_CHANNELS, n + first, width)]
                 }
             }
         };
-        let count = n.div_ceil(if gated { CHANNELS } else { WIDTH });
+        let count = n.div_ceil(if gated { PANEL_CHANNELS } else { WIDTH });
         let mut panels = vec![0f32; count * k * WIDTH];
         for (p, panel) in panels.chunks_exact_mut((k * WIDTH).max(1)).enumerate() {
             for (kk, row) in panel.chunks_exact_mut(WIDTH).enumerate() {
@@ -128,9 +130,10 @@ impl PackedWeight {
         (self.k, self.n)
     }
 
-    /// Panels in the pack.
+    /// Panels in the pack (each of k rows; none stored where k is 0).
     fn count(&self) -> usize {
-        self.panels.len() / (self.k * WIDTH).max(1)
+        let per_panel = if self.gated { PANEL_CHANNELS } else { WIDTH };
+        self.n.div_ceil(per_panel)
     }
 
     /// y (rows, n) = x (rows, k) times the weight, its panels shared among the pool's threads
@@ -143,13 +146,19 @@ impl PackedWeight {
             "packed product: a gate and up pack has no plain product"
         );
         let (k, n) = (self.k, self.n);
-        if k == 0 {
-            return vec![0f32; rows * n];
-        }
         let depth = depth_block(n, rows, k);
-        self.run(x, rows, |p, out, first, tile_rows| {
-            // Panel p's columns of y, block by block of depth.
+        self.for_each_tile(x, rows, |p, out, first_row, tile_rows| {
+            // Panel p's columns of y, block by block of depth; none where k is 0.
             let columns = WIDTH.min(n - p * WIDTH);
+            if k == 0 {
+                // SAFETY: the tile's rows of panel p's columns lie inside y (for_each_tile's
+                // room).
+                unsafe {
+                    for r in first_row..first_row + tile_rows {
+                        out.add(r * n + p * WIDTH).write_bytes(0, columns);
+                    }
+                }
+            }
             for start in (0..k).step_by(depth) {
                 let tile = Tile {
                     panel: self.panels[(p * k + start) * WIDTH..].as_ptr(),
@@ -157,56 +166,65 @@ impl PackedWeight {
                     depth: depth.min(k - start),
                 };
                 let end = Store {
-                    // SAFETY: row `first`'s panel columns lie inside y (run's room).
-                    y: unsafe { out.add(first * n + p * WIDTH) },
+                    // SAFETY: row `first_row`'s panel columns lie inside y (for_each_tile's
+                    // room).
+                    y: unsafe { out.add(first_row * n + p * WIDTH) },
                     y_stride: n,
                     columns,
-                    add: start > 0,
+                    accumulate: start > 0,
                 };
                 // SAFETY: the tile's rows of x and y lie inside them, the panel's depth rows
-                // inside the panels (run's promise).
-                unsafe { tile.run(tile_rows, x[first * k + start..].as_ptr(), &end) }
+                // inside the panels (for_each_tile's promise).
+                unsafe { tile.run(tile_rows, x[first_row * k + start..].as_ptr(), &end) }
             }
         })
     }
 
+    /// Whether [`PackedWeight::gated_product`] takes `rows` rows of `k` inputs: a gate and up
+    /// pack of k inputs, k > 0, and no deeper than one block of the gemm crate's (the gates
+    /// and ups would need storing between blocks).
+    pub fn takes_gated(&self, rows: usize, k: usize) -> bool {
+        self.gated && k > 0 && k == self.k && depth_block(2 * self.n, rows, k) >= k
+    }
+
     /// h (rows, c) = value(g, u, j) for each row's gate g and up u of each channel j, where
     /// [g | u] = x (rows, k) times the gate and up weights: the gated FFN's hidden layer in
-    /// one kernel. None where the pack is a plain one or k is deeper than one block of the
-    /// gemm crate's (512 or more; the gates and ups would need storing between blocks).
-    /// `value` must give what the FFN's own kernel gives for (g, u): the pass after the two
-    /// products this replaces.
+    /// one kernel. None where the pack does not take the product
+    /// ([`PackedWeight::takes_gated`]). `value` must give what the FFN's own kernel gives for
+    /// (g, u): the pass after the two products this replaces.
     pub fn gated_product<F>(&self, x: &[f32], rows: usize, value: &F) -> Option<Vec<f32>>
     where
         F: Fn(f32, f32, usize) -> f32 + Sync,
     {
         let (k, c) = (self.k, self.n);
-        if !self.gated || k == 0 || depth_block(2 * c, rows, k) < k {
+        if !self.takes_gated(rows, k) {
             return None;
         }
-        Some(self.run(x, rows, |p, out, first, tile_rows| {
+        Some(self.for_each_tile(x, rows, |p, out, first_row, tile_rows| {
             let tile = Tile {
                 panel: self.panels[p * k * WIDTH..].as_ptr(),
                 x_stride: k,
                 depth: k,
             };
-            let end = Gate {
-                // SAFETY: row `first`'s channels of panel p lie inside h (run's room).
-                h: unsafe { out.add(first * c + p * CHANNELS) },
+            let end = GatedStore {
+                // SAFETY: row `first_row`'s channels of panel p lie inside h (for_each_tile's
+                // room).
+                h: unsafe { out.add(first_row * c + p * PANEL_CHANNELS) },
                 h_stride: c,
-                channels: CHANNELS.min(c - p * CHANNELS),
-                first: p * CHANNELS,
+                channels: PANEL_CHANNELS.min(c - p * PANEL_CHANNELS),
+                first_channel: p * PANEL_CHANNELS,
                 value,
             };
             // SAFETY: as in product.
-            unsafe { tile.run(tile_rows, x[first * k..].as_ptr(), &end) }
+            unsafe { tile.run(tile_rows, x[first_row * k..].as_ptr(), &end) }
         }))
     }
 
-    /// The product's output (rows, n): `tiles(p, out, first, rows)` writes panel p's part of
-    /// rows first.. first + rows (at most 6) of it, for every panel and tile of rows, the
-    /// panels shared among threads where the product is large enough.
-    fn run<T>(&self, x: &[f32], rows: usize, tiles: T) -> Vec<f32>
+    /// The product's output (rows, n): `tile(p, out, first_row, rows)` writes panel p's part
+    /// of rows first_row.. first_row + rows (at most 6) of it, for every panel and tile of
+    /// rows. Where the product is large enough, the threads share the pairs of a panel and a
+    /// part of the rows (the panels alone where there are as many as threads).
+    fn for_each_tile<T>(&self, x: &[f32], rows: usize, tile: T) -> Vec<f32>
     where
         T: Fn(usize, *mut f32, usize, usize) + Sync,
     {
@@ -220,24 +238,34 @@ impl PackedWeight {
         let len = rows * n;
         let mut y = Vec::<f32>::with_capacity(len);
         let out = SendPtr(y.as_mut_ptr());
-        let count = self.count();
-        let panels = |range: std::ops::Range<usize>| {
+        let (count, row_tiles) = (self.count(), rows.div_ceil(ROWS));
+        let threads = rayon::current_num_threads();
+        let shared =
+            threads > 1 && rows * self.panels.len() >= gemm_common::gemm::get_threading_threshold();
+        let parts = match shared {
+            true => threads.div_ceil(count.max(1)).clamp(1, row_tiles.max(1)),
+            false => 1,
+        };
+        // The u-th pair of a panel and a part of the rows, panel by panel.
+        let pair = |u: usize| {
+            // The whole SendPtr (a closure would capture its field alone, which is not Sync).
             let out = &out;
-            for p in range {
-                for first in (0..rows).step_by(ROWS) {
-                    tiles(p, out.0, first, ROWS.min(rows - first));
-                }
+            let (p, part) = (u / parts, u % parts);
+            for t in part * row_tiles / parts..(part + 1) * row_tiles / parts {
+                let first_row = t * ROWS;
+                tile(p, out.0, first_row, ROWS.min(rows - first_row));
             }
         };
-        let tasks = rayon::current_num_threads().min(count);
-        if tasks < 2 || rows * self.panels.len() < THREADING_THRESHOLD {
-            panels(0..count);
+        let pairs = count * parts;
+        let tasks = threads.min(pairs);
+        if !shared || tasks < 2 {
+            (0..pairs).for_each(pair);
         } else {
             (0..tasks)
                 .into_par_iter()
-                .for_each(|t| panels(t * count / tasks..(t + 1) * count / tasks));
+                .for_each(|t| (t * pairs / tasks..(t + 1) * pairs / tasks).for_each(pair));
         }
-        // SAFETY: every panel wrote its columns of every row: all of y.
+        // SAFETY: every pair wrote its panel's columns of its rows: all of y.
         unsafe { y.set_len(len) };
         y
     }
@@ -261,10 +289,14 @@ impl CustomOp1 for PackedProduct {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, k) = l.shape().dims2()?;
         let (inputs, outputs) = self.0.dims();
-        if k != inputs || self.0.gated || !PackedWeight::available() {
-            candle_core::bail!(
-                "packed product: rows of {k} for a plain weight of {inputs} inputs on AVX-512"
-            );
+        if k != inputs {
+            candle_core::bail!("packed product: rows of {k} for a weight of {inputs} inputs");
+        }
+        if self.0.gated {
+            candle_core::bail!("packed product: a gate and up pack has no plain product");
+        }
+        if !PackedWeight::available() {
+            candle_core::bail!("packed product: the CPU lacks AVX-512");
         }
         let x = super::f32_slice(s, l, self.name())?;
         Ok((
@@ -286,10 +318,7 @@ where
     F: Fn(f32, f32, usize) -> f32 + Send + Sync,
 {
     let (rows, k) = x.dims2()?;
-    if !weight.gated || k != weight.k || !super::fused(x) || !PackedWeight::available() {
-        return Ok(None);
-    }
-    if depth_block(2 * weight.n, rows, k) < k {
+    if !super::fused(x) || !PackedWeight::available() || !weight.takes_gated(rows, k) {
         return Ok(None);
     }
     let op = GatedProduct {
@@ -320,9 +349,11 @@ impl<F: Fn(f32, f32, usize) -> f32 + Send + Sync> CustomOp1 for GatedProduct<F> 
     }
 }
 
-/// The depth the gemm crate's blocked kernels sum over in one chain: for a product of m rows
-/// of its kernel (our outputs: it computes the transposed product) by n columns (our rows),
-/// k deep, k itself up to 512; beyond, blocks of its own size (from the caches) of equal depth.
+/// The depth the gemm crate's blocked kernels sum over in one chain, for a product of m rows
+/// of its kernel (our outputs: it computes the transposed product) by n columns (our rows), k
+/// deep: where both are 64 or fewer, 512 (its last block what is left); else its own block
+/// from the caches, at least 512 and at most k, evened out over the blocks k needs. Either
+/// way all of k up to 512.
 fn depth_block(m: usize, n: usize, k: usize) -> usize {
     if m <= 64 && n <= 64 {
         k.min(512)
@@ -333,6 +364,7 @@ fn depth_block(m: usize, n: usize, k: usize) -> usize {
 }
 
 /// One panel's block of depth, which its tiles share.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile {
     /// The panel at the block's first input.
     panel: *const f32,
@@ -352,6 +384,7 @@ trait TileEnd {
 }
 
 /// Stores the sums into y's valid columns, or adds them to y's values.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Store {
     /// The tile's first row's first column.
     y: *mut f32,
@@ -359,7 +392,7 @@ struct Store {
     /// Valid columns of the panel (1 to 64).
     columns: usize,
     /// Whether the sums are added to y's values (the blocks of depth after the first).
-    add: bool,
+    accumulate: bool,
 }
 
 impl TileEnd for Store {
@@ -376,7 +409,7 @@ impl TileEnd for Store {
                     break;
                 }
                 let (mask, at) = ((u32::MAX >> (32 - valid)) as __mmask16, row.add(16 * q));
-                let value = match self.add {
+                let value = match self.accumulate {
                     true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sum),
                     false => sum,
                 };
@@ -387,39 +420,44 @@ impl TileEnd for Store {
 }
 
 /// Stores value(gate, up, channel) of the panel's valid channels into h.
-struct Gate<'a, F> {
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct GatedStore<'a, F> {
     /// The tile's first row's first channel.
     h: *mut f32,
     h_stride: usize,
     /// Valid channels of the panel (1 to 32).
     channels: usize,
     /// The panel's first channel.
-    first: usize,
+    first_channel: usize,
     value: &'a F,
 }
 
-impl<F: Fn(f32, f32, usize) -> f32> TileEnd for Gate<'_, F> {
+impl<F: Fn(f32, f32, usize) -> f32> TileEnd for GatedStore<'_, F> {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn row(&self, r: usize, sums: [std::arch::x86_64::__m512; 4]) {
         use std::arch::x86_64::*;
-        // SAFETY: the caller's pointers; the loops keep to the valid channels.
+        // SAFETY: the caller's pointers; the loops write the valid channels only, through
+        // the pointer (h is not yet initialized).
         unsafe {
-            let (mut gate, mut up) = ([0f32; CHANNELS], [0f32; CHANNELS]);
+            let (mut gate, mut up) = ([0f32; PANEL_CHANNELS], [0f32; PANEL_CHANNELS]);
             _mm512_storeu_ps(gate.as_mut_ptr(), sums[0]);
             _mm512_storeu_ps(gate.as_mut_ptr().add(16), sums[1]);
             _mm512_storeu_ps(up.as_mut_ptr(), sums[2]);
             _mm512_storeu_ps(up.as_mut_ptr().add(16), sums[3]);
-            let row = std::slice::from_raw_parts_mut(self.h.add(r * self.h_stride), self.channels);
-            if self.channels == CHANNELS {
+            let row = self.h.add(r * self.h_stride);
+            let mut hidden = [0f32; PANEL_CHANNELS];
+            if self.channels == PANEL_CHANNELS {
                 // A whole panel: a loop of known length, in vectors.
-                let row: &mut [f32; CHANNELS] = row.try_into().expect("32 channels");
-                for j in 0..CHANNELS {
-                    row[j] = (self.value)(gate[j], up[j], self.first + j);
+                for j in 0..PANEL_CHANNELS {
+                    hidden[j] = (self.value)(gate[j], up[j], self.first_channel + j);
                 }
+                _mm512_storeu_ps(row, _mm512_loadu_ps(hidden.as_ptr()));
+                _mm512_storeu_ps(row.add(16), _mm512_loadu_ps(hidden.as_ptr().add(16)));
             } else {
-                for (j, h) in row.iter_mut().enumerate() {
-                    *h = (self.value)(gate[j], up[j], self.first + j);
+                for j in 0..self.channels {
+                    row.add(j)
+                        .write((self.value)(gate[j], up[j], self.first_channel + j));
                 }
             }
         }
@@ -499,11 +537,6 @@ impl Tile {
     }
 }
 
-/// y's pointer, handed to the tasks that write its disjoint panels of columns.
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint columns and end before y is read.
-unsafe impl Sync for SendPtr {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +588,9 @@ mod tests {
             (384, 128, 704),
             (100, 1100, 130),
             (70, 600, 65),
+            (10, 1100, 40),
+            (64, 600, 64),
+            (65, 600, 64),
         ] {
             let x = values(rows * k, 1);
             let w_t = values(k * n, 2);
@@ -611,11 +647,19 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_depth_gives_zeros() {
+    fn an_empty_depth_gives_zeros_and_no_rows_nothing() {
         if !PackedWeight::available() {
             return;
         }
-        let packed = PackedWeight::of_transposed(&[], 0, 5);
-        assert_eq!(packed.product(&[], 3), vec![0f32; 15]);
+        let packed = PackedWeight::of_transposed(&[], 0, 70);
+        assert_eq!(packed.product(&[], 3), vec![0f32; 210]);
+        // No rows: an empty product, plain or gated.
+        let w_t = values(8 * 2 * 40, 7);
+        assert!(PackedWeight::of_transposed(&w_t, 8, 80)
+            .product(&[], 0)
+            .is_empty());
+        let gated = PackedWeight::of_gate_up(&w_t, 8, 40);
+        let h = gated.gated_product(&[], 0, &|g: f32, u: f32, _| g * u);
+        assert_eq!(h, Some(vec![]));
     }
 }
