@@ -71,9 +71,12 @@ impl DynAct {
 
     /// Whether `x` takes a fused CPU kernel: f32 on a CPU, with a base that has one.
     pub(crate) fn fuses(&self, x: &Tensor) -> bool {
+        self.base_fuses() && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+
+    /// Whether the base has fused kernels (SiLU and ReLU), whatever the input.
+    pub(crate) fn base_fuses(&self) -> bool {
         matches!(self.base, BaseAct::Silu | BaseAct::Relu)
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
     }
 
     /// [`DynAct`]'s forward as a composition of differentiable Candle ops: what runs off the

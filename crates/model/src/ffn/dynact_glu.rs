@@ -296,9 +296,9 @@ pub fn dynact_glu_packed(
     x: &Tensor,
     pack: &Arc<PackedWeight>,
 ) -> Result<Option<Tensor>> {
-    let untracked = !x.track_op() && !act.alpha().track_op() && !act.beta().track_op();
-    let (rows, k) = x.dims2()?;
-    if !act.fuses(x) || !untracked || !pack.takes_gated(rows, k) {
+    // x's own tracking, and whether the pack takes x, are gated_packed_product's to check.
+    let untracked = !act.alpha().track_op() && !act.beta().track_op();
+    if !act.fuses(x) || !untracked {
         return Ok(None);
     }
     let c = pack.dims().1;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::config::{BaseAct, FfnKind, ModelConfig};
+use crate::config::{FfnKind, ModelConfig};
 use crate::dynact::DynAct;
 use crate::layers::Linear;
 use crate::ops::packed_weight::PackedWeight;
@@ -93,7 +93,7 @@ impl GateActivation {
     fn gates_packed(&self) -> bool {
         match self {
             GateActivation::Silu => true,
-            GateActivation::DynAct(act) => matches!(act.base(), BaseAct::Silu | BaseAct::Relu),
+            GateActivation::DynAct(act) => act.base_fuses(),
         }
     }
 }
@@ -231,6 +231,7 @@ mod tests {
     use candle_nn::VarBuilder;
 
     use super::*;
+    use crate::config::BaseAct;
 
     /// An FFN of fixed weights (an inference model's) and one of the same weights as
     /// variables (a trained model's): the packed path where it runs, the products and the
@@ -239,13 +240,9 @@ mod tests {
     fn a_fixed_ffn_packs_its_gate_and_up_where_its_activation_takes_the_pack() {
         let dev = Device::Cpu;
         let (c, f) = (40, 37);
-        let weights = |seed: u64| -> HashMap<String, Tensor> {
-            let t = |dims: (usize, usize), s: u64| {
-                let n = dims.0 * dims.1;
-                let v: Vec<f32> = (0..n)
-                    .map(|i| ((i as u64 * 7919 + s * 104_729) % 2003) as f32 / 1001.0 - 1.0)
-                    .collect();
-                Tensor::from_vec(v, dims, &dev).unwrap()
+        let weights = |seed: usize| -> HashMap<String, Tensor> {
+            let t = |dims: (usize, usize), s: usize| {
+                Tensor::from_vec(crate::ops::test_values(dims.0 * dims.1, s), dims, &dev).unwrap()
             };
             HashMap::from([
                 ("gate_proj.weight".into(), t((f, c), seed)),

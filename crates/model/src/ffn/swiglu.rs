@@ -176,9 +176,6 @@ fn silu_times_up_value(g: f32, u: f32) -> f32 {
 /// ups never stored. x (rows, k), untracked f32 on a CPU (inference); None where the pack
 /// does not take it.
 pub fn swiglu_packed(x: &Tensor, pack: &Arc<PackedWeight>) -> Result<Option<Tensor>> {
-    if x.track_op() {
-        return Ok(None);
-    }
     gated_packed_product(x, pack, |g, u, _| silu_times_up_value(g, u))
 }
 

@@ -307,8 +307,8 @@ impl CustomOp1 for PackedProduct {
 }
 
 /// h (rows, c) of a gated FFN from x (rows, k), an f32 CPU tensor, and its gate and up pack
-/// ([`PackedWeight::gated_product`]); None where the pack does not take x or the product.
-/// Inference: no backward pass.
+/// ([`PackedWeight::gated_product`]); None where the pack does not take x or the product, and
+/// where x needs a gradient (the op has no backward pass: inference).
 pub fn gated_packed_product<F>(
     x: &Tensor,
     weight: &Arc<PackedWeight>,
@@ -318,7 +318,8 @@ where
     F: Fn(f32, f32, usize) -> f32 + Send + Sync,
 {
     let (rows, k) = x.dims2()?;
-    if !super::fused(x) || !PackedWeight::available() || !weight.takes_gated(rows, k) {
+    let untracked = super::fused(x) && !x.track_op();
+    if !untracked || !PackedWeight::available() || !weight.takes_gated(rows, k) {
         return Ok(None);
     }
     let op = GatedProduct {
